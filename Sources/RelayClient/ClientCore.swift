@@ -1,0 +1,170 @@
+import NIOCore
+import RelayCore
+import Synchronization
+
+/// The state a `LIMEClient` shares between the application's tasks and its connection's event loop:
+/// the handshake's waiter, the requests awaiting responses, and the streams of incoming envelopes.
+final class ClientCore: Sendable {
+    /// Posted into the pipeline to start the handshake once a WebSocket upgrade is complete.
+    struct StartRequested: Sendable {}
+    /// Posted into the pipeline to finish the session.
+    struct FinishRequested: Sendable {}
+
+    private struct State {
+        var connectWaiter: CheckedContinuation<(Node, Node?), any Error>?
+        var session: (local: Node, remote: Node?)?
+        var pending: [String: CheckedContinuation<LIMECommand, any Error>] = [:]
+        var endReason: Reason??
+        var endWaiters: [CheckedContinuation<Reason?, Never>] = []
+    }
+
+    private let state = Mutex(State())
+    let messages: AsyncStream<LIMEMessage>
+    let notifications: AsyncStream<LIMENotification>
+    let commands: AsyncStream<LIMECommand>
+    private let messageInput: AsyncStream<LIMEMessage>.Continuation
+    private let notificationInput: AsyncStream<LIMENotification>.Continuation
+    private let commandInput: AsyncStream<LIMECommand>.Continuation
+    private let dropped = Atomic<Int>(0)
+
+    init(bufferSize: Int) {
+        (messages, messageInput) = AsyncStream.makeStream(of: LIMEMessage.self, bufferingPolicy: .bufferingOldest(bufferSize))
+        (notifications, notificationInput) = AsyncStream.makeStream(of: LIMENotification.self, bufferingPolicy: .bufferingOldest(bufferSize))
+        (commands, commandInput) = AsyncStream.makeStream(of: LIMECommand.self, bufferingPolicy: .bufferingOldest(bufferSize))
+    }
+
+    /// Envelopes dropped because the application did not read its stream fast enough.
+    var droppedCount: Int { dropped.load(ordering: .relaxed) }
+
+    var session: (local: Node, remote: Node?)? { state.withLock { $0.session } }
+
+    /// Why the session ended (a clean finish reads as "The session finished"), or nil while it lasts.
+    var endReason: Reason? {
+        state.withLock { state in
+            guard let ended = state.endReason else { return nil }
+            return ended ?? Reason(code: ReasonCode.sessionError, description: "The session finished")
+        }
+    }
+
+    /// Waits until the session is established (or fails).
+    func waitForEstablishment() async throws -> (Node, Node?) {
+        try await withCheckedThrowingContinuation { continuation in
+            let result: Result<(Node, Node?), any Error>? = state.withLock { state in
+                if let session = state.session { return .success(session) }
+                if let ended = state.endReason {
+                    return .failure(LIMEClientError.sessionFailed(ended ?? Reason(code: ReasonCode.sessionError, description: "The session ended")))
+                }
+                state.connectWaiter = continuation
+                return nil
+            }
+            if let result { continuation.resume(with: result) }
+        }
+    }
+
+    func established(local: Node, remote: Node?) {
+        let waiter = state.withLock { state in
+            state.session = (local, remote)
+            defer { state.connectWaiter = nil }
+            return state.connectWaiter
+        }
+        waiter?.resume(returning: (local, remote))
+    }
+
+    func deliver(_ envelope: Envelope) {
+        let result: AsyncStream<Void>.Continuation.YieldResult?
+        switch envelope {
+        case .message(let message):
+            result = convert(messageInput.yield(message))
+        case .notification(let notification):
+            result = convert(notificationInput.yield(notification))
+        case .command(let command) where command.isResponse:
+            guard let id = command.header.id, let waiter = state.withLock({ $0.pending.removeValue(forKey: id) }) else {
+                return  // a late response to a request that timed out or was cancelled
+            }
+            waiter.resume(returning: command)
+            return
+        case .command(let command):
+            result = convert(commandInput.yield(command))
+        case .session:
+            return
+        }
+        if case .dropped? = result { dropped.add(1, ordering: .relaxed) }
+    }
+
+    private func convert<T>(_ result: AsyncStream<T>.Continuation.YieldResult) -> AsyncStream<Void>.Continuation.YieldResult? {
+        switch result {
+        case .dropped: return .dropped(())
+        default: return nil
+        }
+    }
+
+    /// Registers a request awaiting its response; false when the session has ended.
+    func addPending(_ id: String, _ continuation: CheckedContinuation<LIMECommand, any Error>) -> Bool {
+        state.withLock { state in
+            guard state.endReason == nil else { return false }
+            state.pending[id] = continuation
+            return true
+        }
+    }
+
+    func removePending(_ id: String) -> CheckedContinuation<LIMECommand, any Error>? {
+        state.withLock { $0.pending.removeValue(forKey: id) }
+    }
+
+    /// The session ended: nil reason for a clean finish.
+    func ended(_ reason: Reason?) {
+        let (connectWaiter, pending, endWaiters) = state.withLock { state in
+            if state.endReason == nil { state.endReason = .some(reason) }
+            defer {
+                state.connectWaiter = nil
+                state.pending.removeAll()
+                state.endWaiters.removeAll()
+            }
+            return (state.connectWaiter, Array(state.pending.values), state.endWaiters)
+        }
+        let error = LIMEClientError.sessionFailed(reason ?? Reason(code: ReasonCode.sessionError, description: "The session finished"))
+        connectWaiter?.resume(throwing: error)
+        for waiter in pending { waiter.resume(throwing: error) }
+        for waiter in endWaiters { waiter.resume(returning: reason) }
+        messageInput.finish()
+        notificationInput.finish()
+        commandInput.finish()
+    }
+
+    func connectionClosed() {
+        ended(Reason(code: ReasonCode.sessionError, description: "The connection closed"))
+    }
+
+    /// Waits until the session ends; returns the failure reason, or nil for a clean finish.
+    func waitForEnd() async -> Reason? {
+        await withCheckedContinuation { continuation in
+            let ended: Reason?? = state.withLock { state in
+                if let reason = state.endReason { return .some(reason) }
+                state.endWaiters.append(continuation)
+                return nil
+            }
+            if let ended { continuation.resume(returning: ended) }
+        }
+    }
+}
+
+/// Errors of the LIME client.
+public enum LIMEClientError: Error, CustomStringConvertible, Equatable {
+    /// The URL is not `ws://HOST:PORT[/PATH]` or `tcp://HOST:PORT`.
+    case invalidURL(String)
+    /// The session failed or ended; the reason says why.
+    case sessionFailed(Reason)
+    /// No response came before the deadline.
+    case timedOut(String)
+    /// The WebSocket upgrade was refused.
+    case upgradeRefused
+
+    public var description: String {
+        switch self {
+        case .invalidURL(let url): "Invalid server URL '\(url)': expected ws://HOST:PORT or tcp://HOST:PORT"
+        case .sessionFailed(let reason): "Session failed: \(reason.description) (code \(reason.code))"
+        case .timedOut(let what): "Timed out: \(what)"
+        case .upgradeRefused: "The server refused the WebSocket upgrade"
+        }
+    }
+}

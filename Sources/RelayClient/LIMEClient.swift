@@ -1,0 +1,319 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+import RelayCore
+import RelayTransport
+
+/// An async/await LIME client for a Relay hub (or any LIME server), over WebSocket or TCP.
+///
+/// ```swift
+/// let client = try await LIMEClient.connect(to: "ws://127.0.0.1:8080", identity: "alice@relay.local")
+/// try await client.send(Message(to: Node("bob@relay.local"), text: "hello"))
+/// for await message in client.messages { print(message.content) }
+/// try await client.finish()
+/// ```
+public final class LIMEClient: Sendable {
+    /// How the client proves who it is.
+    public enum Authentication: Sendable {
+        /// Any identity, no secret (when the hub offers guest access).
+        case guest
+        /// A password checked by the hub (sent base64-encoded, as LIME's `plain` scheme says).
+        case plain(password: String)
+    }
+
+    public struct Options: Sendable {
+        /// The identity to authenticate as (`name@domain`); nil lets a guest hub pick one.
+        public var identity: Identity?
+        /// The instance to ask for; the hub assigns one when nil.
+        public var instance: String?
+        public var authentication: Authentication
+        /// The deadline of a request when none is given.
+        public var requestTimeout: Duration
+        /// How long connecting and establishing the session may take.
+        public var connectTimeout: Duration
+        /// The largest envelope accepted from the server.
+        public var maximumEnvelopeBytes: Int
+        /// Envelopes held per incoming stream until the application reads them; newer ones are
+        /// dropped (and counted in `droppedCount`) when it is full.
+        public var bufferSize: Int
+
+        public init(
+            identity: Identity? = nil, instance: String? = nil, authentication: Authentication = .guest,
+            requestTimeout: Duration = .seconds(30), connectTimeout: Duration = .seconds(10),
+            maximumEnvelopeBytes: Int = LIMEStreamFramer.defaultMaximumEnvelopeSize, bufferSize: Int = 10_000
+        ) {
+            self.identity = identity
+            self.instance = instance
+            self.authentication = authentication
+            self.requestTimeout = requestTimeout
+            self.connectTimeout = connectTimeout
+            self.maximumEnvelopeBytes = maximumEnvelopeBytes
+            self.bufferSize = bufferSize
+        }
+    }
+
+    private let channel: any Channel
+    private let core: ClientCore
+    private let options: Options
+
+    /// The node the hub gave this client.
+    public let localNode: Node
+    /// The hub's node.
+    public let remoteNode: Node?
+
+    /// Messages addressed to this client, in arrival order.
+    public var messages: AsyncStream<LIMEMessage> { core.messages }
+    /// Notifications (receipts) addressed to this client.
+    public var notifications: AsyncStream<LIMENotification> { core.notifications }
+    /// Command requests addressed to this client (pings are answered automatically).
+    public var commands: AsyncStream<LIMECommand> { core.commands }
+    /// Envelopes dropped because a stream's buffer was full.
+    public var droppedCount: Int { core.droppedCount }
+
+    private init(channel: any Channel, core: ClientCore, options: Options, localNode: Node, remoteNode: Node?) {
+        self.channel = channel
+        self.core = core
+        self.options = options
+        self.localNode = localNode
+        self.remoteNode = remoteNode
+    }
+
+    /// Connects with an identity given as text (`name@domain`).
+    public static func connect(
+        to url: String, identity: String? = nil, authentication: Authentication = .guest,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> LIMEClient {
+        var options = Options(authentication: authentication)
+        if let identity {
+            guard let node = Node(identity) else { throw LIMEClientError.sessionFailed(Reason(code: ReasonCode.validationInvalidIdentity, description: "'\(identity)' is not name@domain")) }
+            options.identity = node.identity
+            options.instance = node.instance
+        }
+        return try await connect(to: url, options: options, group: group)
+    }
+
+    /// Connects to `ws://HOST:PORT[/PATH]` or `tcp://HOST:PORT` (also `net.tcp://`) and establishes a session.
+    public static func connect(
+        to url: String, options: Options, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> LIMEClient {
+        let endpoint = try Endpoint(url)
+        let core = ClientCore(bufferSize: options.bufferSize)
+        var authentication = JSONObject()
+        let scheme: String
+        switch options.authentication {
+        case .guest:
+            scheme = "guest"
+        case .plain(let password):
+            scheme = "plain"
+            authentication["password"] = .string(Data(password.utf8).base64EncodedString())
+        }
+        let machine = LIMEClientSessionMachine(configuration: .init(
+            identity: options.identity, instance: options.instance, scheme: scheme, authentication: authentication))
+        let maximum = options.maximumEnvelopeBytes
+        let bootstrap = ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.nanoseconds(Int64(options.connectTimeout.components.seconds) * 1_000_000_000))
+        let channel: any Channel
+        switch endpoint.transport {
+        case .tcp:
+            channel = try await bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(LIMEClientHandler(
+                        machine: machine, reader: LIMEEnvelopeReader(framing: .stream, maximumEnvelopeSize: maximum), core: core))
+                }
+            }.connect(host: endpoint.host, port: endpoint.port).get()
+        case .webSocket(let path):
+            channel = try await connectWebSocket(bootstrap: bootstrap, endpoint: endpoint, path: path, machine: machine, core: core, maximum: maximum)
+        }
+        do {
+            let (local, remote) = try await withDeadline(options.connectTimeout, what: "establishing the session") {
+                try await core.waitForEstablishment()
+            }
+            return LIMEClient(channel: channel, core: core, options: options, localNode: local, remoteNode: remote)
+        } catch {
+            channel.close(promise: nil)
+            throw error
+        }
+    }
+
+    private static func connectWebSocket(
+        bootstrap: ClientBootstrap, endpoint: Endpoint, path: String, machine: LIMEClientSessionMachine, core: ClientCore,
+        maximum: Int
+    ) async throws -> any Channel {
+        let upgradeResult = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Bool.self)
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let upgrader = NIOTypedWebSocketClientUpgrader<Bool>(
+                        maxFrameSize: maximum,
+                        upgradePipelineHandler: { channel, _ in
+                            channel.eventLoop.makeCompletedFuture {
+                                try channel.pipeline.syncOperations.addHandlers([
+                                    NIOWebSocketFrameAggregator(
+                                        minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096, maxAccumulatedFrameSize: maximum),
+                                    WebSocketEnvelopeHandler(isClient: true),
+                                    LIMEClientHandler(
+                                        machine: machine, reader: LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum),
+                                        core: core),
+                                ])
+                                return true
+                            }
+                        })
+                    var headers = HTTPHeaders()
+                    headers.add(name: "Host", value: "\(endpoint.host):\(endpoint.port)")
+                    headers.add(name: "Sec-WebSocket-Protocol", value: "lime")
+                    headers.add(name: "Content-Length", value: "0")
+                    let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)
+                    let configuration = NIOTypedHTTPClientUpgradeConfiguration(
+                        upgradeRequestHead: head, upgraders: [upgrader],
+                        notUpgradingCompletionHandler: { channel in channel.eventLoop.makeSucceededFuture(false) })
+                    try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(
+                        configuration: .init(upgradeConfiguration: configuration)
+                    ).cascade(to: upgradeResult)
+                }
+            }.connect(host: endpoint.host, port: endpoint.port).get()
+        } catch {
+            upgradeResult.succeed(false)
+            throw error
+        }
+        guard try await upgradeResult.futureResult.get() else {
+            channel.close(promise: nil)
+            throw LIMEClientError.upgradeRefused
+        }
+        channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ClientCore.StartRequested()) }
+        return channel
+    }
+
+    // MARK: - Sending
+
+    /// Sends a message. A message with an `id` may come back as notifications (receipts).
+    public func send(_ message: LIMEMessage) async throws {
+        try await write(.message(message))
+    }
+
+    /// Sends a notification (a receipt about a message received).
+    public func send(_ notification: LIMENotification) async throws {
+        try await write(.notification(notification))
+    }
+
+    /// Sends a command without waiting for a response (a response to a request, or a one-way command).
+    public func send(_ command: LIMECommand) async throws {
+        try await write(.command(command))
+    }
+
+    private func write(_ envelope: Envelope) async throws {
+        if let reason = core.endReason { throw LIMEClientError.sessionFailed(reason) }
+        try await channel.writeAndFlush(channel.allocator.buffer(bytes: LIMECodec.encode(envelope)))
+    }
+
+    /// Sends a command request and waits for its response, at most `timeout` (default: the options'
+    /// request timeout). The response is returned whatever its status; a failure response carries
+    /// the reason. Cancelling the calling task abandons the wait; a late response is discarded.
+    public func request(_ command: LIMECommand, timeout: Duration? = nil) async throws -> LIMECommand {
+        var command = command
+        let id = command.header.id ?? UUID().uuidString.lowercased()
+        command.header.id = id
+        let deadline = timeout ?? options.requestTimeout
+        let bytes = channel.allocator.buffer(bytes: LIMECodec.encode(.command(command)))
+        let channel = self.channel
+        let core = self.core
+        let what = "\(command.method.rawValue) \(command.uri ?? "") (id \(id))"
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<LIMECommand, any Error>) in
+                guard core.addPending(id, continuation) else {
+                    continuation.resume(throwing: LIMEClientError.sessionFailed(
+                        core.endReason ?? Reason(code: ReasonCode.sessionError, description: "The session has ended")))
+                    return
+                }
+                let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(deadline.nanoseconds)) {
+                    core.removePending(id)?.resume(throwing: LIMEClientError.timedOut(what))
+                }
+                channel.writeAndFlush(bytes).whenFailure { error in
+                    timer.cancel()
+                    core.removePending(id)?.resume(throwing: error)
+                }
+            }
+        } onCancel: {
+            core.removePending(id)?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Sends `get /ping` to the hub and waits for the answer.
+    public func ping(timeout: Duration? = nil) async throws -> LIMECommand {
+        try await request(LIMECommand(method: .get, uri: "/ping"), timeout: timeout)
+    }
+
+    // MARK: - Ending
+
+    /// Finishes the session cleanly (`finishing` → `finished`) and closes the connection.
+    public func finish() async throws {
+        let channel = self.channel
+        channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ClientCore.FinishRequested()) }
+        let reason = try await withDeadline(options.connectTimeout, what: "finishing the session") { await self.core.waitForEnd() }
+        _ = reason
+        try? await channel.closeFuture.get()
+    }
+
+    /// Closes the connection without finishing the session.
+    public func close() async {
+        try? await channel.close()
+        _ = await core.waitForEnd()
+    }
+
+    /// Waits until the session ends; returns the failure reason, or nil for a clean finish.
+    public func waitUntilEnded() async -> Reason? {
+        await core.waitForEnd()
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
+
+/// Runs `body`, failing with `LIMEClientError.timedOut` if it takes longer than `limit`.
+func withDeadline<T: Sendable>(_ limit: Duration, what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            throw LIMEClientError.timedOut(what)
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+/// A parsed server URL.
+struct Endpoint {
+    enum Transport {
+        case tcp
+        case webSocket(path: String)
+    }
+
+    var transport: Transport
+    var host: String
+    var port: Int
+
+    init(_ text: String) throws {
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
+            let host = components.host, !host.isEmpty
+        else { throw LIMEClientError.invalidURL(text) }
+        self.host = host
+        switch scheme {
+        case "ws":
+            transport = .webSocket(path: components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath)
+            port = components.port ?? 8080
+        case "tcp", "net.tcp":
+            transport = .tcp
+            port = components.port ?? 55321
+        default:
+            throw LIMEClientError.invalidURL(text)
+        }
+    }
+}

@@ -1,0 +1,83 @@
+import NIOCore
+import RelayCore
+import RelayTransport
+
+/// Runs the client side of one LIME session: feeds envelopes into `LIMEClientSessionMachine`
+/// and carries out its actions, handing deliveries to the `ClientCore`.
+final class LIMEClientHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var machine: LIMEClientSessionMachine
+    private var reader: LIMEEnvelopeReader
+    private let core: ClientCore
+    private var started = false
+
+    init(machine: LIMEClientSessionMachine, reader: LIMEEnvelopeReader, core: ClientCore) {
+        self.machine = machine
+        self.reader = reader
+        self.core = core
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard !started else { return }
+        started = true
+        execute(machine.connected(), context: context)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let batch = reader.read(unwrapInboundIn(data))
+        for envelope in batch.envelopes {
+            execute(machine.envelopeReceived(envelope), context: context)
+        }
+        if let reason = batch.error {
+            execute(machine.invalidInputReceived(reason), context: context)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        execute(machine.peerClosed(), context: context)
+        core.connectionClosed()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let reason = reader.reason(for: error) ?? Reason(code: ReasonCode.generalError, description: "Connection error: \(error)")
+        execute(machine.invalidInputReceived(reason), context: context)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ClientCore.StartRequested {
+            // Over WebSocket the session starts once the upgrade is complete and the HTTP handlers are gone.
+            start(context: context)
+        } else if event is ClientCore.FinishRequested {
+            execute(machine.finishRequested(), context: context)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    private func execute(_ action: LIMEClientSessionMachine.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .send(let envelope):
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: LIMECodec.encode(envelope))), promise: nil)
+        case .established(let local, let remote):
+            core.established(local: local, remote: remote)
+        case .deliver(let envelope):
+            core.deliver(envelope)
+        case .finished:
+            core.ended(nil)
+            context.close(promise: nil)
+        case .failed(let reason):
+            core.ended(reason)
+            context.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,89 @@
+import Foundation
+import RelayCore
+import RelayTransport
+
+/// Everything `relay serve` can be told, with the defaults it runs on when told nothing.
+///
+/// Read from a JSON file (`relay serve --config FILE`); every key is optional. Example:
+/// ```json
+/// { "domain": "relay.local", "ws": "127.0.0.1:8080", "tcp": "127.0.0.1:55321",
+///   "guest": true,
+///   "users": [ { "identity": "alice@relay.local", "password": "pbkdf2-sha256$100000$...$..." } ],
+///   "limits": { "maxEnvelopeBytes": 1048576, "maxSessions": 65536 } }
+/// ```
+public struct HubConfiguration: Sendable, Codable {
+    /// The hub's LIME domain; the hub's node is `postmaster@DOMAIN/hub`.
+    public var domain: String = "relay.local"
+    /// Where LIME over WebSocket is served; nil turns the listener off.
+    public var ws: HostAndPort? = HostAndPort(host: "127.0.0.1", port: 8080)
+    /// Where LIME over TCP is served; nil turns the listener off.
+    public var tcp: HostAndPort? = HostAndPort(host: "127.0.0.1", port: 55321)
+    /// Whether the `guest` scheme is offered (any identity, no password).
+    public var guest: Bool = true
+    /// Users of the `plain` scheme, with salted password hashes (`relay passwd` makes them).
+    public var users: [User] = []
+    public var limits: Limits = Limits()
+
+    public struct User: Sendable, Codable {
+        public var identity: String
+        /// A `PasswordHash` string; never the password itself.
+        public var password: String
+
+        public init(identity: String, password: String) {
+            self.identity = identity
+            self.password = password
+        }
+    }
+
+    public struct Limits: Sendable, Codable {
+        /// The largest envelope accepted, in bytes (default 1 MiB).
+        public var maxEnvelopeBytes: Int = LIMEStreamFramer.defaultMaximumEnvelopeSize
+        /// The most sessions held at once; more connections are refused with `failed`.
+        public var maxSessions: Int = 65_536
+        /// Seconds a connection has to reach `established`.
+        public var establishTimeoutSeconds: Double = 10
+        /// Bytes that may wait to be written to one session before it is ended as a slow consumer.
+        public var maxPendingBytes: Int = 64 << 20
+        /// Delivered message ids remembered so that receipts find their way back.
+        public var maxReceiptRoutes: Int = 10_000
+        /// The deepest JSON nesting accepted in an envelope.
+        public var maxJSONDepth: Int = 64
+
+        public init() {}
+    }
+
+    public init() {}
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let defaults = HubConfiguration()
+        domain = try container.decodeIfPresent(String.self, forKey: .domain) ?? defaults.domain
+        ws = container.contains(.ws) ? try container.decodeIfPresent(HostAndPort.self, forKey: .ws) : defaults.ws
+        tcp = container.contains(.tcp) ? try container.decodeIfPresent(HostAndPort.self, forKey: .tcp) : defaults.tcp
+        guest = try container.decodeIfPresent(Bool.self, forKey: .guest) ?? defaults.guest
+        users = try container.decodeIfPresent([User].self, forKey: .users) ?? []
+        limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()
+    }
+
+    /// Reads a configuration file.
+    public static func load(path: String) throws -> HubConfiguration {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        return try JSONDecoder().decode(HubConfiguration.self, from: data)
+    }
+
+    /// The hub's own node.
+    public var hubNode: Node { Node(name: "postmaster", domain: domain, instance: "hub") }
+}
+
+extension HubConfiguration.Limits {
+    public init(from decoder: any Decoder) throws {
+        self.init()
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        maxEnvelopeBytes = try container.decodeIfPresent(Int.self, forKey: .maxEnvelopeBytes) ?? maxEnvelopeBytes
+        maxSessions = try container.decodeIfPresent(Int.self, forKey: .maxSessions) ?? maxSessions
+        establishTimeoutSeconds = try container.decodeIfPresent(Double.self, forKey: .establishTimeoutSeconds) ?? establishTimeoutSeconds
+        maxPendingBytes = try container.decodeIfPresent(Int.self, forKey: .maxPendingBytes) ?? maxPendingBytes
+        maxReceiptRoutes = try container.decodeIfPresent(Int.self, forKey: .maxReceiptRoutes) ?? maxReceiptRoutes
+        maxJSONDepth = try container.decodeIfPresent(Int.self, forKey: .maxJSONDepth) ?? maxJSONDepth
+    }
+}

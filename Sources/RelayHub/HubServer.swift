@@ -1,0 +1,162 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+import RelayCore
+import RelayTransport
+import ServiceLifecycle
+import Synchronization
+
+/// The hub's listeners: LIME over WebSocket and over TCP, sharing one `Hub`.
+public final class HubServer: Sendable {
+    public let hub: Hub
+    private let group: any EventLoopGroup
+    private let listeners = Mutex<[any Channel]>([])
+
+    public init(configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "relay.hub")) throws {
+        self.hub = try Hub(configuration: configuration, logger: logger)
+        self.group = group
+    }
+
+    /// The addresses the hub listens on, once started (useful with port 0).
+    public private(set) var boundAddresses: BoundAddresses {
+        get { bound.withLock { $0 } }
+        set { bound.withLock { $0 = newValue } }
+    }
+    private let bound = Mutex(BoundAddresses())
+
+    /// Where each listener ended up.
+    public struct BoundAddresses: Sendable {
+        public var webSocket: SocketAddress?
+        public var tcp: SocketAddress?
+    }
+
+    /// Binds every configured listener.
+    public func start() async throws {
+        let configuration = hub.configuration
+        if let address = configuration.ws {
+            let channel = try await bindWebSocket(address)
+            listeners.withLock { $0.append(channel) }
+            boundAddresses.webSocket = channel.localAddress
+            hub.logger.info("LIME over WebSocket listening on ws://\(Self.describe(channel.localAddress, fallback: address))")
+        }
+        if let address = configuration.tcp {
+            let channel = try await bindTCP(address)
+            listeners.withLock { $0.append(channel) }
+            boundAddresses.tcp = channel.localAddress
+            hub.logger.info("LIME over TCP listening on tcp://\(Self.describe(channel.localAddress, fallback: address))")
+        }
+    }
+
+    static func describe(_ address: SocketAddress?, fallback: HostAndPort) -> String {
+        guard let address, let port = address.port else { return fallback.description }
+        return HostAndPort(host: address.ipAddress ?? fallback.host, port: port).description
+    }
+
+    /// Stops listening, finishes every session, and waits (up to `timeout`) for their connections to close.
+    public func shutdown(timeout: TimeAmount = .seconds(5)) async {
+        let listening = listeners.withLock { channels in
+            defer { channels.removeAll() }
+            return channels
+        }
+        for channel in listening { try? await channel.close() }
+        let sessions = hub.beginShutdown()
+        let closed = EventLoopFuture.andAllComplete(sessions.map(\.closeFuture), on: group.any())
+        let deadline = group.any().scheduleTask(in: timeout) {
+            for channel in sessions { channel.close(promise: nil) }
+        }
+        try? await closed.get()
+        deadline.cancel()
+        hub.logger.info("hub stopped")
+    }
+
+    private func bindTCP(_ address: HostAndPort) async throws -> any Channel {
+        let hub = self.hub
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(LIMEConnectionHandler(hub: hub, framing: .stream))
+                }
+            }
+            .bind(host: address.host, port: address.port).get()
+    }
+
+    private func bindWebSocket(_ address: HostAndPort) async throws -> any Channel {
+        let hub = self.hub
+        let maximum = hub.configuration.limits.maxEnvelopeBytes
+        let upgrader = NIOWebSocketServerUpgrader(
+            maxFrameSize: maximum, automaticErrorHandling: false,
+            shouldUpgrade: { channel, head in
+                var headers = HTTPHeaders()
+                // Echo the `lime` subprotocol when asked for; clients that ask for none are served too.
+                let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { $0.lowercased() }
+                if offered.contains("lime") { headers.add(name: "Sec-WebSocket-Protocol", value: "lime") }
+                return channel.eventLoop.makeSucceededFuture(headers)
+            },
+            upgradePipelineHandler: { channel, _ in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        NIOWebSocketFrameAggregator(
+                            minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096, maxAccumulatedFrameSize: maximum),
+                        WebSocketEnvelopeHandler(isClient: false),
+                        LIMEConnectionHandler(hub: hub, framing: .messages),
+                    ])
+                }
+            })
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                let fallback = HTTPUpgradeRequiredHandler()
+                return channel.pipeline.configureHTTPServerPipeline(
+                    withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
+                        context.pipeline.removeHandler(fallback, promise: nil)
+                    })
+                ).flatMap {
+                    channel.pipeline.addHandler(fallback)
+                }
+            }
+            .bind(host: address.host, port: address.port).get()
+    }
+}
+
+/// Answers plain HTTP requests on the WebSocket port: this port speaks LIME over WebSocket only.
+final class HTTPUpgradeRequiredHandler: ChannelInboundHandler, RemovableChannelHandler, Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .end = unwrapInboundIn(data) else { return }
+        let body = context.channel.allocator.buffer(string: "This is a Relay hub: connect with a LIME WebSocket client (subprotocol lime).\n")
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: "\(body.readableBytes)")
+        headers.add(name: "Connection", value: "close")
+        headers.add(name: "Upgrade", value: "websocket")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .upgradeRequired, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+    }
+}
+
+/// Runs a `HubServer` under swift-service-lifecycle: starts it, and on graceful shutdown
+/// (SIGINT/SIGTERM) finishes every session before returning.
+public struct HubService: Service {
+    public let server: HubServer
+
+    public init(server: HubServer) {
+        self.server = server
+    }
+
+    public func run() async throws {
+        try await server.start()
+        try? await gracefulShutdown()
+        await server.shutdown()
+    }
+}

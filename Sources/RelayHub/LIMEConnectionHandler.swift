@@ -1,0 +1,175 @@
+import Foundation
+import Logging
+import NIOCore
+import RelayCore
+import RelayTransport
+
+/// Runs one LIME session on one connection: feeds what arrives into `LIMEServerSessionMachine`
+/// and carries out the actions it returns. It decides nothing itself.
+///
+/// Over TCP the bytes are split into envelopes by `LIMEStreamFramer`; over WebSocket each inbound
+/// buffer is one envelope (one text frame).
+final class LIMEConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let hub: Hub
+    private var reader: LIMEEnvelopeReader
+    private var machine: LIMEServerSessionMachine?
+    private var sessionID: SessionID?
+    private var establishTimer: Scheduled<Void>?
+    private var closing = false
+
+    init(hub: Hub, framing: LIMEEnvelopeReader.Framing) {
+        self.hub = hub
+        let limits = hub.configuration.limits
+        self.reader = LIMEEnvelopeReader(framing: framing, maximumEnvelopeSize: limits.maxEnvelopeBytes, maximumDepth: limits.maxJSONDepth)
+    }
+
+    private var logger: Logger { hub.logger }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        // Over WebSocket the channel is already active when this handler joins after the upgrade.
+        if context.channel.isActive { start(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard machine == nil else { return }
+        let configuration = hub.configuration
+        let outlet = SessionOutlet(channel: context.channel, maximumPendingBytes: configuration.limits.maxPendingBytes)
+        let randomTag = String(UInt32.random(in: .min ... .max), radix: 16)
+        var machine = LIMEServerSessionMachine(configuration: .init(
+            sessionID: UUID().uuidString.lowercased(), serverNode: configuration.hubNode, schemes: hub.authenticator.schemes,
+            assignedInstance: randomTag))
+        guard let id = hub.openSession(outlet) else {
+            logger.warning("connection refused: the hub holds its maximum of \(configuration.limits.maxSessions) sessions")
+            let action = machine.terminated(Reason(
+                code: ReasonCode.sessionError, description: "The hub is full or shutting down; try again later"))
+            self.machine = machine
+            execute(action, context: context)
+            return
+        }
+        self.machine = machine
+        sessionID = id
+        let timeout = TimeAmount.nanoseconds(Int64(configuration.limits.establishTimeoutSeconds * 1_000_000_000))
+        establishTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
+            guard let self, var machine = self.machine else { return }
+            let action = machine.establishmentTimedOut()
+            self.machine = machine
+            self.execute(action, context: context)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        let batch = reader.read(unwrapInboundIn(data))
+        for envelope in batch.envelopes where !closing {
+            feed(context: context) { $0.envelopeReceived(envelope) }
+        }
+        if let reason = batch.error, !closing {
+            logger.debug("invalid input", metadata: ["session": "\(sessionID ?? 0)", "reason": "\(reason.description)"])
+            feed(context: context) { $0.invalidInputReceived(reason) }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        establishTimer?.cancel()
+        feed(context: context) { $0.peerClosed() }
+        if let sessionID { hub.closeSession(sessionID) }
+        sessionID = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let reason = reader.reason(for: error) {
+            feed(context: context) { $0.invalidInputReceived(reason) }
+            return
+        }
+        logger.debug("connection error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case let event as HubSessionEvent:
+            switch event {
+            case .terminate(let reason):
+                if reason.code == ReasonCode.dispatchError { logger.info("slow consumer ended", metadata: ["session": "\(sessionID ?? 0)"]) }
+                feed(context: context) { $0.terminated(reason) }
+            case .shutdown:
+                feed(context: context) { $0.shutdownRequested() }
+            }
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    // MARK: - Carrying out the machine's actions
+
+    private func feed(context: ChannelHandlerContext, _ event: (inout LIMEServerSessionMachine) -> LIMEServerSessionMachine.Action) {
+        guard var machine else { return }
+        let action = event(&machine)
+        self.machine = machine
+        execute(action, context: context)
+    }
+
+    private func execute(_ action: LIMEServerSessionMachine.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .send(let envelopes):
+            for envelope in envelopes { write(envelope, context: context) }
+        case .verifyCredentials(let credentials):
+            let fallbackName = machine?.configuration.assignedInstance ?? "guest"
+            switch hub.verify(credentials, fallbackName: fallbackName) {
+            case .success(let identity): feed(context: context) { $0.credentialsAccepted(identity: identity) }
+            case .failure(let reason):
+                logger.info("authentication refused", metadata: ["identity": "\(credentials.identity?.description ?? "-")", "scheme": "\(credentials.scheme)"])
+                feed(context: context) { $0.credentialsRejected(reason) }
+            }
+        case .establish(let node, let reply):
+            establishTimer?.cancel()
+            if let sessionID { hub.register(sessionID, node: node) }
+            write(reply, context: context)
+            context.flush()
+        case .route(let envelope):
+            guard let sessionID else { return }
+            if let reply = hub.route(envelope, from: sessionID, allocator: context.channel.allocator) {
+                write(reply, context: context)
+            }
+        case .sendAndClose(let envelope):
+            sendAndClose(envelope, context: context)
+        case .unregisterSendAndClose(let envelope):
+            if let sessionID { hub.unregister(sessionID) }
+            sendAndClose(envelope, context: context)
+        case .unregister:
+            if let sessionID { hub.unregister(sessionID) }
+        case .close:
+            closing = true
+            context.close(promise: nil)
+        }
+    }
+
+    private func write(_ envelope: Envelope, context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: LIMECodec.encode(envelope))), promise: nil)
+    }
+
+    private func sendAndClose(_ envelope: Envelope, context: ChannelHandlerContext) {
+        closing = true
+        establishTimer?.cancel()
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(bytes: LIMECodec.encode(envelope)))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}

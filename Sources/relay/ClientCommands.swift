@@ -1,0 +1,124 @@
+import ArgumentParser
+import Foundation
+import RelayClient
+import RelayCore
+
+/// The options every client command takes.
+struct ClientOptions: ParsableArguments {
+    @Option(help: "The hub, ws://HOST:PORT or tcp://HOST:PORT.")
+    var server: String = "ws://127.0.0.1:8080"
+
+    @Option(help: "Who to connect as, NAME@DOMAIN[/INSTANCE] (a guest identity is assigned when omitted).")
+    var identity: String?
+
+    @Option(help: "A password for the plain scheme (or set RELAY_PASSWORD); guest access when absent.")
+    var password: String?
+
+    func connect() async throws -> LIMEClient {
+        var options = LIMEClient.Options()
+        if let identity {
+            guard let node = Node(identity) else { throw ValidationError("--identity expects NAME@DOMAIN, got '\(identity)'") }
+            options.identity = node.identity
+            options.instance = node.instance
+        }
+        if let password = password ?? ProcessInfo.processInfo.environment["RELAY_PASSWORD"] {
+            options.authentication = .plain(password: password)
+        }
+        return try await LIMEClient.connect(to: server, options: options)
+    }
+}
+
+struct Send: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send a message to a node and report what became of it.")
+
+    @OptionGroup var client: ClientOptions
+
+    @Option(help: "The recipient, NAME@DOMAIN[/INSTANCE].")
+    var to: String
+
+    @Option(help: "The media type of the content; JSON types (application/json, +json) take JSON text.")
+    var type: String = "text/plain"
+
+    @Flag(help: "Send without an id: fire-and-forget, no failure notification comes back.")
+    var noId = false
+
+    @Argument(help: "The content.")
+    var text: String
+
+    func run() async throws {
+        guard let recipient = Node(to) else { throw ValidationError("--to expects NAME@DOMAIN[/INSTANCE], got '\(to)'") }
+        let mediaType = MediaType(type)
+        let content: JSONValue
+        if mediaType.isJSON {
+            do { content = try JSONParser.parse(text) } catch { throw ValidationError("content is not JSON: \(error)") }
+        } else {
+            content = .string(text)
+        }
+        let connection = try await client.connect()
+        let id = noId ? nil : UUID().uuidString.lowercased()
+        try await connection.send(LIMEMessage(header: EnvelopeHeader(id: id, to: recipient), type: mediaType, content: content))
+        // Ping the hub: its answer comes after any failure it sent for the message, so a failure is seen
+        // before finishing.
+        _ = try await connection.ping()
+        var failure: Reason?
+        if let id {
+            let notifications = connection.notifications
+            try await connection.finish()
+            for await notification in notifications where notification.header.id == id && notification.event == .failed {
+                failure = notification.reason
+            }
+        } else {
+            try await connection.finish()
+        }
+        if let failure {
+            FileHandle.standardError.write(Data("relay send: failed: \(failure.description) (code \(failure.code))\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Listen: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print every message and notification that arrives, one JSON envelope per line.")
+
+    @OptionGroup var client: ClientOptions
+
+    @Option(help: "Exit after this many messages.")
+    var count: Int?
+
+    func run() async throws {
+        let connection = try await client.connect()
+        FileHandle.standardError.write(Data("relay listen: listening as \(connection.localNode)\n".utf8))
+        let limit = count
+        let printer = LinePrinter()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                var seen = 0
+                for await message in connection.messages {
+                    printer.print(.message(message))
+                    seen += 1
+                    if let limit, seen >= limit { break }
+                }
+            }
+            group.addTask {
+                for await notification in connection.notifications { printer.print(.notification(notification)) }
+            }
+            group.addTask {
+                for await command in connection.commands { printer.print(.command(command)) }
+            }
+            // Stop when the message count is reached or the session ends.
+            await group.next()
+            group.cancelAll()
+        }
+        if limit != nil { try? await connection.finish() } else { await connection.close() }
+    }
+}
+
+/// Writes one line per envelope, whole lines only, from several tasks.
+final class LinePrinter: Sendable {
+    func print(_ envelope: Envelope) {
+        var line = LIMECodec.encode(envelope)
+        line.append(UInt8(ascii: "\n"))
+        FileHandle.standardOutput.write(Data(line))
+    }
+}

@@ -1,0 +1,9 @@
+import ArgumentParser
+
+@main
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Relay: a message hub speaking LIME, and the tools to use it.",
+        subcommands: [Serve.self, Send.self, Listen.self, Passwd.self])
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import Logging
+import RelayHub
+import RelayTransport
+import ServiceLifecycle
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a hub (LIME over WebSocket and TCP) on embedded defaults, or as a configuration file says.")
+
+    @Option(name: .customLong("ws"), help: "Where LIME over WebSocket listens, HOST:PORT (default 127.0.0.1:8080).")
+    var webSocket: String?
+
+    @Option(name: .customLong("tcp"), help: "Where LIME over TCP listens, HOST:PORT (default 127.0.0.1:55321).")
+    var tcp: String?
+
+    @Option(name: .customLong("config"), help: "A JSON configuration file (see docs/ARCHITECTURE.md).")
+    var configFile: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        var configuration = try configFile.map { try HubConfiguration.load(path: $0) } ?? HubConfiguration()
+        if let webSocket { configuration.ws = try Self.address(webSocket, flag: "--ws") }
+        if let tcp { configuration.tcp = try Self.address(tcp, flag: "--tcp") }
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "relay")
+        let server = try HubServer(configuration: configuration, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: HubService(server: server))], gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+
+    static func address(_ text: String, flag: String) throws -> HostAndPort {
+        guard let address = HostAndPort(text) else { throw ValidationError("\(flag) expects HOST:PORT, got '\(text)'") }
+        return address
+    }
+}
+
+struct Passwd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the salted hash of a password, for a user entry of the configuration file.")
+
+    @Argument(help: "The password; read from standard input when omitted.")
+    var password: String?
+
+    func run() async throws {
+        guard let password = password ?? readLine(strippingNewline: true), !password.isEmpty else {
+            throw ValidationError("no password given")
+        }
+        print(try PasswordHash.make(password: password))
+    }
+}
