@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(
             name: "RelayHubTests",
             dependencies: [
-                "RelayCore", "RelayHub", "RelayClient",
+                "RelayCore", "RelayHub", "RelayClient", "RelayTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

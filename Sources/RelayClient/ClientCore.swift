@@ -5,8 +5,6 @@ import Synchronization
 /// The state a `LIMEClient` shares between the application's tasks and its connection's event loop:
 /// the handshake's waiter, the requests awaiting responses, and the streams of incoming envelopes.
 final class ClientCore: Sendable {
-    /// Posted into the pipeline to start the handshake once a WebSocket upgrade is complete.
-    struct StartRequested: Sendable {}
     /// Posted into the pipeline to finish the session.
     struct FinishRequested: Sendable {}
 

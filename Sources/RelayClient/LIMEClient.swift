@@ -1,8 +1,6 @@
 import Foundation
 import NIOCore
-import NIOHTTP1
 import NIOPosix
-import NIOWebSocket
 import RelayCore
 import RelayTransport
 
@@ -98,7 +96,7 @@ public final class LIMEClient: Sendable {
     public static func connect(
         to url: String, options: Options, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> LIMEClient {
-        let endpoint = try Endpoint(url)
+        guard let endpoint = LIMEEndpoint(url) else { throw LIMEClientError.invalidURL(url) }
         let core = ClientCore(bufferSize: options.bufferSize)
         var authentication = JSONObject()
         let scheme: String
@@ -111,21 +109,16 @@ public final class LIMEClient: Sendable {
         }
         let machine = LIMEClientSessionMachine(configuration: .init(
             identity: options.identity, instance: options.instance, scheme: scheme, authentication: authentication))
-        let maximum = options.maximumEnvelopeBytes
-        let bootstrap = ClientBootstrap(group: group)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.nanoseconds(Int64(options.connectTimeout.components.seconds) * 1_000_000_000))
         let channel: any Channel
-        switch endpoint.transport {
-        case .tcp:
-            channel = try await bootstrap.channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(LIMEClientHandler(
-                        machine: machine, reader: LIMEEnvelopeReader(framing: .stream, maximumEnvelopeSize: maximum), core: core))
-                }
-            }.connect(host: endpoint.host, port: endpoint.port).get()
-        case .webSocket(let path):
-            channel = try await connectWebSocket(bootstrap: bootstrap, endpoint: endpoint, path: path, machine: machine, core: core, maximum: maximum)
+        do {
+            channel = try await LIMETransportConnector.connect(
+                to: endpoint, group: group, connectTimeout: options.connectTimeout,
+                maximumEnvelopeBytes: options.maximumEnvelopeBytes
+            ) { reader in
+                LIMEClientHandler(machine: machine, reader: reader, core: core)
+            }
+        } catch LIMETransportError.upgradeRefused {
+            throw LIMEClientError.upgradeRefused
         }
         do {
             let (local, remote) = try await withDeadline(options.connectTimeout, what: "establishing the session") {
@@ -136,55 +129,6 @@ public final class LIMEClient: Sendable {
             channel.close(promise: nil)
             throw error
         }
-    }
-
-    private static func connectWebSocket(
-        bootstrap: ClientBootstrap, endpoint: Endpoint, path: String, machine: LIMEClientSessionMachine, core: ClientCore,
-        maximum: Int
-    ) async throws -> any Channel {
-        let upgradeResult = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Bool.self)
-        let channel: any Channel
-        do {
-            channel = try await bootstrap.channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let upgrader = NIOTypedWebSocketClientUpgrader<Bool>(
-                        maxFrameSize: maximum,
-                        upgradePipelineHandler: { channel, _ in
-                            channel.eventLoop.makeCompletedFuture {
-                                try channel.pipeline.syncOperations.addHandlers([
-                                    NIOWebSocketFrameAggregator(
-                                        minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096, maxAccumulatedFrameSize: maximum),
-                                    WebSocketEnvelopeHandler(isClient: true),
-                                    LIMEClientHandler(
-                                        machine: machine, reader: LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum),
-                                        core: core),
-                                ])
-                                return true
-                            }
-                        })
-                    var headers = HTTPHeaders()
-                    headers.add(name: "Host", value: "\(endpoint.host):\(endpoint.port)")
-                    headers.add(name: "Sec-WebSocket-Protocol", value: "lime")
-                    headers.add(name: "Content-Length", value: "0")
-                    let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)
-                    let configuration = NIOTypedHTTPClientUpgradeConfiguration(
-                        upgradeRequestHead: head, upgraders: [upgrader],
-                        notUpgradingCompletionHandler: { channel in channel.eventLoop.makeSucceededFuture(false) })
-                    try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(
-                        configuration: .init(upgradeConfiguration: configuration)
-                    ).cascade(to: upgradeResult)
-                }
-            }.connect(host: endpoint.host, port: endpoint.port).get()
-        } catch {
-            upgradeResult.succeed(false)
-            throw error
-        }
-        guard try await upgradeResult.futureResult.get() else {
-            channel.close(promise: nil)
-            throw LIMEClientError.upgradeRefused
-        }
-        channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ClientCore.StartRequested()) }
-        return channel
     }
 
     // MARK: - Sending
@@ -228,7 +172,7 @@ public final class LIMEClient: Sendable {
                         core.endReason ?? Reason(code: ReasonCode.sessionError, description: "The session has ended")))
                     return
                 }
-                let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(deadline.nanoseconds)) {
+                let timer = channel.eventLoop.scheduleTask(in: TimeAmount(deadline)) {
                     core.removePending(id)?.resume(throwing: LIMEClientError.timedOut(what))
                 }
                 channel.writeAndFlush(bytes).whenFailure { error in
@@ -269,13 +213,6 @@ public final class LIMEClient: Sendable {
     }
 }
 
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
-    }
-}
-
 /// Runs `body`, failing with `LIMEClientError.timedOut` if it takes longer than `limit`.
 func withDeadline<T: Sendable>(_ limit: Duration, what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T.self) { group in
@@ -289,31 +226,3 @@ func withDeadline<T: Sendable>(_ limit: Duration, what: String, _ body: @escapin
     }
 }
 
-/// A parsed server URL.
-struct Endpoint {
-    enum Transport {
-        case tcp
-        case webSocket(path: String)
-    }
-
-    var transport: Transport
-    var host: String
-    var port: Int
-
-    init(_ text: String) throws {
-        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
-            let host = components.host, !host.isEmpty
-        else { throw LIMEClientError.invalidURL(text) }
-        self.host = host
-        switch scheme {
-        case "ws":
-            transport = .webSocket(path: components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath)
-            port = components.port ?? 8080
-        case "tcp", "net.tcp":
-            transport = .tcp
-            port = components.port ?? 55321
-        default:
-            throw LIMEClientError.invalidURL(text)
-        }
-    }
-}

@@ -19,11 +19,6 @@ final class LIMEClientHandler: ChannelInboundHandler {
         self.core = core
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        start(context: context)
-        context.fireChannelActive()
-    }
-
     private func start(context: ChannelHandlerContext) {
         guard !started else { return }
         started = true
@@ -52,8 +47,8 @@ final class LIMEClientHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ClientCore.StartRequested {
-            // Over WebSocket the session starts once the upgrade is complete and the HTTP handlers are gone.
+        if event is LIMETransportReady {
+            // Over WebSocket this comes once the upgrade is complete and the HTTP handlers are gone.
             start(context: context)
         } else if event is ClientCore.FinishRequested {
             execute(machine.finishRequested(), context: context)

@@ -1,0 +1,114 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+
+/// A LIME server address: `ws://HOST:PORT[/PATH]` or `tcp://HOST:PORT` (also `net.tcp://`).
+package struct LIMEEndpoint: Sendable {
+    package enum Transport: Sendable {
+        case tcp
+        case webSocket(path: String)
+    }
+
+    package var transport: Transport
+    package var host: String
+    package var port: Int
+
+    package init?(_ text: String) {
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
+            let host = components.host, !host.isEmpty
+        else { return nil }
+        self.host = host
+        switch scheme {
+        case "ws":
+            transport = .webSocket(path: components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath)
+            port = components.port ?? 8080
+        case "tcp", "net.tcp":
+            transport = .tcp
+            port = components.port ?? 55321
+        default:
+            return nil
+        }
+    }
+}
+
+/// Errors of connecting a LIME transport.
+package enum LIMETransportError: Error {
+    case upgradeRefused
+}
+
+/// Posted into the pipeline when the transport is ready for envelopes (after a WebSocket upgrade).
+package struct LIMETransportReady: Sendable {
+    package init() {}
+}
+
+/// Opens a LIME transport to a server and puts the handler that `makeHandler` builds on top of it:
+/// over TCP directly, over WebSocket after the upgrade (subprotocol `lime`, one envelope per frame).
+/// `LIMETransportReady` is fired through the pipeline once envelopes can be sent.
+package enum LIMETransportConnector {
+    package static func connect(
+        to endpoint: LIMEEndpoint, group: any EventLoopGroup, connectTimeout: Duration, maximumEnvelopeBytes maximum: Int,
+        makeHandler: @escaping @Sendable (LIMEEnvelopeReader) -> any ChannelHandler
+    ) async throws -> any Channel {
+        let bootstrap = ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(connectTimeout.components.seconds))
+        switch endpoint.transport {
+        case .tcp:
+            let channel = try await bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(makeHandler(LIMEEnvelopeReader(framing: .stream, maximumEnvelopeSize: maximum)))
+                }
+            }.connect(host: endpoint.host, port: endpoint.port).get()
+            ready(channel)
+            return channel
+        case .webSocket(let path):
+            let upgradeResult = group.next().makePromise(of: Bool.self)
+            let channel: any Channel
+            do {
+                channel = try await bootstrap.channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let upgrader = NIOTypedWebSocketClientUpgrader<Bool>(
+                            maxFrameSize: maximum,
+                            upgradePipelineHandler: { channel, _ in
+                                channel.eventLoop.makeCompletedFuture {
+                                    try channel.pipeline.syncOperations.addHandlers([
+                                        NIOWebSocketFrameAggregator(
+                                            minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096, maxAccumulatedFrameSize: maximum),
+                                        WebSocketEnvelopeHandler(isClient: true),
+                                        makeHandler(LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum)),
+                                    ])
+                                    return true
+                                }
+                            })
+                        var headers = HTTPHeaders()
+                        headers.add(name: "Host", value: "\(endpoint.host):\(endpoint.port)")
+                        headers.add(name: "Sec-WebSocket-Protocol", value: "lime")
+                        headers.add(name: "Content-Length", value: "0")
+                        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)
+                        let configuration = NIOTypedHTTPClientUpgradeConfiguration(
+                            upgradeRequestHead: head, upgraders: [upgrader],
+                            notUpgradingCompletionHandler: { channel in channel.eventLoop.makeSucceededFuture(false) })
+                        try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(
+                            configuration: .init(upgradeConfiguration: configuration)
+                        ).cascade(to: upgradeResult)
+                    }
+                }.connect(host: endpoint.host, port: endpoint.port).get()
+            } catch {
+                upgradeResult.succeed(false)
+                throw error
+            }
+            guard try await upgradeResult.futureResult.get() else {
+                channel.close(promise: nil)
+                throw LIMETransportError.upgradeRefused
+            }
+            ready(channel)
+            return channel
+        }
+    }
+
+    private static func ready(_ channel: any Channel) {
+        channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(LIMETransportReady()) }
+    }
+}
