@@ -184,12 +184,12 @@ import Testing
             _ = try await raw.establish(as: "stalled@relay.local")
             try await raw.channel.setOption(.autoRead, value: false)
             let sender = try await hub.connect(.tcp, as: "sender@relay.local")
-            let chunk = String(repeating: "y", count: 60_000)
+            let chunk = String(repeating: "y", count: 900_000)
             var sent = 0
             while hub.server.hub.statistics.slowConsumers == 0, sent < 2_000 {
                 try await sender.send(LIMEMessage(to: Node("stalled@relay.local"), text: chunk))
                 sent += 1
-                if sent % 50 == 0 { _ = try await sender.ping() }
+                if sent % 5 == 0 { _ = try await sender.ping() }
             }
             #expect(hub.server.hub.statistics.slowConsumers >= 1)
             #expect(try await sender.ping().status == .success)
