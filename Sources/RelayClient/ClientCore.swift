@@ -27,7 +27,8 @@ final class ClientCore: Sendable {
 
     init(bufferSize: Int) {
         (messages, messageInput) = AsyncStream.makeStream(of: LIMEMessage.self, bufferingPolicy: .bufferingOldest(bufferSize))
-        (notifications, notificationInput) = AsyncStream.makeStream(of: LIMENotification.self, bufferingPolicy: .bufferingOldest(bufferSize))
+        (notifications, notificationInput) = AsyncStream.makeStream(
+            of: LIMENotification.self, bufferingPolicy: .bufferingOldest(bufferSize))
         (commands, commandInput) = AsyncStream.makeStream(of: LIMECommand.self, bufferingPolicy: .bufferingOldest(bufferSize))
     }
 
@@ -50,7 +51,8 @@ final class ClientCore: Sendable {
             let result: Result<(Node, Node?), any Error>? = state.withLock { state in
                 if let session = state.session { return .success(session) }
                 if let ended = state.endReason {
-                    return .failure(LIMEClientError.sessionFailed(ended ?? Reason(code: ReasonCode.sessionError, description: "The session ended")))
+                    return .failure(
+                        LIMEClientError.sessionFailed(ended ?? Reason(code: ReasonCode.sessionError, description: "The session ended")))
                 }
                 state.connectWaiter = continuation
                 return nil

@@ -85,7 +85,10 @@ public final class LIMEClient: Sendable {
     ) async throws -> LIMEClient {
         var options = Options(authentication: authentication)
         if let identity {
-            guard let node = Node(identity) else { throw LIMEClientError.sessionFailed(Reason(code: ReasonCode.validationInvalidIdentity, description: "'\(identity)' is not name@domain")) }
+            guard let node = Node(identity) else {
+                throw LIMEClientError.sessionFailed(
+                    Reason(code: ReasonCode.validationInvalidIdentity, description: "'\(identity)' is not name@domain"))
+            }
             options.identity = node.identity
             options.instance = node.instance
         }
@@ -107,8 +110,9 @@ public final class LIMEClient: Sendable {
             scheme = "plain"
             authentication["password"] = .string(Data(password.utf8).base64EncodedString())
         }
-        let machine = LIMEClientSessionMachine(configuration: .init(
-            identity: options.identity, instance: options.instance, scheme: scheme, authentication: authentication))
+        let machine = LIMEClientSessionMachine(
+            configuration: .init(
+                identity: options.identity, instance: options.instance, scheme: scheme, authentication: authentication))
         let channel: any Channel
         do {
             channel = try await LIMETransportConnector.connect(
@@ -168,8 +172,9 @@ public final class LIMEClient: Sendable {
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<LIMECommand, any Error>) in
                 guard core.addPending(id, continuation) else {
-                    continuation.resume(throwing: LIMEClientError.sessionFailed(
-                        core.endReason ?? Reason(code: ReasonCode.sessionError, description: "The session has ended")))
+                    continuation.resume(
+                        throwing: LIMEClientError.sessionFailed(
+                            core.endReason ?? Reason(code: ReasonCode.sessionError, description: "The session has ended")))
                     return
                 }
                 let timer = channel.eventLoop.scheduleTask(in: TimeAmount(deadline)) {
@@ -225,4 +230,3 @@ func withDeadline<T: Sendable>(_ limit: Duration, what: String, _ body: @escapin
         return try await group.next()!
     }
 }
-

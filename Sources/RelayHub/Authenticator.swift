@@ -40,9 +40,10 @@ struct Authenticator: Sendable {
             let identity = credentials.identity ?? Identity(name: "guest-\(fallbackName)", domain: domain)
             // A guest cannot take the identity of a configured user.
             if users[identity] != nil {
-                return .failure(Reason(
-                    code: ReasonCode.sessionAuthenticationFailed,
-                    description: "Identity '\(identity)' requires the plain scheme"))
+                return .failure(
+                    Reason(
+                        code: ReasonCode.sessionAuthenticationFailed,
+                        description: "Identity '\(identity)' requires the plain scheme"))
             }
             return .success(identity)
         case "plain":

@@ -116,7 +116,8 @@ public final class Hub: Sendable {
             return routing
         }
         if routing.dropped {
-            logger.debug("undeliverable envelope dropped", metadata: ["kind": "\(envelope.kind)", "to": "\(envelope.header.to?.description ?? "")"])
+            logger.debug(
+                "undeliverable envelope dropped", metadata: ["kind": "\(envelope.kind)", "to": "\(envelope.header.to?.description ?? "")"])
         }
         if let delivery = routing.delivery, !targets.isEmpty {
             // One encoding, shared by every recipient.

@@ -14,7 +14,10 @@ public final class HubServer: Sendable {
     private let group: any EventLoopGroup
     private let listeners = Mutex<[any Channel]>([])
 
-    public init(configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "relay.hub")) throws {
+    public init(
+        configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "relay.hub")
+    ) throws {
         self.hub = try Hub(configuration: configuration, logger: logger)
         self.group = group
     }
@@ -114,9 +117,12 @@ public final class HubServer: Sendable {
             .childChannelInitializer { channel in
                 let fallback = HTTPUpgradeRequiredHandler()
                 return channel.pipeline.configureHTTPServerPipeline(
-                    withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
-                        context.pipeline.removeHandler(fallback, promise: nil)
-                    })
+                    withServerUpgrade: (
+                        upgraders: [upgrader],
+                        completionHandler: { context in
+                            context.pipeline.removeHandler(fallback, promise: nil)
+                        }
+                    )
                 ).flatMap {
                     channel.pipeline.addHandler(fallback)
                 }
@@ -132,7 +138,8 @@ final class HTTPUpgradeRequiredHandler: ChannelInboundHandler, RemovableChannelH
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .end = unwrapInboundIn(data) else { return }
-        let body = context.channel.allocator.buffer(string: "This is a Relay hub: connect with a LIME WebSocket client (subprotocol lime).\n")
+        let body = context.channel.allocator.buffer(
+            string: "This is a Relay hub: connect with a LIME WebSocket client (subprotocol lime).\n")
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: "\(body.readableBytes)")

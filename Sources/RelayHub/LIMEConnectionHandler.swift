@@ -43,13 +43,15 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         let configuration = hub.configuration
         let outlet = SessionOutlet(channel: context.channel, maximumPendingBytes: configuration.limits.maxPendingBytes)
         let randomTag = String(UInt32.random(in: .min ... .max), radix: 16)
-        var machine = LIMEServerSessionMachine(configuration: .init(
-            sessionID: UUID().uuidString.lowercased(), serverNode: configuration.hubNode, schemes: hub.authenticator.schemes,
-            assignedInstance: randomTag))
+        var machine = LIMEServerSessionMachine(
+            configuration: .init(
+                sessionID: UUID().uuidString.lowercased(), serverNode: configuration.hubNode, schemes: hub.authenticator.schemes,
+                assignedInstance: randomTag))
         guard let id = hub.openSession(outlet) else {
             logger.warning("connection refused: the hub holds its maximum of \(configuration.limits.maxSessions) sessions")
-            let action = machine.terminated(Reason(
-                code: ReasonCode.sessionError, description: "The hub is full or shutting down; try again later"))
+            let action = machine.terminated(
+                Reason(
+                    code: ReasonCode.sessionError, description: "The hub is full or shutting down; try again later"))
             self.machine = machine
             execute(action, context: context)
             return
@@ -104,7 +106,9 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         case let event as HubSessionEvent:
             switch event {
             case .terminate(let reason):
-                if reason.code == ReasonCode.dispatchError { logger.info("slow consumer ended", metadata: ["session": "\(sessionID ?? 0)"]) }
+                if reason.code == ReasonCode.dispatchError {
+                    logger.info("slow consumer ended", metadata: ["session": "\(sessionID ?? 0)"])
+                }
                 feed(context: context) { $0.terminated(reason) }
             case .shutdown:
                 feed(context: context) { $0.shutdownRequested() }
@@ -134,7 +138,9 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             switch hub.verify(credentials, fallbackName: fallbackName) {
             case .success(let identity): feed(context: context) { $0.credentialsAccepted(identity: identity) }
             case .failure(let reason):
-                logger.info("authentication refused", metadata: ["identity": "\(credentials.identity?.description ?? "-")", "scheme": "\(credentials.scheme)"])
+                logger.info(
+                    "authentication refused",
+                    metadata: ["identity": "\(credentials.identity?.description ?? "-")", "scheme": "\(credentials.scheme)"])
                 feed(context: context) { $0.credentialsRejected(reason) }
             }
         case .establish(let node, let reply):

@@ -33,9 +33,10 @@ final class SessionOutlet: Sendable {
         let pending = pendingBytes.add(size, ordering: .relaxed).newValue
         guard pending <= maximumPendingBytes else {
             pendingBytes.subtract(size, ordering: .relaxed)
-            terminate(Reason(
-                code: ReasonCode.dispatchError,
-                description: "Slow consumer: more than \(maximumPendingBytes) bytes waiting to be written"))
+            terminate(
+                Reason(
+                    code: ReasonCode.dispatchError,
+                    description: "Slow consumer: more than \(maximumPendingBytes) bytes waiting to be written"))
             return false
         }
         channel.writeAndFlush(bytes).whenComplete { [self] _ in

@@ -58,7 +58,8 @@ package enum LIMETransportConnector {
         case .tcp:
             let channel = try await bootstrap.channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(makeHandler(LIMEEnvelopeReader(framing: .stream, maximumEnvelopeSize: maximum)))
+                    try channel.pipeline.syncOperations.addHandler(
+                        makeHandler(LIMEEnvelopeReader(framing: .stream, maximumEnvelopeSize: maximum)))
                 }
             }.connect(host: endpoint.host, port: endpoint.port).get()
             ready(channel)

@@ -59,7 +59,8 @@ let specificationExamples: [String] = [
     }
 
     @Test func omitsNullFields() throws {
-        let envelope = try LIMECodec.decode(Array(#"{"id":null,"from":null,"to":"a@b.c","type":"text/plain","content":"x","metadata":null}"#.utf8))
+        let envelope = try LIMECodec.decode(
+            Array(#"{"id":null,"from":null,"to":"a@b.c","type":"text/plain","content":"x","metadata":null}"#.utf8))
         #expect(String(decoding: LIMECodec.encode(envelope), as: UTF8.self) == #"{"to":"a@b.c","type":"text/plain","content":"x"}"#)
     }
 

@@ -7,9 +7,10 @@ private let hub = Node("postmaster@relay.local/hub")!
 private func serverMachine(
     schemes: [String] = ["plain", "guest"], compression: [String] = ["none"], encryption: [String] = ["none"]
 ) -> LIMEServerSessionMachine {
-    LIMEServerSessionMachine(configuration: .init(
-        sessionID: "s1", serverNode: hub, schemes: schemes, compressionOptions: compression, encryptionOptions: encryption,
-        assignedInstance: "i1"))
+    LIMEServerSessionMachine(
+        configuration: .init(
+            sessionID: "s1", serverNode: hub, schemes: schemes, compressionOptions: compression, encryptionOptions: encryption,
+            assignedInstance: "i1"))
 }
 
 private func session(_ state: SessionState, id: String? = "s1", from: String? = nil, scheme: String? = nil) -> Envelope {
@@ -82,7 +83,9 @@ private func failure(in action: LIMEServerSessionMachine.Action) -> Reason? {
         var machine = serverMachine()
         _ = machine.envelopeReceived(session(.new, id: nil))
         let action = machine.envelopeReceived(session(.authenticating, from: "alice@relay.local/phone", scheme: "guest"))
-        #expect(action == .verifyCredentials(CredentialsPresented(scheme: "guest", identity: Identity("alice@relay.local"), authentication: [:])))
+        #expect(
+            action
+                == .verifyCredentials(CredentialsPresented(scheme: "guest", identity: Identity("alice@relay.local"), authentication: [:])))
         guard case .establish(let node, .session(let reply)) = machine.credentialsAccepted(identity: Identity("alice@relay.local")!) else {
             Issue.record("not established")
             return
@@ -146,7 +149,9 @@ private func failure(in action: LIMEServerSessionMachine.Action) -> Reason? {
     @Test func refusesAWrongSessionID() {
         var machine = serverMachine()
         _ = machine.envelopeReceived(session(.new, id: nil))
-        #expect(failure(in: machine.envelopeReceived(session(.authenticating, id: "other", from: "a@b.c", scheme: "guest")))?.code == ReasonCode.sessionError)
+        #expect(
+            failure(in: machine.envelopeReceived(session(.authenticating, id: "other", from: "a@b.c", scheme: "guest")))?.code
+                == ReasonCode.sessionError)
         var live = established()
         let action = live.envelopeReceived(session(.finishing, id: "other"))
         #expect(failure(in: action)?.code == ReasonCode.sessionError)
@@ -175,7 +180,10 @@ private func failure(in action: LIMEServerSessionMachine.Action) -> Reason? {
 
     @Test func routesEstablishedTrafficWithTheSessionsNodeAsSender() {
         var machine = established()
-        let spoofed = Envelope.message(LIMEMessage(header: EnvelopeHeader(id: "m1", from: Node("mallory@evil.com/x"), to: Node("bob@relay.local")), type: .textPlain, content: "hi"))
+        let spoofed = Envelope.message(
+            LIMEMessage(
+                header: EnvelopeHeader(id: "m1", from: Node("mallory@evil.com/x"), to: Node("bob@relay.local")), type: .textPlain,
+                content: "hi"))
         guard case .route(let routed) = machine.envelopeReceived(spoofed) else { Issue.record("not routed"); return }
         #expect(routed.header.from == Node("alice@relay.local/phone"))
         #expect(routed.header.to == Node("bob@relay.local"))
@@ -194,7 +202,9 @@ private func failure(in action: LIMEServerSessionMachine.Action) -> Reason? {
 
     @Test func shutdownFinishesEstablishedSessions() {
         var machine = established()
-        guard case .unregisterSendAndClose(.session(let finished)) = machine.shutdownRequested() else { Issue.record("not finished"); return }
+        guard case .unregisterSendAndClose(.session(let finished)) = machine.shutdownRequested() else {
+            Issue.record("not finished"); return
+        }
         #expect(finished.state == .finished)
         #expect(machine.establishmentTimedOut() == .none)
     }
@@ -220,7 +230,8 @@ private func failure(in action: LIMEServerSessionMachine.Action) -> Reason? {
         var machine = client()
         _ = machine.connected()
         _ = machine.envelopeReceived(authenticating(["guest"]))
-        _ = machine.envelopeReceived(.session(LIMESession(header: EnvelopeHeader(id: "s1", from: hub, to: Node("alice@relay.local/phone")), state: .established)))
+        _ = machine.envelopeReceived(
+            .session(LIMESession(header: EnvelopeHeader(id: "s1", from: hub, to: Node("alice@relay.local/phone")), state: .established)))
         return machine
     }
 
@@ -233,18 +244,23 @@ private func failure(in action: LIMEServerSessionMachine.Action) -> Reason? {
         }
         #expect(auth.state == .authenticating && auth.scheme == "guest" && auth.header.id == "s1")
         #expect(auth.header.from == Node("alice@relay.local/phone"))
-        let action = machine.envelopeReceived(.session(LIMESession(header: EnvelopeHeader(id: "s1", from: hub, to: Node("alice@relay.local/phone")), state: .established)))
+        let action = machine.envelopeReceived(
+            .session(LIMESession(header: EnvelopeHeader(id: "s1", from: hub, to: Node("alice@relay.local/phone")), state: .established)))
         #expect(action == .established(local: Node("alice@relay.local/phone")!, remote: hub))
     }
 
     @Test func choosesNegotiationOptionsWhenOffered() {
         var machine = client()
         _ = machine.connected()
-        let offer = LIMESession(header: EnvelopeHeader(id: "s1"), state: .negotiating, encryptionOptions: ["tls", "none"], compressionOptions: ["gzip"])
+        let offer = LIMESession(
+            header: EnvelopeHeader(id: "s1"), state: .negotiating, encryptionOptions: ["tls", "none"], compressionOptions: ["gzip"])
         guard case .send(.session(let choice)) = machine.envelopeReceived(.session(offer)) else { Issue.record("no choice"); return }
         #expect(choice.encryption == "none" && choice.compression == "gzip")
         // The server's confirmation needs no answer.
-        #expect(machine.envelopeReceived(.session(LIMESession(header: EnvelopeHeader(id: "s1"), state: .negotiating, encryption: "none", compression: "gzip"))) == .none)
+        #expect(
+            machine.envelopeReceived(
+                .session(LIMESession(header: EnvelopeHeader(id: "s1"), state: .negotiating, encryption: "none", compression: "gzip")))
+                == .none)
     }
 
     @Test func failsWhenItsSchemeIsNotOffered() {
@@ -267,7 +283,9 @@ private func failure(in action: LIMEServerSessionMachine.Action) -> Reason? {
         var machine = client()
         _ = machine.connected()
         let reason = Reason(code: 13, description: "nope")
-        #expect(machine.envelopeReceived(.session(LIMESession(header: EnvelopeHeader(id: "s1"), state: .failed, reason: reason))) == .failed(reason))
+        #expect(
+            machine.envelopeReceived(.session(LIMESession(header: EnvelopeHeader(id: "s1"), state: .failed, reason: reason)))
+                == .failed(reason))
     }
 
     @Test func refusesNonSessionEnvelopesDuringTheHandshake() {

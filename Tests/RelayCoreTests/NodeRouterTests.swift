@@ -30,13 +30,15 @@ import Testing
     @Test func anIdentityReachesEverySessionForMessagesAndNotifications() {
         var router = router()
         #expect(Set(router.route(message(from: bob, to: Node("ALICE@relay.local")), from: 3).recipients) == [1, 2])
-        let notification = Envelope.notification(LIMENotification(header: EnvelopeHeader(id: "x", from: bob, to: Node("alice@relay.local")), event: .consumed))
+        let notification = Envelope.notification(
+            LIMENotification(header: EnvelopeHeader(id: "x", from: bob, to: Node("alice@relay.local")), event: .consumed))
         #expect(Set(router.route(notification, from: 3).recipients) == [1, 2])
     }
 
     @Test func anIdentityReachesOneSessionInTurnForCommands() {
         var router = router()
-        let command = Envelope.command(LIMECommand(header: EnvelopeHeader(id: "c", from: bob, to: Node("alice@relay.local")), method: .get, uri: "/x"))
+        let command = Envelope.command(
+            LIMECommand(header: EnvelopeHeader(id: "c", from: bob, to: Node("alice@relay.local")), method: .get, uri: "/x"))
         let first = router.route(command, from: 3).recipients
         let second = router.route(command, from: 3).recipients
         #expect(first.count == 1 && second.count == 1)
@@ -63,7 +65,8 @@ import Testing
 
     @Test func aCommandToAnUnknownDestinationFails() {
         var router = router()
-        let command = Envelope.command(LIMECommand(header: EnvelopeHeader(id: "c1", from: bob, to: Node("svc@relay.local")), method: .get, uri: "/x"))
+        let command = Envelope.command(
+            LIMECommand(header: EnvelopeHeader(id: "c1", from: bob, to: Node("svc@relay.local")), method: .get, uri: "/x"))
         guard case .command(let response)? = router.route(command, from: 3).reply else { Issue.record("no response"); return }
         #expect(response.status == .failure && response.header.id == "c1" && response.method == .get)
         #expect(response.reason?.code == ReasonCode.routingDestinationNotFound)
@@ -74,7 +77,9 @@ import Testing
         var router = router()
         for to in [nil, hub, Node("postmaster@relay.local"), Node("relay.local")] {
             let ping = Envelope.command(LIMECommand(header: EnvelopeHeader(id: "p", from: bob, to: to), method: .get, uri: "/ping"))
-            guard case .command(let pong)? = router.route(ping, from: 3).reply else { Issue.record("no pong for \(String(describing: to))"); continue }
+            guard case .command(let pong)? = router.route(ping, from: 3).reply else {
+                Issue.record("no pong for \(String(describing: to))"); continue
+            }
             #expect(pong.status == .success && pong.type == .ping && pong.resource == .object([:]) && pong.header.id == "p")
         }
         let other = Envelope.command(LIMECommand(header: EnvelopeHeader(id: "q", from: bob), method: .get, uri: "/nothing"))
@@ -86,7 +91,8 @@ import Testing
         var router = router()
         _ = router.route(message(id: "m7", from: bob, to: Node("alice@relay.local")), from: 3)
         // lime-python sets the receipt's `to` to the message's `to`: its own identity.
-        let receipt = Envelope.notification(LIMENotification(header: EnvelopeHeader(id: "m7", from: alicePhone, to: Node("alice@relay.local")), event: .received))
+        let receipt = Envelope.notification(
+            LIMENotification(header: EnvelopeHeader(id: "m7", from: alicePhone, to: Node("alice@relay.local")), event: .received))
         let routing = router.route(receipt, from: 1)
         #expect(routing.recipients == [3])
         #expect(routing.delivery?.header.to == bob)

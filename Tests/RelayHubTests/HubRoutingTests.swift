@@ -43,7 +43,10 @@ import Testing
         try await withHub { hub in
             let mallory = try await hub.connect(.tcp, as: "mallory@relay.local/m")
             let victim = try await hub.connect(.tcp, as: "victim@relay.local/v")
-            try await mallory.send(LIMEMessage(header: EnvelopeHeader(from: Node("boss@relay.local/office"), to: Node("victim@relay.local")), type: .textPlain, content: "pay now"))
+            try await mallory.send(
+                LIMEMessage(
+                    header: EnvelopeHeader(from: Node("boss@relay.local/office"), to: Node("victim@relay.local")), type: .textPlain,
+                    content: "pay now"))
             #expect(try await firstElement(victim.messages).header.from == Node("mallory@relay.local/m"))
         }
     }
@@ -65,7 +68,8 @@ import Testing
     func aCommandToAnUnknownDestinationFails(_ transport: Transport) async throws {
         try await withHub { hub in
             let alice = try await hub.connect(transport, as: "alice@relay.local")
-            let response = try await alice.request(LIMECommand(header: EnvelopeHeader(to: Node("inventory@relay.local")), method: .get, uri: "/stock"))
+            let response = try await alice.request(
+                LIMECommand(header: EnvelopeHeader(to: Node("inventory@relay.local")), method: .get, uri: "/stock"))
             #expect(response.status == .failure)
             #expect(response.reason?.code == ReasonCode.routingDestinationNotFound)
             #expect(response.method == .get)
@@ -93,7 +97,8 @@ import Testing
                 }
             }
             defer { serving.cancel() }
-            let response = try await caller.request(LIMECommand(header: EnvelopeHeader(to: Node("clock@relay.local")), method: .get, uri: "/time"))
+            let response = try await caller.request(
+                LIMECommand(header: EnvelopeHeader(to: Node("clock@relay.local")), method: .get, uri: "/time"))
             #expect(response.status == .success)
             #expect(response.resource == ["time": "noon"])
             #expect(response.header.from == Node("clock@relay.local/1"))

@@ -170,7 +170,9 @@ import Testing
             let listener = try await hub.connect(.ws, as: "listener@relay.local")
             let raw = try await RawConnection.connect(hub.tcp)
             _ = try await raw.establish(as: "noisy@relay.local")
-            try await raw.send("\r\n  xx ]] " + #"{"to":"listener@relay.local","type":"text/plain","content":"one"}"# + "\n\n" + #"{"to":"listener@relay.local","type":"text/plain","content":"two {braces}"}"#)
+            try await raw.send(
+                "\r\n  xx ]] " + #"{"to":"listener@relay.local","type":"text/plain","content":"one"}"# + "\n\n"
+                    + #"{"to":"listener@relay.local","type":"text/plain","content":"two {braces}"}"#)
             var messages = listener.messages.makeAsyncIterator()
             #expect(await messages.next()?.content == "one")
             #expect(await messages.next()?.content == "two {braces}")

@@ -40,7 +40,8 @@ struct TestHub {
 
     func url(_ transport: Transport) -> String { transport == .ws ? ws : tcp }
 
-    func connect(_ transport: Transport, as identity: String, authentication: LIMEClient.Authentication = .guest) async throws -> LIMEClient {
+    func connect(_ transport: Transport, as identity: String, authentication: LIMEClient.Authentication = .guest) async throws -> LIMEClient
+    {
         try await LIMEClient.connect(to: url(transport), identity: identity, authentication: authentication)
     }
 }

@@ -105,20 +105,26 @@ public struct LIMEClientSessionMachine: Sendable {
             state = .negotiating
             let compression = pick(configuration.compression, from: session.compressionOptions)
             let encryption = pick(configuration.encryption, from: session.encryptionOptions)
-            return .send(.session(LIMESession(
-                header: EnvelopeHeader(id: sessionID), state: .negotiating, encryption: encryption, compression: compression)))
+            return .send(
+                .session(
+                    LIMESession(
+                        header: EnvelopeHeader(id: sessionID), state: .negotiating, encryption: encryption, compression: compression)))
         case .authenticating:
             if let offered = session.schemeOptions, !offered.contains(where: { $0.lowercased() == configuration.scheme.lowercased() }) {
-                state = .failed(Reason(
-                    code: ReasonCode.sessionAuthenticationFailed,
-                    description: "The server does not offer scheme '\(configuration.scheme)' (it offers \(offered.joined(separator: ", ")))"))
+                state = .failed(
+                    Reason(
+                        code: ReasonCode.sessionAuthenticationFailed,
+                        description:
+                            "The server does not offer scheme '\(configuration.scheme)' (it offers \(offered.joined(separator: ", ")))"))
                 if case .failed(let reason) = state { return .failed(reason) }
             }
             state = .authenticating
             let from = configuration.identity.map { Node(identity: $0, instance: configuration.instance) }
-            return .send(.session(LIMESession(
-                header: EnvelopeHeader(id: sessionID, from: from), state: .authenticating, scheme: configuration.scheme,
-                authentication: .object(configuration.authentication))))
+            return .send(
+                .session(
+                    LIMESession(
+                        header: EnvelopeHeader(id: sessionID, from: from), state: .authenticating, scheme: configuration.scheme,
+                        authentication: .object(configuration.authentication))))
         case .established:
             guard let local = session.header.to else {
                 return protocolViolation("the established session names no node for the client")

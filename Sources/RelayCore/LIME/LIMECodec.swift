@@ -5,7 +5,9 @@
 /// a numeric `id`, an `authentication` that repeats the `scheme`).
 public enum LIMECodec {
     /// Decodes one envelope from its JSON bytes.
-    public static func decode(_ bytes: some Collection<UInt8>, maximumDepth: Int = JSONParser.defaultMaximumDepth) throws(Reason) -> Envelope {
+    public static func decode(_ bytes: some Collection<UInt8>, maximumDepth: Int = JSONParser.defaultMaximumDepth) throws(Reason)
+        -> Envelope
+    {
         let value: JSONValue
         do {
             value = try JSONParser.parse(bytes, maximumDepth: maximumDepth)
@@ -105,7 +107,8 @@ public enum LIMECodec {
     private static func optionalNode(_ object: JSONObject, _ key: String) throws(Reason) -> Node? {
         guard let text = try optionalString(object, key) else { return nil }
         guard let node = Node(text) else {
-            throw Reason(code: ReasonCode.validationInvalidIdentity, description: "Invalid '\(key)': '\(text)' is not a node (name@domain/instance)")
+            throw Reason(
+                code: ReasonCode.validationInvalidIdentity, description: "Invalid '\(key)': '\(text)' is not a node (name@domain/instance)")
         }
         return node
     }

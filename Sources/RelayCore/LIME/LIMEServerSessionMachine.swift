@@ -89,7 +89,8 @@ public struct LIMEServerSessionMachine: Sendable {
     }
 
     private func sessionEnvelope(_ state: SessionState, to: Node? = nil, reason: Reason? = nil) -> LIMESession {
-        LIMESession(header: EnvelopeHeader(id: configuration.sessionID, from: configuration.serverNode, to: to), state: state, reason: reason)
+        LIMESession(
+            header: EnvelopeHeader(id: configuration.sessionID, from: configuration.serverNode, to: to), state: state, reason: reason)
     }
 
     // MARK: - Events
@@ -103,9 +104,10 @@ public struct LIMEServerSessionMachine: Sendable {
             return establishedEnvelopeReceived(envelope, node: node)
         case .new, .negotiating, .authenticating, .verifyingCredentials:
             guard case .session(let session) = envelope else {
-                return fail(Reason(
-                    code: ReasonCode.sessionInvalidActionForState,
-                    description: "A \(envelope.kind) envelope cannot be sent before the session is established"))
+                return fail(
+                    Reason(
+                        code: ReasonCode.sessionInvalidActionForState,
+                        description: "A \(envelope.kind) envelope cannot be sent before the session is established"))
             }
             return handshakeSessionReceived(session)
         }
@@ -129,9 +131,10 @@ public struct LIMEServerSessionMachine: Sendable {
             let compression = session.compression ?? "none"
             let encryption = session.encryption ?? "none"
             guard configuration.compressionOptions.contains(compression), configuration.encryptionOptions.contains(encryption) else {
-                return fail(Reason(
-                    code: ReasonCode.sessionNegotiationInvalidOptions,
-                    description: "Compression '\(compression)' or encryption '\(encryption)' was not offered"))
+                return fail(
+                    Reason(
+                        code: ReasonCode.sessionNegotiationInvalidOptions,
+                        description: "Compression '\(compression)' or encryption '\(encryption)' was not offered"))
             }
             var confirmation = sessionEnvelope(.negotiating)
             confirmation.compression = compression
@@ -143,9 +146,10 @@ public struct LIMEServerSessionMachine: Sendable {
             state = .finished
             return .sendAndClose(.session(sessionEnvelope(.finished)))
         default:
-            return fail(Reason(
-                code: ReasonCode.sessionInvalidActionForState,
-                description: "A '\(session.state.rawValue)' session envelope is not valid in state '\(stateName)'"))
+            return fail(
+                Reason(
+                    code: ReasonCode.sessionInvalidActionForState,
+                    description: "A '\(session.state.rawValue)' session envelope is not valid in state '\(stateName)'"))
         }
     }
 
@@ -163,9 +167,10 @@ public struct LIMEServerSessionMachine: Sendable {
             return fail(Reason(code: ReasonCode.sessionAuthenticationFailed, description: "No authentication scheme given"))
         }
         guard configuration.schemes.contains(scheme) else {
-            return fail(Reason(
-                code: ReasonCode.sessionAuthenticationFailed,
-                description: "Scheme '\(scheme)' was not offered (offered: \(configuration.schemes.joined(separator: ", ")))"))
+            return fail(
+                Reason(
+                    code: ReasonCode.sessionAuthenticationFailed,
+                    description: "Scheme '\(scheme)' was not offered (offered: \(configuration.schemes.joined(separator: ", ")))"))
         }
         state = .verifyingCredentials(requestedInstance: session.header.from?.instance)
         return .verifyCredentials(
@@ -192,9 +197,10 @@ public struct LIMEServerSessionMachine: Sendable {
                 return fail(Reason(code: ReasonCode.sessionError, description: "Invalid session id '\(id)'"))
             }
             guard session.state == .finishing else {
-                return fail(Reason(
-                    code: ReasonCode.sessionInvalidActionForState,
-                    description: "A '\(session.state.rawValue)' session envelope is not valid in state 'established'"))
+                return fail(
+                    Reason(
+                        code: ReasonCode.sessionInvalidActionForState,
+                        description: "A '\(session.state.rawValue)' session envelope is not valid in state 'established'"))
             }
             state = .finished
             return .unregisterSendAndClose(.session(sessionEnvelope(.finished, to: node)))

@@ -179,8 +179,9 @@ public struct NodeRouter: Sendable {
         switch envelope {
         case .message:
             guard let id = header.id else { return nil }
-            return .notification(LIMENotification(
-                header: EnvelopeHeader(id: id, from: header.to, to: header.pp ?? header.from), event: .failed, reason: reason))
+            return .notification(
+                LIMENotification(
+                    header: EnvelopeHeader(id: id, from: header.to, to: header.pp ?? header.from), event: .failed, reason: reason))
         case .command(let command) where !command.isResponse:
             guard command.header.id != nil else { return nil }
             var failure = command.failure(reason)
@@ -201,17 +202,19 @@ public struct NodeRouter: Sendable {
             if command.method == .get, command.uri == "/ping" {
                 response = command.success(type: .ping, resource: .object(JSONObject()))
             } else {
-                response = command.failure(Reason(
-                    code: ReasonCode.commandResourceNotFound,
-                    description: "The hub has no resource '\(command.uri ?? "")' for method '\(command.method.rawValue)'"))
+                response = command.failure(
+                    Reason(
+                        code: ReasonCode.commandResourceNotFound,
+                        description: "The hub has no resource '\(command.uri ?? "")' for method '\(command.method.rawValue)'"))
             }
             response.header.from = hub
             return .command(response)
         case .message(let message):
             guard let id = message.header.id else { return nil }
-            return .notification(LIMENotification(
-                header: EnvelopeHeader(id: id, from: hub, to: message.header.pp ?? message.header.from), event: .failed,
-                reason: Reason(code: ReasonCode.routingDestinationNotFound, description: "The hub does not accept messages; set 'to'")))
+            return .notification(
+                LIMENotification(
+                    header: EnvelopeHeader(id: id, from: hub, to: message.header.pp ?? message.header.from), event: .failed,
+                    reason: Reason(code: ReasonCode.routingDestinationNotFound, description: "The hub does not accept messages; set 'to'")))
         default:
             // Responses and receipts for the hub itself need no answer.
             return nil
