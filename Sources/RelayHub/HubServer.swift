@@ -71,7 +71,14 @@ public final class HubServer: Sendable {
         }
         try? await closed.get()
         deadline.cancel()
-        hub.logger.info("hub stopped")
+        let statistics = hub.statistics
+        hub.logger.info(
+            "hub stopped",
+            metadata: [
+                "routed": "\(statistics.envelopesRouted)", "delivered": "\(statistics.envelopesDelivered)",
+                "undeliverable": "\(statistics.envelopesUndeliverable)", "slowConsumers": "\(statistics.slowConsumers)",
+                "connectionsRefused": "\(statistics.connectionsRefused)",
+            ])
     }
 
     private func bindTCP(_ address: HostAndPort) async throws -> any Channel {
@@ -102,12 +109,8 @@ public final class HubServer: Sendable {
             },
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers([
-                        NIOWebSocketFrameAggregator(
-                            minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096, maxAccumulatedFrameSize: maximum),
-                        WebSocketEnvelopeHandler(isClient: false),
-                        LIMEConnectionHandler(hub: hub, framing: .messages),
-                    ])
+                    try channel.pipeline.syncOperations.addLIMEWebSocketHandlers(
+                        isClient: false, maximumEnvelopeBytes: maximum, session: LIMEConnectionHandler(hub: hub, framing: .messages))
                 }
             })
         return try await ServerBootstrap(group: group)

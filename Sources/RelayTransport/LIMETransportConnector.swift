@@ -74,12 +74,9 @@ package enum LIMETransportConnector {
                             maxFrameSize: maximum,
                             upgradePipelineHandler: { channel, _ in
                                 channel.eventLoop.makeCompletedFuture {
-                                    try channel.pipeline.syncOperations.addHandlers([
-                                        NIOWebSocketFrameAggregator(
-                                            minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096, maxAccumulatedFrameSize: maximum),
-                                        WebSocketEnvelopeHandler(isClient: true),
-                                        makeHandler(LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum)),
-                                    ])
+                                    try channel.pipeline.syncOperations.addLIMEWebSocketHandlers(
+                                        isClient: true, maximumEnvelopeBytes: maximum,
+                                        session: makeHandler(LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum)))
                                     return true
                                 }
                             })

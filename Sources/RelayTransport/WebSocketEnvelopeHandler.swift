@@ -72,3 +72,16 @@ package final class WebSocketEnvelopeHandler: ChannelDuplexHandler, RemovableCha
         }
     }
 }
+
+extension ChannelPipeline.SynchronousOperations {
+    /// Adds what sits between an upgraded WebSocket and a LIME session handler, on either side:
+    /// fragments reassembled up to the envelope limit, then one text frame per envelope.
+    package func addLIMEWebSocketHandlers(isClient: Bool, maximumEnvelopeBytes: Int, session: any ChannelHandler) throws {
+        try addHandlers([
+            NIOWebSocketFrameAggregator(
+                minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096, maxAccumulatedFrameSize: maximumEnvelopeBytes),
+            WebSocketEnvelopeHandler(isClient: isClient),
+            session,
+        ])
+    }
+}

@@ -87,6 +87,19 @@ import Testing
         }
     }
 
+    @Test(arguments: Transport.allCases)
+    func aClientAnswersAPingFromAnotherNode(_ transport: Transport) async throws {
+        try await withHub { hub in
+            _ = try await hub.connect(transport, as: "pingee@relay.local/1")
+            let pinger = try await hub.connect(.ws, as: "pinger@relay.local")
+            let pong = try await pinger.request(
+                LIMECommand(header: EnvelopeHeader(to: Node("pingee@relay.local/1")), method: .get, uri: "/ping"))
+            #expect(pong.status == .success)
+            #expect(pong.type == .ping)
+            #expect(pong.header.from == Node("pingee@relay.local/1"))
+        }
+    }
+
     @Test func aNodeAnswersAnotherNodesCommand() async throws {
         try await withHub { hub in
             let service = try await hub.connect(.tcp, as: "clock@relay.local/1")
