@@ -71,31 +71,24 @@ final class ClientCore: Sendable {
     }
 
     func deliver(_ envelope: Envelope) {
-        let result: AsyncStream<Void>.Continuation.YieldResult?
         switch envelope {
         case .message(let message):
-            result = convert(messageInput.yield(message))
+            countDrop(messageInput.yield(message))
         case .notification(let notification):
-            result = convert(notificationInput.yield(notification))
+            countDrop(notificationInput.yield(notification))
         case .command(let command) where command.isResponse:
-            guard let id = command.header.id, let waiter = state.withLock({ $0.pending.removeValue(forKey: id) }) else {
-                return  // a late response to a request that timed out or was cancelled
-            }
+            // No waiter: a late response to a request that timed out or was cancelled.
+            guard let id = command.header.id, let waiter = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
             waiter.resume(returning: command)
-            return
         case .command(let command):
-            result = convert(commandInput.yield(command))
+            countDrop(commandInput.yield(command))
         case .session:
-            return
+            break
         }
-        if case .dropped? = result { dropped.add(1, ordering: .relaxed) }
     }
 
-    private func convert<T>(_ result: AsyncStream<T>.Continuation.YieldResult) -> AsyncStream<Void>.Continuation.YieldResult? {
-        switch result {
-        case .dropped: return .dropped(())
-        default: return nil
-        }
+    private func countDrop<T>(_ result: AsyncStream<T>.Continuation.YieldResult) {
+        if case .dropped = result { dropped.add(1, ordering: .relaxed) }
     }
 
     /// Registers a request awaiting its response; false when the session has ended.

@@ -201,8 +201,7 @@ public final class LIMEClient: Sendable {
     public func finish() async throws {
         let channel = self.channel
         channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ClientCore.FinishRequested()) }
-        let reason = try await withDeadline(options.connectTimeout, what: "finishing the session") { await self.core.waitForEnd() }
-        _ = reason
+        _ = try await withDeadline(options.connectTimeout, what: "finishing the session") { await self.core.waitForEnd() }
         try? await channel.closeFuture.get()
     }
 
