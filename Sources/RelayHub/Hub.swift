@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import RelayCore
 import Synchronization
 
@@ -19,11 +20,14 @@ public final class Hub: Sendable {
         public var envelopesDelivered = 0
         public var envelopesUndeliverable = 0
         public var receiptsRouted = 0
+        /// Publications, requests and timeouts.
+        public var core = HubCore.Statistics()
     }
 
     private struct State {
-        var router: NodeRouter
+        var core: HubCore
         var outlets: [SessionID: SessionOutlet] = [:]
+        var timers: [HubCore.Timer: Scheduled<Void>] = [:]
         var nextSessionID: SessionID = 1
         var connectionsRefused = 0
         var slowConsumers = 0
@@ -33,29 +37,44 @@ public final class Hub: Sendable {
     public let configuration: HubConfiguration
     let authenticator: Authenticator
     let logger: Logger
+    private let timerLoop: any EventLoop
     private let state: Mutex<State>
 
-    public init(configuration: HubConfiguration, logger: Logger = Logger(label: "relay.hub")) throws {
+    public init(
+        configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "relay.hub")
+    ) throws {
         self.configuration = configuration
         self.authenticator = try Authenticator(configuration: configuration)
         self.logger = logger
+        self.timerLoop = group.any()
         guard !authenticator.schemes.isEmpty else {
             throw HubError.invalidConfiguration("guest access is off and no users are configured: nobody could connect")
         }
-        let router = NodeRouter(
-            configuration: .init(hubNode: configuration.hubNode, maximumReceiptRoutes: configuration.limits.maxReceiptRoutes))
-        self.state = Mutex(State(router: router))
+        var admins = Set<Identity>()
+        for text in configuration.admins {
+            guard let identity = Identity(text) else { throw HubError.invalidConfiguration("admin '\(text)' is not name@domain") }
+            admins.insert(identity)
+        }
+        let limits = configuration.limits
+        let core = HubCore(
+            configuration: .init(
+                hubNode: configuration.hubNode, maximumReceiptRoutes: limits.maxReceiptRoutes,
+                maximumSubscriptionsPerSession: limits.maxSubscriptionsPerSession,
+                maximumRequestsPerSession: limits.maxRequestsPerSession,
+                defaultDeadlineMilliseconds: Int(limits.defaultRequestTimeoutSeconds * 1000), admins: admins))
+        self.state = Mutex(State(core: core))
     }
 
     /// A snapshot of the counters.
     public var statistics: Statistics {
         state.withLock { state in
             Statistics(
-                sessionsOpen: state.outlets.count, sessionsEstablished: state.router.sessionCount,
+                sessionsOpen: state.outlets.count, sessionsEstablished: state.core.router.sessionCount,
                 connectionsRefused: state.connectionsRefused, slowConsumers: state.slowConsumers,
-                envelopesRouted: state.router.statistics.routed, envelopesDelivered: state.router.statistics.delivered,
-                envelopesUndeliverable: state.router.statistics.undeliverable,
-                receiptsRouted: state.router.statistics.receiptsRouted)
+                envelopesRouted: state.core.router.statistics.routed, envelopesDelivered: state.core.router.statistics.delivered,
+                envelopesUndeliverable: state.core.router.statistics.undeliverable,
+                receiptsRouted: state.core.router.statistics.receiptsRouted, core: state.core.statistics)
         }
     }
 
@@ -73,18 +92,19 @@ public final class Hub: Sendable {
         }
     }
 
-    /// Forgets a session whose connection closed.
+    /// Forgets a session whose connection closed; its callers and its requests are dealt with.
     func closeSession(_ id: SessionID) {
-        state.withLock { state in
+        let outputs = state.withLock { state in
             state.outlets[id] = nil
-            state.router.unregister(id)
+            return state.core.sessionClosed(id)
         }
+        perform(outputs)
     }
 
     /// Registers an authenticated session under its node; a session that held the node is ended.
     func register(_ id: SessionID, node: Node) {
         let replaced: SessionOutlet? = state.withLock { state in
-            guard let replacedID = state.router.register(id, node: node) else { return nil }
+            guard let replacedID = state.core.register(id, node: node) else { return nil }
             return state.outlets[replacedID]
         }
         logger.debug("session established", metadata: ["session": "\(id)", "node": "\(node)"])
@@ -92,7 +112,8 @@ public final class Hub: Sendable {
     }
 
     func unregister(_ id: SessionID) {
-        state.withLock { $0.router.unregister(id) }
+        let outputs = state.withLock { $0.core.sessionClosed(id) }
+        perform(outputs)
     }
 
     func noteSlowConsumer() {
@@ -103,28 +124,52 @@ public final class Hub: Sendable {
         authenticator.verify(credentials, fallbackName: fallbackName)
     }
 
-    /// Routes an envelope from an established session, writes it to its recipients, and returns the
-    /// answer meant for the sender, if any.
-    func route(_ envelope: Envelope, from sender: SessionID, allocator: ByteBufferAllocator) -> Envelope? {
-        var targets: [SessionOutlet] = []
-        let routing = state.withLock { state in
-            let routing = state.router.route(envelope, from: sender)
-            targets.reserveCapacity(routing.recipients.count)
-            for recipient in routing.recipients {
-                if let outlet = state.outlets[recipient] { targets.append(outlet) }
+    /// Hands an envelope of an established session to the core and carries out what it says.
+    func route(_ envelope: Envelope, from sender: SessionID) {
+        let outputs = state.withLock { $0.core.envelopeReceived(envelope, from: sender) }
+        perform(outputs)
+    }
+
+    /// Carries out the core's outputs: writes (outside the lock) and timers.
+    private func perform(_ outputs: [HubCore.Output]) {
+        guard !outputs.isEmpty else { return }
+        var sends: [(SessionOutlet, Envelope)] = []
+        sends.reserveCapacity(outputs.count)
+        state.withLock { state in
+            for output in outputs {
+                switch output {
+                case .send(let session, let envelope):
+                    if let outlet = state.outlets[session] { sends.append((outlet, envelope)) }
+                case .startTimer(let timer, let milliseconds):
+                    state.timers[timer]?.cancel()
+                    state.timers[timer] = timerLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) { [weak self] in
+                        self?.timerFired(timer)
+                    }
+                case .cancelTimer(let timer):
+                    state.timers.removeValue(forKey: timer)?.cancel()
+                }
             }
-            return routing
         }
-        if routing.dropped {
-            logger.debug(
-                "undeliverable envelope dropped", metadata: ["kind": "\(envelope.kind)", "to": "\(envelope.header.to?.description ?? "")"])
+        var last: (Envelope, ByteBuffer)?
+        for (outlet, envelope) in sends {
+            // Consecutive identical envelopes (a fan-out) share one encoding.
+            let bytes: ByteBuffer
+            if let (previous, encoded) = last, previous == envelope {
+                bytes = encoded
+            } else {
+                bytes = outlet.channel.allocator.buffer(bytes: LIMECodec.encode(envelope))
+                last = (envelope, bytes)
+            }
+            if !outlet.send(bytes) { noteSlowConsumer() }
         }
-        if let delivery = routing.delivery, !targets.isEmpty {
-            // One encoding, shared by every recipient.
-            let bytes = allocator.buffer(bytes: LIMECodec.encode(delivery))
-            for outlet in targets where !outlet.send(bytes) { noteSlowConsumer() }
+    }
+
+    private func timerFired(_ timer: HubCore.Timer) {
+        let outputs = state.withLock { state in
+            state.timers[timer] = nil
+            return state.core.timerFired(timer)
         }
-        return routing.reply
+        perform(outputs)
     }
 
     /// Stops accepting sessions and asks every open one to finish; returns their channels so the

@@ -22,6 +22,8 @@ public struct HubConfiguration: Sendable, Codable {
     public var guest: Bool = true
     /// Users of the `plain` scheme, with salted password hashes (`relay passwd` makes them).
     public var users: [User] = []
+    /// Identities allowed to call `admin` methods of services.
+    public var admins: [String] = []
     public var limits: Limits = Limits()
 
     public struct User: Sendable, Codable {
@@ -48,6 +50,12 @@ public struct HubConfiguration: Sendable, Codable {
         public var maxReceiptRoutes: Int = 10_000
         /// The deepest JSON nesting accepted in an envelope.
         public var maxJSONDepth: Int = 64
+        /// Subject subscriptions one session may hold.
+        public var maxSubscriptionsPerSession: Int = 10_000
+        /// Service requests one session may have in flight.
+        public var maxRequestsPerSession: Int = 10_000
+        /// The deadline of a service request that sets none.
+        public var defaultRequestTimeoutSeconds: Double = 30
 
         public init() {}
     }
@@ -62,6 +70,7 @@ public struct HubConfiguration: Sendable, Codable {
         tcp = container.contains(.tcp) ? try container.decodeIfPresent(HostAndPort.self, forKey: .tcp) : defaults.tcp
         guest = try container.decodeIfPresent(Bool.self, forKey: .guest) ?? defaults.guest
         users = try container.decodeIfPresent([User].self, forKey: .users) ?? []
+        admins = try container.decodeIfPresent([String].self, forKey: .admins) ?? []
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()
     }
 
@@ -85,5 +94,10 @@ extension HubConfiguration.Limits {
         maxPendingBytes = try container.decodeIfPresent(Int.self, forKey: .maxPendingBytes) ?? maxPendingBytes
         maxReceiptRoutes = try container.decodeIfPresent(Int.self, forKey: .maxReceiptRoutes) ?? maxReceiptRoutes
         maxJSONDepth = try container.decodeIfPresent(Int.self, forKey: .maxJSONDepth) ?? maxJSONDepth
+        maxSubscriptionsPerSession =
+            try container.decodeIfPresent(Int.self, forKey: .maxSubscriptionsPerSession) ?? maxSubscriptionsPerSession
+        maxRequestsPerSession = try container.decodeIfPresent(Int.self, forKey: .maxRequestsPerSession) ?? maxRequestsPerSession
+        defaultRequestTimeoutSeconds =
+            try container.decodeIfPresent(Double.self, forKey: .defaultRequestTimeoutSeconds) ?? defaultRequestTimeoutSeconds
     }
 }

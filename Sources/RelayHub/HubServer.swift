@@ -18,7 +18,7 @@ public final class HubServer: Sendable {
         configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "relay.hub")
     ) throws {
-        self.hub = try Hub(configuration: configuration, logger: logger)
+        self.hub = try Hub(configuration: configuration, group: group, logger: logger)
         self.group = group
     }
 

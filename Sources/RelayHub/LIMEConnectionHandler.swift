@@ -150,9 +150,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             context.flush()
         case .route(let envelope):
             guard let sessionID else { return }
-            if let reply = hub.route(envelope, from: sessionID, allocator: context.channel.allocator) {
-                write(reply, context: context)
-            }
+            hub.route(envelope, from: sessionID)
         case .sendAndClose(let envelope):
             sendAndClose(envelope, context: context)
         case .unregisterSendAndClose(let envelope):
