@@ -157,6 +157,9 @@ public struct HubCore: Sendable {
     var outstanding: [SessionID: Int] = [:]
     var methodSubscriptions: [CallerKey: MethodSubscription] = [:]
     var nextRequestID: RequestID = 1
+    /// Requests that ended (by timeout, cancellation...) and the instance they were sent to, so a
+    /// late response from that instance is recognised and discarded rather than routed.
+    var endedRequests = RecentMemory<RequestID, SessionID>(capacity: 10_000)
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -210,8 +213,12 @@ public struct HubCore: Sendable {
     /// Handles an envelope of an established session (its `from` already set to the session's node).
     public mutating func envelopeReceived(_ envelope: Envelope, from session: SessionID) -> [Output] {
         if case .command(let command) = envelope {
-            if command.isResponse, let id = command.header.id.flatMap(Self.requestID), inFlight[id]?.instance == session {
-                return responseReceived(command, request: id)
+            if command.isResponse, let id = command.header.id.flatMap(Self.requestID) {
+                if inFlight[id]?.instance == session { return responseReceived(command, request: id) }
+                if endedRequests[id] == session {
+                    statistics.lateResponses += 1
+                    return []
+                }
             }
             if !command.isResponse, isHub(command.header.to), let uri = command.uri,
                 let outputs = hubCommand(command, uri: uri, from: session)
@@ -657,6 +664,7 @@ public struct HubCore: Sendable {
     /// Ends a request with a response (the instance's, or a failure made by the hub).
     private mutating func finish(_ id: RequestID, with response: LIMECommand) -> [Output] {
         guard let flight = inFlight.removeValue(forKey: id) else { return [] }
+        endedRequests.remember(flight.instance, for: id)
         inFlightByCaller[flight.caller] = nil
         outstanding[flight.instance, default: 1] -= 1
         var outputs: [Output] = [.cancelTimer(.deadline(id))]
@@ -696,6 +704,7 @@ public struct HubCore: Sendable {
     /// Forgets a request whose caller is gone; the instance's late response will be discarded.
     private mutating func drop(_ id: RequestID) -> [Output] {
         guard let flight = inFlight.removeValue(forKey: id) else { return [] }
+        endedRequests.remember(flight.instance, for: id)
         inFlightByCaller[flight.caller] = nil
         outstanding[flight.instance, default: 1] -= 1
         return [.cancelTimer(.deadline(id))]

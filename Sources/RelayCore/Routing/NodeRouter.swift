@@ -52,12 +52,11 @@ public struct NodeRouter: Sendable {
     private var sessionsByNode: [Node: SessionID] = [:]
     private var sessionsByIdentity: [Identity: [SessionID]] = [:]
     private var commandTurn: [Identity: Int] = [:]
-    private var receiptRoutes: [ReceiptKey: Node] = [:]
-    private var receiptOrder: [ReceiptKey] = []
-    private var receiptOrderStart = 0
+    private var receiptRoutes: RecentMemory<ReceiptKey, Node>
 
     public init(configuration: Configuration) {
         self.configuration = configuration
+        self.receiptRoutes = RecentMemory(capacity: configuration.maximumReceiptRoutes)
     }
 
     /// How many sessions are registered.
@@ -126,7 +125,7 @@ public struct NodeRouter: Sendable {
         routing.recipients = targets
         if case .message = envelope, let id = header.id, let from = header.from {
             for target in targets {
-                rememberReceiptRoute(ReceiptKey(messageID: id, recipient: target), sender: header.pp ?? from)
+                receiptRoutes.remember(header.pp ?? from, for: ReceiptKey(messageID: id, recipient: target))
             }
         }
         statistics.delivered += targets.count
@@ -158,19 +157,6 @@ public struct NodeRouter: Sendable {
         var forwarded = notification
         forwarded.header.to = original
         return (target, forwarded)
-    }
-
-    private mutating func rememberReceiptRoute(_ key: ReceiptKey, sender: Node) {
-        guard configuration.maximumReceiptRoutes > 0 else { return }
-        if receiptRoutes.updateValue(sender, forKey: key) != nil { return }
-        if receiptOrder.count < configuration.maximumReceiptRoutes {
-            receiptOrder.append(key)
-        } else {
-            // A ring: the oldest remembered route makes room for the newest.
-            receiptRoutes[receiptOrder[receiptOrderStart]] = nil
-            receiptOrder[receiptOrderStart] = key
-            receiptOrderStart = (receiptOrderStart + 1) % receiptOrder.count
-        }
     }
 
     private func undeliverableReply(_ envelope: Envelope) -> Envelope? {
