@@ -12,6 +12,12 @@ final class ClientCore: Sendable {
         var connectWaiter: CheckedContinuation<(Node, Node?), any Error>?
         var session: (local: Node, remote: Node?)?
         var pending: [String: CheckedContinuation<LIMECommand, any Error>] = [:]
+        /// Responses to standing requests (period and event subscriptions), by request id.
+        var responseStreams: [String: AsyncStream<LIMECommand>.Continuation] = [:]
+        /// Subject subscriptions, by the token the hub puts in `#subscription`.
+        var subscriptions: [String: SubscriptionInbox] = [:]
+        /// Services this client serves, by lowercased name.
+        var services: [String: AsyncStream<LIMECommand>.Continuation] = [:]
         var endReason: Reason??
         var endWaiters: [CheckedContinuation<Reason?, Never>] = []
     }
@@ -73,18 +79,71 @@ final class ClientCore: Sendable {
     func deliver(_ envelope: Envelope) {
         switch envelope {
         case .message(let message):
+            if let token = message.header.metadata?["#subscription"], let inbox = state.withLock({ $0.subscriptions[token] }) {
+                inbox.deliver(message)
+                return
+            }
             countDrop(messageInput.yield(message))
         case .notification(let notification):
             countDrop(notificationInput.yield(notification))
         case .command(let command) where command.isResponse:
             // No waiter: a late response to a request that timed out or was cancelled.
-            guard let id = command.header.id, let waiter = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
-            waiter.resume(returning: command)
+            guard let id = command.header.id else { return }
+            let (waiter, stream) = state.withLock { ($0.pending.removeValue(forKey: id), $0.responseStreams[id]) }
+            if let waiter {
+                waiter.resume(returning: command)
+            } else if let stream {
+                stream.yield(command)
+            }
+        case .command(let command) where command.method == .delete && command.uri?.hasPrefix("/requests/relay-") == true:
+            if !deliverCancellation(command) { countDrop(commandInput.yield(command)) }
         case .command(let command):
+            if let service = Self.serviceName(of: command), let inbox = state.withLock({ $0.services[service] }) {
+                inbox.yield(command)
+                return
+            }
             countDrop(commandInput.yield(command))
         case .session:
             break
         }
+    }
+
+    /// The service a forwarded request is for (`/services/NAME/...`, or `/requests/ID` cancellations
+    /// which go to every service), or nil.
+    private static func serviceName(of command: LIMECommand) -> String? {
+        guard let uri = command.uri, uri.hasPrefix("/services/") else { return nil }
+        return uri.dropFirst("/services/".count).split(separator: "/").first.map { $0.lowercased() }
+    }
+
+    func addSubscription(_ token: String, _ inbox: SubscriptionInbox) {
+        state.withLock { $0.subscriptions[token] = inbox }
+    }
+
+    func removeSubscription(_ token: String) {
+        state.withLock { $0.subscriptions[token] = nil }
+    }
+
+    func addResponseStream(_ id: String, _ continuation: AsyncStream<LIMECommand>.Continuation) {
+        state.withLock { $0.responseStreams[id] = continuation }
+    }
+
+    func removeResponseStream(_ id: String) {
+        state.withLock { $0.responseStreams[id] = nil }
+    }
+
+    func addService(_ name: String, _ continuation: AsyncStream<LIMECommand>.Continuation) {
+        state.withLock { $0.services[name.lowercased()] = continuation }
+    }
+
+    func removeService(_ name: String) {
+        state.withLock { $0.services[name.lowercased()] = nil }
+    }
+
+    /// Hub cancellations (`delete /requests/relay-N`) go to every served service.
+    func deliverCancellation(_ command: LIMECommand) -> Bool {
+        let inboxes = state.withLock { Array($0.services.values) }
+        for inbox in inboxes { inbox.yield(command) }
+        return !inboxes.isEmpty
     }
 
     private func countDrop<T>(_ result: AsyncStream<T>.Continuation.YieldResult) {
@@ -106,15 +165,24 @@ final class ClientCore: Sendable {
 
     /// The session ended: nil reason for a clean finish.
     func ended(_ reason: Reason?) {
-        let (connectWaiter, pending, endWaiters) = state.withLock { state in
+        let (connectWaiter, pending, endWaiters, streams, inboxes, services) = state.withLock { state in
             if state.endReason == nil { state.endReason = .some(reason) }
             defer {
                 state.connectWaiter = nil
                 state.pending.removeAll()
                 state.endWaiters.removeAll()
+                state.responseStreams.removeAll()
+                state.subscriptions.removeAll()
+                state.services.removeAll()
             }
-            return (state.connectWaiter, Array(state.pending.values), state.endWaiters)
+            return (
+                state.connectWaiter, Array(state.pending.values), state.endWaiters, Array(state.responseStreams.values),
+                Array(state.subscriptions.values), Array(state.services.values)
+            )
         }
+        for stream in streams { stream.finish() }
+        for inbox in inboxes { inbox.finish() }
+        for service in services { service.finish() }
         let error = LIMEClientError.sessionFailed(reason ?? Reason(code: ReasonCode.sessionError, description: "The session finished"))
         connectWaiter?.resume(throwing: error)
         for waiter in pending { waiter.resume(throwing: error) }

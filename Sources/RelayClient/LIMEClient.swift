@@ -53,8 +53,8 @@ public final class LIMEClient: Sendable {
     }
 
     private let channel: any Channel
-    private let core: ClientCore
-    private let options: Options
+    let core: ClientCore
+    let options: Options
 
     /// The node the hub gave this client.
     public let localNode: Node

@@ -578,7 +578,18 @@ public struct HubCore: Sendable {
                 callerNode: command.header.from ?? configuration.hubNode, service: service, method: method, command: command,
                 periodMilliseconds: period.map { Int($0 * 1000) }, events: events, deadline: deadline)
         }
-        return dispatch(command, caller: caller, service: service, method: method, purpose: .call, deadline: deadline)
+        return dispatchStanding(command, caller: caller, service: service, method: method, deadline: deadline)
+    }
+
+    /// Dispatches a call; a standing request whose call could not even be sent ends there.
+    private mutating func dispatchStanding(_ command: LIMECommand, caller: CallerKey, service: String, method: String, deadline: Int)
+        -> [Output]
+    {
+        let outputs = dispatch(command, caller: caller, service: service, method: method, purpose: .call, deadline: deadline)
+        if !outputs.contains(where: { if case .startTimer(.deadline, _) = $0 { return true } else { return false } }) {
+            methodSubscriptions[caller] = nil
+        }
+        return outputs
     }
 
     /// Sends a request to an instance and starts its deadline.
@@ -757,8 +768,8 @@ public struct HubCore: Sendable {
             return finish(id, with: failure(flight, RelayReasonCode.timedOut, "No response within \(flight.deadline) ms"))
         case .period(let caller):
             guard let subscription = methodSubscriptions[caller] else { return [] }
-            return dispatch(
-                subscription.command, caller: caller, service: subscription.service, method: subscription.method, purpose: .call,
+            return dispatchStanding(
+                subscription.command, caller: caller, service: subscription.service, method: subscription.method,
                 deadline: subscription.deadline)
         }
     }
@@ -773,8 +784,8 @@ public struct HubCore: Sendable {
             subscription.eventsSeen += 1
             methodSubscriptions[caller] = subscription
             if subscription.eventsSeen % events == 0, inFlightByCaller[caller] == nil {
-                outputs += dispatch(
-                    subscription.command, caller: caller, service: service, method: method, purpose: .call, deadline: subscription.deadline)
+                outputs += dispatchStanding(
+                    subscription.command, caller: caller, service: service, method: method, deadline: subscription.deadline)
             }
         }
         return outputs
@@ -879,8 +890,10 @@ public struct HubCore: Sendable {
             params[step.aliases[member.key] ?? member.key] = member.value
         }
         // Only what the method takes: a compound's parameters may serve several steps.
-        let accepted = Set(services[step.service]?.description.method(step.method)?.parameters.map(\.name) ?? [])
-        params = JSONObject(params.members.filter { accepted.contains($0.key) })
+        if let method = services[step.service]?.description.method(step.method), !method.acceptsAnyParameters {
+            let accepted = Set(method.parameters.map(\.name))
+            params = JSONObject(params.members.filter { accepted.contains($0.key) })
+        }
         var command = template
         command.resource = .object(params)
         command.header.from = callerNode

@@ -49,10 +49,12 @@ public struct MethodDescription: Sendable, Hashable {
     public var minimumPeriod: Double?
     /// The fewest events an event subscription to this method may ask for (nil: none allowed).
     public var minimumEvents: Int?
+    /// Whether any parameters are accepted (the description lists none to check against).
+    public var acceptsAnyParameters: Bool
 
     public init(
         name: String, description: String? = nil, scope: MethodScope = .public, parameters: [ParameterDescription] = [],
-        minimumPeriod: Double? = nil, minimumEvents: Int? = nil
+        minimumPeriod: Double? = nil, minimumEvents: Int? = nil, acceptsAnyParameters: Bool = false
     ) {
         self.name = name
         self.description = description
@@ -60,6 +62,7 @@ public struct MethodDescription: Sendable, Hashable {
         self.parameters = parameters
         self.minimumPeriod = minimumPeriod
         self.minimumEvents = minimumEvents
+        self.acceptsAnyParameters = acceptsAnyParameters
     }
 
     /// Why `params` do not suit this method, or nil when they do.
@@ -70,6 +73,7 @@ public struct MethodDescription: Sendable, Hashable {
         case .object(let value)?: object = value
         default: return "Parameters of '\(name)' must be a JSON object"
         }
+        if acceptsAnyParameters { return nil }
         let known = Set(parameters.map(\.name))
         if let unknown = object.keys.first(where: { !known.contains($0) }) {
             return "Method '\(name)' has no parameter '\(unknown)'"
@@ -120,8 +124,9 @@ public struct ServiceDescription: Sendable, Hashable {
         self.methods = methods
     }
 
+    /// The method called `name`, or the catch-all method `*` when the service has one.
     public func method(_ name: String) -> MethodDescription? {
-        methods.first { $0.name == name }
+        methods.first { $0.name == name } ?? methods.first { $0.name == "*" }
     }
 }
 
@@ -166,7 +171,8 @@ extension ServiceDescription {
             methods.append(
                 MethodDescription(
                     name: methodName, description: method["description"]?.stringValue, scope: scope, parameters: parameters,
-                    minimumPeriod: method["minPeriod"]?.doubleValue, minimumEvents: method["minEvents"]?.intValue))
+                    minimumPeriod: method["minPeriod"]?.doubleValue, minimumEvents: method["minEvents"]?.intValue,
+                    acceptsAnyParameters: method["parameters"] == nil))
         }
         self.init(name: name, description: object["description"]?.stringValue, version: object["version"]?.stringValue, methods: methods)
     }
@@ -187,6 +193,7 @@ extension MethodDescription {
         if let description { object["description"] = .string(description) }
         if let minimumPeriod { object["minPeriod"] = .number(JSONNumber(minimumPeriod)) }
         if let minimumEvents { object["minEvents"] = .number(JSONNumber(minimumEvents)) }
+        if acceptsAnyParameters { return object }
         object["parameters"] = .array(
             parameters.map { parameter in
                 var value: JSONObject = [

@@ -1,0 +1,196 @@
+import Foundation
+import RelayCore
+import Synchronization
+
+/// A message published on a subject, as a subscriber receives it.
+public struct Publication: Sendable, Hashable {
+    /// The subject it was published on.
+    public var subject: String
+    /// The publisher's node.
+    public var publisher: Node?
+    public var type: MediaType
+    /// A JSON value for JSON media types, a string otherwise.
+    public var content: JSONValue
+    /// The publisher's metadata (Relay's own `#` keys removed).
+    public var metadata: [String: String]
+
+    init(_ message: LIMEMessage) {
+        var metadata = message.header.metadata ?? [:]
+        subject = metadata.removeValue(forKey: "#subject") ?? ""
+        metadata["#subscription"] = nil
+        publisher = message.header.from
+        type = message.type
+        content = message.content
+        self.metadata = metadata
+    }
+
+    /// The content as text: the string itself, or the JSON text of a JSON value.
+    public var text: String {
+        content.stringValue ?? JSONWriter.string(content)
+    }
+}
+
+/// What a subscription does when its buffer is full because the application reads too slowly.
+public enum SlowConsumerPolicy: Sendable {
+    /// Keep what is buffered, drop the newest publication.
+    case dropNewest
+    /// Drop the oldest buffered publication to make room for the newest.
+    case dropOldest
+}
+
+/// Where the client puts the publications of one subscription.
+final class SubscriptionInbox: Sendable {
+    let stream: AsyncStream<Publication>
+    private let input: AsyncStream<Publication>.Continuation
+    let dropped = Atomic<Int>(0)
+
+    init(bufferSize: Int, policy: SlowConsumerPolicy) {
+        let buffering: AsyncStream<Publication>.Continuation.BufferingPolicy =
+            policy == .dropNewest ? .bufferingOldest(bufferSize) : .bufferingNewest(bufferSize)
+        (stream, input) = AsyncStream.makeStream(of: Publication.self, bufferingPolicy: buffering)
+    }
+
+    func deliver(_ message: LIMEMessage) {
+        if case .dropped = input.yield(Publication(message)) { dropped.add(1, ordering: .relaxed) }
+    }
+
+    func finish() { input.finish() }
+}
+
+/// A subscription to a subject filter: an `AsyncSequence` of publications.
+///
+/// It holds at most `bufferSize` publications the application has not read; beyond that its
+/// `SlowConsumerPolicy` drops one, and `droppedCount` counts every drop. Leaving the `for` loop (or
+/// calling `unsubscribe()`) ends the subscription at the hub.
+public final class SubjectSubscription: AsyncSequence, Sendable {
+    public typealias Element = Publication
+
+    /// The filter subscribed to, for example `orders.*`.
+    public let filter: String
+    /// The queue group, if any.
+    public let queue: String?
+    private let inbox: SubscriptionInbox
+    private let client: LIMEClient
+    private let token: String
+    private let ended = Atomic<Bool>(false)
+
+    init(filter: String, queue: String?, token: String, inbox: SubscriptionInbox, client: LIMEClient) {
+        self.filter = filter
+        self.queue = queue
+        self.token = token
+        self.inbox = inbox
+        self.client = client
+    }
+
+    /// Publications dropped because the application read too slowly.
+    public var droppedCount: Int { inbox.dropped.load(ordering: .relaxed) }
+
+    /// Ends the subscription at the hub; the sequence then ends.
+    public func unsubscribe() async throws {
+        guard !ended.exchange(true, ordering: .relaxed) else { return }
+        client.core.removeSubscription(token)
+        inbox.finish()
+        let response = try await client.request(
+            LIMECommand(method: .unsubscribe, uri: "/topics/\(Self.uriPart(filter))\(queue.map { "?queue=\(Self.uriPart($0))" } ?? "")"))
+        if response.status == .failure, let reason = response.reason { throw RelayError(reason) }
+    }
+
+    fileprivate func iteratorEnded() {
+        guard !ended.load(ordering: .relaxed) else { return }
+        Task { try? await self.unsubscribe() }
+    }
+
+    public func makeAsyncIterator() -> Iterator {
+        Iterator(subscription: self, base: inbox.stream.makeAsyncIterator())
+    }
+
+    public struct Iterator: AsyncIteratorProtocol {
+        private let guardian: IteratorGuardian
+        private var base: AsyncStream<Publication>.Iterator
+
+        fileprivate init(subscription: SubjectSubscription, base: AsyncStream<Publication>.Iterator) {
+            self.guardian = IteratorGuardian(subscription)
+            self.base = base
+        }
+
+        public mutating func next() async -> Publication? {
+            await base.next()
+        }
+    }
+
+    static func uriPart(_ text: String) -> String {
+        text.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "?&=%"))) ?? text
+    }
+}
+
+/// Unsubscribes when the loop that iterated a subscription is left (its iterator is gone).
+private final class IteratorGuardian: Sendable {
+    let subscription: SubjectSubscription
+    init(_ subscription: SubjectSubscription) { self.subscription = subscription }
+    deinit { subscription.iteratorEnded() }
+}
+
+/// A failure response from the hub or a service, with its LIME reason.
+public struct RelayError: Error, CustomStringConvertible, Equatable {
+    public let reason: Reason
+    public init(_ reason: Reason) { self.reason = reason }
+    public var code: Int { reason.code }
+    public var description: String { "\(reason.description) (code \(reason.code))" }
+}
+
+extension LIMEClient {
+    /// Publishes `content` on `subject`, fire-and-forget (LIME `observe /topics/SUBJECT`).
+    /// `targets` limits who receives it to those nodes (nuropb's event target).
+    public func publish(
+        _ subject: String, _ content: JSONValue, type: MediaType? = nil, metadata: [String: String] = [:], targets: [Node]? = nil
+    ) async throws {
+        try await send(publication(.observe, subject, content, type, metadata, targets, id: nil))
+    }
+
+    /// Publishes and waits until the hub has routed it (LIME `set /topics/SUBJECT`); returns how many
+    /// subscribers it was delivered to.
+    @discardableResult
+    public func publishConfirmed(
+        _ subject: String, _ content: JSONValue, type: MediaType? = nil, metadata: [String: String] = [:], targets: [Node]? = nil,
+        timeout: Duration? = nil
+    ) async throws -> Int {
+        let response = try await request(
+            publication(.set, subject, content, type, metadata, targets, id: UUID().uuidString.lowercased()), timeout: timeout)
+        guard response.status == .success else { throw RelayError(response.reason ?? Reason(code: 1, description: "publish failed")) }
+        return response.resource?["delivered"]?.intValue ?? 0
+    }
+
+    private func publication(
+        _ method: CommandMethod, _ subject: String, _ content: JSONValue, _ type: MediaType?, _ metadata: [String: String],
+        _ targets: [Node]?,
+        id: String?
+    ) -> LIMECommand {
+        var metadata = metadata
+        if let targets { metadata["#targets"] = targets.map(\.description).joined(separator: ",") }
+        return LIMECommand(
+            header: EnvelopeHeader(id: id, metadata: metadata.isEmpty ? nil : metadata), method: method,
+            uri: "/topics/\(SubjectSubscription.uriPart(subject))",
+            type: type ?? (content.stringValue != nil ? .textPlain : .applicationJSON),
+            resource: content)
+    }
+
+    /// Subscribes to a subject filter (`orders.*`, `orders.>`), optionally in a queue group (each
+    /// publication to one member of the group). `echo` also delivers this client's own publications.
+    public func subscribe(
+        _ filter: String, queue: String? = nil, echo: Bool = false, bufferSize: Int = 1000, policy: SlowConsumerPolicy = .dropNewest
+    ) async throws -> SubjectSubscription {
+        let token = queue.map { "\(filter)?queue=\($0)" } ?? filter
+        let inbox = SubscriptionInbox(bufferSize: bufferSize, policy: policy)
+        core.addSubscription(token, inbox)
+        var query: [String] = []
+        if let queue { query.append("queue=\(SubjectSubscription.uriPart(queue))") }
+        if echo { query.append("echo=true") }
+        let uri = "/topics/\(SubjectSubscription.uriPart(filter))" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
+        let response = try await request(LIMECommand(method: .subscribe, uri: uri))
+        guard response.status == .success else {
+            core.removeSubscription(token)
+            throw RelayError(response.reason ?? Reason(code: 1, description: "subscribe failed"))
+        }
+        return SubjectSubscription(filter: filter, queue: queue, token: token, inbox: inbox, client: self)
+    }
+}
