@@ -58,6 +58,16 @@ enum ParameterInspector {
             try value(type, key: key, required: false)
         }
 
+        // The synthesized `init(from:)` calls these overloads for optional primitives.
+        func decodeIfPresent(_ type: String.Type, forKey key: Key) throws -> String? { try value(type, key: key, required: false) }
+        func decodeIfPresent(_ type: Bool.Type, forKey key: Key) throws -> Bool? { try value(type, key: key, required: false) }
+        func decodeIfPresent(_ type: Int.Type, forKey key: Key) throws -> Int? { try value(type, key: key, required: false) }
+        func decodeIfPresent(_ type: Int64.Type, forKey key: Key) throws -> Int64? { try value(type, key: key, required: false) }
+        func decodeIfPresent(_ type: Int32.Type, forKey key: Key) throws -> Int32? { try value(type, key: key, required: false) }
+        func decodeIfPresent(_ type: UInt.Type, forKey key: Key) throws -> UInt? { try value(type, key: key, required: false) }
+        func decodeIfPresent(_ type: Double.Type, forKey key: Key) throws -> Double? { try value(type, key: key, required: false) }
+        func decodeIfPresent(_ type: Float.Type, forKey key: Key) throws -> Float? { try value(type, key: key, required: false) }
+
         private func value<T: Decodable>(_ type: T.Type, key: Key, required: Bool) throws -> T {
             let (jsonType, sample): (ParameterType, Any?) =
                 switch type {

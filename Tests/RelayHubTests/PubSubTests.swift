@@ -1,0 +1,119 @@
+import RelayClient
+import RelayCore
+import Testing
+
+@Suite(.timeLimit(.minutes(1))) struct PubSubTests {
+    @Test func wildcardsAcrossWebSocketAndTCP() async throws {
+        try await withHub { hub in
+            let publisher = try await hub.connect(.tcp, as: "pub@relay.local")
+            let star = try await hub.connect(.ws, as: "star@relay.local")
+            let rest = try await hub.connect(.tcp, as: "rest@relay.local")
+            let starSubscription = try await star.subscribe("orders.*")
+            let restSubscription = try await rest.subscribe("orders.>")
+            try await publisher.publish("orders.eu.created", ["id": 1])
+            try await publisher.publish("orders.created", ["id": 2], metadata: ["traceId": "t-2"])
+            var restIterator = restSubscription.makeAsyncIterator()
+            let first = await restIterator.next()
+            #expect(first?.subject == "orders.eu.created" && first?.content == ["id": 1])
+            #expect(await restIterator.next()?.content == ["id": 2])
+            var starIterator = starSubscription.makeAsyncIterator()
+            let only = await starIterator.next()
+            #expect(only?.subject == "orders.created")
+            #expect(only?.publisher == publisher.localNode)
+            #expect(only?.type == .applicationJSON)
+            #expect(only?.metadata == ["traceId": "t-2"])
+        }
+    }
+
+    @Test func aQueueGroupSharesTheWorkAcrossTransports() async throws {
+        try await withHub { hub in
+            let publisher = try await hub.connect(.ws, as: "pub@relay.local")
+            var workers: [SubjectSubscription] = []
+            for (index, transport) in [Transport.ws, .tcp, .tcp].enumerated() {
+                let client = try await hub.connect(transport, as: "worker\(index)@relay.local")
+                workers.append(try await client.subscribe("jobs.*", queue: "workers"))
+            }
+            var delivered = 0
+            for n in 0..<30 { delivered += try await publisher.publishConfirmed("jobs.\(n)", .string("job \(n)")) }
+            #expect(delivered == 30)
+            var seen: [String] = []
+            for worker in workers {
+                var iterator = worker.makeAsyncIterator()
+                for _ in 0..<10 { seen.append(await iterator.next()?.text ?? "-") }
+            }
+            #expect(Set(seen).count == 30, "each job once, ten per worker")
+        }
+    }
+
+    @Test func confirmedPublishCountsDeliveriesAndPublishersDoNotHearThemselves() async throws {
+        try await withHub { hub in
+            let client = try await hub.connect(.tcp, as: "solo@relay.local")
+            _ = try await client.subscribe("news")
+            #expect(try await client.publishConfirmed("news", "hello") == 0)
+            let echoing = try await client.subscribe("news.>", echo: true)
+            #expect(try await client.publishConfirmed("news.today", "hello") == 1)
+            var iterator = echoing.makeAsyncIterator()
+            #expect(await iterator.next()?.text == "hello")
+        }
+    }
+
+    @Test func eventsWithTargetsReachOnlyThoseNodes() async throws {
+        try await withHub { hub in
+            let publisher = try await hub.connect(.ws, as: "pub@relay.local")
+            let chosen = try await hub.connect(.tcp, as: "chosen@relay.local")
+            let other = try await hub.connect(.tcp, as: "other@relay.local")
+            let chosenSubscription = try await chosen.subscribe("events.>")
+            _ = try await other.subscribe("events.>")
+            #expect(try await publisher.publishConfirmed("events.x", "for you", targets: [Node("chosen@relay.local")!]) == 1)
+            var iterator = chosenSubscription.makeAsyncIterator()
+            #expect(await iterator.next()?.text == "for you")
+        }
+    }
+
+    @Test func leavingTheLoopUnsubscribes() async throws {
+        try await withHub { hub in
+            let publisher = try await hub.connect(.tcp, as: "pub@relay.local")
+            let subscriber = try await hub.connect(.ws, as: "sub@relay.local")
+            let subscription = try await subscriber.subscribe("ticks")
+            #expect(try await publisher.publishConfirmed("ticks", "1") == 1)
+            for await tick in subscription {
+                #expect(tick.text == "1")
+                break
+            }
+            // The unsubscribe travels asynchronously; wait for the hub to stop delivering.
+            var delivered = 1
+            for _ in 0..<200 where delivered > 0 {
+                delivered = try await publisher.publishConfirmed("ticks", "again")
+                if delivered > 0 { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(delivered == 0)
+        }
+    }
+
+    @Test func aSlowSubscriberDropsAsItsPolicySaysAndCountsIt() async throws {
+        try await withHub { hub in
+            let publisher = try await hub.connect(.tcp, as: "pub@relay.local")
+            let subscriber = try await hub.connect(.tcp, as: "slow@relay.local")
+            let newest = try await subscriber.subscribe("flood", bufferSize: 5, policy: .dropOldest)
+            let oldest = try await subscriber.subscribe("flood", queue: "solo", bufferSize: 5, policy: .dropNewest)
+            for n in 1...20 { try await publisher.publish("flood", .number(JSONNumber(n))) }
+            _ = try await publisher.publishConfirmed("flood", 21)
+            // Both subscriptions have seen all 21 once a ping round trip to the subscriber is done.
+            _ = try await subscriber.ping()
+            #expect(newest.droppedCount == 16 && oldest.droppedCount == 16)
+            var iterator = newest.makeAsyncIterator()
+            #expect(await iterator.next()?.content == 17)
+            var oldestIterator = oldest.makeAsyncIterator()
+            #expect(await oldestIterator.next()?.content == 1)
+        }
+    }
+
+    @Test func invalidSubjectsAreRefusedAndTheSessionCarriesOn() async throws {
+        try await withHub { hub in
+            let client = try await hub.connect(.ws, as: "x@relay.local")
+            await #expect(throws: RelayError.self) { _ = try await client.subscribe("orders..new") }
+            await #expect(throws: RelayError.self) { _ = try await client.publishConfirmed("orders.*", "x") }
+            #expect(try await client.ping().status == .success)
+        }
+    }
+}
