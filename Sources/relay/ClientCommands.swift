@@ -5,8 +5,8 @@ import RelayCore
 
 /// The options every client command takes.
 struct ClientOptions: ParsableArguments {
-    @Option(help: "The hub, ws://HOST:PORT or tcp://HOST:PORT.")
-    var server: String = "ws://127.0.0.1:8080"
+    @Option(help: "The hub, ws://HOST:PORT or tcp://HOST:PORT (default: $RELAY_SERVER, or ws://127.0.0.1:8080).")
+    var server: String = ProcessInfo.processInfo.environment["RELAY_SERVER"] ?? "ws://127.0.0.1:8080"
 
     @Option(help: "Who to connect as, NAME@DOMAIN[/INSTANCE] (a guest identity is assigned when omitted).")
     var identity: String?

@@ -1,0 +1,190 @@
+import ArgumentParser
+import Foundation
+import RelayClient
+import RelayCore
+
+/// Reads command-line data as JSON when it is JSON, as text otherwise.
+func content(_ text: String) -> JSONValue {
+    (try? JSONParser.parse(text)) ?? .string(text)
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data("\(text)\n".utf8))
+}
+
+struct Pub: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Publish DATA on SUBJECT; '{{i}}' in DATA becomes the sequence number 1…N.")
+
+    @OptionGroup var client: ClientOptions
+
+    @Argument(help: "The subject, for example orders.created.")
+    var subject: String
+
+    @Argument(help: "The data: JSON, or text.")
+    var data: String
+
+    @Option(help: "How many messages to publish.")
+    var count: Int = 1
+
+    @Flag(help: "Wait for the hub to confirm each publication.")
+    var confirm = false
+
+    func run() async throws {
+        let connection = try await client.connect()
+        var confirmed = 0
+        var failure: (any Error)?
+        for sequence in 1...max(count, 1) {
+            let body = content(data.replacingOccurrences(of: "{{i}}", with: String(sequence)))
+            do {
+                if confirm {
+                    try await connection.publishConfirmed(subject, body)
+                    confirmed += 1
+                } else {
+                    try await connection.publish(subject, body)
+                }
+            } catch {
+                failure = error
+                break
+            }
+        }
+        if confirm { print("confirmed \(confirmed) of \(max(count, 1))") }
+        if let failure {
+            printError("relay pub: \(failure)")
+            throw ExitCode(1)
+        }
+        // A ping round trip: everything published before it has reached the hub.
+        _ = try await connection.ping()
+        try await connection.finish()
+    }
+}
+
+struct Sub: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Subscribe to SUBJECT (wildcards * and >) and print one line per delivery: [#N] SUBJECT: DATA.")
+
+    @OptionGroup var client: ClientOptions
+
+    @Argument(help: "The subject filter, for example orders.* or orders.>.")
+    var subject: String
+
+    @Option(help: "Join this queue group: each message goes to one member.")
+    var queue: String?
+
+    @Option(help: "Exit after this many deliveries.")
+    var count: Int?
+
+    func run() async throws {
+        let connection = try await client.connect()
+        let subscription = try await connection.subscribe(subject, queue: queue, bufferSize: 10_000)
+        printError("relay sub: subscribed to \(subject)\(queue.map { " in queue group \($0)" } ?? "") as \(connection.localNode)")
+        var received = 0
+        for await publication in subscription {
+            received += 1
+            // Written straight away, line by line, so a pipe sees each delivery as it comes.
+            FileHandle.standardOutput.write(Data("[#\(received)] \(publication.subject): \(publication.text)\n".utf8))
+            if let count, received >= count { break }
+        }
+        if subscription.droppedCount > 0 { printError("relay sub: \(subscription.droppedCount) messages dropped (slow consumer)") }
+        try? await connection.finish()
+    }
+}
+
+struct Reply: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve SERVICE as an echo service: every method answers with its request's parameters.")
+
+    @OptionGroup var client: ClientOptions
+
+    @Argument(help: "The service name.")
+    var service: String
+
+    @Option(help: "Exit after answering this many requests.")
+    var count: Int?
+
+    func run() async throws {
+        let connection = try await client.connect()
+        let answered = AsyncStream.makeStream(of: Void.self)
+        var definition = ServiceDefinition(service, description: "Echo service (relay reply)")
+        definition.method("*", description: "Answers with the request's parameters") { params, context in
+            answered.continuation.yield()
+            return ["method": .string(context.method), "params": params ?? .null]
+        }
+        _ = try await connection.serve(definition)
+        printError("relay reply: serving \(service) as \(connection.localNode)")
+        var total = 0
+        for await _ in answered.stream {
+            total += 1
+            if let count, total >= count { break }
+        }
+        // Let the last answer leave before finishing.
+        _ = try await connection.ping()
+        try? await connection.finish()
+    }
+}
+
+struct Request: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Call a method of SERVICE and print the result; on failure print the reason and exit non-zero.")
+
+    @OptionGroup var client: ClientOptions
+
+    @Argument(help: "The service name.")
+    var service: String
+
+    @Argument(help: "The method (a leading '/' is allowed).")
+    var path: String
+
+    @Argument(help: "The parameters, as a JSON object.")
+    var parameters: String?
+
+    @Option(help: "The deadline in seconds.")
+    var timeout: Double = 30
+
+    @Option(help: "The LIME method of the request: get, set, delete or merge.")
+    var verb: String = "get"
+
+    func run() async throws {
+        guard let method = CommandMethod(rawValue: verb) else { throw ValidationError("unknown method '\(verb)'") }
+        var params: JSONValue?
+        if let parameters {
+            do { params = try JSONParser.parse(parameters) } catch { throw ValidationError("parameters are not JSON: \(error)") }
+        }
+        let connection = try await client.connect()
+        let name = path.hasPrefix("/") ? String(path.dropFirst()) : path
+        do {
+            let result = try await connection.call(
+                service, name, params, verb: method, timeout: .milliseconds(Int64(timeout * 1000)))
+            print(JSONWriter.string(result))
+        } catch let error as RelayError {
+            printError("relay request: \(error)")
+            try? await connection.finish()
+            throw ExitCode(1)
+        }
+        try? await connection.finish()
+    }
+}
+
+struct Services: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the services registered with the hub.")
+
+    @OptionGroup var client: ClientOptions
+
+    @Flag(help: "Print the full JSON descriptions.")
+    var json = false
+
+    func run() async throws {
+        let connection = try await client.connect()
+        let services = try await connection.services()
+        for service in services {
+            if json {
+                print(JSONWriter.string(service))
+                continue
+            }
+            let methods = (service["methods"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue }.joined(separator: ", ")
+            let instances = service["instances"]?.intValue ?? 0
+            print("\(service["name"]?.stringValue ?? "?")  instances: \(instances)  methods: \(methods)")
+        }
+        try? await connection.finish()
+    }
+}
