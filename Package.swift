@@ -19,7 +19,7 @@ let package = Package(
     ],
     targets: [
         // The I/O-free protocol core: JSON, LIME envelopes, framing, session machines, routing.
-        .target(name: "RelayCore"),
+        .target(name: "RelayCore", linkerSettings: [.linkedLibrary("m", .when(platforms: [.linux]))]),
         // SwiftNIO pieces shared by the hub and the client: WebSocket framing, addresses.
         .target(
             name: "RelayTransport",

@@ -1,0 +1,395 @@
+// The service operations (registration, discovery, requests, deadlines, cancellation, call-again, period and event subscriptions) of `HubCore`; see HubCore.swift for the state they work on.
+
+extension HubCore {
+    // MARK: - Services
+
+    var serviceList: [JSONValue] {
+        services.keys.sorted().map { .object(serviceJSON($0)) }
+    }
+
+    func serviceJSON(_ name: String) -> JSONObject {
+        if name == "compound" { return ["compound": .array(compoundList)] }
+        guard let entry = services[name] else { return [:] }
+        var object = entry.description.json
+        object["instances"] = .number(JSONNumber(entry.instances.count))
+        return object
+    }
+
+    var compoundList: [JSONValue] {
+        compounds.keys.sorted().map { name in
+            let compound = compounds[name]!
+            var object: JSONObject = ["name": .string(compound.name)]
+            if let description = compound.description { object["description"] = .string(description) }
+            object["methods"] = .array(
+                compound.steps.map { step in
+                    .object([
+                        "service": .string(step.service), "method": .string(step.method),
+                        "aliases": .object(
+                            JSONObject(step.aliases.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) })),
+                        "presets": .object(step.presets),
+                    ])
+                })
+            return .object(object)
+        }
+    }
+
+    mutating func registerService(_ command: LIMECommand, name: String, from session: SessionID) -> [Output] {
+        guard Self.isValidName(name), name.lowercased() != "compound" else {
+            return [
+                reply(
+                    session,
+                    command.failure(
+                        Reason(
+                            code: ReasonCode.validationInvalidResource,
+                            description: "'\(name)' is not a valid service name (letters, digits, '-', '_', '.')")))
+            ]
+        }
+        let description: ServiceDescription
+        do {
+            description = try ServiceDescription(name: name, json: command.resource)
+        } catch {
+            return [reply(session, command.failure(error))]
+        }
+        let key = name.lowercased()
+        if var entry = services[key] {
+            guard entry.description.methods == description.methods else {
+                return [
+                    reply(
+                        session,
+                        command.failure(
+                            Reason(
+                                code: RelayReasonCode.registrationConflict,
+                                description:
+                                    "Service '\(name)' is already registered with other methods; instances of one service must describe the same methods"
+                            )))
+                ]
+            }
+            if !entry.instances.contains(session) { entry.instances.append(session) }
+            services[key] = entry
+        } else {
+            services[key] = ServiceEntry(description: description, instances: [session])
+        }
+        return [reply(session, command.success())]
+    }
+
+    mutating func unregisterService(_ command: LIMECommand, name: String, from session: SessionID) -> [Output] {
+        let key = name.lowercased()
+        guard var entry = services[key], entry.instances.contains(session) else {
+            return [
+                reply(
+                    session,
+                    command.failure(Reason(code: ReasonCode.commandResourceNotFound, description: "This session does not serve '\(name)'")))
+            ]
+        }
+        entry.instances.removeAll { $0 == session }
+        services[key] = entry.instances.isEmpty ? nil : entry
+        return [reply(session, command.success())]
+    }
+
+    /// Picks the instance with the fewest requests outstanding; ties go round in turn.
+    mutating func pickInstance(_ service: String) -> SessionID? {
+        guard var entry = services[service], !entry.instances.isEmpty else { return nil }
+        let count = entry.instances.count
+        var best: SessionID?
+        var bestLoad = Int.max
+        for offset in 0..<count {
+            let candidate = entry.instances[(entry.turn + offset) % count]
+            let load = outstanding[candidate, default: 0]
+            if load < bestLoad {
+                best = candidate
+                bestLoad = load
+            }
+        }
+        entry.turn = (entry.turn + 1) % count
+        services[service] = entry
+        return best
+    }
+
+    func checkCall(_ command: LIMECommand, service: String, method: String, from session: SessionID) -> Reason? {
+        guard let entry = services[service] else {
+            return Reason(code: ReasonCode.routingDestinationNotFound, description: "No instance of service '\(service)' is connected")
+        }
+        guard let description = entry.description.method(method) else {
+            return Reason(code: ReasonCode.commandMethodNotSupported, description: "Service '\(service)' has no method '\(method)'")
+        }
+        let callerIdentity = router.node(of: session)?.identity
+        switch description.scope {
+        case .public: break
+        case .private:
+            let serving = Set(entry.instances.compactMap { router.node(of: $0)?.identity })
+            if callerIdentity == nil || !serving.contains(callerIdentity!) {
+                return Reason(
+                    code: ReasonCode.commandNotAllowed,
+                    description: "Method '\(method)' of '\(service)' is private to the service's own nodes")
+            }
+        case .admin:
+            if callerIdentity == nil || !configuration.admins.contains(callerIdentity!) {
+                return Reason(code: ReasonCode.commandNotAllowed, description: "Method '\(method)' of '\(service)' is for administrators")
+            }
+        }
+        if let error = description.validationError(command.resource) {
+            return Reason(code: ReasonCode.commandInvalidArgument, description: error)
+        }
+        return nil
+    }
+
+    mutating func request(_ command: LIMECommand, service: String, method: String, from session: SessionID) -> [Output] {
+        guard let callerID = command.header.id else {
+            return []  // a request nobody waits for cannot be answered; LIME requests carry an id
+        }
+        if let reason = checkCall(command, service: service, method: method, from: session) {
+            return [reply(session, command.failure(reason))]
+        }
+        let caller = CallerKey(session: session, id: callerID)
+        let deadline =
+            command.header.metadata?["#deadline"].flatMap { Int($0) }.map { max(1, $0) } ?? configuration.defaultDeadlineMilliseconds
+        let description = services[service]!.description.method(method)!
+        // A standing request: answered now, then every period or every N events.
+        let period = command.header.metadata?["#period"].flatMap { Double($0) }
+        let events = command.header.metadata?["#events"].flatMap { Int($0) }
+        if period != nil || events != nil {
+            if let period {
+                guard let minimum = description.minimumPeriod, period >= minimum, period > 0 else {
+                    return [
+                        reply(
+                            session,
+                            command.failure(
+                                Reason(
+                                    code: ReasonCode.commandNotAllowed,
+                                    description:
+                                        "A period of \(JSONNumber(period)) s is below the minimum of '\(method)' (\(description.minimumPeriod.map { "\(JSONNumber($0)) s" } ?? "no period subscriptions"))"
+                                )))
+                    ]
+                }
+            }
+            if let events {
+                guard let minimum = description.minimumEvents, events >= minimum, events > 0 else {
+                    return [
+                        reply(
+                            session,
+                            command.failure(
+                                Reason(
+                                    code: ReasonCode.commandNotAllowed,
+                                    description:
+                                        "\(events) events is below the minimum of '\(method)' (\(description.minimumEvents.map { "\($0) events" } ?? "no event subscriptions"))"
+                                )))
+                    ]
+                }
+            }
+            methodSubscriptions[caller] = MethodSubscription(
+                callerNode: command.header.from ?? configuration.hubNode, service: service, method: method, command: command,
+                periodMilliseconds: period.map { Int($0 * 1000) }, events: events, deadline: deadline)
+        }
+        return dispatchStanding(command, caller: caller, service: service, method: method, deadline: deadline)
+    }
+
+    /// Dispatches a call; a standing request whose call could not even be sent ends there.
+    mutating func dispatchStanding(_ command: LIMECommand, caller: CallerKey, service: String, method: String, deadline: Int)
+        -> [Output]
+    {
+        let outputs = dispatch(command, caller: caller, service: service, method: method, purpose: .call, deadline: deadline)
+        if !outputs.contains(where: { if case .startTimer(.deadline, _) = $0 { return true } else { return false } }) {
+            methodSubscriptions[caller] = nil
+        }
+        return outputs
+    }
+
+    /// Sends a request to an instance and starts its deadline.
+    mutating func dispatch(
+        _ command: LIMECommand, caller: CallerKey, service: String, method: String, purpose: Purpose, deadline: Int
+    ) -> [Output] {
+        guard inFlightByCaller[caller] == nil else {
+            return [
+                reply(
+                    caller.session,
+                    command.failure(
+                        Reason(code: ReasonCode.validationError, description: "A request with id '\(caller.id)' is already in flight")))
+            ]
+        }
+        let perSession = inFlight.values.lazy.filter { $0.caller.session == caller.session }.count
+        guard perSession < configuration.maximumRequestsPerSession else {
+            return [
+                reply(
+                    caller.session,
+                    command.failure(
+                        Reason(
+                            code: RelayReasonCode.limitReached,
+                            description: "This session has the maximum of \(configuration.maximumRequestsPerSession) requests in flight")))
+            ]
+        }
+        guard let instance = pickInstance(service) else {
+            return [
+                reply(
+                    caller.session,
+                    command.failure(
+                        Reason(code: ReasonCode.routingDestinationNotFound, description: "No instance of service '\(service)' is connected")
+                    ))
+            ]
+        }
+        let id = nextRequestID
+        nextRequestID += 1
+        statistics.requests += 1
+        let flight = InFlight(
+            caller: caller, callerNode: command.header.from ?? configuration.hubNode, instance: instance, service: service, method: method,
+            command: command, calledAgain: false, purpose: purpose, deadline: deadline)
+        inFlight[id] = flight
+        inFlightByCaller[caller] = id
+        outstanding[instance, default: 0] += 1
+        return [.send(instance, forwarded(flight, id: id)), .startTimer(.deadline(id), milliseconds: deadline)]
+    }
+
+    func forwarded(_ flight: InFlight, id: RequestID) -> Envelope {
+        var command = flight.command
+        command.header.id = Self.requestIDString(id)
+        command.header.from = flight.callerNode
+        command.header.to = router.node(of: flight.instance)
+        command.uri = "/services/\(flight.service)/\(flight.method)"
+        var metadata = command.header.metadata ?? [:]
+        metadata["#deadline"] = String(flight.deadline)
+        metadata["#period"] = nil
+        metadata["#events"] = nil
+        command.header.metadata = metadata
+        return .command(command)
+    }
+
+    mutating func responseReceived(_ response: LIMECommand, request id: RequestID) -> [Output] {
+        guard var flight = inFlight[id] else { return [] }
+        if response.status == .failure, response.reason?.code == RelayReasonCode.callAgain {
+            if flight.calledAgain {
+                return finish(id, with: failure(flight, RelayReasonCode.callAgainRefused, "The instance asked to call again a second time"))
+            }
+            // Once more, to the least busy instance (perhaps the same one).
+            outstanding[flight.instance, default: 1] -= 1
+            guard let instance = pickInstance(flight.service) else {
+                return finish(
+                    id,
+                    with: failure(flight, ReasonCode.routingDestinationNotFound, "No instance of service '\(flight.service)' is connected"))
+            }
+            flight.instance = instance
+            flight.calledAgain = true
+            inFlight[id] = flight
+            outstanding[instance, default: 0] += 1
+            return [.send(instance, forwarded(flight, id: id))]
+        }
+        return finish(id, with: response)
+    }
+
+    /// Ends a request with a response (the instance's, or a failure made by the hub).
+    mutating func finish(_ id: RequestID, with response: LIMECommand) -> [Output] {
+        guard let flight = inFlight.removeValue(forKey: id) else { return [] }
+        endedRequests.remember(flight.instance, for: id)
+        inFlightByCaller[flight.caller] = nil
+        outstanding[flight.instance, default: 1] -= 1
+        var outputs: [Output] = [.cancelTimer(.deadline(id))]
+        switch flight.purpose {
+        case .call:
+            var answer = response
+            answer.header.id = flight.caller.id
+            answer.header.from = router.node(of: flight.instance) ?? response.header.from
+            answer.header.to = flight.callerNode
+            answer.method = flight.command.method
+            outputs.append(.send(flight.caller.session, .command(answer)))
+            if let subscription = methodSubscriptions[flight.caller], let period = subscription.periodMilliseconds {
+                outputs.append(.startTimer(.period(flight.caller), milliseconds: period))
+            }
+        case .compound(var progress):
+            guard response.status == .success else {
+                var answer = response
+                answer.header.id = flight.caller.id
+                answer.header.from = configuration.hubNode
+                answer.header.to = flight.callerNode
+                answer.method = flight.command.method
+                answer.reason = Reason(
+                    code: response.reason?.code ?? ReasonCode.generalError,
+                    description:
+                        "Compound method '\(progress.name)' failed at \(flight.service).\(flight.method): \(response.reason?.description ?? "failure")"
+                )
+                outputs.append(.send(flight.caller.session, .command(answer)))
+                return outputs
+            }
+            progress.results["\(flight.service).\(flight.method)"] = response.resource ?? .null
+            progress.index += 1
+            outputs += compoundStep(progress, caller: flight.caller, callerNode: flight.callerNode, template: flight.command)
+        }
+        return outputs
+    }
+
+    /// Forgets a request whose caller is gone; the instance's late response will be discarded.
+    mutating func drop(_ id: RequestID) -> [Output] {
+        guard let flight = inFlight.removeValue(forKey: id) else { return [] }
+        endedRequests.remember(flight.instance, for: id)
+        inFlightByCaller[flight.caller] = nil
+        outstanding[flight.instance, default: 1] -= 1
+        return [.cancelTimer(.deadline(id))]
+    }
+
+    func failure(_ flight: InFlight, _ code: Int, _ description: String) -> LIMECommand {
+        LIMECommand(
+            header: EnvelopeHeader(from: router.node(of: flight.instance)), method: flight.command.method, status: .failure,
+            reason: Reason(code: code, description: description))
+    }
+
+    /// `delete /requests/ID`: the caller cancels a request, or ends a standing one.
+    mutating func cancel(_ command: LIMECommand, callerID: String, from session: SessionID) -> [Output] {
+        let caller = CallerKey(session: session, id: callerID)
+        var outputs: [Output] = []
+        var found = false
+        if methodSubscriptions.removeValue(forKey: caller) != nil {
+            found = true
+            outputs.append(.cancelTimer(.period(caller)))
+        }
+        if let id = inFlightByCaller[caller], let flight = inFlight[id] {
+            found = true
+            outputs += finish(id, with: failure(flight, RelayReasonCode.cancelled, "The caller cancelled the request"))
+            // Tell the instance it can stop (one-way; it may ignore it).
+            outputs.append(
+                .send(
+                    flight.instance,
+                    .command(
+                        LIMECommand(
+                            header: EnvelopeHeader(from: configuration.hubNode), method: .delete,
+                            uri: "/requests/\(Self.requestIDString(id))"))))
+        }
+        guard found else {
+            return outputs + [
+                reply(
+                    session,
+                    command.failure(Reason(code: ReasonCode.commandResourceNotFound, description: "No request '\(callerID)' is in flight")))
+            ]
+        }
+        return outputs + [reply(session, command.success())]
+    }
+
+    /// The hub fired a timer it was asked to start.
+    public mutating func timerFired(_ timer: Timer) -> [Output] {
+        switch timer {
+        case .deadline(let id):
+            guard let flight = inFlight[id] else { return [] }
+            statistics.requestsTimedOut += 1
+            methodSubscriptions[flight.caller] = nil
+            return finish(id, with: failure(flight, RelayReasonCode.timedOut, "No response within \(flight.deadline) ms"))
+        case .period(let caller):
+            guard let subscription = methodSubscriptions[caller] else { return [] }
+            return dispatchStanding(
+                subscription.command, caller: caller, service: subscription.service, method: subscription.method,
+                deadline: subscription.deadline)
+        }
+    }
+
+    /// `observe /services/S/M/events`: an instance of S reports an event of method M; event
+    /// subscriptions to it are answered again every N events.
+    mutating func methodEvent(service: String, method: String, from session: SessionID) -> [Output] {
+        guard services[service]?.instances.contains(session) == true else { return [] }
+        var outputs: [Output] = []
+        for (caller, var subscription) in methodSubscriptions where subscription.service == service && subscription.method == method {
+            guard let events = subscription.events else { continue }
+            subscription.eventsSeen += 1
+            methodSubscriptions[caller] = subscription
+            if subscription.eventsSeen % events == 0, inFlightByCaller[caller] == nil {
+                outputs += dispatchStanding(
+                    subscription.command, caller: caller, service: service, method: method, deadline: subscription.deadline)
+            }
+        }
+        return outputs
+    }
+}
