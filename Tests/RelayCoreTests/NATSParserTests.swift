@@ -1,0 +1,123 @@
+import Testing
+
+@testable import RelayCore
+
+@Suite struct NATSParserTests {
+    static let clientOperations: [NATSOperation] = [
+        .connect(["verbose": false, "pedantic": false, "name": "t", "headers": true, "no_responders": true]),
+        .publish(subject: "orders.new", replyTo: nil, headers: nil, payload: Array("hello".utf8)),
+        .publish(subject: "orders.new", replyTo: "_INBOX.abc", headers: nil, payload: []),
+        .publish(
+            subject: "h", replyTo: "r", headers: NATSHeaders(fields: [("A", "1"), ("A", "2"), ("Trace", "x y")]), payload: [0, 13, 10, 255]),
+        .subscribe(subject: "orders.*", queue: nil, sid: "1"),
+        .subscribe(subject: "orders.>", queue: "workers", sid: "22"),
+        .unsubscribe(sid: "1", max: nil),
+        .unsubscribe(sid: "22", max: 5),
+        .ping, .pong,
+    ]
+
+    static let serverOperations: [NATSOperation] = [
+        .info(["server_id": "x", "max_payload": 1_048_576, "headers": true]),
+        .message(subject: "orders.new", sid: "1", replyTo: nil, headers: nil, payload: Array("hi\r\nthere".utf8)),
+        .message(subject: "orders.new", sid: "1", replyTo: "_INBOX.1", headers: nil, payload: []),
+        .message(subject: "_INBOX.1", sid: "9", replyTo: nil, headers: NATSHeaders(status: 503), payload: []),
+        .message(
+            subject: "s", sid: "2", replyTo: nil,
+            headers: NATSHeaders(status: 408, statusDescription: "Request Timeout", fields: [("K", "v")]), payload: [1]),
+        .ok, .error("Unknown Protocol Operation"), .ping, .pong,
+    ]
+
+    @Test func everyOperationRoundTripsSplitAtEveryByte() throws {
+        for (role, operations) in [(NATSParser.Role.server, Self.clientOperations), (.client, Self.serverOperations)] {
+            let stream = operations.flatMap(NATSEncoder.encode)
+            for split in 0...stream.count {
+                var parser = NATSParser(role: role)
+                var parsed = try parser.bytesReceived(stream[..<split])
+                parsed += try parser.bytesReceived(stream[split...])
+                #expect(parsed == operations, "split at \(split)")
+                #expect(parser.bufferedByteCount == 0)
+            }
+        }
+    }
+
+    @Test func readsByteByByte() throws {
+        let stream = Self.clientOperations.flatMap(NATSEncoder.encode)
+        var parser = NATSParser(role: .server)
+        var parsed: [NATSOperation] = []
+        for byte in stream { parsed += try parser.bytesReceived([byte]) }
+        #expect(parsed == Self.clientOperations)
+    }
+
+    @Test func acceptsLowercaseTabsAndBareNewlines() throws {
+        var parser = NATSParser(role: .server)
+        let parsed = try parser.bytesReceived(Array("ping\npub\tfoo \t 3\r\nabc\r\nsub foo  q 1\r\n".utf8))
+        #expect(
+            parsed == [
+                .ping, .publish(subject: "foo", replyTo: nil, headers: nil, payload: Array("abc".utf8)),
+                .subscribe(subject: "foo", queue: "q", sid: "1"),
+            ])
+    }
+
+    @Test func encodesAsTheProtocolSays() {
+        #expect(
+            String(
+                decoding: NATSEncoder.encode(.publish(subject: "a", replyTo: "r", headers: nil, payload: Array("xy".utf8))), as: UTF8.self)
+                == "PUB a r 2\r\nxy\r\n")
+        let hmsg = NATSEncoder.encode(.message(subject: "a", sid: "1", replyTo: nil, headers: NATSHeaders(status: 503), payload: []))
+        #expect(String(decoding: hmsg, as: UTF8.self) == "HMSG a 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n")
+        #expect(String(decoding: NATSEncoder.encode(.error("Invalid Subject")), as: UTF8.self) == "-ERR 'Invalid Subject'\r\n")
+    }
+
+    @Test(arguments: [
+        ("FOO bar\r\n", NATSProtocolError.Kind.unknownOperation),
+        ("INFO {}\r\n", .unknownOperation),  // a client may not send INFO
+        ("PUB a\r\n", .parser),
+        ("PUB a b c d\r\n", .parser),
+        ("PUB a x\r\n", .parser),
+        ("PUB a 3\r\nabcdef\r\n", .parser),
+        ("HPUB a 10 5\r\n", .parser),
+        ("HPUB a 5 5\r\nXXXX\r\r\n", .parser),
+        ("SUB\r\n", .parser),
+        ("UNSUB 1 x\r\n", .parser),
+        ("CONNECT {bad json}\r\n", .parser),
+        ("CONNECT [1]\r\n", .parser),
+        ("PUB a 2000000\r\n", .maximumPayload),
+    ])
+    func refusesMalformedInput(_ text: String, _ kind: NATSProtocolError.Kind) {
+        var parser = NATSParser(role: .server)
+        #expect(throws: NATSProtocolError.self) { try parser.bytesReceived(Array(text.utf8)) }
+        var again = NATSParser(role: .server)
+        do {
+            _ = try again.bytesReceived(Array(text.utf8))
+        } catch {
+            #expect(error.kind == kind, "\(text)")
+        }
+    }
+
+    @Test func boundsTheControlLineBeforeBuffering() {
+        var parser = NATSParser(role: .server, maximumControlLine: 64)
+        var failedAt: Int?
+        for (offset, byte) in Array(("SUB " + String(repeating: "x", count: 200)).utf8).enumerated() {
+            do { _ = try parser.bytesReceived([byte]) } catch {
+                #expect(error.kind == .maximumControlLine)
+                failedAt = offset
+                break
+            }
+        }
+        #expect(failedAt == 64)
+    }
+
+    @Test func parsesErrTextWithoutQuotes() throws {
+        var parser = NATSParser(role: .client)
+        #expect(
+            try parser.bytesReceived(Array("-ERR 'Authorization Violation'\r\n+OK\r\n".utf8)) == [.error("Authorization Violation"), .ok])
+    }
+
+    @Test func readsHeaderBlocks() throws {
+        let headers = try NATSHeaders(parsing: Array("NATS/1.0 503 No Responders\r\nA: 1\r\na: 2\r\nB:  spaced  \r\n\r\n".utf8))
+        #expect(headers.status == 503 && headers.statusDescription == "No Responders")
+        #expect(headers.values("A") == ["1", "2"])
+        #expect(headers["b"] == "spaced")
+        #expect(throws: NATSProtocolError.self) { try NATSHeaders(parsing: Array("HTTP/1.1\r\n\r\n".utf8)) }
+    }
+}
