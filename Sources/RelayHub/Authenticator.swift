@@ -32,6 +32,25 @@ struct Authenticator: Sendable {
         return schemes
     }
 
+    /// Whether a client must present credentials (guest access is off).
+    var requiresCredentials: Bool { !allowsGuests }
+
+    /// The identity NATS CONNECT credentials stand for, or nil when they are refused or absent.
+    /// `user` is an identity (`alice@relay.local`) or a name in the hub's domain (`alice`).
+    /// Without credentials, guests get nil and are let in when guest access is on.
+    func verifyNATS(_ options: NATSConnectOptions) -> Identity? {
+        guard let user = options.user, let password = options.password else { return nil }
+        let identity = Identity(user).flatMap { $0.name == nil ? nil : $0 } ?? Identity(name: user, domain: domain)
+        guard let hash = users[identity], hash.matches(password: Array(password.utf8)) else { return nil }
+        return identity
+    }
+
+    /// Whether NATS CONNECT options may connect: valid credentials, or none while guests are allowed.
+    func acceptsNATS(_ options: NATSConnectOptions) -> Bool {
+        if verifyNATS(options) != nil { return true }
+        return allowsGuests && options.user == nil && options.token == nil
+    }
+
     func verify(_ credentials: CredentialsPresented, fallbackName: String) -> Result<Identity, Reason> {
         let refused = Reason(code: ReasonCode.sessionAuthenticationFailed, description: "Invalid credentials")
         switch credentials.scheme {

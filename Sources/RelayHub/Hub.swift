@@ -28,6 +28,8 @@ public final class Hub: Sendable {
         var core: HubCore
         var outlets: [SessionID: SessionOutlet] = [:]
         var timers: [HubCore.Timer: Scheduled<Void>] = [:]
+        /// NATS connections and whether they enabled headers; every other session speaks LIME.
+        var natsSessions: [SessionID: Bool] = [:]
         var nextSessionID: SessionID = 1
         var connectionsRefused = 0
         var slowConsumers = 0
@@ -37,6 +39,8 @@ public final class Hub: Sendable {
     public let configuration: HubConfiguration
     let authenticator: Authenticator
     let logger: Logger
+    /// The server id NATS clients see in INFO.
+    let serverID = "RELAY" + String(UInt64.random(in: .min ... .max), radix: 36).uppercased()
     private let timerLoop: any EventLoop
     private let state: Mutex<State>
 
@@ -96,6 +100,7 @@ public final class Hub: Sendable {
     func closeSession(_ id: SessionID) {
         let outputs = state.withLock { state in
             state.outlets[id] = nil
+            state.natsSessions[id] = nil
             return state.core.sessionClosed(id)
         }
         perform(outputs)
@@ -134,12 +139,20 @@ public final class Hub: Sendable {
     private func perform(_ outputs: [HubCore.Output]) {
         guard !outputs.isEmpty else { return }
         var sends: [(SessionOutlet, Envelope)] = []
+        var natsSends: [(SessionOutlet, NATSOperation)] = []
         sends.reserveCapacity(outputs.count)
         state.withLock { state in
             for output in outputs {
                 switch output {
                 case .send(let session, let envelope):
                     if let outlet = state.outlets[session] { sends.append((outlet, envelope)) }
+                case .deliver(let session, let token, let message):
+                    guard let outlet = state.outlets[session] else { continue }
+                    if let headers = state.natsSessions[session] {
+                        natsSends.append((outlet, message.natsOperation(sid: token, headersEnabled: headers)))
+                    } else {
+                        sends.append((outlet, message.limeEnvelope(token: token, to: state.core.router.node(of: session))))
+                    }
                 case .startTimer(let timer, let milliseconds):
                     state.timers[timer]?.cancel()
                     state.timers[timer] = timerLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) { [weak self] in
@@ -162,6 +175,39 @@ public final class Hub: Sendable {
             }
             if !outlet.send(bytes) { noteSlowConsumer() }
         }
+        for (outlet, operation) in natsSends where !outlet.send(outlet.channel.allocator.buffer(bytes: NATSEncoder.encode(operation))) {
+            noteSlowConsumer()
+        }
+    }
+
+    // MARK: - NATS connections
+
+    /// The node a session holds.
+    func node(of id: SessionID) -> Node? {
+        state.withLock { $0.core.router.node(of: id) }
+    }
+
+    /// Registers an established NATS connection under its node.
+    func registerNATS(_ id: SessionID, node: Node, headers: Bool) {
+        state.withLock { state in
+            state.natsSessions[id] = headers
+            _ = state.core.register(id, node: node)
+        }
+    }
+
+    func natsSubscribe(_ id: SessionID, sid: String, subject: String, queue: String?, echo: Bool) throws(Reason) {
+        try state.withLock { state throws(Reason) in
+            try state.core.subscribe(id, token: sid, filter: subject, queue: queue, echo: echo)
+        }
+    }
+
+    func natsUnsubscribe(_ id: SessionID, sid: String, max: Int?) {
+        state.withLock { _ = $0.core.unsubscribe(id, token: sid, after: max) }
+    }
+
+    func natsPublish(_ message: PublishedMessage, from id: SessionID, noResponders: Bool) {
+        let outputs = state.withLock { $0.core.publish(message, from: id, noResponders: noResponders).outputs }
+        perform(outputs)
     }
 
     private func timerFired(_ timer: HubCore.Timer) {

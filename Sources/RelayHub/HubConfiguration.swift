@@ -18,6 +18,20 @@ public struct HubConfiguration: Sendable, Codable {
     public var ws: HostAndPort? = HostAndPort(host: "127.0.0.1", port: 8080)
     /// Where LIME over TCP is served; nil turns the listener off.
     public var tcp: HostAndPort? = HostAndPort(host: "127.0.0.1", port: 55321)
+    /// Where the NATS client protocol is served; nil turns the listener off.
+    public var nats: HostAndPort? = HostAndPort(host: "127.0.0.1", port: 4222)
+    /// NATS keepalive settings.
+    public var natsOptions: NATSOptions = NATSOptions()
+
+    public struct NATSOptions: Sendable, Codable {
+        /// Seconds between the hub's PINGs to an idle NATS client (nats-server: 2 minutes).
+        public var pingIntervalSeconds: Double = 120
+        /// Unanswered PINGs before the connection is stale and closed (nats-server: 2).
+        public var maxPingsOutstanding: Int = 2
+
+        public init() {}
+    }
+
     /// Whether the `guest` scheme is offered (any identity, no password).
     public var guest: Bool = true
     /// Users of the `plain` scheme, with salted password hashes (`relay passwd` makes them).
@@ -68,6 +82,8 @@ public struct HubConfiguration: Sendable, Codable {
         domain = try container.decodeIfPresent(String.self, forKey: .domain) ?? defaults.domain
         ws = container.contains(.ws) ? try container.decodeIfPresent(HostAndPort.self, forKey: .ws) : defaults.ws
         tcp = container.contains(.tcp) ? try container.decodeIfPresent(HostAndPort.self, forKey: .tcp) : defaults.tcp
+        nats = container.contains(.nats) ? try container.decodeIfPresent(HostAndPort.self, forKey: .nats) : defaults.nats
+        natsOptions = try container.decodeIfPresent(NATSOptions.self, forKey: .natsOptions) ?? NATSOptions()
         guest = try container.decodeIfPresent(Bool.self, forKey: .guest) ?? defaults.guest
         users = try container.decodeIfPresent([User].self, forKey: .users) ?? []
         admins = try container.decodeIfPresent([String].self, forKey: .admins) ?? []
@@ -82,6 +98,15 @@ public struct HubConfiguration: Sendable, Codable {
 
     /// The hub's own node.
     public var hubNode: Node { Node(name: "postmaster", domain: domain, instance: "hub") }
+}
+
+extension HubConfiguration.NATSOptions {
+    public init(from decoder: any Decoder) throws {
+        self.init()
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        pingIntervalSeconds = try container.decodeIfPresent(Double.self, forKey: .pingIntervalSeconds) ?? pingIntervalSeconds
+        maxPingsOutstanding = try container.decodeIfPresent(Int.self, forKey: .maxPingsOutstanding) ?? maxPingsOutstanding
+    }
 }
 
 extension HubConfiguration.Limits {

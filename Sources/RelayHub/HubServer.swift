@@ -33,6 +33,7 @@ public final class HubServer: Sendable {
     public struct BoundAddresses: Sendable {
         public var webSocket: SocketAddress?
         public var tcp: SocketAddress?
+        public var nats: SocketAddress?
     }
 
     /// Binds every configured listener.
@@ -43,6 +44,12 @@ public final class HubServer: Sendable {
             listeners.withLock { $0.append(channel) }
             boundAddresses.webSocket = channel.localAddress
             hub.logger.info("LIME over WebSocket listening on ws://\(Self.describe(channel.localAddress, fallback: address))")
+        }
+        if let address = configuration.nats {
+            let channel = try await bindNATS(address)
+            listeners.withLock { $0.append(channel) }
+            boundAddresses.nats = channel.localAddress
+            hub.logger.info("NATS listening on nats://\(Self.describe(channel.localAddress, fallback: address))")
         }
         if let address = configuration.tcp {
             let channel = try await bindTCP(address)
@@ -90,6 +97,20 @@ public final class HubServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(LIMEConnectionHandler(hub: hub, framing: .stream))
+                }
+            }
+            .bind(host: address.host, port: address.port).get()
+    }
+
+    private func bindNATS(_ address: HostAndPort) async throws -> any Channel {
+        let hub = self.hub
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(NATSConnectionHandler(hub: hub))
                 }
             }
             .bind(host: address.host, port: address.port).get()

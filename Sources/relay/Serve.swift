@@ -6,7 +6,7 @@ import ServiceLifecycle
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a hub (LIME over WebSocket and TCP) on embedded defaults, or as a configuration file says.")
+        abstract: "Run a hub (LIME over WebSocket and TCP, NATS) on embedded defaults, or as a configuration file says.")
 
     @Option(name: .customLong("ws"), help: "Where LIME over WebSocket listens, HOST:PORT (default 127.0.0.1:8080).")
     var webSocket: String?
@@ -14,7 +14,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("tcp"), help: "Where LIME over TCP listens, HOST:PORT (default 127.0.0.1:55321).")
     var tcp: String?
 
-    @Option(name: .customLong("config"), help: "A JSON configuration file (see docs/ARCHITECTURE.md).")
+    @Option(name: .customLong("nats"), help: "Where the NATS client protocol listens, HOST:PORT (default 127.0.0.1:4222).")
+    var nats: String?
+
+    @Option(name: .customLong("config"), help: "A JSON configuration file (see the README).")
     var configFile: String?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
@@ -24,6 +27,7 @@ struct Serve: AsyncParsableCommand {
         var configuration = try configFile.map { try HubConfiguration.load(path: $0) } ?? HubConfiguration()
         if let webSocket { configuration.ws = try Self.address(webSocket, flag: "--ws") }
         if let tcp { configuration.tcp = try Self.address(tcp, flag: "--tcp") }
+        if let nats { configuration.nats = try Self.address(nats, flag: "--nats") }
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

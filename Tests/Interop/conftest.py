@@ -19,7 +19,7 @@ class Hub:
 
     def __init__(self, *extra_args):
         self.process = subprocess.Popen(
-            [RELAY_BIN, "serve", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", *extra_args],
+            [RELAY_BIN, "serve", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--nats", "127.0.0.1:0", *extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -27,6 +27,7 @@ class Hub:
         self.log = []
         self.ws_url = None
         self.tcp_url = None
+        self.nats_url = None
         self._ready = threading.Event()
         threading.Thread(target=self._read_log, daemon=True).start()
         if not self._ready.wait(30):
@@ -40,7 +41,9 @@ class Hub:
                 self.ws_url = match.group(1)
             if match := re.search(r"listening on (tcp://\S+)", line):
                 self.tcp_url = match.group(1)
-            if self.ws_url and self.tcp_url:
+            if match := re.search(r"listening on (nats://\S+)", line):
+                self.nats_url = match.group(1)
+            if self.ws_url and self.tcp_url and self.nats_url:
                 self._ready.set()
 
     @property

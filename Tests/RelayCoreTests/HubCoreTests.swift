@@ -56,7 +56,13 @@ struct CoreHarness {
 extension [HubCore.Output] {
     /// Envelopes sent to a session.
     func sent(to session: SessionID) -> [Envelope] {
-        compactMap { if case .send(session, let envelope) = $0 { return envelope } else { return nil } }
+        compactMap {
+            switch $0 {
+            case .send(session, let envelope): envelope
+            case .deliver(session, let token, let message): message.limeEnvelope(token: token, to: nil)
+            default: nil
+            }
+        }
     }
 
     func commands(to session: SessionID) -> [LIMECommand] {
@@ -68,7 +74,7 @@ extension [HubCore.Output] {
     }
 
     var recipients: [SessionID] {
-        compactMap { if case .send(let session, .message) = $0 { return session } else { return nil } }
+        compactMap { if case .deliver(let session, _, _) = $0 { return session } else { return nil } }
     }
 }
 

@@ -164,6 +164,7 @@ import Testing
         var configuration = HubConfiguration()
         configuration.ws = HostAndPort(host: "127.0.0.1", port: 0)
         configuration.tcp = HostAndPort(host: "127.0.0.1", port: 0)
+        configuration.nats = nil
         let server = try HubServer(configuration: configuration)
         try await server.start()
         let hub = TestHub(server: server)

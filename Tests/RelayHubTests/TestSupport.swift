@@ -16,6 +16,7 @@ func withHub<T>(
     var configuration = HubConfiguration()
     configuration.ws = HostAndPort(host: "127.0.0.1", port: 0)
     configuration.tcp = HostAndPort(host: "127.0.0.1", port: 0)
+    configuration.nats = HostAndPort(host: "127.0.0.1", port: 0)
     try configure(&configuration)
     var logger = Logger(label: "relay.test")
     logger.logLevel = .warning
@@ -37,6 +38,7 @@ struct TestHub {
 
     var ws: String { "ws://127.0.0.1:\(server.boundAddresses.webSocket!.port!)" }
     var tcp: String { "tcp://127.0.0.1:\(server.boundAddresses.tcp!.port!)" }
+    var natsPort: Int { server.boundAddresses.nats!.port! }
 
     func url(_ transport: Transport) -> String { transport == .ws ? ws : tcp }
 

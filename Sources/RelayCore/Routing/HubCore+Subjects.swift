@@ -3,95 +3,77 @@
 extension HubCore {
     // MARK: - Subjects
 
-    mutating func subscribe(_ command: LIMECommand, filter: String, query: [String: String], from session: SessionID) -> [Output] {
+    // MARK: - Protocol-neutral operations
+
+    /// Adds a subscription of a session under its own name for it (`token`: LIME's filter and queue,
+    /// NATS's sid). Subscribing again under the same token is a no-op. `max` ends it after that many
+    /// deliveries (NATS auto-unsubscribe).
+    public mutating func subscribe(
+        _ session: SessionID, token: String, filter: String, queue: String?, echo: Bool
+    ) throws(Reason) {
         if let error = Subject.filterError(filter) {
-            return [reply(session, command.failure(Reason(code: ReasonCode.validationInvalidResource, description: error)))]
+            throw Reason(code: ReasonCode.validationInvalidResource, description: error)
         }
-        let queue = query["queue"].flatMap { $0.isEmpty ? nil : $0 }
-        if let queue, queue.contains(where: { $0.isWhitespace }) {
-            return [
-                reply(
-                    session,
-                    command.failure(
-                        Reason(code: ReasonCode.validationInvalidResource, description: "Queue group '\(queue)' contains whitespace")))
-            ]
+        if let queue, queue.isEmpty || queue.contains(where: { $0.isWhitespace }) {
+            throw Reason(code: ReasonCode.validationInvalidResource, description: "Queue group '\(queue)' is empty or contains whitespace")
         }
-        let key = SubscriptionKey(session: session, token: Self.subscriptionToken(filter: filter, queue: queue))
-        if subscriptions[key] == nil {
-            guard subscriptionCounts[session, default: 0] < configuration.maximumSubscriptionsPerSession else {
-                return [
-                    reply(
-                        session,
-                        command.failure(
-                            Reason(
-                                code: RelayReasonCode.limitReached,
-                                description:
-                                    "This session holds the maximum of \(configuration.maximumSubscriptionsPerSession) subscriptions")))
-                ]
-            }
-            let node = router.node(of: session) ?? configuration.hubNode
-            subscriptions[key] = Subscription(
-                session: session, node: node, filter: filter, queue: queue, echo: query["echo"] == "true", token: key.token)
-            subjects.insert(key, filter: filter)
-            subscriptionCounts[session, default: 0] += 1
+        let key = SubscriptionKey(session: session, token: token)
+        guard subscriptions[key] == nil else { return }
+        guard subscriptionCounts[session, default: 0] < configuration.maximumSubscriptionsPerSession else {
+            throw Reason(
+                code: RelayReasonCode.limitReached,
+                description: "This session holds the maximum of \(configuration.maximumSubscriptionsPerSession) subscriptions")
         }
-        return [reply(session, command.success())]
+        let node = router.node(of: session)
+        subscriptions[key] = Subscription(session: session, node: node, filter: filter, queue: queue, echo: echo, token: token)
+        subjects.insert(key, filter: filter)
+        subscriptionCounts[session, default: 0] += 1
     }
 
-    mutating func unsubscribe(_ command: LIMECommand, filter: String, query: [String: String], from session: SessionID) -> [Output] {
-        let key = SubscriptionKey(
-            session: session, token: Self.subscriptionToken(filter: filter, queue: query["queue"].flatMap { $0.isEmpty ? nil : $0 }))
-        guard let subscription = subscriptions.removeValue(forKey: key) else {
-            return [
-                reply(
-                    session,
-                    command.failure(Reason(code: ReasonCode.commandResourceNotFound, description: "No subscription to '\(filter)'")))
-            ]
+    /// Ends a subscription now (`max` nil), or after `max` deliveries in all (NATS's `UNSUB sid max`).
+    /// Returns whether the session had it.
+    @discardableResult
+    public mutating func unsubscribe(_ session: SessionID, token: String, after max: Int? = nil) -> Bool {
+        let key = SubscriptionKey(session: session, token: token)
+        guard var subscription = subscriptions[key] else { return false }
+        if let max, subscription.delivered < max {
+            subscription.limit = max
+            subscriptions[key] = subscription
+            return true
         }
+        removeSubscription(key)
+        return true
+    }
+
+    private mutating func removeSubscription(_ key: SubscriptionKey) {
+        guard let subscription = subscriptions.removeValue(forKey: key) else { return }
         subjects.remove(key, filter: subscription.filter)
-        subscriptionCounts[session, default: 1] -= 1
-        return [reply(session, command.success())]
+        subscriptionCounts[key.session, default: 1] -= 1
     }
 
-    /// The name a subscription goes by: its filter, and its queue group when it has one.
-    static func subscriptionToken(filter: String, queue: String?) -> String {
-        queue.map { "\(filter)?queue=\($0)" } ?? filter
-    }
-
-    /// Publishes `command.resource` to `subject`. `observe` is fire-and-forget; `set` is confirmed
-    /// with a response once the hub has routed it (`{"delivered": N}`).
-    mutating func publish(_ command: LIMECommand, subject: String, from session: SessionID) -> [Output] {
-        let confirm = command.method == .set && command.header.id != nil
-        if let error = Subject.publishError(subject) {
-            return confirm ? [reply(session, command.failure(Reason(code: ReasonCode.validationInvalidResource, description: error)))] : []
-        }
-        var metadata = command.header.metadata ?? [:]
-        var targets: [Node]?
-        if let list = metadata.removeValue(forKey: "#targets") {
-            targets = list.split(separator: ",").compactMap { Node($0.trimmingWhitespace().description) }
-        }
-        metadata["#subject"] = subject
-        let content = command.resource ?? .null
-        let type = command.type ?? (content.stringValue != nil ? .textPlain : .applicationJSON)
-        let publisher = command.header.from
+    /// Publishes a message from a session to every matching subscription: each plain subscription
+    /// gets it, each queue group one member in turn. `targets` limits the recipients to those nodes;
+    /// with `noResponders`, a request (a message with `replyTo`) nobody receives is answered with a
+    /// 503 status on its reply subject, to the publisher, as nats-server does.
+    /// Returns the outputs and how many subscriptions received it.
+    public mutating func publish(
+        _ message: PublishedMessage, from session: SessionID, targets: [Node]? = nil, noResponders: Bool = false
+    ) -> (outputs: [Output], delivered: Int) {
         var outputs: [Output] = []
         var delivered = 0
-        statistics.published += 1
         var queues: [String: [SubscriptionKey]] = [:]
-        for key in subjects.match(subject) {
+        statistics.published += 1
+        for key in subjects.match(message.subject) {
             guard let subscription = subscriptions[key] else { continue }
             if subscription.session == session && !subscription.echo { continue }
-            if let targets,
-                !targets.contains(where: { $0 == subscription.node || ($0.instance == nil && $0.identity == subscription.node.identity) })
-            {
+            if let targets, !targets.contains(where: { target in subscription.node.map { Self.node($0, isIn: target) } ?? false }) {
                 continue
             }
             if let queue = subscription.queue {
                 queues[queue, default: []].append(key)
                 continue
             }
-            outputs.append(
-                .send(subscription.session, delivery(subscription, publisher: publisher, type: type, content: content, metadata: metadata)))
+            outputs.append(deliver(message, to: key))
             delivered += 1
         }
         for (queue, members) in queues {
@@ -99,25 +81,99 @@ extension HubCore {
             let turn = queueTurns[queue, default: 0]
             queueTurns[queue] = turn &+ 1
             let ordered = members.sorted { ($0.session, $0.token) < ($1.session, $1.token) }
-            let subscription = subscriptions[ordered[turn % ordered.count]]!
-            outputs.append(
-                .send(subscription.session, delivery(subscription, publisher: publisher, type: type, content: content, metadata: metadata)))
+            outputs.append(deliver(message, to: ordered[turn % ordered.count]))
             delivered += 1
         }
-        if delivered == 0 { statistics.publicationsUnmatched += 1 }
+        if delivered == 0 {
+            statistics.publicationsUnmatched += 1
+            if noResponders, let replyTo = message.replyTo {
+                let status = PublishedMessage(subject: replyTo, body: .bytes([]), status: 503)
+                for key in subjects.match(replyTo) where key.session == session {
+                    outputs.append(deliver(status, to: key))
+                }
+            }
+        }
         statistics.publicationsDelivered += delivered
+        return (outputs, delivered)
+    }
+
+    private static func node(_ node: Node, isIn target: Node) -> Bool {
+        node == target || (target.instance == nil && node.identity == target.identity)
+    }
+
+    /// One delivery, counted against the subscription's auto-unsubscribe limit.
+    private mutating func deliver(_ message: PublishedMessage, to key: SubscriptionKey) -> Output {
+        if var subscription = subscriptions[key] {
+            subscription.delivered += 1
+            if let limit = subscription.limit, subscription.delivered >= limit {
+                removeSubscription(key)
+            } else {
+                subscriptions[key] = subscription
+            }
+        }
+        return .deliver(key.session, token: key.token, message)
+    }
+
+    // MARK: - LIME mapping
+
+    mutating func subscribe(_ command: LIMECommand, filter: String, query: [String: String], from session: SessionID) -> [Output] {
+        let queue = query["queue"].flatMap { $0.isEmpty ? nil : $0 }
+        do {
+            try subscribe(
+                session, token: Self.subscriptionToken(filter: filter, queue: queue), filter: filter, queue: queue,
+                echo: query["echo"] == "true")
+        } catch {
+            return [reply(session, command.failure(error))]
+        }
+        return [reply(session, command.success())]
+    }
+
+    mutating func unsubscribe(_ command: LIMECommand, filter: String, query: [String: String], from session: SessionID) -> [Output] {
+        let token = Self.subscriptionToken(filter: filter, queue: query["queue"].flatMap { $0.isEmpty ? nil : $0 })
+        guard unsubscribe(session, token: token) else {
+            return [
+                reply(
+                    session,
+                    command.failure(Reason(code: ReasonCode.commandResourceNotFound, description: "No subscription to '\(filter)'")))
+            ]
+        }
+        return [reply(session, command.success())]
+    }
+
+    /// The name a LIME subscription goes by: its filter, and its queue group when it has one.
+    static func subscriptionToken(filter: String, queue: String?) -> String {
+        queue.map { "\(filter)?queue=\($0)" } ?? filter
+    }
+
+    /// Publishes `command.resource` to `subject`. `observe` is fire-and-forget; `set` is confirmed
+    /// with a response once the hub has routed it (`{"delivered": N}`). `#reply` makes it a request.
+    mutating func publish(_ command: LIMECommand, subject: String, from session: SessionID) -> [Output] {
+        let confirm = command.method == .set && command.header.id != nil
+        if let error = Subject.publishError(subject) {
+            return confirm ? [reply(session, command.failure(Reason(code: ReasonCode.validationInvalidResource, description: error)))] : []
+        }
+        var metadata = command.header.metadata ?? [:]
+        let targets = metadata.removeValue(forKey: "#targets").map { list in
+            list.split(separator: ",").compactMap { Node($0.trimmingWhitespace().description) }
+        }
+        let replyTo = metadata.removeValue(forKey: "#reply")
+        let content = command.resource ?? .null
+        let type = command.type ?? (content.stringValue != nil ? .textPlain : .applicationJSON)
+        let body: PublishedMessage.Body
+        if type.isJSON {
+            body = .json(content)
+        } else if let text = content.stringValue {
+            // Binary types travel base64-encoded in LIME; subscribers on NATS get the bytes.
+            body = type.rawValue.hasPrefix("text/") ? .text(text) : Base64.decode(text).map { .bytes($0) } ?? .text(text)
+        } else {
+            body = .json(content)
+        }
+        let message = PublishedMessage(
+            subject: subject, replyTo: replyTo, publisher: command.header.from, type: type, body: body, metadata: metadata)
+        var (outputs, delivered) = publish(message, from: session, targets: targets)
         if confirm {
             outputs.append(.send(session, confirmation(command, resource: ["delivered": .number(JSONNumber(delivered))])))
         }
         return outputs
-    }
-
-    func delivery(_ subscription: Subscription, publisher: Node?, type: MediaType, content: JSONValue, metadata: [String: String])
-        -> Envelope
-    {
-        var metadata = metadata
-        metadata["#subscription"] = subscription.token
-        return .message(
-            LIMEMessage(header: EnvelopeHeader(from: publisher, to: subscription.node, metadata: metadata), type: type, content: content))
     }
 }

@@ -42,6 +42,8 @@ public struct HubCore: Sendable {
 
     public enum Output: Sendable, Equatable {
         case send(SessionID, Envelope)
+        /// A publication for one of a session's subscriptions; the session's dialect renders it.
+        case deliver(SessionID, token: String, PublishedMessage)
         case startTimer(Timer, milliseconds: Int)
         case cancelTimer(Timer)
     }
@@ -69,11 +71,14 @@ public struct HubCore: Sendable {
 
     struct Subscription: Sendable {
         var session: SessionID
-        var node: Node
+        var node: Node?
         var filter: String
         var queue: String?
         var echo: Bool
         var token: String
+        var delivered = 0
+        /// Ends the subscription after this many deliveries (NATS auto-unsubscribe).
+        var limit: Int?
     }
 
     struct SubscriptionKey: Sendable, Hashable {

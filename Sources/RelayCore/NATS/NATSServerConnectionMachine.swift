@@ -1,0 +1,188 @@
+/// The options a NATS client sends in CONNECT.
+public struct NATSConnectOptions: Sendable, Equatable {
+    public var verbose = false
+    public var pedantic = false
+    public var echo = true
+    public var headers = false
+    public var noResponders = false
+    public var name: String?
+    public var user: String?
+    public var password: String?
+    public var token: String?
+
+    public init() {}
+
+    init(_ object: JSONObject) {
+        verbose = object["verbose"]?.boolValue ?? false
+        pedantic = object["pedantic"]?.boolValue ?? false
+        echo = object["echo"]?.boolValue ?? true
+        headers = object["headers"]?.boolValue ?? false
+        noResponders = object["no_responders"]?.boolValue ?? false
+        name = object["name"]?.stringValue
+        user = object["user"]?.stringValue
+        password = object["pass"]?.stringValue
+        token = object["auth_token"]?.stringValue
+    }
+}
+
+/// The server side of one NATS client connection, free of I/O: what nats-server does with each
+/// operation, as actions for the hub to carry out.
+public struct NATSServerConnectionMachine: Sendable {
+    public struct Configuration: Sendable {
+        /// The INFO object sent on connect (server id, version, max_payload, headers, client id...).
+        public var info: JSONObject
+        /// Whether CONNECT must carry credentials.
+        public var authRequired: Bool
+        /// Pings the client may leave unanswered before the connection is stale.
+        public var maximumPingsOutstanding: Int
+
+        public init(info: JSONObject, authRequired: Bool = false, maximumPingsOutstanding: Int = 2) {
+            self.info = info
+            self.authRequired = authRequired
+            self.maximumPingsOutstanding = maximumPingsOutstanding
+        }
+    }
+
+    public enum State: Sendable, Equatable {
+        case awaitingConnect
+        case authenticating(NATSConnectOptions)
+        case connected(NATSConnectOptions)
+        case closed
+    }
+
+    public enum Action: Sendable, Equatable {
+        case send([NATSOperation])
+        /// Check the credentials of CONNECT, then report `connectAccepted` or `connectRejected`.
+        case authenticate(NATSConnectOptions)
+        /// The connection is established with these options: register it with the hub.
+        case register(NATSConnectOptions)
+        case subscribe(sid: String, subject: String, queue: String?)
+        case unsubscribe(sid: String, max: Int?)
+        case publish(subject: String, replyTo: String?, headers: NATSHeaders?, payload: [UInt8])
+        /// Send `-ERR` with the error's text, then close.
+        case failAndClose(NATSProtocolError)
+    }
+
+    public let configuration: Configuration
+    public private(set) var state: State = .awaitingConnect
+    private var pingsOutstanding = 0
+    /// Operations that arrived while credentials were being checked.
+    private var deferred: [NATSOperation] = []
+
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    /// The options of the established connection.
+    public var options: NATSConnectOptions? {
+        if case .connected(let options) = state { return options }
+        return nil
+    }
+
+    /// The connection opened: the server speaks first, with INFO.
+    public mutating func connected() -> [Action] {
+        [.send([.info(configuration.info)])]
+    }
+
+    /// An operation arrived from the client.
+    public mutating func operationReceived(_ operation: NATSOperation) -> [Action] {
+        switch state {
+        case .closed:
+            return []
+        case .authenticating:
+            deferred.append(operation)
+            return []
+        case .awaitingConnect:
+            if case .connect(let object) = operation {
+                let options = NATSConnectOptions(object)
+                state = .authenticating(options)
+                return [.authenticate(options)]
+            }
+            // Without credentials to check, a client may start straight away (telnet users do).
+            guard !configuration.authRequired else { return fail(NATSProtocolError(.authorization, detail: "CONNECT expected first")) }
+            state = .connected(NATSConnectOptions())
+            return [.register(NATSConnectOptions())] + connectedOperation(operation, options: NATSConnectOptions())
+        case .connected(let options):
+            return connectedOperation(operation, options: options)
+        }
+    }
+
+    /// The hub accepted the credentials of CONNECT.
+    public mutating func connectAccepted() -> [Action] {
+        guard case .authenticating(let options) = state else { return [] }
+        state = .connected(options)
+        var actions: [Action] = [.register(options)]
+        if options.verbose { actions.append(.send([.ok])) }
+        let waiting = deferred
+        deferred = []
+        for operation in waiting where state != .closed { actions += operationReceived(operation) }
+        return actions
+    }
+
+    /// The hub refused the credentials of CONNECT.
+    public mutating func connectRejected() -> [Action] {
+        guard case .authenticating = state else { return [] }
+        return fail(NATSProtocolError(.authorization))
+    }
+
+    private mutating func connectedOperation(_ operation: NATSOperation, options: NATSConnectOptions) -> [Action] {
+        let ok: [Action] = options.verbose ? [.send([.ok])] : []
+        switch operation {
+        case .ping:
+            return [.send([.pong])]
+        case .pong:
+            pingsOutstanding = 0
+            return []
+        case .connect:
+            // A second CONNECT changes nothing that matters here; nats-server accepts it.
+            return ok
+        case .publish(let subject, let replyTo, let headers, let payload):
+            if Subject.publishError(subject) != nil {
+                return [.send([.error(NATSProtocolError(.invalidPublishSubject).errText)])]
+            }
+            if headers != nil && !options.headers {
+                return fail(NATSProtocolError(.parser, detail: "HPUB without headers enabled in CONNECT"))
+            }
+            return [.publish(subject: subject, replyTo: replyTo, headers: headers, payload: payload)] + ok
+        case .subscribe(let subject, let queue, let sid):
+            if Subject.filterError(subject) != nil || queue.map({ $0.isEmpty }) == true {
+                return [.send([.error(NATSProtocolError(.invalidSubject).errText)])]
+            }
+            return [.subscribe(sid: sid, subject: subject, queue: queue)] + ok
+        case .unsubscribe(let sid, let max):
+            return [.unsubscribe(sid: sid, max: max)] + ok
+        case .info, .message, .ok, .error:
+            return fail(NATSProtocolError(.unknownOperation))
+        }
+    }
+
+    /// The bytes could not be parsed.
+    public mutating func protocolErrorOccurred(_ error: NATSProtocolError) -> [Action] {
+        fail(error)
+    }
+
+    /// The keepalive interval passed: ping, or end a connection whose pings went unanswered.
+    public mutating func pingIntervalElapsed() -> [Action] {
+        guard case .connected = state else { return [] }
+        if pingsOutstanding >= configuration.maximumPingsOutstanding {
+            return fail(NATSProtocolError(.staleConnection))
+        }
+        pingsOutstanding += 1
+        return [.send([.ping])]
+    }
+
+    /// The hub ends the connection (slow consumer, shutdown...).
+    public mutating func terminated(_ error: NATSProtocolError) -> [Action] {
+        fail(error)
+    }
+
+    public mutating func peerClosed() {
+        state = .closed
+    }
+
+    private mutating func fail(_ error: NATSProtocolError) -> [Action] {
+        guard state != .closed else { return [] }
+        state = .closed
+        return [.failAndClose(error)]
+    }
+}

@@ -1,0 +1,129 @@
+/// A message published on a subject, in the core's protocol-neutral form.
+///
+/// LIME publications carry a media type and a JSON or text content; NATS publications carry bytes
+/// and headers. Each dialect renders it for its subscribers: LIME as a message envelope, NATS as
+/// MSG/HMSG.
+public struct PublishedMessage: Sendable, Equatable {
+    public enum Body: Sendable, Equatable {
+        case json(JSONValue)
+        case text(String)
+        case bytes([UInt8])
+    }
+
+    public var subject: String
+    /// Where responses go (a NATS request's reply subject).
+    public var replyTo: String?
+    /// The publisher's node.
+    public var publisher: Node?
+    /// The media type (LIME `type`, NATS `Content-Type` header), when known.
+    public var type: MediaType?
+    public var body: Body
+    /// LIME metadata, or NATS headers (repeated headers joined with ", ").
+    public var metadata: [String: String]
+    /// A NATS status (503 for no responders).
+    public var status: Int?
+
+    public init(
+        subject: String, replyTo: String? = nil, publisher: Node? = nil, type: MediaType? = nil, body: Body,
+        metadata: [String: String] = [:], status: Int? = nil
+    ) {
+        self.subject = subject
+        self.replyTo = replyTo
+        self.publisher = publisher
+        self.type = type
+        self.body = body
+        self.metadata = metadata
+        self.status = status
+    }
+
+    /// The payload bytes, as NATS sends them.
+    public var payloadBytes: [UInt8] {
+        switch body {
+        case .json(let value): JSONWriter.bytes(value)
+        case .text(let text): Array(text.utf8)
+        case .bytes(let bytes): bytes
+        }
+    }
+
+    /// The content as a LIME message carries it: a JSON value for JSON types, text otherwise,
+    /// base64 for bytes that are not UTF-8.
+    public var limeContent: (MediaType, JSONValue) {
+        switch body {
+        case .json(let value): return (type ?? .applicationJSON, value)
+        case .text(let text): return (type ?? .textPlain, .string(text))
+        case .bytes(let bytes):
+            if let type, type.isJSON, let value = try? JSONParser.parse(bytes) { return (type, value) }
+            if let text = String(validating: bytes, as: UTF8.self) { return (type ?? .textPlain, .string(text)) }
+            return (type ?? "application/octet-stream", .string(Base64.encode(bytes)))
+        }
+    }
+
+    /// The LIME message a subscriber of `node` receives through its subscription `token`.
+    public func limeEnvelope(token: String, to node: Node?) -> Envelope {
+        var metadata = self.metadata
+        metadata["#subject"] = subject
+        metadata["#subscription"] = token
+        if let replyTo { metadata["#reply"] = replyTo }
+        if let status { metadata["#status"] = String(status) }
+        let (type, content) = limeContent
+        return .message(LIMEMessage(header: EnvelopeHeader(from: publisher, to: node, metadata: metadata), type: type, content: content))
+    }
+
+    /// The NATS operation a subscriber with subscription `sid` receives. Headers are sent when the
+    /// message has metadata, a type or a status and the client enabled headers.
+    public func natsOperation(sid: String, headersEnabled: Bool) -> NATSOperation {
+        var headers: NATSHeaders?
+        if headersEnabled, status != nil || type != nil || !metadata.isEmpty {
+            var block = NATSHeaders(status: status)
+            if let type, !isDefaultNATSType { block.append("Content-Type", type.rawValue) }
+            for key in metadata.keys.sorted() where !key.hasPrefix("#") { block.append(key, metadata[key]!) }
+            if block.status != nil || !block.fields.isEmpty { headers = block }
+        }
+        return .message(subject: subject, sid: sid, replyTo: replyTo, headers: headers, payload: payloadBytes)
+    }
+
+    /// Text without a declared type needs no Content-Type on the NATS side.
+    private var isDefaultNATSType: Bool {
+        if case .bytes = body { return false }
+        return type == .textPlain && { if case .text = body { return true } else { return false } }()
+    }
+}
+
+/// Standard base64, without Foundation (RelayCore depends on nothing).
+public enum Base64 {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    public static func encode(_ bytes: [UInt8]) -> String {
+        var output: [UInt8] = []
+        output.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var index = 0
+        while index < bytes.count {
+            let b0 = bytes[index]
+            let b1 = index + 1 < bytes.count ? bytes[index + 1] : 0
+            let b2 = index + 2 < bytes.count ? bytes[index + 2] : 0
+            output.append(alphabet[Int(b0 >> 2)])
+            output.append(alphabet[Int((b0 & 0x03) << 4 | b1 >> 4)])
+            output.append(index + 1 < bytes.count ? alphabet[Int((b1 & 0x0F) << 2 | b2 >> 6)] : UInt8(ascii: "="))
+            output.append(index + 2 < bytes.count ? alphabet[Int(b2 & 0x3F)] : UInt8(ascii: "="))
+            index += 3
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    public static func decode(_ text: String) -> [UInt8]? {
+        var values: [UInt8] = []
+        for byte in text.utf8 where byte != UInt8(ascii: "=") && byte != 0x0A && byte != 0x0D {
+            guard let value = alphabet.firstIndex(of: byte) else { return nil }
+            values.append(UInt8(value))
+        }
+        var output: [UInt8] = []
+        var index = 0
+        while index + 1 < values.count {
+            output.append(values[index] << 2 | values[index + 1] >> 4)
+            if index + 2 < values.count { output.append(values[index + 1] << 4 | values[index + 2] >> 2) }
+            if index + 3 < values.count { output.append(values[index + 2] << 6 | values[index + 3]) }
+            index += 4
+        }
+        return output
+    }
+}

@@ -1,0 +1,188 @@
+import Foundation
+import Logging
+import NIOCore
+import RelayCore
+
+/// Runs one NATS client connection: parses with `NATSParser`, feeds `NATSServerConnectionMachine`,
+/// and carries out its actions against the hub's core, as `LIMEConnectionHandler` does for LIME.
+final class NATSConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let hub: Hub
+    private var parser: NATSParser
+    private var machine: NATSServerConnectionMachine?
+    private var sessionID: SessionID?
+    private var pingTask: Scheduled<Void>?
+    private var closing = false
+
+    init(hub: Hub) {
+        self.hub = hub
+        self.parser = NATSParser(role: .server, maximumPayload: hub.configuration.limits.maxEnvelopeBytes)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let configuration = hub.configuration
+        let outlet = SessionOutlet(channel: context.channel, maximumPendingBytes: configuration.limits.maxPendingBytes)
+        guard let id = hub.openSession(outlet) else {
+            fail(NATSProtocolError(.maximumConnections), context: context)
+            return
+        }
+        sessionID = id
+        var info: JSONObject = [
+            "server_id": .string(hub.serverID), "server_name": "relay", "version": "2.9.0", "proto": 1, "go": "relay (swift)",
+            "headers": true, "max_payload": .number(JSONNumber(configuration.limits.maxEnvelopeBytes)),
+            "client_id": .number(JSONNumber(Int(id))),
+        ]
+        if let address = context.channel.localAddress, let port = address.port {
+            info["host"] = .string(address.ipAddress ?? "127.0.0.1")
+            info["port"] = .number(JSONNumber(port))
+        }
+        if let remote = context.channel.remoteAddress?.ipAddress { info["client_ip"] = .string(remote) }
+        if hub.authenticator.requiresCredentials { info["auth_required"] = true }
+        var machine = NATSServerConnectionMachine(
+            configuration: .init(
+                info: info, authRequired: hub.authenticator.requiresCredentials,
+                maximumPingsOutstanding: configuration.natsOptions.maxPingsOutstanding))
+        let actions = machine.connected()
+        self.machine = machine
+        execute(actions, context: context)
+        context.flush()
+        schedulePing(context: context)
+        context.fireChannelActive()
+    }
+
+    /// The keepalive: every interval the machine pings, or declares the connection stale.
+    private func schedulePing(context: ChannelHandlerContext) {
+        let interval = TimeAmount.milliseconds(Int64(hub.configuration.natsOptions.pingIntervalSeconds * 1000))
+        pingTask = context.eventLoop.assumeIsolated().scheduleTask(in: interval) { [weak self] in
+            guard let self, !self.closing else { return }
+            self.feed(context: context) { $0.pingIntervalElapsed() }
+            context.flush()
+            self.schedulePing(context: context)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        let buffer = unwrapInboundIn(data)
+        do {
+            let operations = try parser.bytesReceived(buffer.readableBytesView)
+            for operation in operations where !closing {
+                feed(context: context) { $0.operationReceived(operation) }
+            }
+        } catch {
+            hub.logger.debug("NATS protocol error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
+            feed(context: context) { $0.protocolErrorOccurred(error) }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        machine?.peerClosed()
+        if let sessionID { hub.closeSession(sessionID) }
+        sessionID = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        hub.logger.debug("NATS connection error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let event = event as? HubSessionEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        switch event {
+        case .terminate(let reason):
+            let kind: NATSProtocolError.Kind = reason.code == ReasonCode.dispatchError ? .slowConsumer : .authorization
+            feed(context: context) { $0.terminated(NATSProtocolError(kind, detail: reason.description)) }
+        case .shutdown:
+            closing = true
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: - Carrying out the machine's actions
+
+    private func feed(context: ChannelHandlerContext, _ event: (inout NATSServerConnectionMachine) -> [NATSServerConnectionMachine.Action])
+    {
+        guard var machine else { return }
+        let actions = event(&machine)
+        self.machine = machine
+        execute(actions, context: context)
+    }
+
+    private func execute(_ actions: [NATSServerConnectionMachine.Action], context: ChannelHandlerContext) {
+        for action in actions where !closing {
+            execute(action, context: context)
+        }
+    }
+
+    private func execute(_ action: NATSServerConnectionMachine.Action, context: ChannelHandlerContext) {
+        guard let sessionID else { return }
+        switch action {
+        case .send(let operations):
+            var bytes: [UInt8] = []
+            for operation in operations { NATSEncoder.encode(operation, into: &bytes) }
+            context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+        case .authenticate(let options):
+            if hub.authenticator.acceptsNATS(options) {
+                feed(context: context) { $0.connectAccepted() }
+            } else {
+                hub.logger.info("NATS authentication refused", metadata: ["user": "\(options.user ?? "-")"])
+                feed(context: context) { $0.connectRejected() }
+            }
+        case .register(let options):
+            let identity = hub.authenticator.verifyNATS(options) ?? Identity(name: "nats-\(sessionID)", domain: hub.configuration.domain)
+            hub.registerNATS(sessionID, node: Node(identity: identity, instance: String(sessionID)), headers: options.headers)
+        case .subscribe(let sid, let subject, let queue):
+            do {
+                try hub.natsSubscribe(sessionID, sid: sid, subject: subject, queue: queue, echo: machine?.options?.echo ?? true)
+            } catch {
+                let kind: NATSProtocolError.Kind = error.code == RelayReasonCode.limitReached ? .maximumSubscriptions : .invalidSubject
+                write(.error(NATSProtocolError(kind).errText), context: context)
+            }
+        case .unsubscribe(let sid, let max):
+            hub.natsUnsubscribe(sessionID, sid: sid, max: max)
+        case .publish(let subject, let replyTo, let headers, let payload):
+            var metadata: [String: String] = [:]
+            var type: MediaType?
+            for field in headers?.fields ?? [] {
+                if field.name.lowercased() == "content-type" {
+                    type = MediaType(field.value)
+                } else {
+                    metadata[field.name] = metadata[field.name].map { "\($0), \(field.value)" } ?? field.value
+                }
+            }
+            let message = PublishedMessage(
+                subject: subject, replyTo: replyTo, publisher: hub.node(of: sessionID), type: type, body: .bytes(payload),
+                metadata: metadata, status: headers?.status)
+            let options = machine?.options
+            hub.natsPublish(message, from: sessionID, noResponders: options?.noResponders == true && options?.headers == true)
+        case .failAndClose(let error):
+            fail(error, context: context)
+        }
+    }
+
+    private func write(_ operation: NATSOperation, context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: NATSEncoder.encode(operation))), promise: nil)
+    }
+
+    private func fail(_ error: NATSProtocolError, context: ChannelHandlerContext) {
+        closing = true
+        pingTask?.cancel()
+        let channel = context.channel
+        let bytes = NATSEncoder.encode(.error(error.errText))
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(bytes: bytes))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}
