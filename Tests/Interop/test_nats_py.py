@@ -1,0 +1,248 @@
+"""nats-py, unmodified, against the hub's NATS listener; and NATS to LIME and back."""
+import asyncio
+import json
+import os
+import socket
+import tempfile
+
+import nats
+import pytest
+from nats.errors import NoRespondersError
+
+from conftest import Hub, relay, run
+
+
+def collect(into, field="data"):
+    """A subscription callback (nats-py wants a coroutine) that appends a field of each message."""
+    async def callback(msg):
+        into.append(getattr(msg, field))
+    return callback
+
+
+async def connect(hub, **options):
+    return await nats.connect(hub.nats_url, **options)
+
+
+def raw_connection(hub):
+    host, port = hub.nats_url[len("nats://"):].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    info = sock.recv(4096)
+    assert info.startswith(b"INFO {")
+    return sock
+
+
+def read_until_closed(sock):
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_pub_sub_in_order_with_wildcards(hub):
+    async def scenario():
+        nc = await connect(hub)
+        star, rest = [], []
+        done = asyncio.Event()
+
+        async def on_rest(msg):
+            rest.append(msg.data)
+            if len(rest) == 1000 and len(star) == 500:
+                done.set()
+
+        async def on_star(msg):
+            star.append(msg.subject)
+            if len(rest) == 1000 and len(star) == 500:
+                done.set()
+
+        await nc.subscribe("orders.*", cb=on_star)
+        await nc.subscribe("orders.>", cb=on_rest)
+        for n in range(1000):
+            await nc.publish("orders.eu" if n % 2 else "orders.eu.created", str(n).encode())
+        await asyncio.wait_for(done.wait(), 20)
+        assert rest == [str(n).encode() for n in range(1000)]
+        assert len(star) == 500 and set(star) == {"orders.eu"}
+        await nc.close()
+
+    run(scenario())
+
+
+def test_queue_groups_share_the_work(hub):
+    async def scenario():
+        nc = await connect(hub)
+        counts = [0, 0, 0]
+        for index in range(3):
+            async def member(msg, index=index):
+                counts[index] += 1
+            await nc.subscribe("jobs.*", queue="workers", cb=member)
+        for n in range(300):
+            await nc.publish(f"jobs.{n}", b"job")
+        await nc.flush()
+        for _ in range(100):
+            if sum(counts) == 300:
+                break
+            await asyncio.sleep(0.05)
+        assert counts == [100, 100, 100]
+        await nc.close()
+
+    run(scenario())
+
+
+def test_request_reply_headers_and_no_responders(hub):
+    async def scenario():
+        responder = await connect(hub)
+        requester = await connect(hub)
+
+        async def echo(msg):
+            await responder.publish(msg.reply, b"echo:" + msg.data, headers={"Seen": (msg.headers or {}).get("Trace", "-")})
+
+        await responder.subscribe("svc.echo", cb=echo)
+        await responder.flush()
+        reply = await requester.request("svc.echo", b"hi", timeout=5, headers={"Trace": "t-1"})
+        assert reply.data == b"echo:hi"
+        assert reply.headers == {"Seen": "t-1"}
+        with pytest.raises(NoRespondersError):
+            await requester.request("nobody.home", b"x", timeout=5)
+        await responder.close()
+        await requester.close()
+
+    run(scenario())
+
+
+def test_multi_valued_headers_survive(hub):
+    host, port = hub.nats_url[len("nats://"):].rsplit(":", 1)
+    sub = raw_connection(hub)
+    sub.sendall(b'CONNECT {"headers":true,"verbose":false}\r\nSUB h 1\r\nPING\r\n')
+    assert sub.recv(1024) == b"PONG\r\n"
+    pub = raw_connection(hub)
+    headers = b"NATS/1.0\r\nA: 1\r\nA: 2\r\n\r\n"
+    pub.sendall(b'CONNECT {"headers":true}\r\nHPUB h %d %d\r\n%sxy\r\nPING\r\n' % (len(headers), len(headers) + 2, headers))
+    assert pub.recv(1024) == b"PONG\r\n"
+    message = sub.recv(4096)
+    assert message.startswith(b"HMSG h 1 ")
+    assert b"A: 1, 2\r\n" in message and message.endswith(b"xy\r\n")
+    sub.close()
+    pub.close()
+
+
+def test_auto_unsubscribe_and_echo_off(hub):
+    async def scenario():
+        nc = await connect(hub, no_echo=True)
+        other = await connect(hub)
+        received = []
+        sub = await other.subscribe("ticks", cb=collect(received))
+        await sub.unsubscribe(limit=3)
+        mine = []
+        await nc.subscribe("ticks", cb=collect(mine))
+        # Both subscriptions are at the hub before anything is published.
+        await other.flush()
+        await nc.flush()
+        for n in range(10):
+            await nc.publish("ticks", str(n).encode())
+        await nc.flush()
+        await other.flush()
+        await asyncio.sleep(0.3)
+        assert received == [b"0", b"1", b"2"]
+        assert mine == [], "echo off: a connection does not hear itself"
+        await nc.close()
+        await other.close()
+
+    run(scenario())
+
+
+def test_a_512_kib_binary_payload(hub):
+    async def scenario():
+        nc = await connect(hub)
+        payload = bytes(range(256)) * 2048
+        sub = await nc.subscribe("blob")
+        await nc.publish("blob", payload)
+        msg = await sub.next_msg(timeout=10)
+        assert msg.data == payload
+        await nc.close()
+
+    run(scenario())
+
+
+def test_garbage_gets_err_and_others_carry_on(hub):
+    async def scenario():
+        nc = await connect(hub)
+        sub = await nc.subscribe("still.here")
+        sock = raw_connection(hub)
+        sock.sendall(b"HELLO WORLD\r\n")
+        assert read_until_closed(sock) == b"-ERR 'Unknown Protocol Operation'\r\n"
+        too_big = raw_connection(hub)
+        too_big.sendall(b"PUB x 99999999\r\n")
+        assert read_until_closed(too_big) == b"-ERR 'Maximum Payload Violation'\r\n"
+        invalid = raw_connection(hub)
+        invalid.sendall(b"SUB a..b 1\r\nPING\r\n")
+        assert invalid.recv(1024) == b"-ERR 'Invalid Subject'\r\nPONG\r\n"
+        invalid.close()
+        await nc.publish("still.here", b"yes")
+        assert (await sub.next_msg(timeout=5)).data == b"yes"
+        await nc.close()
+
+    run(scenario())
+
+
+def test_nats_to_lime_and_back(hub):
+    async def scenario():
+        nc = await connect(hub)
+        sub = await nc.subscribe("from.lime")
+        await nc.flush()
+        # LIME publishes (relay pub over WebSocket), NATS receives.
+        result = await asyncio.to_thread(relay, "pub", "from.lime", '{"n":1}', "--confirm", "--server", hub.ws_url)
+        assert result.returncode == 0 and "confirmed 1 of 1" in result.stdout, result.stderr
+        msg = await sub.next_msg(timeout=5)
+        assert json.loads(msg.data) == {"n": 1}
+        assert msg.headers == {"Content-Type": "application/json"}
+        # NATS publishes, LIME receives (relay sub over TCP).
+        proc = await asyncio.create_subprocess_exec(
+            os.environ.get("RELAY_BIN", ".build/debug/relay"), "sub", "from.nats", "--count", "2", "--server", hub.tcp_url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert b"subscribed" in await proc.stderr.readline()
+        await nc.publish("from.nats", b"plain text")
+        await nc.publish("from.nats", b'{"ok":true}', headers={"Content-Type": "application/json"})
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        assert out.decode().splitlines() == ["[#1] from.nats: plain text", '[#2] from.nats: {"ok":true}']
+        await nc.close()
+
+    run(scenario())
+
+
+def test_authorization_with_configured_users():
+    hashed = relay("passwd", "s3cret").stdout.strip()
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config:
+        json.dump({"guest": False, "users": [{"identity": "alice@relay.local", "password": hashed}]}, config)
+    secured = Hub("--config", config.name)
+    try:
+        async def scenario():
+            nc = await nats.connect(secured.nats_url, user="alice", password="s3cret")
+            sub = await nc.subscribe("private")
+            await nc.publish("private", b"ok")
+            assert (await sub.next_msg(timeout=5)).data == b"ok"
+            await nc.close()
+            sock = raw_connection(secured)
+            sock.sendall(b'CONNECT {"user":"alice","pass":"wrong"}\r\n')
+            assert read_until_closed(sock) == b"-ERR 'Authorization Violation'\r\n"
+            sock = raw_connection(secured)
+            sock.sendall(b"SUB x 1\r\n")
+            assert read_until_closed(sock) == b"-ERR 'Authorization Violation'\r\n"
+
+        run(scenario())
+    finally:
+        assert secured.stop() == 0
+        os.unlink(config.name)
+
+
+def test_a_connection_that_never_answers_pings_is_stale():
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config:
+        json.dump({"natsOptions": {"pingIntervalSeconds": 0.2, "maxPingsOutstanding": 2}}, config)
+    quick = Hub("--config", config.name)
+    try:
+        sock = raw_connection(quick)
+        sock.sendall(b"CONNECT {}\r\n")
+        assert read_until_closed(sock) == b"PING\r\nPING\r\n-ERR 'Stale Connection'\r\n"
+    finally:
+        assert quick.stop() == 0
+        os.unlink(config.name)
