@@ -174,6 +174,19 @@ extension LIMEClient {
             resource: content)
     }
 
+    /// Sends a request on a subject and returns the first reply (LIME `get /topics/SUBJECT`): the way
+    /// to call a NATS responder. Fails with 42 at once when nobody listens on the subject.
+    public func requestOnSubject(
+        _ subject: String, _ content: JSONValue, type: MediaType? = nil, timeout: Duration? = nil
+    ) async throws -> JSONValue {
+        let deadline = timeout ?? options.requestTimeout
+        var command = publication(.get, subject, content, type, [:], nil, id: UUID().uuidString.lowercased())
+        command.header.metadata = ["#deadline": String(deadline.milliseconds)]
+        let response = try await request(command, timeout: deadline + .seconds(2))
+        guard response.status == .success else { throw RelayError(response.reason ?? Reason(code: 1, description: "request failed")) }
+        return response.resource ?? .null
+    }
+
     /// Subscribes to a subject filter (`orders.*`, `orders.>`), optionally in a queue group (each
     /// publication to one member of the group). `echo` also delivers this client's own publications.
     public func subscribe(

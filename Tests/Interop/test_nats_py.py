@@ -246,3 +246,46 @@ def test_a_connection_that_never_answers_pings_is_stale():
     finally:
         assert quick.stop() == 0
         os.unlink(config.name)
+
+
+def test_a_nats_request_reaches_a_lime_service(hub):
+    import subprocess
+    from conftest import RELAY_BIN
+
+    replier = subprocess.Popen([RELAY_BIN, "reply", "echo", "--count", "1", "--server", hub.ws_url],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "serving echo" in replier.stderr.readline()
+
+    async def scenario():
+        nc = await connect(hub)
+        reply = await nc.request("echo.greet", b'{"name":"nats"}', timeout=5)
+        assert json.loads(reply.data) == {"method": "greet", "params": {"name": "nats"}}
+        assert reply.headers == {"Content-Type": "application/json"}
+        await nc.close()
+
+    run(scenario())
+    replier.communicate(timeout=10)
+
+
+def test_a_lime_request_reaches_a_nats_responder(hub):
+    from lime_python import Command
+    from test_lime_python import open_channel
+
+    async def scenario():
+        nc = await connect(hub)
+
+        async def clock(msg):
+            await nc.publish(msg.reply, b'{"time":"noon","asked":' + msg.data + b"}", headers={"Content-Type": "application/json"})
+
+        await nc.subscribe("time.now", cb=clock)
+        await nc.flush()
+        channel, _, _, _ = await open_channel(hub.ws_url, "asker@relay.local", "1")
+        response = await channel.process_command_async(Command("get", "/topics/time.now", type_n="application/json", resource={"tz": "utc"}), 5)
+        assert response.status == "success"
+        assert response.resource == {"time": "noon", "asked": {"tz": "utc"}}
+        nobody = await channel.process_command_async(Command("get", "/topics/time.never", resource="x"), 5)
+        assert nobody.status == "failure" and nobody.reason["code"] == 42
+        await channel.send_finishing_session_async()
+        await nc.close()
+
+    run(scenario())

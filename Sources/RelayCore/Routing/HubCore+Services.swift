@@ -292,6 +292,8 @@ extension HubCore {
             if let subscription = methodSubscriptions[flight.caller], let period = subscription.periodMilliseconds {
                 outputs.append(.startTimer(.period(flight.caller), milliseconds: period))
             }
+        case .natsReply(let replyTo):
+            outputs += publishReply(response, to: replyTo, from: flight.instance)
         case .compound(var progress):
             guard response.status == .success else {
                 var answer = response
@@ -364,6 +366,13 @@ extension HubCore {
     public mutating func timerFired(_ timer: Timer) -> [Output] {
         switch timer {
         case .deadline(let id):
+            if let request = subjectRequests[id] {
+                return endSubjectRequest(
+                    id,
+                    with: LIMECommand(
+                        method: request.method, status: .failure,
+                        reason: Reason(code: RelayReasonCode.timedOut, description: "No reply on the subject in time")))
+            }
             guard let flight = inFlight[id] else { return [] }
             statistics.requestsTimedOut += 1
             methodSubscriptions[flight.caller] = nil
@@ -391,5 +400,117 @@ extension HubCore {
             }
         }
         return outputs
+    }
+
+    // MARK: - Requests across dialects
+
+    /// The session id the hub publishes its own messages from (no real session has it).
+    static let hubSession: SessionID = 0
+
+    /// A NATS request on `SERVICE.METHOD` for a registered service: returns the outputs when it was
+    /// handled as a service call, nil when it is an ordinary publication.
+    mutating func serviceRequest(_ message: PublishedMessage, from session: SessionID) -> [Output]? {
+        guard let replyTo = message.replyTo else { return nil }
+        let tokens = message.subject.split(separator: ".", maxSplits: 1)
+        guard tokens.count == 2, services[tokens[0].lowercased()] != nil else { return nil }
+        let service = tokens[0].lowercased()
+        let method = String(tokens[1])
+        // Service parameters are JSON: a NATS payload that parses as JSON is taken as such, whatever its type.
+        let bytes = message.payloadBytes
+        let content: JSONValue = bytes.isEmpty ? .null : (try? JSONParser.parse(bytes)) ?? message.limeContent.1
+        var metadata = message.metadata
+        metadata["#deadline"] = metadata["#deadline"] ?? String(configuration.defaultDeadlineMilliseconds)
+        let command = LIMECommand(
+            header: EnvelopeHeader(id: replyTo, from: message.publisher, metadata: metadata), method: .get,
+            uri: "/services/\(service)/\(method)", resource: content == .null ? nil : content)
+        if let reason = checkCall(command, service: service, method: method, from: session) {
+            return publishReply(LIMECommand(method: .get, status: .failure, reason: reason), to: replyTo, from: Self.hubSession)
+        }
+        let deadline = Int(metadata["#deadline"]!) ?? configuration.defaultDeadlineMilliseconds
+        let outputs = dispatch(
+            command, caller: CallerKey(session: session, id: replyTo), service: service, method: method, purpose: .natsReply(replyTo),
+            deadline: deadline)
+        // dispatch answers a refused call with a LIME response; a NATS caller gets it on its reply subject.
+        return outputs.flatMap { output -> [Output] in
+            if case .send(session, .command(let refusal)) = output { return publishReply(refusal, to: replyTo, from: Self.hubSession) }
+            return [output]
+        }
+    }
+
+    /// Publishes a service's response on a NATS reply subject: the result as JSON, or a failure as
+    /// the NATS micro headers `Nats-Service-Error` and `Nats-Service-Error-Code`.
+    mutating func publishReply(_ response: LIMECommand, to replyTo: String, from session: SessionID) -> [Output] {
+        var reply = PublishedMessage(subject: replyTo, publisher: router.node(of: session), body: .bytes([]))
+        if response.status == .success {
+            let resource = response.resource ?? .null
+            if let text = resource.stringValue, response.type.map({ !$0.isJSON }) ?? true {
+                reply.body = .text(text)
+                reply.type = response.type ?? .textPlain
+            } else {
+                reply.body = .json(resource)
+                reply.type = response.type ?? .applicationJSON
+            }
+        } else {
+            let reason = response.reason ?? Reason(code: ReasonCode.generalError, description: "failure")
+            reply.metadata = ["Nats-Service-Error": reason.description, "Nats-Service-Error-Code": String(reason.code)]
+        }
+        return publish(reply, from: session).outputs
+    }
+
+    /// `get /topics/SUBJECT` from LIME: a request on a subject (to a NATS responder, for example).
+    /// The hub publishes it with a reply subject of its own and answers the caller with the first reply.
+    mutating func requestSubject(_ command: LIMECommand, subject: String, from session: SessionID) -> [Output] {
+        guard let callerID = command.header.id else { return [] }
+        if let error = Subject.publishError(subject) {
+            return [reply(session, command.failure(Reason(code: ReasonCode.validationInvalidResource, description: error)))]
+        }
+        let id = nextRequestID
+        nextRequestID += 1
+        let inbox = "_INBOX.relay.\(id)"
+        let caller = CallerKey(session: session, id: callerID)
+        subjectRequests[id] = SubjectRequest(caller: caller, callerNode: command.header.from, method: command.method, inbox: inbox)
+        subjectRequestsByInbox[inbox] = id
+        var metadata = command.header.metadata ?? [:]
+        let deadline = metadata.removeValue(forKey: "#deadline").flatMap { Int($0) } ?? configuration.defaultDeadlineMilliseconds
+        var publication = command
+        publication.header.metadata = metadata
+        var outputs = publish(publication, subject: subject, replyTo: inbox, from: session)
+        guard outputs.delivered > 0 else {
+            return endSubjectRequest(
+                id, with: command.failure(Reason(code: ReasonCode.routingDestinationNotFound, description: "No responders on '\(subject)'"))
+            )
+        }
+        outputs.outputs.append(.startTimer(.deadline(id), milliseconds: deadline))
+        return outputs.outputs
+    }
+
+    /// A publication on one of the hub's inboxes answers a LIME subject request.
+    mutating func subjectReply(_ message: PublishedMessage) -> [Output]? {
+        guard let id = subjectRequestsByInbox[message.subject], let request = subjectRequests[id] else { return nil }
+        var response: LIMECommand
+        if let code = message.metadata["Nats-Service-Error-Code"].flatMap({ Int($0) }) {
+            response = LIMECommand(
+                method: request.method, status: .failure,
+                reason: Reason(code: code, description: message.metadata["Nats-Service-Error"] ?? ""))
+        } else if message.status == 503 {
+            response = LIMECommand(
+                method: request.method, status: .failure,
+                reason: Reason(code: ReasonCode.routingDestinationNotFound, description: "No responders"))
+        } else {
+            let (type, content) = message.limeContent
+            response = LIMECommand(method: request.method, type: type, resource: content, status: .success)
+        }
+        response.header.from = message.publisher
+        return endSubjectRequest(id, with: response) + [.cancelTimer(.deadline(id))]
+    }
+
+    private mutating func endSubjectRequest(_ id: RequestID, with response: LIMECommand) -> [Output] {
+        guard let request = subjectRequests.removeValue(forKey: id) else { return [] }
+        subjectRequestsByInbox[request.inbox] = nil
+        var answer = response
+        answer.header.id = request.caller.id
+        answer.header.to = request.callerNode
+        if answer.header.from == nil { answer.header.from = configuration.hubNode }
+        return [.send(request.caller.session, .command(answer))]
     }
 }

@@ -59,6 +59,9 @@ extension HubCore {
     public mutating func publish(
         _ message: PublishedMessage, from session: SessionID, targets: [Node]? = nil, noResponders: Bool = false
     ) -> (outputs: [Output], delivered: Int) {
+        // Replies to the hub's own inboxes, and NATS requests to services, are not publications.
+        if let outputs = subjectReply(message) { return (outputs, 1) }
+        if let outputs = serviceRequest(message, from: session) { return (outputs, 1) }
         var outputs: [Output] = []
         var delivered = 0
         var queues: [String: [SubscriptionKey]] = [:]
@@ -152,11 +155,23 @@ extension HubCore {
         if let error = Subject.publishError(subject) {
             return confirm ? [reply(session, command.failure(Reason(code: ReasonCode.validationInvalidResource, description: error)))] : []
         }
+        var command = command
+        let replyTo = command.header.metadata?.removeValue(forKey: "#reply")
+        var (outputs, delivered) = publish(command, subject: subject, replyTo: replyTo, from: session)
+        if confirm {
+            outputs.append(.send(session, confirmation(command, resource: ["delivered": .number(JSONNumber(delivered))])))
+        }
+        return outputs
+    }
+
+    /// Publishes a LIME command's resource on a subject, with a reply subject if given.
+    mutating func publish(_ command: LIMECommand, subject: String, replyTo: String?, from session: SessionID) -> (
+        outputs: [Output], delivered: Int
+    ) {
         var metadata = command.header.metadata ?? [:]
         let targets = metadata.removeValue(forKey: "#targets").map { list in
             list.split(separator: ",").compactMap { Node($0.trimmingWhitespace().description) }
         }
-        let replyTo = metadata.removeValue(forKey: "#reply")
         let content = command.resource ?? .null
         let type = command.type ?? (content.stringValue != nil ? .textPlain : .applicationJSON)
         let body: PublishedMessage.Body
@@ -170,10 +185,6 @@ extension HubCore {
         }
         let message = PublishedMessage(
             subject: subject, replyTo: replyTo, publisher: command.header.from, type: type, body: body, metadata: metadata)
-        var (outputs, delivered) = publish(message, from: session, targets: targets)
-        if confirm {
-            outputs.append(.send(session, confirmation(command, resource: ["delivered": .number(JSONNumber(delivered))])))
-        }
-        return outputs
+        return publish(message, from: session, targets: targets)
     }
 }

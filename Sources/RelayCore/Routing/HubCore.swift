@@ -114,6 +114,16 @@ public struct HubCore: Sendable {
         case call
         /// A step of a compound call.
         case compound(CompoundProgress)
+        /// A NATS request: the response is published on the caller's reply subject.
+        case natsReply(String)
+    }
+
+    /// A LIME request to a subject, waiting for a reply on the hub's inbox subject.
+    struct SubjectRequest: Sendable {
+        var caller: CallerKey
+        var callerNode: Node?
+        var method: CommandMethod
+        var inbox: String
     }
 
     struct CompoundProgress: Sendable {
@@ -165,6 +175,9 @@ public struct HubCore: Sendable {
     /// Requests that ended (by timeout, cancellation...) and the instance they were sent to, so a
     /// late response from that instance is recognised and discarded rather than routed.
     var endedRequests = RecentMemory<RequestID, SessionID>(capacity: 10_000)
+    /// LIME requests to subjects (answered by NATS responders or anyone replying), by hub id.
+    var subjectRequests: [RequestID: SubjectRequest] = [:]
+    var subjectRequestsByInbox: [String: RequestID] = [:]
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -258,6 +271,7 @@ public struct HubCore: Sendable {
         case ("topics", .subscribe, 1): return subscribe(command, filter: rest[0], query: query, from: session)
         case ("topics", .unsubscribe, 1): return unsubscribe(command, filter: rest[0], query: query, from: session)
         case ("topics", .set, 1), ("topics", .observe, 1): return publish(command, subject: rest[0], from: session)
+        case ("topics", .get, 1): return requestSubject(command, subject: rest[0], from: session)
         case ("services", .get, 0):
             return [reply(session, command.success(type: "application/json", resource: .object(["services": .array(serviceList)])))]
         case ("services", .get, 1) where services[rest[0].lowercased()] == nil && rest[0] != "compound":
