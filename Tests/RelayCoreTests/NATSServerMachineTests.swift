@@ -1,0 +1,163 @@
+import Testing
+
+@testable import RelayCore
+
+@Suite struct NATSServerMachineTests {
+    private func machine(authRequired: Bool = false) -> NATSServerConnectionMachine {
+        NATSServerConnectionMachine(configuration: .init(info: ["server_id": "T", "headers": true], authRequired: authRequired))
+    }
+
+    private func connected(_ options: JSONObject = [:]) -> NATSServerConnectionMachine {
+        var machine = machine()
+        _ = machine.connected()
+        _ = machine.operationReceived(.connect(options))
+        _ = machine.connectAccepted()
+        return machine
+    }
+
+    @Test func sendsInfoThenChecksConnect() {
+        var machine = machine()
+        #expect(machine.connected() == [.send([.info(["server_id": "T", "headers": true])])])
+        guard
+            case .authenticate(let options)? = machine.operationReceived(
+                .connect(["verbose": true, "echo": false, "headers": true, "no_responders": true, "user": "u", "pass": "p"])
+            ).first
+        else {
+            Issue.record("no authentication")
+            return
+        }
+        #expect(
+            options.verbose && !options.echo && options.headers && options.noResponders && options.user == "u" && options.password == "p")
+        // Operations that arrive meanwhile wait for the verdict.
+        #expect(machine.operationReceived(.ping).isEmpty)
+        #expect(machine.connectAccepted() == [.register(options), .send([.ok]), .send([.pong])])
+    }
+
+    @Test func refusedCredentialsCloseWithAuthorizationViolation() {
+        var machine = machine(authRequired: true)
+        _ = machine.operationReceived(.connect(["user": "u"]))
+        #expect(machine.connectRejected() == [.failAndClose(NATSProtocolError(.authorization))])
+        var early = self.machine(authRequired: true)
+        guard case .failAndClose(let error)? = early.operationReceived(.subscribe(subject: "a", queue: nil, sid: "1")).first else {
+            Issue.record("not refused")
+            return
+        }
+        #expect(error.kind == .authorization)
+    }
+
+    @Test func withoutAuthenticationOperationsMayComeBeforeConnect() {
+        var machine = machine()
+        #expect(
+            machine.operationReceived(.subscribe(subject: "a", queue: nil, sid: "1")) == [
+                .register(NATSConnectOptions()), .subscribe(sid: "1", subject: "a", queue: nil),
+            ])
+    }
+
+    @Test func answersPingsAndAcknowledgesInVerboseMode() {
+        var quiet = connected()
+        #expect(quiet.operationReceived(.ping) == [.send([.pong])])
+        #expect(quiet.operationReceived(.subscribe(subject: "a", queue: "q", sid: "1")) == [.subscribe(sid: "1", subject: "a", queue: "q")])
+        var verbose = connected(["verbose": true])
+        #expect(verbose.operationReceived(.unsubscribe(sid: "1", max: 2)) == [.unsubscribe(sid: "1", max: 2), .send([.ok])])
+    }
+
+    @Test func invalidSubjectsGetAnErrorButTheConnectionStays() {
+        var machine = connected()
+        #expect(machine.operationReceived(.subscribe(subject: "a..b", queue: nil, sid: "1")) == [.send([.error("Invalid Subject")])])
+        #expect(
+            machine.operationReceived(.publish(subject: "a.*", replyTo: nil, headers: nil, payload: [])) == [
+                .send([.error("Invalid Publish Subject")])
+            ])
+        #expect(machine.options != nil)
+    }
+
+    @Test func headersNeedToBeEnabled() {
+        var machine = connected()
+        guard
+            case .failAndClose(let error)? = machine.operationReceived(
+                .publish(subject: "a", replyTo: nil, headers: NATSHeaders(), payload: [])
+            ).first
+        else {
+            Issue.record("not refused")
+            return
+        }
+        #expect(error.kind == .parser)
+    }
+
+    @Test func anUnansweredPingMakesTheConnectionStale() {
+        var machine = connected()
+        #expect(machine.pingIntervalElapsed() == [.send([.ping])])
+        _ = machine.operationReceived(.pong)
+        #expect(machine.pingIntervalElapsed() == [.send([.ping])])
+        #expect(machine.pingIntervalElapsed() == [.send([.ping])])
+        #expect(machine.pingIntervalElapsed() == [.failAndClose(NATSProtocolError(.staleConnection))])
+        #expect(machine.operationReceived(.ping).isEmpty)
+    }
+
+    @Test func errorTextsAreNATSServers() {
+        #expect(NATSProtocolError(.unknownOperation).errText == "Unknown Protocol Operation")
+        #expect(NATSProtocolError(.maximumPayload).errText == "Maximum Payload Violation")
+        #expect(NATSProtocolError(.slowConsumer).closesConnection)
+        #expect(!NATSProtocolError(.invalidSubject).closesConnection)
+    }
+}
+
+@Suite struct HubCoreNATSTests {
+    private func harness() -> CoreHarness {
+        var hub = CoreHarness()
+        hub.connect(1, "nats-1@relay.local/1")
+        hub.connect(2, "nats-2@relay.local/2")
+        return hub
+    }
+
+    private func message(_ subject: String, replyTo: String? = nil) -> PublishedMessage {
+        PublishedMessage(subject: subject, replyTo: replyTo, body: .bytes(Array("x".utf8)))
+    }
+
+    @Test func autoUnsubscribeEndsAfterMaxDeliveries() throws {
+        var hub = harness()
+        try hub.core.subscribe(1, token: "7", filter: "t", queue: nil, echo: true)
+        hub.core.unsubscribe(1, token: "7", after: 2)
+        var delivered: [Int] = []
+        for _ in 0..<4 { delivered.append(hub.core.publish(message("t"), from: 2).delivered) }
+        #expect(delivered == [1, 1, 0, 0])
+    }
+
+    @Test func aRequestNobodyHearsGetsA503OnItsInbox() throws {
+        var hub = harness()
+        try hub.core.subscribe(1, token: "inbox", filter: "_INBOX.1.*", queue: nil, echo: true)
+        let (outputs, delivered) = hub.core.publish(message("svc.x", replyTo: "_INBOX.1.a"), from: 1, noResponders: true)
+        #expect(delivered == 0)
+        guard case .deliver(1, "inbox", let status)? = outputs.first else { Issue.record("no status"); return }
+        #expect(status.status == 503 && status.subject == "_INBOX.1.a")
+        #expect(
+            status.natsOperation(sid: "inbox", headersEnabled: true)
+                == .message(subject: "_INBOX.1.a", sid: "inbox", replyTo: nil, headers: NATSHeaders(status: 503), payload: []))
+        #expect(hub.core.publish(message("svc.x", replyTo: "_INBOX.1.b"), from: 1, noResponders: false).outputs.isEmpty)
+    }
+
+    @Test func echoOffKeepsAConnectionsOwnMessagesFromIt() throws {
+        var hub = harness()
+        try hub.core.subscribe(1, token: "1", filter: "e", queue: nil, echo: false)
+        try hub.core.subscribe(2, token: "1", filter: "e", queue: nil, echo: true)
+        #expect(hub.core.publish(message("e"), from: 1).delivered == 1)
+        #expect(hub.core.publish(message("e"), from: 2).delivered == 2)
+    }
+
+    @Test func payloadsCrossDialects() {
+        let fromNATS = PublishedMessage(subject: "s", body: .bytes([0xFF, 0x00]))
+        #expect(fromNATS.limeContent.0 == "application/octet-stream")
+        #expect(fromNATS.limeContent.1 == .string("/wA="))
+        let jsonFromNATS = PublishedMessage(subject: "s", type: .applicationJSON, body: .bytes(Array(#"{"a":1}"#.utf8)))
+        #expect(jsonFromNATS.limeContent.1 == ["a": 1])
+        let fromLIME = PublishedMessage(
+            subject: "s", type: .applicationJSON, body: .json(["a": 1]), metadata: ["Trace": "t", "#internal": "x"])
+        guard case .message(_, _, _, let headers?, let payload) = fromLIME.natsOperation(sid: "1", headersEnabled: true) else {
+            Issue.record("no headers")
+            return
+        }
+        #expect(payload == Array(#"{"a":1}"#.utf8))
+        #expect(headers.fields.map(\.name) == ["Content-Type", "Trace"])
+        #expect(Base64.decode(Base64.encode([1, 2, 3, 4, 5])) == [1, 2, 3, 4, 5])
+    }
+}
