@@ -1,0 +1,455 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import RelayCore
+import Synchronization
+
+/// A message received on a NATS subscription.
+public struct NATSMessage: Sendable, Equatable {
+    public var subject: String
+    public var replyTo: String?
+    public var headers: NATSHeaders?
+    public var payload: [UInt8]
+
+    /// The payload as UTF-8 text.
+    public var text: String { String(decoding: payload, as: UTF8.self) }
+}
+
+/// Errors of the NATS client.
+public enum NATSClientError: Error, Equatable, CustomStringConvertible {
+    case invalidURL(String)
+    /// No server could be reached (each one's failure is in the text).
+    case connectionFailed(String)
+    /// A request found nobody subscribed to its subject (status 503).
+    case noResponders
+    case timedOut
+    /// The client was closed, or gave up reconnecting.
+    case closed
+    /// Publications wait while the client reconnects, up to a bound; this one did not fit.
+    case reconnectBufferFull
+    /// The server refused an operation (`-ERR`).
+    case serverError(String)
+
+    public var description: String {
+        switch self {
+        case .invalidURL(let url): "Invalid NATS URL '\(url)': expected nats://HOST:PORT"
+        case .connectionFailed(let text): "Could not connect: \(text)"
+        case .noResponders: "No responders are available for the request"
+        case .timedOut: "Timed out"
+        case .closed: "The connection is closed"
+        case .reconnectBufferFull: "The reconnect buffer is full"
+        case .serverError(let text): "Server error: \(text)"
+        }
+    }
+}
+
+/// An async/await client of the NATS protocol, for a Relay hub's NATS port or a nats-server.
+///
+/// It connects to one of several servers, and when the connection is lost it reconnects with
+/// exponential backoff and full jitter, resubscribes everything (queue groups and remaining
+/// auto-unsubscribe counts included), and sends the publications it held meanwhile (up to
+/// `reconnectBufferBytes`; beyond that `publish` fails). Requests share one reply inbox.
+public final class NATSClient: Sendable {
+    public struct Options: Sendable {
+        public var servers: [String]
+        public var name: String?
+        public var user: String?
+        public var password: String?
+        public var echo = true
+        /// Reconnection attempts after a loss before giving up (nil: forever).
+        public var maximumReconnectAttempts: Int? = 60
+        public var reconnectBaseDelay: Duration = .milliseconds(50)
+        public var reconnectMaximumDelay: Duration = .seconds(2)
+        public var reconnectBufferBytes = 8 << 20
+        public var pingInterval: Duration = .seconds(120)
+        public var maximumPingsOutstanding = 2
+        public var connectTimeout: Duration = .seconds(5)
+        public var requestTimeout: Duration = .seconds(5)
+        public var maximumPayload = NATSParser.defaultMaximumPayload
+
+        public init(servers: [String]) {
+            self.servers = servers
+        }
+    }
+
+    struct Server: Sendable {
+        var host: String
+        var port: Int
+        var user: String?
+        var password: String?
+    }
+
+    struct SubscriptionRecord: Sendable {
+        var subject: String
+        var queue: String?
+        var limit: Int?
+        var delivered = 0
+        let inbox: NATSSubscriptionInbox?
+    }
+
+    struct State: Sendable {
+        var channel: (any Channel)?
+        var closed = false
+        var subscriptions: [String: SubscriptionRecord] = [:]
+        var nextSid = 1
+        var held: [[UInt8]] = []
+        var heldBytes = 0
+        var flushWaiters: [CheckedContinuation<Void, any Error>] = []
+        var requests: [String: CheckedContinuation<NATSMessage, any Error>] = [:]
+        var nextRequest = 0
+        var inboxSid: String?
+        var info: JSONObject = [:]
+        var reconnects = 0
+        /// Why the last connection failed, as the server or the handshake said.
+        var lastFailure: String?
+    }
+
+    public let options: Options
+    let servers: [Server]
+    let group: any EventLoopGroup
+    let state = Mutex(State())
+    let inboxPrefix = "_INBOX." + String(UInt64.random(in: .min ... .max), radix: 36)
+    private let firstConnection = Mutex<CheckedContinuation<Void, any Error>?>(nil)
+    private let manager = Mutex<Task<Void, Never>?>(nil)
+
+    init(options: Options, servers: [Server], group: any EventLoopGroup) {
+        self.options = options
+        self.servers = servers
+        self.group = group
+    }
+
+    /// Connects to the first server that answers (`nats://[user:pass@]HOST:PORT`) and keeps
+    /// the connection up until `close()`.
+    public static func connect(
+        options: Options, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> NATSClient {
+        var servers: [Server] = []
+        for url in options.servers {
+            guard let components = URLComponents(string: url), components.scheme?.lowercased() == "nats", let host = components.host else {
+                throw NATSClientError.invalidURL(url)
+            }
+            servers.append(Server(host: host, port: components.port ?? 4222, user: components.user, password: components.password))
+        }
+        guard !servers.isEmpty else { throw NATSClientError.invalidURL("") }
+        let client = NATSClient(options: options, servers: servers, group: group)
+        try await withCheckedThrowingContinuation { continuation in
+            client.firstConnection.withLock { $0 = continuation }
+            let task = Task { await client.maintainConnection() }
+            client.manager.withLock { $0 = task }
+        }
+        return client
+    }
+
+    /// Connects to one server URL with default options.
+    public static func connect(to url: String) async throws -> NATSClient {
+        try await connect(options: Options(servers: [url]))
+    }
+
+    /// What the server said about itself in INFO.
+    public var serverInfo: JSONObject { state.withLock { $0.info } }
+
+    /// How many times the client has reconnected.
+    public var reconnectCount: Int { state.withLock { $0.reconnects } }
+
+    /// Whether a connection is up now.
+    public var isConnected: Bool { state.withLock { $0.channel != nil } }
+
+    // MARK: - Connection management
+
+    private func maintainConnection() async {
+        var failures = 0
+        var everConnected = false
+        var errors: [String] = []
+        while !state.withLock({ $0.closed }) {
+            let server = servers[failures % servers.count]
+            do {
+                let channel = try await open(server)
+                try await channel.closeFuture.get()
+                if let failure = state.withLock({ $0.lastFailure.take() }) { errors.append("\(server.host):\(server.port): \(failure)") }
+            } catch {
+                errors.append("\(server.host):\(server.port): \(error)")
+            }
+            let wasUp = connectionLost()
+            if wasUp {
+                everConnected = true
+                failures = 0
+                errors.removeAll()
+            } else {
+                failures += 1
+            }
+            if state.withLock({ $0.closed }) { break }
+            if !everConnected && failures >= servers.count {
+                // The first connect tries each server once, then reports.
+                resumeFirstConnection(throwing: NATSClientError.connectionFailed(errors.joined(separator: "; ")))
+                shutDown()
+                return
+            }
+            if let maximum = options.maximumReconnectAttempts, failures > maximum {
+                shutDown()
+                return
+            }
+            // Exponential backoff with full jitter: a random wait up to base × 2^failures, capped.
+            let cap = min(options.reconnectMaximumDelay, options.reconnectBaseDelay * (1 << min(failures, 16)))
+            let wait = Duration.nanoseconds(Int64.random(in: 0...max(1, cap.nanosecondsValue)))
+            try? await Task.sleep(for: wait)
+        }
+    }
+
+    private func open(_ server: Server) async throws -> any Channel {
+        var connect: JSONObject = [
+            "verbose": false, "pedantic": false, "lang": "swift", "version": "relay", "protocol": 1, "headers": true,
+            "no_responders": true, "echo": .bool(options.echo),
+        ]
+        if let name = options.name { connect["name"] = .string(name) }
+        if let user = server.user ?? options.user { connect["user"] = .string(user) }
+        if let password = server.password ?? options.password { connect["pass"] = .string(password) }
+        let machine = NATSClientConnectionMachine(
+            configuration: .init(connect: connect, maximumPingsOutstanding: options.maximumPingsOutstanding))
+        let maximumPayload = options.maximumPayload
+        let pingInterval = TimeAmount(options.pingInterval)
+        return try await ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(TimeAmount(options.connectTimeout))
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NATSClientHandler(machine: machine, maximumPayload: maximumPayload, pingInterval: pingInterval, client: self))
+                }
+            }
+            .connect(host: server.host, port: server.port).get()
+    }
+
+    /// The handshake is done on `channel`: resubscribe everything and send what was held.
+    func established(_ channel: any Channel, info: JSONObject) {
+        state.withLock { state in
+            if state.closed { return }
+            var bytes: [UInt8] = []
+            for sid in state.subscriptions.keys.sorted(by: { Int($0) ?? 0 < Int($1) ?? 0 }) {
+                let record = state.subscriptions[sid]!
+                NATSEncoder.encode(.subscribe(subject: record.subject, queue: record.queue, sid: sid), into: &bytes)
+                if let limit = record.limit {
+                    NATSEncoder.encode(.unsubscribe(sid: sid, max: max(limit - record.delivered, 1)), into: &bytes)
+                }
+            }
+            for held in state.held { bytes.append(contentsOf: held) }
+            state.held.removeAll()
+            state.heldBytes = 0
+            if state.info.isEmpty == false { state.reconnects += 1 }
+            state.info = info
+            state.channel = channel
+            if !bytes.isEmpty { channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil) }
+        }
+        resumeFirstConnection(throwing: nil)
+    }
+
+    /// The connection went away; returns whether it had been established.
+    private func connectionLost() -> Bool {
+        let (wasUp, waiters) = state.withLock { state in
+            defer {
+                state.channel = nil
+                state.flushWaiters.removeAll()
+            }
+            return (state.channel != nil, state.flushWaiters)
+        }
+        for waiter in waiters { waiter.resume(throwing: NATSClientError.closed) }
+        return wasUp
+    }
+
+    private func resumeFirstConnection(throwing error: (any Error)?) {
+        guard let continuation = firstConnection.withLock({ $0.take() }) else { return }
+        if let error { continuation.resume(throwing: error) } else { continuation.resume() }
+    }
+
+    /// Ends everything: streams finish, waiters fail.
+    private func shutDown() {
+        let (channel, subscriptions, waiters, requests) = state.withLock { state in
+            state.closed = true
+            defer {
+                state.subscriptions.removeAll()
+                state.flushWaiters.removeAll()
+                state.requests.removeAll()
+                state.channel = nil
+            }
+            return (state.channel, Array(state.subscriptions.values), state.flushWaiters, Array(state.requests.values))
+        }
+        channel?.close(promise: nil)
+        for subscription in subscriptions { subscription.inbox?.finish() }
+        for waiter in waiters { waiter.resume(throwing: NATSClientError.closed) }
+        for request in requests { request.resume(throwing: NATSClientError.closed) }
+        resumeFirstConnection(throwing: NATSClientError.closed)
+    }
+
+    // MARK: - From the connection
+
+    func deliver(sid: String, message: NATSMessage) {
+        if let inboxSid = state.withLock({ $0.inboxSid }), sid == inboxSid {
+            let token = String(message.subject.dropFirst(inboxPrefix.count + 1))
+            guard let waiter = state.withLock({ $0.requests.removeValue(forKey: token) }) else { return }
+            if message.headers?.status == 503 {
+                waiter.resume(throwing: NATSClientError.noResponders)
+            } else {
+                waiter.resume(returning: message)
+            }
+            return
+        }
+        let (inbox, last): (NATSSubscriptionInbox?, Bool) = state.withLock { state in
+            guard var record = state.subscriptions[sid] else { return (nil, false) }
+            record.delivered += 1
+            if let limit = record.limit, record.delivered >= limit {
+                state.subscriptions[sid] = nil
+                return (record.inbox, true)
+            }
+            state.subscriptions[sid] = record
+            return (record.inbox, false)
+        }
+        inbox?.deliver(message)
+        // The auto-unsubscribe limit is reached: the last message is in, the sequence ends.
+        if last { inbox?.finish() }
+    }
+
+    func connectionFailed(_ reason: String) {
+        state.withLock { $0.lastFailure = reason }
+    }
+
+    func pongReceived() {
+        let waiter = state.withLock { state in state.flushWaiters.isEmpty ? nil : state.flushWaiters.removeFirst() }
+        waiter?.resume()
+    }
+
+    // MARK: - Sending
+
+    /// Writes an operation now, or holds it while reconnecting.
+    func write(_ operation: NATSOperation) throws {
+        let bytes = NATSEncoder.encode(operation)
+        try state.withLock { state in
+            if state.closed { throw NATSClientError.closed }
+            if let channel = state.channel {
+                channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil)
+                return
+            }
+            guard state.heldBytes + bytes.count <= options.reconnectBufferBytes else { throw NATSClientError.reconnectBufferFull }
+            state.held.append(bytes)
+            state.heldBytes += bytes.count
+        }
+    }
+
+    /// Publishes `payload` on `subject`.
+    public func publish(_ subject: String, _ payload: [UInt8], replyTo: String? = nil, headers: NATSHeaders? = nil) throws {
+        try write(.publish(subject: subject, replyTo: replyTo, headers: headers, payload: payload))
+    }
+
+    /// Publishes text.
+    public func publish(_ subject: String, _ text: String, replyTo: String? = nil, headers: NATSHeaders? = nil) throws {
+        try publish(subject, Array(text.utf8), replyTo: replyTo, headers: headers)
+    }
+
+    /// Waits until the server has processed everything sent so far (a PING answered by PONG).
+    public func flush(timeout: Duration? = nil) async throws {
+        try await withDeadline(timeout ?? options.requestTimeout, what: "flush") { [self] in
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let failure: (any Error)? = state.withLock { state in
+                    guard !state.closed else { return NATSClientError.closed }
+                    guard let channel = state.channel else { return NATSClientError.closed }
+                    state.flushWaiters.append(continuation)
+                    channel.writeAndFlush(channel.allocator.buffer(bytes: NATSEncoder.encode(.ping)), promise: nil)
+                    return nil
+                }
+                if let failure { continuation.resume(throwing: failure) }
+            }
+        }
+    }
+
+    /// Subscribes to a subject (wildcards allowed), optionally in a queue group.
+    public func subscribe(
+        _ subject: String, queue: String? = nil, bufferSize: Int = 10_000, policy: SlowConsumerPolicy = .dropNewest
+    ) throws -> NATSSubscription {
+        let inbox = NATSSubscriptionInbox(bufferSize: bufferSize, policy: policy)
+        let sid = try state.withLock { state in
+            if state.closed { throw NATSClientError.closed }
+            let sid = String(state.nextSid)
+            state.nextSid += 1
+            state.subscriptions[sid] = SubscriptionRecord(subject: subject, queue: queue, inbox: inbox)
+            return sid
+        }
+        try write(.subscribe(subject: subject, queue: queue, sid: sid))
+        return NATSSubscription(sid: sid, subject: subject, queue: queue, inbox: inbox, client: self)
+    }
+
+    /// Ends a subscription now, or after `max` messages in all.
+    func unsubscribe(sid: String, max: Int? = nil) throws {
+        let inbox: NATSSubscriptionInbox?? = state.withLock { state in
+            guard var record = state.subscriptions[sid] else { return .none }
+            if let max, record.delivered < max {
+                record.limit = max
+                state.subscriptions[sid] = record
+                return .some(nil)
+            }
+            state.subscriptions[sid] = nil
+            return .some(record.inbox)
+        }
+        guard let inbox else { return }
+        inbox?.finish()
+        try write(.unsubscribe(sid: sid, max: max))
+    }
+
+    /// Sends a request and waits for the first reply, on the client's one shared reply inbox.
+    public func request(_ subject: String, _ payload: [UInt8], headers: NATSHeaders? = nil, timeout: Duration? = nil) async throws
+        -> NATSMessage
+    {
+        let (token, subscribe) = state.withLock { state -> (String, String?) in
+            state.nextRequest += 1
+            var subscribe: String?
+            if state.inboxSid == nil {
+                let sid = String(state.nextSid)
+                state.nextSid += 1
+                state.inboxSid = sid
+                state.subscriptions[sid] = SubscriptionRecord(subject: inboxPrefix + ".*", inbox: nil)
+                subscribe = sid
+            }
+            return (String(state.nextRequest), subscribe)
+        }
+        if let sid = subscribe { try write(.subscribe(subject: inboxPrefix + ".*", queue: nil, sid: sid)) }
+        let replyTo = inboxPrefix + "." + token
+        let limit = timeout ?? options.requestTimeout
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<NATSMessage, any Error>) in
+                state.withLock { $0.requests[token] = continuation }
+                do {
+                    try publish(subject, payload, replyTo: replyTo, headers: headers)
+                } catch {
+                    state.withLock { $0.requests.removeValue(forKey: token) }?.resume(throwing: error)
+                    return
+                }
+                // A timed-out request frees only its own entry; the shared inbox stays.
+                group.any().scheduleTask(in: TimeAmount(limit)) { [self] in
+                    state.withLock { $0.requests.removeValue(forKey: token) }?.resume(throwing: NATSClientError.timedOut)
+                }
+            }
+        } onCancel: {
+            state.withLock { $0.requests.removeValue(forKey: token) }?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Unsubscribes everything, waits until the server has processed what was sent, and closes.
+    public func drain() async throws {
+        let sids = state.withLock { Array($0.subscriptions.keys) }
+        for sid in sids { try? unsubscribe(sid: sid) }
+        try? await flush()
+        await close()
+    }
+
+    /// Closes the connection; subscriptions end, waiting requests fail.
+    public func close() async {
+        let task = manager.withLock { $0 }
+        shutDown()
+        task?.cancel()
+        await task?.value
+    }
+}
+
+extension Duration {
+    var nanosecondsValue: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

@@ -1,0 +1,73 @@
+import NIOCore
+import RelayCore
+
+/// Runs one connection of a `NATSClient`: parses with `NATSParser`, feeds
+/// `NATSClientConnectionMachine`, and hands what it says to the client.
+final class NATSClientHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var machine: NATSClientConnectionMachine
+    private var parser: NATSParser
+    private let client: NATSClient
+    private let pingInterval: TimeAmount
+    private var pingTask: Scheduled<Void>?
+
+    init(machine: NATSClientConnectionMachine, maximumPayload: Int, pingInterval: TimeAmount, client: NATSClient) {
+        self.machine = machine
+        self.parser = NATSParser(role: .client, maximumPayload: maximumPayload)
+        self.pingInterval = pingInterval
+        self.client = client
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        do {
+            for operation in try parser.bytesReceived(unwrapInboundIn(data).readableBytesView) {
+                execute(machine.operationReceived(operation), context: context)
+            }
+        } catch {
+            execute(machine.protocolErrorOccurred(error), context: context)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        machine.peerClosed()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    private func schedulePing(context: ChannelHandlerContext) {
+        pingTask = context.eventLoop.assumeIsolated().scheduleTask(in: pingInterval) { [weak self] in
+            guard let self else { return }
+            self.execute(self.machine.pingIntervalElapsed(), context: context)
+            self.schedulePing(context: context)
+        }
+    }
+
+    private func execute(_ actions: [NATSClientConnectionMachine.Action], context: ChannelHandlerContext) {
+        for action in actions {
+            switch action {
+            case .send(let operations):
+                var bytes: [UInt8] = []
+                for operation in operations { NATSEncoder.encode(operation, into: &bytes) }
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+            case .connected(let info):
+                client.established(context.channel, info: info)
+                schedulePing(context: context)
+            case .deliver(let subject, let sid, let replyTo, let headers, let payload):
+                client.deliver(sid: sid, message: NATSMessage(subject: subject, replyTo: replyTo, headers: headers, payload: payload))
+            case .pongReceived:
+                client.pongReceived()
+            case .serverError:
+                break
+            case .fail(let reason):
+                client.connectionFailed(reason)
+                context.close(promise: nil)
+            }
+        }
+    }
+}
