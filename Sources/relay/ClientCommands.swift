@@ -5,7 +5,7 @@ import RelayCore
 
 /// The options every client command takes.
 struct ClientOptions: ParsableArguments {
-    @Option(help: "The hub, ws://HOST:PORT or tcp://HOST:PORT (default: $RELAY_SERVER, or ws://127.0.0.1:8080).")
+    @Option(help: "The hub, ws://HOST:PORT, tcp://HOST:PORT or nats://HOST:PORT (default: $RELAY_SERVER, or ws://127.0.0.1:8080).")
     var server: String = ProcessInfo.processInfo.environment["RELAY_SERVER"] ?? "ws://127.0.0.1:8080"
 
     @Option(help: "Who to connect as, NAME@DOMAIN[/INSTANCE] (a guest identity is assigned when omitted).")
@@ -13,6 +13,22 @@ struct ClientOptions: ParsableArguments {
 
     @Option(help: "A password for the plain scheme (or set RELAY_PASSWORD); guest access when absent.")
     var password: String?
+
+    /// Whether the server is spoken to over NATS (a hub's NATS port, or a nats-server).
+    var isNATS: Bool { server.lowercased().hasPrefix("nats://") }
+
+    func connectNATS() async throws -> NATSClient {
+        var options = NATSClient.Options(servers: server.split(separator: ",").map(String.init))
+        if let identity { options.user = identity }
+        if let password = password ?? ProcessInfo.processInfo.environment["RELAY_PASSWORD"] { options.password = password }
+        options.name = "relay"
+        return try await NATSClient.connect(options: options)
+    }
+
+    /// Refuses a command that exists only in LIME.
+    func requireLIME(_ command: String) throws {
+        if isNATS { throw ValidationError("relay \(command) speaks LIME only: use a ws:// or tcp:// server") }
+    }
 
     func connect() async throws -> LIMEClient {
         var options = LIMEClient.Options()
@@ -46,6 +62,7 @@ struct Send: AsyncParsableCommand {
     var text: String
 
     func run() async throws {
+        try client.requireLIME("send")
         guard let recipient = Node(to) else { throw ValidationError("--to expects NAME@DOMAIN[/INSTANCE], got '\(to)'") }
         let mediaType = MediaType(type)
         let content: JSONValue
@@ -87,6 +104,7 @@ struct Listen: AsyncParsableCommand {
     var count: Int?
 
     func run() async throws {
+        try client.requireLIME("listen")
         let connection = try await client.connect()
         FileHandle.standardError.write(Data("relay listen: listening as \(connection.localNode)\n".utf8))
         let limit = count

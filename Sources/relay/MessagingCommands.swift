@@ -31,6 +31,7 @@ struct Pub: AsyncParsableCommand {
     var confirm = false
 
     func run() async throws {
+        if client.isNATS { return try await runNATS() }
         let connection = try await client.connect()
         var confirmed = 0
         var failure: (any Error)?
@@ -59,6 +60,34 @@ struct Pub: AsyncParsableCommand {
     }
 }
 
+extension Pub {
+    /// Over NATS a confirmation is the server's PONG to a PING sent after the publication.
+    func runNATS() async throws {
+        let connection = try await client.connectNATS()
+        let total = max(count, 1)
+        var confirmed = 0
+        var failure: (any Error)?
+        for sequence in 1...total {
+            do {
+                try connection.publish(subject, data.replacingOccurrences(of: "{{i}}", with: String(sequence)))
+                if confirm {
+                    try await connection.flush()
+                    confirmed += 1
+                }
+            } catch {
+                failure = error
+                break
+            }
+        }
+        if confirm { print("confirmed \(confirmed) of \(total)") }
+        if let failure {
+            printError("relay pub: \(failure)")
+            throw ExitCode(1)
+        }
+        try await connection.drain()
+    }
+}
+
 struct Sub: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Subscribe to SUBJECT (wildcards * and >) and print one line per delivery: [#N] SUBJECT: DATA.")
@@ -75,6 +104,7 @@ struct Sub: AsyncParsableCommand {
     var count: Int?
 
     func run() async throws {
+        if client.isNATS { return try await runNATS() }
         let connection = try await client.connect()
         let subscription = try await connection.subscribe(subject, queue: queue, bufferSize: 10_000)
         printError("relay sub: subscribed to \(subject)\(queue.map { " in queue group \($0)" } ?? "") as \(connection.localNode)")
@@ -87,6 +117,23 @@ struct Sub: AsyncParsableCommand {
         }
         if subscription.droppedCount > 0 { printError("relay sub: \(subscription.droppedCount) messages dropped (slow consumer)") }
         try? await connection.finish()
+    }
+}
+
+extension Sub {
+    func runNATS() async throws {
+        let connection = try await client.connectNATS()
+        let subscription = try connection.subscribe(subject, queue: queue)
+        try await connection.flush()
+        printError("relay sub: subscribed to \(subject)\(queue.map { " in queue group \($0)" } ?? "") over NATS")
+        var received = 0
+        for await message in subscription {
+            received += 1
+            FileHandle.standardOutput.write(Data("[#\(received)] \(message.subject): \(message.text)\n".utf8))
+            if let count, received >= count { break }
+        }
+        if subscription.droppedCount > 0 { printError("relay sub: \(subscription.droppedCount) messages dropped (slow consumer)") }
+        await connection.close()
     }
 }
 
@@ -103,6 +150,7 @@ struct Reply: AsyncParsableCommand {
     var count: Int?
 
     func run() async throws {
+        if client.isNATS { return try await runNATS() }
         let connection = try await client.connect()
         let answered = AsyncStream.makeStream(of: Void.self)
         var definition = ServiceDefinition(service, description: "Echo service (relay reply)")
@@ -120,6 +168,28 @@ struct Reply: AsyncParsableCommand {
         // Let the last answer leave before finishing.
         _ = try await connection.ping()
         try? await connection.finish()
+    }
+}
+
+extension Reply {
+    /// Over NATS a service is a queue group on `SERVICE.>`; the method is the rest of the subject.
+    func runNATS() async throws {
+        let connection = try await client.connectNATS()
+        let requests = try connection.subscribe("\(service).>", queue: service)
+        try await connection.flush()
+        printError("relay reply: serving \(service) over NATS on \(service).>")
+        var total = 0
+        for await request in requests {
+            guard let replyTo = request.replyTo else { continue }
+            let method = String(request.subject.dropFirst(service.count + 1))
+            let params = request.payload.isEmpty ? JSONValue.null : content(request.text)
+            var headers = NATSHeaders()
+            headers.append("Content-Type", "application/json")
+            try connection.publish(replyTo, JSONWriter.bytes(["method": .string(method), "params": params]), headers: headers)
+            total += 1
+            if let count, total >= count { break }
+        }
+        try await connection.drain()
     }
 }
 
@@ -150,8 +220,9 @@ struct Request: AsyncParsableCommand {
         if let parameters {
             do { params = try JSONParser.parse(parameters) } catch { throw ValidationError("parameters are not JSON: \(error)") }
         }
-        let connection = try await client.connect()
         let name = path.hasPrefix("/") ? String(path.dropFirst()) : path
+        if client.isNATS { return try await runNATS(method: name, params: params) }
+        let connection = try await client.connect()
         do {
             let result = try await connection.call(
                 service, name, params, verb: method, timeout: .milliseconds(Int64(timeout * 1000)))
@@ -165,6 +236,30 @@ struct Request: AsyncParsableCommand {
     }
 }
 
+extension Request {
+    /// Over NATS a request goes to the subject `SERVICE.METHOD` (how the hub exposes its services
+    /// to NATS, and how `relay reply` serves over NATS).
+    func runNATS(method: String, params: JSONValue?) async throws {
+        let connection = try await client.connectNATS()
+        let subject = "\(service).\(method.replacingOccurrences(of: "/", with: "."))"
+        do {
+            let reply = try await connection.request(
+                subject, params.map(JSONWriter.bytes) ?? [], timeout: .milliseconds(Int64(timeout * 1000)))
+            if let error = reply.headers?["Nats-Service-Error"] {
+                printError("relay request: \(error) (code \(reply.headers?["Nats-Service-Error-Code"] ?? "?"))")
+                await connection.close()
+                throw ExitCode(1)
+            }
+            print(reply.text)
+        } catch let error as NATSClientError {
+            printError("relay request: \(error)")
+            await connection.close()
+            throw ExitCode(1)
+        }
+        await connection.close()
+    }
+}
+
 struct Services: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List the services registered with the hub.")
 
@@ -174,6 +269,7 @@ struct Services: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        try client.requireLIME("services")
         let connection = try await client.connect()
         let services = try await connection.services()
         for service in services {

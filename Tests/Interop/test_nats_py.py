@@ -289,3 +289,53 @@ def test_a_lime_request_reaches_a_nats_responder(hub):
         await nc.close()
 
     run(scenario())
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def nats_server():
+    """A real nats-server (Debian's package, installed by scripts/test)."""
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    port = free_port()
+    process = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.02)
+    yield f"nats://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.mark.parametrize("target", ["hub", "nats-server"])
+def test_command_line_over_nats(target, hub, nats_server):
+    import subprocess
+    from conftest import RELAY_BIN
+
+    server = hub.nats_url if target == "hub" else nats_server
+    subscriber = subprocess.Popen([RELAY_BIN, "sub", "cli.*", "--count", "2", "--server", server],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "subscribed" in subscriber.stderr.readline()
+    replier = subprocess.Popen([RELAY_BIN, "reply", "calc", "--count", "1", "--server", server],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "serving calc" in replier.stderr.readline()
+    published = relay("pub", "cli.test", "n{{i}}", "--count", "2", "--confirm", "--server", server)
+    assert published.returncode == 0 and published.stdout.strip() == "confirmed 2 of 2", published.stderr
+    out, _ = subscriber.communicate(timeout=10)
+    assert out.splitlines() == ["[#1] cli.test: n1", "[#2] cli.test: n2"]
+    answered = relay("request", "calc", "/add", '{"a":1}', "--server", server)
+    assert answered.returncode == 0 and json.loads(answered.stdout) == {"method": "add", "params": {"a": 1}}, answered.stderr
+    replier.communicate(timeout=10)
+    missing = relay("request", "nobody", "/x", "--server", server, "--timeout", "2")
+    assert missing.returncode != 0 and "No responders" in missing.stderr
