@@ -339,3 +339,32 @@ def test_command_line_over_nats(target, hub, nats_server):
     replier.communicate(timeout=10)
     missing = relay("request", "nobody", "/x", "--server", server, "--timeout", "2")
     assert missing.returncode != 0 and "No responders" in missing.stderr
+
+
+def test_a_slow_consumer_is_told_and_closed_while_others_carry_on():
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config:
+        json.dump({"limits": {"maxPendingBytes": 65536}}, config)
+    small = Hub("--config", config.name)
+    try:
+        stalled = raw_connection(small)
+        stalled.sendall(b"CONNECT {}\r\nSUB big 1\r\nPING\r\n")
+        assert stalled.recv(1024) == b"PONG\r\n"
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+        async def scenario():
+            nc = await nats.connect(small.nats_url)
+            healthy = await nc.subscribe("big.ok")
+            chunk = b"x" * 100_000
+            for _ in range(300):
+                await nc.publish("big", chunk)
+            await nc.publish("big.ok", b"fine")
+            assert (await healthy.next_msg(timeout=10)).data == b"fine"
+            await nc.close()
+
+        run(scenario())
+        received = read_until_closed(stalled)
+        assert received.endswith(b"-ERR 'Slow Consumer'\r\n")
+        assert len(received) < 300 * 100_000
+    finally:
+        assert small.stop() == 0
+        os.unlink(config.name)
