@@ -5,11 +5,7 @@ extension HubCore {
 
     mutating func registerCompound(_ command: LIMECommand, name: String, from session: SessionID) -> [Output] {
         func invalid(_ text: String) -> [Output] {
-            [
-                reply(
-                    session,
-                    command.failure(Reason(code: ReasonCode.commandInvalidArgument, description: "Invalid compound method: \(text)")))
-            ]
+            refuse(session, command, ReasonCode.commandInvalidArgument, "Invalid compound method: \(text)")
         }
         guard Self.isValidName(name) else { return invalid("'\(name)' is not a valid name") }
         guard let object = command.resource?.objectValue, let list = object["methods"]?.arrayValue, !list.isEmpty else {
@@ -35,14 +31,7 @@ extension HubCore {
             steps.append(CompoundStep(service: service, method: method, aliases: aliases, presets: step["presets"]?.objectValue ?? [:]))
         }
         if let existing = compounds[name.lowercased()], existing.owner != session {
-            return [
-                reply(
-                    session,
-                    command.failure(
-                        Reason(
-                            code: RelayReasonCode.registrationConflict,
-                            description: "Compound method '\(name)' is registered by another node")))
-            ]
+            return refuse(session, command, RelayReasonCode.registrationConflict, "Compound method '\(name)' is registered by another node")
         }
         compounds[name.lowercased()] = CompoundMethod(
             name: name, description: object["description"]?.stringValue, steps: steps, owner: session)
@@ -51,12 +40,7 @@ extension HubCore {
 
     mutating func unregisterCompound(_ command: LIMECommand, name: String, from session: SessionID) -> [Output] {
         guard let existing = compounds[name.lowercased()], existing.owner == session else {
-            return [
-                reply(
-                    session,
-                    command.failure(
-                        Reason(code: ReasonCode.commandResourceNotFound, description: "This node registered no compound method '\(name)'")))
-            ]
+            return refuse(session, command, ReasonCode.commandResourceNotFound, "This node registered no compound method '\(name)'")
         }
         compounds[name.lowercased()] = nil
         return [reply(session, command.success())]
@@ -65,17 +49,10 @@ extension HubCore {
     mutating func callCompound(_ command: LIMECommand, name: String, from session: SessionID) -> [Output] {
         guard let callerID = command.header.id else { return [] }
         guard let compound = compounds[name.lowercased()] else {
-            return [
-                reply(
-                    session, command.failure(Reason(code: ReasonCode.commandResourceNotFound, description: "No compound method '\(name)'")))
-            ]
+            return refuse(session, command, ReasonCode.commandResourceNotFound, "No compound method '\(name)'")
         }
         guard command.resource == nil || command.resource?.objectValue != nil else {
-            return [
-                reply(
-                    session,
-                    command.failure(Reason(code: ReasonCode.commandInvalidArgument, description: "Parameters must be a JSON object")))
-            ]
+            return refuse(session, command, ReasonCode.commandInvalidArgument, "Parameters must be a JSON object")
         }
         let progress = CompoundProgress(
             name: compound.name, steps: compound.steps, index: 0, params: command.resource?.objectValue ?? [:], results: [:])

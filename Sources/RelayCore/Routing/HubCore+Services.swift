@@ -35,14 +35,9 @@ extension HubCore {
 
     mutating func registerService(_ command: LIMECommand, name: String, from session: SessionID) -> [Output] {
         guard Self.isValidName(name), name.lowercased() != "compound" else {
-            return [
-                reply(
-                    session,
-                    command.failure(
-                        Reason(
-                            code: ReasonCode.validationInvalidResource,
-                            description: "'\(name)' is not a valid service name (letters, digits, '-', '_', '.')")))
-            ]
+            return refuse(
+                session, command, ReasonCode.validationInvalidResource,
+                "'\(name)' is not a valid service name (letters, digits, '-', '_', '.')")
         }
         let description: ServiceDescription
         do {
@@ -53,16 +48,9 @@ extension HubCore {
         let key = name.lowercased()
         if var entry = services[key] {
             guard entry.description.methods == description.methods else {
-                return [
-                    reply(
-                        session,
-                        command.failure(
-                            Reason(
-                                code: RelayReasonCode.registrationConflict,
-                                description:
-                                    "Service '\(name)' is already registered with other methods; instances of one service must describe the same methods"
-                            )))
-                ]
+                return refuse(
+                    session, command, RelayReasonCode.registrationConflict,
+                    "Service '\(name)' is already registered with other methods; instances of one service must describe the same methods")
             }
             if !entry.instances.contains(session) { entry.instances.append(session) }
             services[key] = entry
@@ -75,11 +63,7 @@ extension HubCore {
     mutating func unregisterService(_ command: LIMECommand, name: String, from session: SessionID) -> [Output] {
         let key = name.lowercased()
         guard var entry = services[key], entry.instances.contains(session) else {
-            return [
-                reply(
-                    session,
-                    command.failure(Reason(code: ReasonCode.commandResourceNotFound, description: "This session does not serve '\(name)'")))
-            ]
+            return refuse(session, command, ReasonCode.commandResourceNotFound, "This session does not serve '\(name)'")
         }
         entry.instances.removeAll { $0 == session }
         services[key] = entry.instances.isEmpty ? nil : entry
@@ -150,30 +134,18 @@ extension HubCore {
         if period != nil || events != nil {
             if let period {
                 guard let minimum = description.minimumPeriod, period >= minimum, period > 0 else {
-                    return [
-                        reply(
-                            session,
-                            command.failure(
-                                Reason(
-                                    code: ReasonCode.commandNotAllowed,
-                                    description:
-                                        "A period of \(JSONNumber(period)) s is below the minimum of '\(method)' (\(description.minimumPeriod.map { "\(JSONNumber($0)) s" } ?? "no period subscriptions"))"
-                                )))
-                    ]
+                    return refuse(
+                        session, command, ReasonCode.commandNotAllowed,
+                        "A period of \(JSONNumber(period)) s is below the minimum of '\(method)' (\(description.minimumPeriod.map { "\(JSONNumber($0)) s" } ?? "no period subscriptions"))"
+                    )
                 }
             }
             if let events {
                 guard let minimum = description.minimumEvents, events >= minimum, events > 0 else {
-                    return [
-                        reply(
-                            session,
-                            command.failure(
-                                Reason(
-                                    code: ReasonCode.commandNotAllowed,
-                                    description:
-                                        "\(events) events is below the minimum of '\(method)' (\(description.minimumEvents.map { "\($0) events" } ?? "no event subscriptions"))"
-                                )))
-                    ]
+                    return refuse(
+                        session, command, ReasonCode.commandNotAllowed,
+                        "\(events) events is below the minimum of '\(method)' (\(description.minimumEvents.map { "\($0) events" } ?? "no event subscriptions"))"
+                    )
                 }
             }
             methodSubscriptions[caller] = MethodSubscription(
@@ -199,23 +171,13 @@ extension HubCore {
         _ command: LIMECommand, caller: CallerKey, service: String, method: String, purpose: Purpose, deadline: Int
     ) -> [Output] {
         guard inFlightByCaller[caller] == nil else {
-            return [
-                reply(
-                    caller.session,
-                    command.failure(
-                        Reason(code: ReasonCode.validationError, description: "A request with id '\(caller.id)' is already in flight")))
-            ]
+            return refuse(caller.session, command, ReasonCode.validationError, "A request with id '\(caller.id)' is already in flight")
         }
         let perSession = inFlight.values.lazy.filter { $0.caller.session == caller.session }.count
         guard perSession < configuration.maximumRequestsPerSession else {
-            return [
-                reply(
-                    caller.session,
-                    command.failure(
-                        Reason(
-                            code: RelayReasonCode.limitReached,
-                            description: "This session has the maximum of \(configuration.maximumRequestsPerSession) requests in flight")))
-            ]
+            return refuse(
+                caller.session, command, RelayReasonCode.limitReached,
+                "This session has the maximum of \(configuration.maximumRequestsPerSession) requests in flight")
         }
         guard let instance = pickInstance(service) else {
             return [
@@ -353,11 +315,7 @@ extension HubCore {
                             uri: "/requests/\(Self.requestIDString(id))"))))
         }
         guard found else {
-            return outputs + [
-                reply(
-                    session,
-                    command.failure(Reason(code: ReasonCode.commandResourceNotFound, description: "No request '\(callerID)' is in flight")))
-            ]
+            return outputs + refuse(session, command, ReasonCode.commandResourceNotFound, "No request '\(callerID)' is in flight")
         }
         return outputs + [reply(session, command.success())]
     }
@@ -462,7 +420,7 @@ extension HubCore {
     mutating func requestSubject(_ command: LIMECommand, subject: String, from session: SessionID) -> [Output] {
         guard let callerID = command.header.id else { return [] }
         if let error = Subject.publishError(subject) {
-            return [reply(session, command.failure(Reason(code: ReasonCode.validationInvalidResource, description: error)))]
+            return refuse(session, command, ReasonCode.validationInvalidResource, error)
         }
         let id = nextRequestID
         nextRequestID += 1

@@ -134,11 +134,7 @@ extension HubCore {
     mutating func unsubscribe(_ command: LIMECommand, filter: String, query: [String: String], from session: SessionID) -> [Output] {
         let token = Self.subscriptionToken(filter: filter, queue: query["queue"].flatMap { $0.isEmpty ? nil : $0 })
         guard unsubscribe(session, token: token) else {
-            return [
-                reply(
-                    session,
-                    command.failure(Reason(code: ReasonCode.commandResourceNotFound, description: "No subscription to '\(filter)'")))
-            ]
+            return refuse(session, command, ReasonCode.commandResourceNotFound, "No subscription to '\(filter)'")
         }
         return [reply(session, command.success())]
     }
@@ -153,7 +149,7 @@ extension HubCore {
     mutating func publish(_ command: LIMECommand, subject: String, from session: SessionID) -> [Output] {
         let confirm = command.method == .set && command.header.id != nil
         if let error = Subject.publishError(subject) {
-            return confirm ? [reply(session, command.failure(Reason(code: ReasonCode.validationInvalidResource, description: error)))] : []
+            return confirm ? refuse(session, command, ReasonCode.validationInvalidResource, error) : []
         }
         var command = command
         let replyTo = command.header.metadata?.removeValue(forKey: "#reply")

@@ -275,11 +275,7 @@ public struct HubCore: Sendable {
         case ("services", .get, 0):
             return [reply(session, command.success(type: "application/json", resource: .object(["services": .array(serviceList)])))]
         case ("services", .get, 1) where services[rest[0].lowercased()] == nil && rest[0] != "compound":
-            return [
-                reply(
-                    session,
-                    command.failure(Reason(code: ReasonCode.commandResourceNotFound, description: "No service '\(rest[0])' is registered")))
-            ]
+            return refuse(session, command, ReasonCode.commandResourceNotFound, "No service '\(rest[0])' is registered")
         case ("services", .get, 1):
             return [reply(session, command.success(type: "application/json", resource: .object(serviceJSON(rest[0].lowercased()))))]
         case ("services", .set, 1): return registerService(command, name: rest[0], from: session)
@@ -298,6 +294,11 @@ public struct HubCore: Sendable {
     }
 
     // MARK: - Helpers
+
+    /// A failure response to a request, from the hub.
+    func refuse(_ session: SessionID, _ command: LIMECommand, _ code: Int, _ description: String) -> [Output] {
+        [reply(session, command.failure(Reason(code: code, description: description)))]
+    }
 
     func reply(_ session: SessionID, _ response: LIMECommand) -> Output {
         var response = response
