@@ -27,13 +27,19 @@ import Testing
         _ = machine.operationReceived(.info([:]))
         #expect(machine.operationReceived(.error("Authorization Violation")) == [.fail("Authorization Violation")])
         var early = self.machine()
-        #expect(early.operationReceived(.message(subject: "a", sid: "1", replyTo: nil, headers: nil, payload: [])) == [.fail("expected INFO from the server")])
+        #expect(
+            early.operationReceived(.message(subject: "a", sid: "1", replyTo: nil, headers: nil, payload: [])) == [
+                .fail("expected INFO from the server")
+            ])
     }
 
     @Test func answersPingsDeliversMessagesAndKeepsSubjectErrorsNonFatal() {
         var machine = connected()
         #expect(machine.operationReceived(.ping) == [.send([.pong])])
-        #expect(machine.operationReceived(.message(subject: "a", sid: "1", replyTo: "r", headers: nil, payload: [1])) == [.deliver(subject: "a", sid: "1", replyTo: "r", headers: nil, payload: [1])])
+        #expect(
+            machine.operationReceived(.message(subject: "a", sid: "1", replyTo: "r", headers: nil, payload: [1])) == [
+                .deliver(subject: "a", sid: "1", replyTo: "r", headers: nil, payload: [1])
+            ])
         #expect(machine.operationReceived(.error("Invalid Subject")) == [.serverError("Invalid Subject")])
         #expect(machine.operationReceived(.error("Slow Consumer")) == [.fail("Slow Consumer")])
     }
