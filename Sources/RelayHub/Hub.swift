@@ -163,19 +163,20 @@ public final class Hub: Sendable {
                 }
             }
         }
-        var last: (Envelope, ByteBuffer)?
-        for (outlet, envelope) in sends {
-            // Consecutive identical envelopes (a fan-out) share one encoding.
-            let bytes: ByteBuffer
-            if let (previous, encoded) = last, previous == envelope {
-                bytes = encoded
-            } else {
-                bytes = outlet.channel.allocator.buffer(bytes: LIMECodec.encode(envelope))
-                last = (envelope, bytes)
+        // One batch per session: its writes cross to its event loop once, with one flush.
+        var batches: [ObjectIdentifier: (outlet: SessionOutlet, buffers: [ByteBuffer])] = [:]
+        var order: [ObjectIdentifier] = []
+        func add(_ outlet: SessionOutlet, _ bytes: [UInt8]) {
+            let key = ObjectIdentifier(outlet)
+            if batches[key] == nil {
+                batches[key] = (outlet, [])
+                order.append(key)
             }
-            if !outlet.send(bytes) { noteSlowConsumer() }
+            batches[key]!.buffers.append(outlet.channel.allocator.buffer(bytes: bytes))
         }
-        for (outlet, operation) in natsSends where !outlet.send(outlet.channel.allocator.buffer(bytes: NATSEncoder.encode(operation))) {
+        for (outlet, envelope) in sends { add(outlet, LIMECodec.encode(envelope)) }
+        for (outlet, operation) in natsSends { add(outlet, NATSEncoder.encode(operation)) }
+        for key in order where !batches[key]!.outlet.send(batches[key]!.buffers) {
             noteSlowConsumer()
         }
     }

@@ -25,11 +25,13 @@ final class SessionOutlet: Sendable {
         self.maximumPendingBytes = maximumPendingBytes
     }
 
-    /// Writes one encoded envelope. Returns false when the session is a slow consumer and the
-    /// envelope was not written (the session is being ended).
+    /// Writes encoded envelopes (or NATS operations) in order, with one flush, in one hop to the
+    /// channel's event loop. Returns false when the session is a slow consumer and nothing was
+    /// written (the session is being ended).
     @discardableResult
-    func send(_ bytes: ByteBuffer) -> Bool {
-        let size = bytes.readableBytes
+    func send(_ buffers: [ByteBuffer]) -> Bool {
+        guard let last = buffers.last else { return true }
+        let size = buffers.reduce(0) { $0 + $1.readableBytes }
         let pending = pendingBytes.add(size, ordering: .relaxed).newValue
         guard pending <= maximumPendingBytes else {
             pendingBytes.subtract(size, ordering: .relaxed)
@@ -39,9 +41,17 @@ final class SessionOutlet: Sendable {
                     description: "Slow consumer: more than \(maximumPendingBytes) bytes waiting to be written"))
             return false
         }
-        channel.writeAndFlush(bytes).whenComplete { [self] _ in
-            pendingBytes.subtract(size, ordering: .relaxed)
+        let channel = self.channel
+        let write = { [self] in
+            for buffer in buffers.dropLast() { channel.write(buffer, promise: nil) }
+            // Writes complete in order: when the last is on the wire, all are.
+            channel.writeAndFlush(last).whenComplete { _ in
+                self.pendingBytes.subtract(size, ordering: .relaxed)
+            }
         }
+        // On the session's own loop (a reply to what it just sent) the write happens now, so it
+        // keeps its place before anything the connection writes next.
+        if channel.eventLoop.inEventLoop { write() } else { channel.eventLoop.execute(write) }
         return true
     }
 
