@@ -43,6 +43,7 @@ public final class Hub: Sendable {
     let serverID = "RELAY" + String(UInt64.random(in: .min ... .max), radix: 36).uppercased()
     private let timerLoop: any EventLoop
     private let state: Mutex<State>
+    private let persistence = Mutex<QueuePersistence?>(nil)
 
     public init(
         configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -140,6 +141,7 @@ public final class Hub: Sendable {
         guard !outputs.isEmpty else { return }
         var sends: [(SessionOutlet, Envelope)] = []
         var natsSends: [(SessionOutlet, NATSOperation)] = []
+        var storage: [HubCore.Output] = []
         sends.reserveCapacity(outputs.count)
         state.withLock { state in
             for output in outputs {
@@ -160,6 +162,10 @@ public final class Hub: Sendable {
                     }
                 case .cancelTimer(let timer):
                     state.timers.removeValue(forKey: timer)?.cancel()
+                case .persist(let copies, let then):
+                    storage.append(.persist(copies, then: then))
+                case .unpersist, .recordDeliveries, .saveQueue, .deleteQueue:
+                    storage.append(output)
                 }
             }
         }
@@ -179,6 +185,73 @@ public final class Hub: Sendable {
         for key in order where !batches[key]!.outlet.send(batches[key]!.buffers) {
             noteSlowConsumer()
         }
+        if !storage.isEmpty { store(storage) }
+    }
+
+    // MARK: - Durable queues
+
+    /// Opens the queue store in the data directory and brings back the queues and their messages.
+    func openStore() async throws {
+        let store = try await QueueStore.open(directory: configuration.data)
+        var restored: [(QueueConfiguration, [(QueuedMessage, deliveries: Int)])] = []
+        for queue in try await store.loadQueues() {
+            let messages = try await store.loadMessages(queue.name).map { (QueuePersistence.queued($0), deliveries: $0.deliveries) }
+            restored.append((queue, messages))
+        }
+        let persistence = QueuePersistence(store: store) { [weak self] job, error in
+            self?.persisted(job, error: error)
+        }
+        self.persistence.withLock { $0 = persistence }
+        var outputs: [HubCore.Output] = []
+        state.withLock { state in
+            for (queue, messages) in restored { state.core.restoreQueue(queue, messages: messages) }
+        }
+        for settings in configuration.queues {
+            do {
+                outputs += try state.withLock { state throws(Reason) in try state.core.createQueue(settings.configuration) }
+            } catch {
+                throw HubError.invalidConfiguration("queue '\(settings.name)': \(error.description)")
+            }
+        }
+        let total = restored.reduce(0) { $0 + $1.1.count }
+        logger.info(
+            "durable queues ready", metadata: ["data": "\(configuration.data)", "queues": "\(restored.count)", "messages": "\(total)"])
+        perform(outputs)
+    }
+
+    func closeStore() async {
+        let persistence = self.persistence.withLock { $0.take() }
+        try? await persistence?.store.close()
+    }
+
+    private func store(_ outputs: [HubCore.Output]) {
+        guard let persistence = persistence.withLock({ $0 }) else {
+            logger.error("durable queue output without a store")
+            return
+        }
+        for output in outputs {
+            switch output {
+            case .persist(let copies, let then): persistence.submit(.init(copies: copies, then: then))
+            case .unpersist(let queue, let sequence): persistence.remove(sequence, from: queue)
+            case .recordDeliveries(let queue, let sequence, let count): persistence.recordDeliveries(count, of: sequence, in: queue)
+            case .saveQueue(let queue): Task { try? await persistence.store.saveQueue(queue) }
+            case .deleteQueue(let name): Task { try? await persistence.store.deleteQueue(name) }
+            default: break
+            }
+        }
+    }
+
+    /// A group of stored messages is on disk: deliver them and confirm their publishers.
+    private func persisted(_ job: QueuePersistence.Job, error: (any Error)?) {
+        if let error {
+            logger.error("storing a publication failed", metadata: ["error": "\(error)"])
+            // The publisher is not confirmed; the message is not delivered.
+            return
+        }
+        let outputs = state.withLock { state in
+            job.copies.flatMap { state.core.persisted(queue: $0.queue, $0.queued) }
+        }
+        perform(outputs + job.then)
     }
 
     // MARK: - NATS connections

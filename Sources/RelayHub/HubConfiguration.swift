@@ -38,6 +38,30 @@ public struct HubConfiguration: Sendable, Codable {
     public var users: [User] = []
     /// Identities allowed to call `admin` methods of services.
     public var admins: [String] = []
+    /// Where durable queues are kept (a SQLite file inside); `relay serve --data DIR`.
+    public var data: String = ".relay-data"
+    /// Durable queues created at start (more can be created at run time).
+    public var queues: [QueueSettings] = []
+
+    /// A durable queue as the configuration file describes it.
+    public struct QueueSettings: Sendable, Codable {
+        public var name: String
+        public var subjects: [String]
+        public var maxMessages: Int?
+        public var maxBytes: Int?
+        public var maxAgeSeconds: Double?
+        public var ackWaitMilliseconds: Int?
+        public var maxDeliveries: Int?
+        public var deadLetterSubject: String?
+        public var ttlSeconds: Double?
+
+        var configuration: QueueConfiguration {
+            QueueConfiguration(
+                name: name, subjects: subjects, maximumMessages: maxMessages, maximumBytes: maxBytes, maximumAgeSeconds: maxAgeSeconds,
+                ackWaitMilliseconds: ackWaitMilliseconds ?? 30_000, maximumDeliveries: maxDeliveries, deadLetterSubject: deadLetterSubject,
+                timeToLiveSeconds: ttlSeconds)
+        }
+    }
     public var limits: Limits = Limits()
 
     public struct User: Sendable, Codable {
@@ -87,6 +111,8 @@ public struct HubConfiguration: Sendable, Codable {
         guest = try container.decodeIfPresent(Bool.self, forKey: .guest) ?? defaults.guest
         users = try container.decodeIfPresent([User].self, forKey: .users) ?? []
         admins = try container.decodeIfPresent([String].self, forKey: .admins) ?? []
+        data = try container.decodeIfPresent(String.self, forKey: .data) ?? defaults.data
+        queues = try container.decodeIfPresent([QueueSettings].self, forKey: .queues) ?? []
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()
     }
 

@@ -39,6 +39,7 @@ public final class HubServer: Sendable {
     /// Binds every configured listener.
     public func start() async throws {
         let configuration = hub.configuration
+        try await hub.openStore()
         if let address = configuration.ws {
             let channel = try await bindWebSocket(address)
             listeners.withLock { $0.append(channel) }
@@ -78,6 +79,7 @@ public final class HubServer: Sendable {
         }
         try? await closed.get()
         deadline.cancel()
+        await hub.closeStore()
         let statistics = hub.statistics
         hub.logger.info(
             "hub stopped",

@@ -17,6 +17,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("nats"), help: "Where the NATS client protocol listens, HOST:PORT (default 127.0.0.1:4222).")
     var nats: String?
 
+    @Option(name: .customLong("data"), help: "Where durable queues are kept (default .relay-data).")
+    var data: String?
+
     @Option(name: .customLong("config"), help: "A JSON configuration file (see the README).")
     var configFile: String?
 
@@ -28,6 +31,7 @@ struct Serve: AsyncParsableCommand {
         if let webSocket { configuration.ws = try Self.address(webSocket, flag: "--ws") }
         if let tcp { configuration.tcp = try Self.address(tcp, flag: "--tcp") }
         if let nats { configuration.nats = try Self.address(nats, flag: "--nats") }
+        if let data { configuration.data = data }
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -17,9 +18,10 @@ RELAY_BIN = os.environ.get("RELAY_BIN", str(ROOT / ".build" / "debug" / "relay")
 class Hub:
     """A `relay serve` process on free loopback ports, and what it logged."""
 
-    def __init__(self, *extra_args):
+    def __init__(self, *extra_args, data=None):
+        self.data = data or tempfile.mkdtemp(prefix="relay-data-")
         self.process = subprocess.Popen(
-            [RELAY_BIN, "serve", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--nats", "127.0.0.1:0", *extra_args],
+            [RELAY_BIN, "serve", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--data", self.data, *extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

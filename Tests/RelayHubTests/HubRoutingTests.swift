@@ -165,6 +165,7 @@ import Testing
         configuration.ws = HostAndPort(host: "127.0.0.1", port: 0)
         configuration.tcp = HostAndPort(host: "127.0.0.1", port: 0)
         configuration.nats = nil
+        configuration.data = temporaryDataDirectory()
         let server = try HubServer(configuration: configuration)
         try await server.start()
         let hub = TestHub(server: server)

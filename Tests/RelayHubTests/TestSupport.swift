@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -17,6 +18,8 @@ func withHub<T>(
     configuration.ws = HostAndPort(host: "127.0.0.1", port: 0)
     configuration.tcp = HostAndPort(host: "127.0.0.1", port: 0)
     configuration.nats = HostAndPort(host: "127.0.0.1", port: 0)
+    configuration.data = temporaryDataDirectory()
+    defer { try? FileManager.default.removeItem(atPath: configuration.data) }
     try configure(&configuration)
     var logger = Logger(label: "relay.test")
     logger.logLevel = .warning
@@ -31,6 +34,11 @@ func withHub<T>(
         await server.shutdown()
         throw error
     }
+}
+
+/// A fresh directory for a hub's durable queues.
+func temporaryDataDirectory() -> String {
+    NSTemporaryDirectory() + "relay-test-" + UUID().uuidString
 }
 
 struct TestHub {

@@ -69,8 +69,9 @@ public struct DeliveryMachine<Payload: Sendable & Equatable>: Sendable {
     var ready: [MessageID] = []
     var readyStart = 0
     var deliveries: [DeliveryID: MessageID] = [:]
-    /// Consumers in attachment order, with their outstanding deliveries in the order they went out.
-    var consumers: [(id: ConsumerID, outstanding: [DeliveryID])] = []
+    /// Consumers in attachment order, with their outstanding deliveries in the order they went out
+    /// and their own credit window (nil: the configuration's).
+    var consumers: [(id: ConsumerID, outstanding: [DeliveryID], credit: Int?)] = []
     var turn = 0
     var nextDelivery: DeliveryID = 1
 
@@ -96,10 +97,16 @@ public struct DeliveryMachine<Payload: Sendable & Equatable>: Sendable {
         return dispatch()
     }
 
-    public mutating func consumerAttached(_ consumer: ConsumerID) -> [Action] {
+    /// A consumer joined; `credit` overrides the configured window for it.
+    public mutating func consumerAttached(_ consumer: ConsumerID, credit: Int? = nil) -> [Action] {
         guard !consumers.contains(where: { $0.id == consumer }) else { return [] }
-        consumers.append((consumer, []))
+        consumers.append((consumer, [], credit))
         return dispatch()
+    }
+
+    /// The payload of a message still owed, and its delivery count.
+    public func message(_ id: MessageID) -> (payload: Payload, count: Int)? {
+        messages[id].map { ($0.payload, $0.count) }
     }
 
     /// A consumer went away: what it held is delivered again at once, to the others.
@@ -253,7 +260,7 @@ public struct DeliveryMachine<Payload: Sendable & Equatable>: Sendable {
     private mutating func nextConsumerWithCredit() -> Int? {
         for offset in 0..<consumers.count {
             let index = (turn + offset) % consumers.count
-            if configuration.creditWindow.map({ consumers[index].outstanding.count < $0 }) ?? true {
+            if (consumers[index].credit ?? configuration.creditWindow).map({ consumers[index].outstanding.count < $0 }) ?? true {
                 turn = (index + 1) % consumers.count
                 return index
             }

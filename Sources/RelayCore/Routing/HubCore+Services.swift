@@ -335,6 +335,8 @@ extension HubCore {
             statistics.requestsTimedOut += 1
             methodSubscriptions[flight.caller] = nil
             return finish(id, with: failure(flight, RelayReasonCode.timedOut, "No response within \(flight.deadline) ms"))
+        case .queue(let name, let timer):
+            return queueTimerFired(name, timer)
         case .period(let caller):
             guard let subscription = methodSubscriptions[caller] else { return [] }
             return dispatchStanding(

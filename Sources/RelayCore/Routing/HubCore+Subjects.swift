@@ -87,6 +87,12 @@ extension HubCore {
             outputs.append(deliver(message, to: ordered[turn % ordered.count]))
             delivered += 1
         }
+        // Durable queues keep a copy; it is delivered once it is on disk.
+        let copies = queueCopies(of: message)
+        if !copies.isEmpty {
+            outputs.append(.persist(copies, then: []))
+            delivered += copies.count
+        }
         if delivered == 0 {
             statistics.publicationsUnmatched += 1
             if noResponders, let replyTo = message.replyTo {
@@ -155,7 +161,15 @@ extension HubCore {
         let replyTo = command.header.metadata?.removeValue(forKey: "#reply")
         var (outputs, delivered) = publish(command, subject: subject, replyTo: replyTo, from: session)
         if confirm {
-            outputs.append(.send(session, confirmation(command, resource: ["delivered": .number(JSONNumber(delivered))])))
+            let confirmation = Output.send(session, confirmation(command, resource: ["delivered": .number(JSONNumber(delivered))]))
+            // A publication kept by durable queues is confirmed only once it is on disk.
+            if let index = outputs.lastIndex(where: { if case .persist = $0 { return true } else { return false } }),
+                case .persist(let copies, let then) = outputs[index]
+            {
+                outputs[index] = .persist(copies, then: then + [confirmation])
+            } else {
+                outputs.append(confirmation)
+            }
         }
         return outputs
     }

@@ -38,6 +38,8 @@ public struct HubCore: Sendable {
         case deadline(RequestID)
         /// The next call of a period subscription.
         case period(CallerKey)
+        /// A durable queue's ack wait or nak delay.
+        case queue(String, DeliveryMachine<QueuedMessage>.Timer)
     }
 
     public enum Output: Sendable, Equatable {
@@ -46,6 +48,16 @@ public struct HubCore: Sendable {
         case deliver(SessionID, token: String, PublishedMessage)
         case startTimer(Timer, milliseconds: Int)
         case cancelTimer(Timer)
+        /// Store the copies of a publication kept by durable queues; once they are on disk, report
+        /// each with `persisted` and carry out `then` (a publisher's confirmation).
+        indirect case persist([QueueCopy], then: [Output])
+        /// Forget a stored message (acknowledged, dead-lettered or dropped).
+        case unpersist(queue: String, sequence: Int64)
+        /// Record a stored message's delivery count.
+        case recordDeliveries(queue: String, sequence: Int64, count: Int)
+        /// Store a queue's configuration, or forget the queue and its messages.
+        case saveQueue(QueueConfiguration)
+        case deleteQueue(String)
     }
 
     /// The hub's id of a request it forwarded to an instance.
@@ -178,6 +190,8 @@ public struct HubCore: Sendable {
     /// LIME requests to subjects (answered by NATS responders or anyone replying), by hub id.
     var subjectRequests: [RequestID: SubjectRequest] = [:]
     var subjectRequestsByInbox: [String: RequestID] = [:]
+    /// Durable queues, by name.
+    var queues: [String: DurableQueue] = [:]
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -223,6 +237,7 @@ public struct HubCore: Sendable {
             outputs.append(.cancelTimer(.period(key)))
         }
         outstanding[session] = nil
+        outputs += detachConsumers(of: session)
         return outputs
     }
 
@@ -243,6 +258,11 @@ public struct HubCore: Sendable {
             {
                 return outputs
             }
+        }
+        if case .notification(let notification) = envelope, isHub(notification.header.to),
+            let outputs = queueAnswer(notification, from: session)
+        {
+            return outputs
         }
         let routing = router.route(envelope, from: session)
         var outputs: [Output] = []
@@ -284,6 +304,7 @@ public struct HubCore: Sendable {
             return methodEvent(service: rest[0].lowercased(), method: rest[1], from: session)
         case ("services", _, 2): return request(command, service: rest[0].lowercased(), method: rest[1], from: session)
         case ("requests", .delete, 1): return cancel(command, callerID: rest[0], from: session)
+        case ("queues", _, _): return queueCommand(command, rest: rest, query: query, from: session)
         case ("compound", .get, 0):
             return [reply(session, command.success(type: "application/json", resource: .object(["compound": .array(compoundList)])))]
         case ("compound", .set, 1): return registerCompound(command, name: rest[0], from: session)

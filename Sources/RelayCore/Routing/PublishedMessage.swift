@@ -66,7 +66,11 @@ public struct PublishedMessage: Sendable, Equatable {
         if let replyTo { metadata["#reply"] = replyTo }
         if let status { metadata["#status"] = String(status) }
         let (type, content) = limeContent
-        return .message(LIMEMessage(header: EnvelopeHeader(from: publisher, to: node, metadata: metadata), type: type, content: content))
+        // A durable queue's delivery carries an id: the consumer acknowledges it with a notification.
+        return .message(
+            LIMEMessage(
+                header: EnvelopeHeader(id: metadata["#delivery"], from: publisher, to: node, metadata: metadata), type: type,
+                content: content))
     }
 
     /// The NATS operation a subscriber with subscription `sid` receives. Headers are sent when the

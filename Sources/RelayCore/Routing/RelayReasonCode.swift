@@ -14,4 +14,7 @@ public enum RelayReasonCode {
     public static let registrationConflict = 124
     /// A per-session limit (subscriptions, requests in flight) was reached.
     public static let limitReached = 125
+    /// A consumer's `failed` notification with this code asks for a redelivery (nak); any other
+    /// code terminates the message (to the dead letters).
+    public static let nak = 130
 }

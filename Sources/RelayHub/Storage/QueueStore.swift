@@ -128,6 +128,16 @@ public actor QueueStore {
         }
     }
 
+    /// Stores several messages (of one or more queues) in one group; returns once all are on disk.
+    public func append(_ messages: [(queue: String, message: StoredMessage)]) async throws {
+        guard let last = messages.last else { return }
+        for item in messages.dropLast() { pending.append((.append(queue: item.queue, message: item.message), nil)) }
+        try await withCheckedThrowingContinuation { continuation in
+            pending.append((.append(queue: last.queue, message: last.message), continuation))
+            startCommitting()
+        }
+    }
+
     /// Forgets an acknowledged (or dead-lettered, or expired) message; committed with the next group.
     public func remove(_ sequence: Int64, from queue: String) {
         pending.append((.remove(queue: queue, sequence: sequence), nil))

@@ -1,0 +1,276 @@
+// The durable queues of `HubCore`: storing what matches them, delivering it at least once to
+// competing consumers through a `DeliveryMachine`, and the LIME mapping (`/queues`).
+
+/// A message of a durable queue: its place in the queue and the publication.
+public struct QueuedMessage: Sendable, Equatable {
+    public var sequence: Int64
+    public var message: PublishedMessage
+
+    public init(sequence: Int64, message: PublishedMessage) {
+        self.sequence = sequence
+        self.message = message
+    }
+}
+
+/// The copy of a publication one durable queue keeps.
+public struct QueueCopy: Sendable, Equatable {
+    public var queue: String
+    public var queued: QueuedMessage
+}
+
+struct DurableQueue: Sendable {
+    var configuration: QueueConfiguration
+    var machine: DeliveryMachine<QueuedMessage>
+    var nextSequence: Int64 = 1
+    var consumers: [HubCore.SubscriptionKey: DeliveryMachine<QueuedMessage>.ConsumerID] = [:]
+    var consumerKeys: [DeliveryMachine<QueuedMessage>.ConsumerID: HubCore.SubscriptionKey] = [:]
+    var nextConsumer: DeliveryMachine<QueuedMessage>.ConsumerID = 1
+    var deadLettered = 0
+
+    init(configuration: QueueConfiguration) {
+        self.configuration = configuration
+        self.machine = DeliveryMachine(
+            configuration: .init(
+                creditWindow: 1, ackWaitMilliseconds: configuration.ackWaitMilliseconds,
+                maximumDeliveries: configuration.maximumDeliveries))
+    }
+}
+
+extension HubCore {
+    /// The delivery id a LIME consumer acknowledges: `relay-q:QUEUE:DELIVERY`.
+    static func queueDeliveryID(_ queue: String, _ delivery: UInt64) -> String { "relay-q:\(queue):\(delivery)" }
+
+    static func parseQueueDeliveryID(_ text: String) -> (String, UInt64)? {
+        let parts = text.split(separator: ":")
+        guard parts.count == 3, parts[0] == "relay-q", let delivery = UInt64(parts[2]) else { return nil }
+        return (String(parts[1]), delivery)
+    }
+
+    // MARK: - Protocol-neutral operations
+
+    /// Creates a queue (or accepts the same configuration again).
+    public mutating func createQueue(_ configuration: QueueConfiguration) throws(Reason) -> [Output] {
+        if let error = configuration.validationError { throw Reason(code: ReasonCode.commandInvalidArgument, description: error) }
+        if let existing = queues[configuration.name] {
+            guard existing.configuration == configuration else {
+                throw Reason(
+                    code: RelayReasonCode.registrationConflict,
+                    description: "Queue '\(configuration.name)' exists with another configuration")
+            }
+            return []
+        }
+        queues[configuration.name] = DurableQueue(configuration: configuration)
+        return [.saveQueue(configuration)]
+    }
+
+    /// Brings back a queue and its stored messages after a restart.
+    public mutating func restoreQueue(_ configuration: QueueConfiguration, messages: [(QueuedMessage, deliveries: Int)]) {
+        var queue = DurableQueue(configuration: configuration)
+        for (queued, deliveries) in messages {
+            _ = queue.machine.enqueue(UInt64(queued.sequence), payload: queued, previousDeliveries: deliveries)
+            queue.nextSequence = max(queue.nextSequence, queued.sequence + 1)
+        }
+        queues[configuration.name] = queue
+    }
+
+    /// The queues a publication on `subject` goes to, each with its next sequence number.
+    mutating func queueCopies(of message: PublishedMessage) -> [QueueCopy] {
+        var copies: [QueueCopy] = []
+        for name in queues.keys.sorted()
+        where queues[name]!.configuration.subjects.contains(where: { Subject.matches(filter: $0, subject: message.subject) }) {
+            let sequence = queues[name]!.nextSequence
+            queues[name]!.nextSequence += 1
+            copies.append(QueueCopy(queue: name, queued: QueuedMessage(sequence: sequence, message: message)))
+        }
+        return copies
+    }
+
+    /// A stored message is on disk: it may now be delivered.
+    public mutating func persisted(queue name: String, _ queued: QueuedMessage) -> [Output] {
+        guard var queue = queues[name] else { return [] }
+        let actions = queue.machine.enqueue(UInt64(queued.sequence), payload: queued)
+        queues[name] = queue
+        return queueOutputs(name, actions)
+    }
+
+    /// Turns a delivery machine's actions into the hub's outputs.
+    mutating func queueOutputs(_ name: String, _ actions: [DeliveryMachine<QueuedMessage>.Action]) -> [Output] {
+        guard let queue = queues[name] else { return [] }
+        var outputs: [Output] = []
+        for action in actions {
+            switch action {
+            case .deliver(let consumer, let delivery, _, let count, let queued):
+                guard let key = queue.consumerKeys[consumer] else { continue }
+                var message = queued.message
+                message.metadata["#queue"] = name
+                message.metadata["#delivery"] = Self.queueDeliveryID(name, delivery)
+                message.metadata["#deliveries"] = String(count)
+                message.metadata["#sequence"] = String(queued.sequence)
+                outputs.append(.deliver(key.session, token: key.token, message))
+                outputs.append(.recordDeliveries(queue: name, sequence: queued.sequence, count: count))
+            case .acknowledged(let message):
+                outputs.append(.unpersist(queue: name, sequence: Int64(message)))
+            case .deadLetter(let message, let queued, let reason, let count):
+                queues[name]?.deadLettered += 1
+                outputs.append(.unpersist(queue: name, sequence: Int64(message)))
+                if let subject = queue.configuration.deadLetterSubject {
+                    var dead = queued.message
+                    dead.subject = subject
+                    dead.replyTo = nil
+                    dead.metadata["#deadReason"] = reason
+                    dead.metadata["#deliveries"] = String(count)
+                    dead.metadata["#queue"] = name
+                    dead.metadata["#originalSubject"] = queued.message.subject
+                    outputs += publish(dead, from: Self.hubSession).outputs
+                }
+            case .startTimer(let timer, let milliseconds):
+                outputs.append(.startTimer(.queue(name, timer), milliseconds: milliseconds))
+            case .cancelTimer(let timer):
+                outputs.append(.cancelTimer(.queue(name, timer)))
+            }
+        }
+        return outputs
+    }
+
+    /// Attaches a session's consumer (named by `token`) to a queue.
+    public mutating func attachConsumer(_ session: SessionID, token: String, queue name: String, credit: Int?) throws(Reason) -> [Output] {
+        guard var queue = queues[name] else {
+            throw Reason(code: ReasonCode.commandResourceNotFound, description: "No queue '\(name)'")
+        }
+        let key = SubscriptionKey(session: session, token: token)
+        guard queue.consumers[key] == nil else { return [] }
+        let consumer = queue.nextConsumer
+        queue.nextConsumer += 1
+        queue.consumers[key] = consumer
+        queue.consumerKeys[consumer] = key
+        let actions = queue.machine.consumerAttached(consumer, credit: credit)
+        queues[name] = queue
+        return queueOutputs(name, actions)
+    }
+
+    public mutating func detachConsumer(_ session: SessionID, token: String, queue name: String) -> [Output] {
+        let key = SubscriptionKey(session: session, token: token)
+        guard var queue = queues[name], let consumer = queue.consumers.removeValue(forKey: key) else { return [] }
+        queue.consumerKeys[consumer] = nil
+        let actions = queue.machine.consumerDetached(consumer)
+        queues[name] = queue
+        return queueOutputs(name, actions)
+    }
+
+    /// A session closed: what its consumers held goes to the others at once.
+    mutating func detachConsumers(of session: SessionID) -> [Output] {
+        var outputs: [Output] = []
+        for name in queues.keys.sorted() {
+            for key in queues[name]!.consumers.keys where key.session == session {
+                outputs += detachConsumer(session, token: key.token, queue: name)
+            }
+        }
+        return outputs
+    }
+
+    /// Applies a consumer's answer to a delivery.
+    public mutating func answer(_ answer: DeliveryAnswer, delivery: UInt64, queue name: String) -> [Output] {
+        guard var queue = queues[name] else { return [] }
+        let actions: [DeliveryMachine<QueuedMessage>.Action]
+        switch answer {
+        case .ack: actions = queue.machine.ack(delivery)
+        case .nak(let delay): actions = queue.machine.nak(delivery, delayMilliseconds: delay)
+        case .inProgress: actions = queue.machine.inProgress(delivery)
+        case .term(let reason): actions = queue.machine.term(delivery, reason: reason)
+        }
+        queues[name] = queue
+        return queueOutputs(name, actions)
+    }
+
+    mutating func queueTimerFired(_ name: String, _ timer: DeliveryMachine<QueuedMessage>.Timer) -> [Output] {
+        guard var queue = queues[name] else { return [] }
+        let actions = queue.machine.timerFired(timer)
+        queues[name] = queue
+        return queueOutputs(name, actions)
+    }
+
+    // MARK: - LIME mapping
+
+    /// `consumed` acknowledges, `received` says in progress, `failed` with 130 naks (metadata
+    /// `#delay` in milliseconds), any other `failed` terminates with its reason.
+    mutating func queueAnswer(_ notification: LIMENotification, from session: SessionID) -> [Output]? {
+        guard let id = notification.header.id, let (name, delivery) = Self.parseQueueDeliveryID(id), queues[name] != nil else { return nil }
+        switch notification.event {
+        case .consumed: return answer(.ack, delivery: delivery, queue: name)
+        case .received, .accepted, .dispatched: return answer(.inProgress, delivery: delivery, queue: name)
+        case .failed where notification.reason?.code == RelayReasonCode.nak:
+            return answer(
+                .nak(delayMilliseconds: notification.header.metadata?["#delay"].flatMap { Int($0) }), delivery: delivery, queue: name)
+        case .failed: return answer(.term(reason: notification.reason?.description ?? "terminated"), delivery: delivery, queue: name)
+        default: return []
+        }
+    }
+
+    mutating func queueCommand(_ command: LIMECommand, rest: [String], query: [String: String], from session: SessionID) -> [Output] {
+        switch (command.method, rest.count) {
+        case (.get, 0):
+            let list: [JSONValue] = queues.keys.sorted().map { .object(queueJSON($0)) }
+            return [reply(session, command.success(type: .applicationJSON, resource: .object(["queues": .array(list)])))]
+        case (.get, 1):
+            guard queues[rest[0]] != nil else {
+                return refuse(session, command, ReasonCode.commandResourceNotFound, "No queue '\(rest[0])'")
+            }
+            return [reply(session, command.success(type: .applicationJSON, resource: .object(queueJSON(rest[0]))))]
+        case (.set, 1):
+            var object = command.resource?.objectValue ?? [:]
+            object["name"] = .string(rest[0])
+            do {
+                let configuration = try QueueConfiguration(json: object)
+                return try createQueue(configuration) + [reply(session, command.success())]
+            } catch {
+                return [reply(session, command.failure(error))]
+            }
+        case (.delete, 1):
+            guard let queue = queues.removeValue(forKey: rest[0]) else {
+                return refuse(session, command, ReasonCode.commandResourceNotFound, "No queue '\(rest[0])'")
+            }
+            _ = queue
+            return [.deleteQueue(rest[0]), reply(session, command.success())]
+        case (.subscribe, 1):
+            let credit = query["credit"].flatMap { $0 == "unlimited" ? 0 : Int($0) }
+            do {
+                return try attachConsumer(session, token: "queue:\(rest[0])", queue: rest[0], credit: credit == 0 ? Int.max : credit)
+                    + [reply(session, command.success())]
+            } catch {
+                return [reply(session, command.failure(error))]
+            }
+        case (.unsubscribe, 1):
+            return detachConsumer(session, token: "queue:\(rest[0])", queue: rest[0]) + [reply(session, command.success())]
+        case (.get, 2) where rest[1] == "current":
+            // pyQMsgBus's GET: the current unacknowledged delivery once more.
+            guard let queue = queues[rest[0]], let consumer = queue.consumers[SubscriptionKey(session: session, token: "queue:\(rest[0])")]
+            else {
+                return refuse(session, command, ReasonCode.commandResourceNotFound, "Not consuming queue '\(rest[0])'")
+            }
+            return queueOutputs(rest[0], queue.machine.get(consumer)) + [reply(session, command.success())]
+        default:
+            return refuse(session, command, ReasonCode.commandResourceNotFound, "No such queue resource")
+        }
+    }
+
+    func queueJSON(_ name: String) -> JSONObject {
+        guard let queue = queues[name] else { return [:] }
+        var object = queue.configuration.json
+        object["messages"] = .number(JSONNumber(queue.machine.unacknowledgedCount))
+        object["consumers"] = .number(JSONNumber(queue.consumers.count))
+        object["delivered"] = .number(JSONNumber(queue.machine.statistics.delivered))
+        object["redelivered"] = .number(JSONNumber(queue.machine.statistics.redelivered))
+        object["acknowledged"] = .number(JSONNumber(queue.machine.statistics.acknowledged))
+        object["deadLettered"] = .number(JSONNumber(queue.deadLettered))
+        object["staleAnswers"] = .number(JSONNumber(queue.machine.statistics.staleAnswers))
+        return object
+    }
+}
+
+/// A consumer's answer to a delivery.
+public enum DeliveryAnswer: Sendable, Equatable {
+    case ack
+    case nak(delayMilliseconds: Int?)
+    case inProgress
+    case term(reason: String)
+}
