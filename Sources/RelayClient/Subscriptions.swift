@@ -72,14 +72,18 @@ public final class SubjectSubscription: AsyncSequence, Sendable {
     private let inbox: SubscriptionInbox
     private let client: LIMEClient
     private let token: String
+    /// The resource to unsubscribe from (a topic filter, or a durable queue).
+    private let unsubscribeURI: String
     private let ended = Atomic<Bool>(false)
 
-    init(filter: String, queue: String?, token: String, inbox: SubscriptionInbox, client: LIMEClient) {
+    init(filter: String, queue: String?, token: String, inbox: SubscriptionInbox, client: LIMEClient, unsubscribeURI: String? = nil) {
         self.filter = filter
         self.queue = queue
         self.token = token
         self.inbox = inbox
         self.client = client
+        self.unsubscribeURI =
+            unsubscribeURI ?? "/topics/\(Self.uriPart(filter))\(queue.map { "?queue=\(Self.uriPart($0))" } ?? "")"
     }
 
     /// Publications dropped because the application read too slowly.
@@ -91,7 +95,7 @@ public final class SubjectSubscription: AsyncSequence, Sendable {
         client.core.removeSubscription(token)
         inbox.finish()
         let response = try await client.request(
-            LIMECommand(method: .unsubscribe, uri: "/topics/\(Self.uriPart(filter))\(queue.map { "?queue=\(Self.uriPart($0))" } ?? "")"))
+            LIMECommand(method: .unsubscribe, uri: unsubscribeURI))
         if response.status == .failure, let reason = response.reason { throw RelayError(reason) }
     }
 

@@ -221,7 +221,7 @@ public final class Hub: Sendable {
 
     func closeStore() async {
         let persistence = self.persistence.withLock { $0.take() }
-        try? await persistence?.store.close()
+        try? await persistence?.close()
     }
 
     private func store(_ outputs: [HubCore.Output]) {
@@ -231,11 +231,12 @@ public final class Hub: Sendable {
         }
         for output in outputs {
             switch output {
-            case .persist(let copies, let then): persistence.submit(.init(copies: copies, then: then))
-            case .unpersist(let queue, let sequence): persistence.remove(sequence, from: queue)
-            case .recordDeliveries(let queue, let sequence, let count): persistence.recordDeliveries(count, of: sequence, in: queue)
-            case .saveQueue(let queue): Task { try? await persistence.store.saveQueue(queue) }
-            case .deleteQueue(let name): Task { try? await persistence.store.deleteQueue(name) }
+            case .persist(let copies, let then): persistence.submit(.persist(.init(copies: copies, then: then)))
+            case .unpersist(let queue, let sequence): persistence.submit(.write(.remove(queue: queue, sequence: sequence)))
+            case .recordDeliveries(let queue, let sequence, let count):
+                persistence.submit(.write(.deliveries(queue: queue, sequence: sequence, count: count)))
+            case .saveQueue(let queue): persistence.submit(.write(.saveQueue(queue)))
+            case .deleteQueue(let name): persistence.submit(.write(.deleteQueue(name)))
             default: break
             }
         }

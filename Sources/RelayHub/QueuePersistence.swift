@@ -14,8 +14,13 @@ final class QueuePersistence: Sendable {
         var then: [HubCore.Output]
     }
 
+    enum Operation: Sendable {
+        case persist(Job)
+        case write(QueueStore.Write)
+    }
+
     let store: QueueStore
-    private let jobs = Mutex<(waiting: [Job], running: Bool)>(([], false))
+    private let jobs = Mutex<(waiting: [Operation], running: Bool, idle: [CheckedContinuation<Void, Never>])>(([], false, []))
     /// Called with each job once it is on disk (or with the error that kept it off).
     private let committed: @Sendable (Job, (any Error)?) -> Void
 
@@ -24,9 +29,10 @@ final class QueuePersistence: Sendable {
         self.committed = committed
     }
 
-    func submit(_ job: Job) {
+    /// Hands an operation to the store, after every one submitted before it.
+    func submit(_ operation: Operation) {
         let start = jobs.withLock { state in
-            state.waiting.append(job)
+            state.waiting.append(operation)
             defer { state.running = true }
             return !state.running
         }
@@ -35,25 +41,49 @@ final class QueuePersistence: Sendable {
 
     private func drain() async {
         while true {
-            let batch = jobs.withLock { state in
+            let (batch, idle) = jobs.withLock { state in
                 defer { state.waiting.removeAll() }
-                if state.waiting.isEmpty { state.running = false }
-                return state.waiting
+                if state.waiting.isEmpty {
+                    state.running = false
+                    defer { state.idle.removeAll() }
+                    return ([Operation](), state.idle)
+                }
+                return (state.waiting, [])
             }
-            guard !batch.isEmpty else { return }
-            let messages = batch.flatMap { job in job.copies.map { (queue: $0.queue, message: Self.stored($0.queued)) } }
+            guard !batch.isEmpty else {
+                for waiter in idle { waiter.resume() }
+                return
+            }
+            // Writes go into the store's next group in order; the publications' appends close the
+            // group, and the group's commit confirms them all.
+            var persisted: [Job] = []
+            for operation in batch {
+                switch operation {
+                case .write(let write): await store.enqueue(write)
+                case .persist(let job): persisted.append(job)
+                }
+            }
+            let messages = persisted.flatMap { job in job.copies.map { (queue: $0.queue, message: Self.stored($0.queued)) } }
             var failure: (any Error)?
-            do { try await store.append(messages) } catch { failure = error }
-            for job in batch { committed(job, failure) }
+            do {
+                if messages.isEmpty { try await store.sync() } else { try await store.append(messages) }
+            } catch {
+                failure = error
+            }
+            for job in persisted { committed(job, failure) }
         }
     }
 
-    func remove(_ sequence: Int64, from queue: String) {
-        Task { await store.remove(sequence, from: queue) }
-    }
-
-    func recordDeliveries(_ count: Int, of sequence: Int64, in queue: String) {
-        Task { await store.recordDeliveries(count, of: sequence, in: queue) }
+    /// Waits until everything submitted is on disk, then closes the store.
+    func close() async throws {
+        await withCheckedContinuation { continuation in
+            let running = jobs.withLock { state in
+                if state.running { state.idle.append(continuation) }
+                return state.running
+            }
+            if !running { continuation.resume() }
+        }
+        try await store.close()
     }
 
     // MARK: - Conversions

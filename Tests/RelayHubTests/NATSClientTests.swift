@@ -67,9 +67,9 @@ final class Collected: Sendable {
 }
 
 /// Waits for a condition that an event will make true, failing after `seconds`.
-func eventually(within seconds: Double = 10, _ condition: () -> Bool) async throws {
+func eventually(within seconds: Double = 10, _ condition: () async -> Bool) async throws {
     let deadline = ContinuousClock.now + .seconds(seconds)
-    while !condition() {
+    while await !condition() {
         guard ContinuousClock.now < deadline else { throw TestFailure("condition not met within \(seconds) s") }
         try await Task.sleep(for: .milliseconds(20))
     }

@@ -18,8 +18,10 @@ func withHub<T>(
     configuration.ws = HostAndPort(host: "127.0.0.1", port: 0)
     configuration.tcp = HostAndPort(host: "127.0.0.1", port: 0)
     configuration.nats = HostAndPort(host: "127.0.0.1", port: 0)
-    configuration.data = temporaryDataDirectory()
-    defer { try? FileManager.default.removeItem(atPath: configuration.data) }
+    let data = temporaryDataDirectory()
+    configuration.data = data
+    // Only the directory made here is removed; a test that names its own keeps it.
+    defer { try? FileManager.default.removeItem(atPath: data) }
     try configure(&configuration)
     var logger = Logger(label: "relay.test")
     logger.logLevel = .warning

@@ -38,10 +38,12 @@ public struct StoredMessage: Sendable, Equatable {
 /// once its transaction is committed: a publisher confirmed after that finds its message again after
 /// a crash (`kill -9`) or a restart.
 public actor QueueStore {
-    enum Write: Sendable {
+    public enum Write: Sendable {
         case append(queue: String, message: StoredMessage)
         case remove(queue: String, sequence: Int64)
         case deliveries(queue: String, sequence: Int64, count: Int)
+        case saveQueue(QueueConfiguration)
+        case deleteQueue(String)
     }
 
     private let connection: SQLiteConnection
@@ -77,15 +79,27 @@ public actor QueueStore {
 
     // MARK: - Queues
 
+    /// Stores a queue's configuration; returns once it is on disk.
     public func saveQueue(_ queue: QueueConfiguration) async throws {
-        _ = try await connection.query(
-            "INSERT INTO queues (name, config) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET config = excluded.config",
-            [.text(queue.name), .text(JSONWriter.string(.object(queue.json)))])
+        try await write(.saveQueue(queue))
     }
 
+    /// Forgets a queue and its messages; returns once that is on disk.
     public func deleteQueue(_ name: String) async throws {
-        _ = try await connection.query("DELETE FROM messages WHERE queue = ?", [.text(name)])
-        _ = try await connection.query("DELETE FROM queues WHERE name = ?", [.text(name)])
+        try await write(.deleteQueue(name))
+    }
+
+    private func write(_ write: Write) async throws {
+        try await withCheckedThrowingContinuation { continuation in
+            pending.append((write, continuation))
+            startCommitting()
+        }
+    }
+
+    /// Queues a write without waiting for it; it is committed with the next group.
+    public func enqueue(_ write: Write) {
+        pending.append((write, nil))
+        startCommitting()
     }
 
     public func loadQueues() async throws -> [QueueConfiguration] {
@@ -188,6 +202,13 @@ public actor QueueStore {
                     case .remove(let queue, let sequence):
                         _ = try await connection.query(
                             "DELETE FROM messages WHERE queue = ? AND seq = ?", [.text(queue), .integer(Int(sequence))])
+                    case .saveQueue(let queue):
+                        _ = try await connection.query(
+                            "INSERT INTO queues (name, config) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET config = excluded.config",
+                            [.text(queue.name), .text(JSONWriter.string(.object(queue.json)))])
+                    case .deleteQueue(let name):
+                        _ = try await connection.query("DELETE FROM messages WHERE queue = ?", [.text(name)])
+                        _ = try await connection.query("DELETE FROM queues WHERE name = ?", [.text(name)])
                     case .deliveries(let queue, let sequence, let count):
                         guard sequence >= 0 else { continue }
                         _ = try await connection.query(

@@ -1,0 +1,128 @@
+import Foundation
+import RelayCore
+import Synchronization
+
+/// A message delivered from a durable queue: answer it with `ack`, `nak`, `inProgress` or `term`.
+public struct QueueDelivery: Sendable {
+    public let publication: Publication
+    /// The delivery's id (a new one for each delivery of a message).
+    public let id: String
+    /// How many times this message has been delivered, this time included.
+    public let count: Int
+    /// The message's place in its queue.
+    public let sequence: Int64
+    let client: LIMEClient
+
+    /// Done: the message is forgotten.
+    public func ack() async throws {
+        try await client.send(LIMENotification(header: EnvelopeHeader(id: id), event: .consumed))
+    }
+
+    /// Not now: deliver it again, after `delay` if given.
+    public func nak(delay: Duration? = nil) async throws {
+        var header = EnvelopeHeader(id: id)
+        if let delay { header.metadata = ["#delay": String(delay.milliseconds)] }
+        try await client.send(
+            LIMENotification(header: header, event: .failed, reason: Reason(code: RelayReasonCode.nak, description: "nak")))
+    }
+
+    /// Still working on it: the ack deadline starts again.
+    public func inProgress() async throws {
+        try await client.send(LIMENotification(header: EnvelopeHeader(id: id), event: .received))
+    }
+
+    /// Never again: the message goes to the queue's dead letters with the reason.
+    public func term(reason: String) async throws {
+        try await client.send(
+            LIMENotification(
+                header: EnvelopeHeader(id: id), event: .failed, reason: Reason(code: ReasonCode.applicationError, description: reason)))
+    }
+}
+
+/// A consumer of a durable queue: an `AsyncSequence` of deliveries. Consumers of one queue compete;
+/// at most `credit` deliveries are unanswered at once. Leaving the loop, `stop()` or a lost
+/// connection hands what it held to the other consumers at once.
+public final class QueueConsumer: AsyncSequence, Sendable {
+    public typealias Element = QueueDelivery
+
+    public let queue: String
+    private let subscription: SubjectSubscription
+    private let client: LIMEClient
+
+    init(queue: String, subscription: SubjectSubscription, client: LIMEClient) {
+        self.queue = queue
+        self.subscription = subscription
+        self.client = client
+    }
+
+    public func stop() async throws {
+        try await subscription.unsubscribe()
+    }
+
+    public func makeAsyncIterator() -> Iterator {
+        Iterator(base: subscription.makeAsyncIterator(), client: client)
+    }
+
+    public struct Iterator: AsyncIteratorProtocol {
+        var base: SubjectSubscription.Iterator
+        let client: LIMEClient
+
+        public mutating func next() async -> QueueDelivery? {
+            guard let publication = await base.next() else { return nil }
+            return QueueDelivery(
+                publication: publication, id: publication.metadata["#delivery"] ?? "",
+                count: publication.metadata["#deliveries"].flatMap { Int($0) } ?? 1,
+                sequence: publication.metadata["#sequence"].flatMap { Int64($0) } ?? 0, client: client)
+        }
+    }
+}
+
+extension LIMEClient {
+    /// Creates a durable queue (or accepts the same configuration again).
+    public func createQueue(_ queue: QueueConfiguration) async throws {
+        var resource = queue.json
+        resource["name"] = nil
+        try await expectSuccess(
+            LIMECommand(method: .set, uri: "/queues/\(queue.name)", type: .applicationJSON, resource: .object(resource)))
+    }
+
+    /// Deletes a queue and its messages.
+    public func deleteQueue(_ name: String) async throws {
+        try await expectSuccess(LIMECommand(method: .delete, uri: "/queues/\(name)"))
+    }
+
+    /// The queues with their configuration and counts.
+    public func queues() async throws -> [JSONValue] {
+        try await expectSuccess(LIMECommand(method: .get, uri: "/queues"))?["queues"]?.arrayValue ?? []
+    }
+
+    /// One queue's configuration and counts.
+    public func queueInfo(_ name: String) async throws -> JSONValue {
+        try await expectSuccess(LIMECommand(method: .get, uri: "/queues/\(name)")) ?? .null
+    }
+
+    /// Consumes a durable queue with acknowledgements; `credit` deliveries may be unanswered at once
+    /// (1 is stop-and-wait; nil is unlimited).
+    public func consume(_ queue: String, credit: Int? = 1, bufferSize: Int = 1000) async throws -> QueueConsumer {
+        let token = "queue:\(queue)"
+        let inbox = SubscriptionInbox(bufferSize: bufferSize, policy: .dropNewest)
+        core.addSubscription(token, inbox)
+        do {
+            try await expectSuccess(
+                LIMECommand(method: .subscribe, uri: "/queues/\(queue)?credit=\(credit.map(String.init) ?? "unlimited")"))
+        } catch {
+            core.removeSubscription(token)
+            throw error
+        }
+        let subscription = SubjectSubscription(
+            filter: queue, queue: nil, token: token, inbox: inbox, client: self, unsubscribeURI: "/queues/\(queue)")
+        return QueueConsumer(queue: queue, subscription: subscription, client: self)
+    }
+
+    @discardableResult
+    func expectSuccess(_ command: LIMECommand) async throws -> JSONValue? {
+        let response = try await request(command)
+        guard response.status == .success else { throw RelayError(response.reason ?? Reason(code: 1, description: "failed")) }
+        return response.resource
+    }
+}
