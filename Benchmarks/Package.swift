@@ -19,6 +19,15 @@ let package = Package(
             ],
             path: "Benchmarks/SubjectIndexBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        )
+        ),
+        .executableTarget(
+            name: "QueueStoreBenchmarks",
+            dependencies: [
+                .product(name: "RelayHub", package: "main"),
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/QueueStoreBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )

@@ -277,7 +277,18 @@ public final class Hub: Sendable {
     }
 
     func natsUnsubscribe(_ id: SessionID, sid: String, max: Int?) {
-        state.withLock { _ = $0.core.unsubscribe(id, token: sid, after: max) }
+        let outputs = state.withLock { state in
+            state.core.unsubscribe(id, token: sid, after: max) ? [] : state.core.detachConsumer(id, token: sid)
+        }
+        perform(outputs)
+    }
+
+    /// `SUB $RELAY.QUEUE.NAME sid`: a NATS consumer of a durable queue.
+    func natsConsume(_ id: SessionID, sid: String, queue: String, credit: Int) throws(Reason) {
+        let outputs = try state.withLock { state throws(Reason) in
+            try state.core.attachConsumer(id, token: sid, queue: queue, credit: credit)
+        }
+        perform(outputs)
     }
 
     func natsPublish(_ message: PublishedMessage, from id: SessionID, noResponders: Bool) {

@@ -143,6 +143,13 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         case .register(let options):
             let identity = hub.authenticator.verifyNATS(options) ?? Identity(name: "nats-\(sessionID)", domain: hub.configuration.domain)
             hub.registerNATS(sessionID, node: Node(identity: identity, instance: String(sessionID)), headers: options.headers)
+        case .subscribe(let sid, let subject, _) where subject.hasPrefix(HubCore.queueSubjectPrefix):
+            // A durable queue, consumed with acknowledgements (JetStream's MaxAckPending default as credit).
+            do {
+                try hub.natsConsume(sessionID, sid: sid, queue: String(subject.dropFirst(HubCore.queueSubjectPrefix.count)), credit: 1000)
+            } catch {
+                write(.error("Invalid Subject"), context: context)
+            }
         case .subscribe(let sid, let subject, let queue):
             do {
                 try hub.natsSubscribe(sessionID, sid: sid, subject: subject, queue: queue, echo: machine?.options?.echo ?? true)

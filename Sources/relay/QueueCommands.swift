@@ -30,7 +30,9 @@ struct Queue: AsyncParsableCommand {
 
         func run() async throws {
             try client.requireLIME("queue add")
-            guard let ackWait = parseDuration(self.ackWait) else { throw ValidationError("--ack-wait: '\(self.ackWait)' is not a duration") }
+            guard let ackWait = parseDuration(self.ackWait) else {
+                throw ValidationError("--ack-wait: '\(self.ackWait)' is not a duration")
+            }
             let queue = QueueConfiguration(
                 name: name, subjects: subjects.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) },
                 ackWaitMilliseconds: ackWait, maximumDeliveries: maxDeliver, deadLetterSubject: deadLetter)
@@ -52,7 +54,9 @@ struct Queue: AsyncParsableCommand {
             let connection = try await client.connect()
             for queue in try await connection.queues() {
                 let subjects = (queue["subjects"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ",")
-                print("\(queue["name"]?.stringValue ?? "?")  subjects: \(subjects)  messages: \(queue["messages"]?.intValue ?? 0)  consumers: \(queue["consumers"]?.intValue ?? 0)")
+                print(
+                    "\(queue["name"]?.stringValue ?? "?")  subjects: \(subjects)  messages: \(queue["messages"]?.intValue ?? 0)  consumers: \(queue["consumers"]?.intValue ?? 0)"
+                )
             }
             try? await connection.finish()
         }

@@ -5,5 +5,8 @@ struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "Relay: a message hub speaking LIME, and the tools to use it.",
-        subcommands: [Serve.self, Pub.self, Sub.self, Request.self, Reply.self, Services.self, Queue.self, Consume.self, Send.self, Listen.self, Passwd.self])
+        subcommands: [
+            Serve.self, Pub.self, Sub.self, Request.self, Reply.self, Services.self, Queue.self, Consume.self, Send.self, Listen.self,
+            Passwd.self,
+        ])
 }

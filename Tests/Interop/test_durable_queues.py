@@ -63,3 +63,34 @@ def test_confirmed_messages_survive_kill_9():
         assert max(seen.values()) <= 5
     finally:
         assert second.stop() == 0
+
+
+def test_nats_clients_consume_and_acknowledge_with_jetstream_bodies(hub):
+    import asyncio
+    import nats
+
+    from conftest import run
+
+    assert relay("queue", "add", "jobs", "--subjects", "jobs.*", "--ack-wait", "30s", "--server", hub.tcp_url).returncode == 0
+    published = relay("pub", "jobs.new", "job {{i}}", "--count", "3", "--confirm", "--server", hub.ws_url)
+    assert published.stdout.strip() == "confirmed 3 of 3"
+
+    async def scenario():
+        nc = await nats.connect(hub.nats_url)
+        sub = await nc.subscribe("$RELAY.QUEUE.jobs")
+        first = await sub.next_msg(timeout=5)
+        assert first.data == b"job 1" and first.reply.startswith("$RELAY.ACK.jobs.")
+        await nc.publish(first.reply, b"+ACK")
+        second = await sub.next_msg(timeout=5)
+        await nc.publish(second.reply, b"-NAK")
+        third = await sub.next_msg(timeout=5)
+        await nc.publish(third.reply, b"+TERM not for me")
+        again = await sub.next_msg(timeout=5)
+        assert again.data == b"job 2", "the nak'd message comes back"
+        await nc.publish(again.reply, b"+ACK")
+        await nc.flush()
+        await nc.close()
+
+    run(scenario())
+    info = json.loads(relay("queue", "info", "jobs", "--server", hub.tcp_url).stdout)
+    assert info["messages"] == 0 and info["acknowledged"] == 2 and info["deadLettered"] == 1 and info["redelivered"] == 1

@@ -83,6 +83,10 @@ public struct MediaType: Sendable, Hashable, CustomStringConvertible, Expressibl
     public static let ping: MediaType = "application/vnd.lime.ping+json"
 }
 
+extension String {
+    func trimmingWhitespace() -> Substring { self[...].trimmingWhitespace() }
+}
+
 extension Substring {
     func trimmingWhitespace() -> Substring {
         var result = self

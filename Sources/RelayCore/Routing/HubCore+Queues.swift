@@ -102,6 +102,9 @@ extension HubCore {
             case .deliver(let consumer, let delivery, _, let count, let queued):
                 guard let key = queue.consumerKeys[consumer] else { continue }
                 var message = queued.message
+                // Answers come to the delivery's ack subject (NATS, JetStream's bodies) or as LIME notifications.
+                if let reply = message.replyTo { message.metadata["#originalReply"] = reply }
+                message.replyTo = Self.ackSubject(name, delivery)
                 message.metadata["#queue"] = name
                 message.metadata["#delivery"] = Self.queueDeliveryID(name, delivery)
                 message.metadata["#deliveries"] = String(count)
@@ -187,6 +190,38 @@ extension HubCore {
         let actions = queue.machine.timerFired(timer)
         queues[name] = queue
         return queueOutputs(name, actions)
+    }
+
+    /// The subject a NATS consumer publishes its answer to: `$RELAY.ACK.QUEUE.DELIVERY`.
+    static func ackSubject(_ queue: String, _ delivery: UInt64) -> String { "$RELAY.ACK.\(queue).\(delivery)" }
+
+    /// The subject a NATS client subscribes to in order to consume a queue: `$RELAY.QUEUE.NAME`.
+    public static let queueSubjectPrefix = "$RELAY.QUEUE."
+
+    /// An answer published on an ack subject, in JetStream's words: `+ACK`, `-NAK` (optionally
+    /// `{"delay": nanoseconds}`), `+WPI`, `+TERM` (optionally a reason), `+NXT` (taken as `+ACK`).
+    mutating func ackPublished(_ message: PublishedMessage) -> [Output]? {
+        guard message.subject.hasPrefix("$RELAY.ACK.") else { return nil }
+        let tokens = message.subject.dropFirst("$RELAY.ACK.".count).split(separator: ".")
+        guard tokens.count == 2, let delivery = UInt64(tokens[1]), queues[String(tokens[0])] != nil else { return [] }
+        let name = String(tokens[0])
+        let text = String(decoding: message.payloadBytes, as: UTF8.self).trimmingWhitespace()
+        let verb = text.split(separator: " ", maxSplits: 1).first.map(String.init) ?? "+ACK"
+        let rest = text.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init)
+        switch verb {
+        case "", "+ACK", "+NXT": return answer(.ack, delivery: delivery, queue: name)
+        case "-NAK":
+            let delay = rest.flatMap { try? JSONParser.parse($0) }?["delay"]?.doubleValue.map { Int($0 / 1_000_000) }
+            return answer(.nak(delayMilliseconds: delay), delivery: delivery, queue: name)
+        case "+WPI": return answer(.inProgress, delivery: delivery, queue: name)
+        case "+TERM": return answer(.term(reason: rest ?? "terminated"), delivery: delivery, queue: name)
+        default: return []
+        }
+    }
+
+    /// Ends whatever consumer a session has under `token`, in any queue.
+    public mutating func detachConsumer(_ session: SessionID, token: String) -> [Output] {
+        queues.keys.sorted().flatMap { detachConsumer(session, token: token, queue: $0) }
     }
 
     // MARK: - LIME mapping

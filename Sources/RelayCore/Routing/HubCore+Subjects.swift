@@ -61,6 +61,7 @@ extension HubCore {
     ) -> (outputs: [Output], delivered: Int) {
         // Replies to the hub's own inboxes, and NATS requests to services, are not publications.
         if let outputs = subjectReply(message) { return (outputs, 1) }
+        if let outputs = ackPublished(message) { return (outputs, 1) }
         if let outputs = serviceRequest(message, from: session) { return (outputs, 1) }
         var outputs: [Output] = []
         var delivered = 0
