@@ -246,7 +246,16 @@ public final class Hub: Sendable {
     private func persisted(_ job: QueuePersistence.Job, error: (any Error)?) {
         if let error {
             logger.error("storing a publication failed", metadata: ["error": "\(error)"])
-            // The publisher is not confirmed; the message is not delivered.
+            // The message is not delivered, and a publisher waiting for confirmation learns why.
+            let failures: [HubCore.Output] = job.then.compactMap { output in
+                guard case .send(let session, .command(var response)) = output else { return nil }
+                response.status = .failure
+                response.type = nil
+                response.resource = nil
+                response.reason = Reason(code: ReasonCode.dispatchError, description: "The message could not be stored: \(error)")
+                return .send(session, .command(response))
+            }
+            perform(failures)
             return
         }
         let outputs = state.withLock { state in
