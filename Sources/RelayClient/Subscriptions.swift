@@ -51,6 +51,11 @@ final class SubscriptionInbox: Sendable {
     }
 
     func deliver(_ message: LIMEMessage) {
+        // The hub reports what its overflow policy dropped while this subscriber lagged.
+        if let count = message.header.metadata?["#dropped"].flatMap({ Int($0) }) {
+            dropped.add(count, ordering: .relaxed)
+            return
+        }
         if case .dropped = input.yield(Publication(message)) { dropped.add(1, ordering: .relaxed) }
     }
 
@@ -86,7 +91,8 @@ public final class SubjectSubscription: AsyncSequence, Sendable {
             unsubscribeURI ?? "/topics/\(Self.uriPart(filter))\(queue.map { "?queue=\(Self.uriPart($0))" } ?? "")"
     }
 
-    /// Publications dropped because the application read too slowly.
+    /// Publications dropped because the application read too slowly, here or (by the subscription's
+    /// overflow policy) at the hub.
     public var droppedCount: Int { inbox.dropped.load(ordering: .relaxed) }
 
     /// Ends the subscription at the hub; the sequence then ends.
@@ -193,8 +199,13 @@ extension LIMEClient {
 
     /// Subscribes to a subject filter (`orders.*`, `orders.>`), optionally in a queue group (each
     /// publication to one member of the group). `echo` also delivers this client's own publications.
+    ///
+    /// `heldAtHub` and `overflow` bound what the hub holds for this subscription while this client's
+    /// connection cannot take more (defaults: the hub's, 10,000 and drop the newest); drops there
+    /// are reported and counted in `droppedCount` too.
     public func subscribe(
-        _ filter: String, queue: String? = nil, echo: Bool = false, bufferSize: Int = 1000, policy: SlowConsumerPolicy = .dropNewest
+        _ filter: String, queue: String? = nil, echo: Bool = false, bufferSize: Int = 1000, policy: SlowConsumerPolicy = .dropNewest,
+        heldAtHub: Int? = nil, overflow: OverflowPolicy? = nil
     ) async throws -> SubjectSubscription {
         let token = queue.map { "\(filter)?queue=\($0)" } ?? filter
         let inbox = SubscriptionInbox(bufferSize: bufferSize, policy: policy)
@@ -202,6 +213,8 @@ extension LIMEClient {
         var query: [String] = []
         if let queue { query.append("queue=\(SubjectSubscription.uriPart(queue))") }
         if echo { query.append("echo=true") }
+        if let heldAtHub { query.append("pending=\(heldAtHub)") }
+        if let overflow { query.append("overflow=\(overflow.rawValue)") }
         let uri = "/topics/\(SubjectSubscription.uriPart(filter))" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
         let response = try await request(LIMECommand(method: .subscribe, uri: uri))
         guard response.status == .success else {

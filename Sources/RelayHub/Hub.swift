@@ -16,6 +16,8 @@ public final class Hub: Sendable {
         public var sessionsEstablished = 0
         public var connectionsRefused = 0
         public var slowConsumers = 0
+        /// Deliveries dropped by subscriptions' overflow policies while their subscribers lagged.
+        public var droppedDeliveries = 0
         public var envelopesRouted = 0
         public var envelopesDelivered = 0
         public var envelopesUndeliverable = 0
@@ -33,6 +35,7 @@ public final class Hub: Sendable {
         var nextSessionID: SessionID = 1
         var connectionsRefused = 0
         var slowConsumers = 0
+        var droppedDeliveries = 0
         var acceptingSessions = true
     }
 
@@ -67,7 +70,8 @@ public final class Hub: Sendable {
                 hubNode: configuration.hubNode, maximumReceiptRoutes: limits.maxReceiptRoutes,
                 maximumSubscriptionsPerSession: limits.maxSubscriptionsPerSession,
                 maximumRequestsPerSession: limits.maxRequestsPerSession,
-                defaultDeadlineMilliseconds: Int(limits.defaultRequestTimeoutSeconds * 1000), admins: admins))
+                defaultDeadlineMilliseconds: Int(limits.defaultRequestTimeoutSeconds * 1000), admins: admins,
+                defaultDeliveryLimit: DeliveryLimit(maximumHeld: limits.maxHeldPerSubscription, policy: .dropNewest)))
         self.state = Mutex(State(core: core))
     }
 
@@ -77,6 +81,7 @@ public final class Hub: Sendable {
             Statistics(
                 sessionsOpen: state.outlets.count, sessionsEstablished: state.core.router.sessionCount,
                 connectionsRefused: state.connectionsRefused, slowConsumers: state.slowConsumers,
+                droppedDeliveries: state.droppedDeliveries,
                 envelopesRouted: state.core.router.statistics.routed, envelopesDelivered: state.core.router.statistics.delivered,
                 envelopesUndeliverable: state.core.router.statistics.undeliverable,
                 receiptsRouted: state.core.router.statistics.receiptsRouted, core: state.core.statistics)
@@ -139,22 +144,26 @@ public final class Hub: Sendable {
     /// Carries out the core's outputs: writes (outside the lock) and timers.
     private func perform(_ outputs: [HubCore.Output]) {
         guard !outputs.isEmpty else { return }
-        var sends: [(SessionOutlet, Envelope)] = []
-        var natsSends: [(SessionOutlet, NATSOperation)] = []
+        var items: [(SessionOutlet, OutletItem)] = []
         var storage: [HubCore.Output] = []
-        sends.reserveCapacity(outputs.count)
+        items.reserveCapacity(outputs.count)
         state.withLock { state in
             for output in outputs {
                 switch output {
                 case .send(let session, let envelope):
-                    if let outlet = state.outlets[session] { sends.append((outlet, envelope)) }
+                    if let outlet = state.outlets[session] {
+                        items.append((outlet, OutletItem(buffer: outlet.channel.allocator.buffer(bytes: LIMECodec.encode(envelope)))))
+                    }
                 case .deliver(let session, let token, let message):
                     guard let outlet = state.outlets[session] else { continue }
+                    let bytes: [UInt8]
                     if let headers = state.natsSessions[session] {
-                        natsSends.append((outlet, message.natsOperation(sid: token, headersEnabled: headers)))
+                        bytes = NATSEncoder.encode(message.natsOperation(sid: token, headersEnabled: headers))
                     } else {
-                        sends.append((outlet, message.limeEnvelope(token: token, to: state.core.router.node(of: session))))
+                        bytes = LIMECodec.encode(message.limeEnvelope(token: token, to: state.core.router.node(of: session)))
                     }
+                    let limit = state.core.deliveryLimit(session, token: token)
+                    items.append((outlet, OutletItem(token: token, limit: limit, buffer: outlet.channel.allocator.buffer(bytes: bytes))))
                 case .startTimer(let timer, let milliseconds):
                     state.timers[timer]?.cancel()
                     state.timers[timer] = timerLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) { [weak self] in
@@ -162,28 +171,28 @@ public final class Hub: Sendable {
                     }
                 case .cancelTimer(let timer):
                     state.timers.removeValue(forKey: timer)?.cancel()
-                case .persist(let copies, let then):
-                    storage.append(.persist(copies, then: then))
-                case .unpersist, .recordDeliveries, .saveQueue, .deleteQueue:
+                case .persist, .unpersist, .recordDeliveries, .saveQueue, .deleteQueue:
                     storage.append(output)
                 }
             }
         }
         // One batch per session: its writes cross to its event loop once, with one flush.
-        var batches: [ObjectIdentifier: (outlet: SessionOutlet, buffers: [ByteBuffer])] = [:]
+        var batches: [ObjectIdentifier: (outlet: SessionOutlet, items: [OutletItem])] = [:]
         var order: [ObjectIdentifier] = []
-        func add(_ outlet: SessionOutlet, _ bytes: [UInt8]) {
+        for (outlet, item) in items {
             let key = ObjectIdentifier(outlet)
             if batches[key] == nil {
                 batches[key] = (outlet, [])
                 order.append(key)
             }
-            batches[key]!.buffers.append(outlet.channel.allocator.buffer(bytes: bytes))
+            batches[key]!.items.append(item)
         }
-        for (outlet, envelope) in sends { add(outlet, LIMECodec.encode(envelope)) }
-        for (outlet, operation) in natsSends { add(outlet, NATSEncoder.encode(operation)) }
-        for key in order where !batches[key]!.outlet.send(batches[key]!.buffers) {
-            noteSlowConsumer()
+        for key in order {
+            switch batches[key]!.outlet.send(batches[key]!.items) {
+            case nil: noteSlowConsumer()
+            case let dropped? where dropped > 0: state.withLock { $0.droppedDeliveries += dropped }
+            default: break
+            }
         }
         if !storage.isEmpty { store(storage) }
     }
@@ -281,7 +290,10 @@ public final class Hub: Sendable {
 
     func natsSubscribe(_ id: SessionID, sid: String, subject: String, queue: String?, echo: Bool) throws(Reason) {
         try state.withLock { state throws(Reason) in
-            try state.core.subscribe(id, token: sid, filter: subject, queue: queue, echo: echo)
+            // A NATS subscriber that lags is a slow consumer, as with nats-server.
+            try state.core.subscribe(
+                id, token: sid, filter: subject, queue: queue, echo: echo,
+                overflow: DeliveryLimit(maximumHeld: configuration.limits.maxHeldPerSubscription, policy: .disconnect))
         }
     }
 

@@ -94,6 +94,10 @@ public struct HubConfiguration: Sendable, Codable {
         public var maxRequestsPerSession: Int = 10_000
         /// The deadline of a service request that sets none.
         public var defaultRequestTimeoutSeconds: Double = 30
+        /// Deliveries held for one subscription while its subscriber's connection cannot take more;
+        /// beyond it the subscription's overflow policy applies (LIME default: drop the newest;
+        /// NATS: the connection is a slow consumer).
+        public var maxHeldPerSubscription: Int = 10_000
 
         public init() {}
     }
@@ -148,6 +152,7 @@ extension HubConfiguration.Limits {
         maxSubscriptionsPerSession =
             try container.decodeIfPresent(Int.self, forKey: .maxSubscriptionsPerSession) ?? maxSubscriptionsPerSession
         maxRequestsPerSession = try container.decodeIfPresent(Int.self, forKey: .maxRequestsPerSession) ?? maxRequestsPerSession
+        maxHeldPerSubscription = try container.decodeIfPresent(Int.self, forKey: .maxHeldPerSubscription) ?? maxHeldPerSubscription
         defaultRequestTimeoutSeconds =
             try container.decodeIfPresent(Double.self, forKey: .defaultRequestTimeoutSeconds) ?? defaultRequestTimeoutSeconds
     }

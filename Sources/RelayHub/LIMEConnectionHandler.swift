@@ -18,6 +18,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     private var machine: LIMEServerSessionMachine?
     private var sessionID: SessionID?
     private var establishTimer: Scheduled<Void>?
+    private var outlet: SessionOutlet?
     private var closing = false
 
     init(hub: Hub, framing: LIMEEnvelopeReader.Framing) {
@@ -41,7 +42,17 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     private func start(context: ChannelHandlerContext) {
         guard machine == nil else { return }
         let configuration = hub.configuration
-        let outlet = SessionOutlet(channel: context.channel, maximumPendingBytes: configuration.limits.maxPendingBytes)
+        let hubNode = configuration.hubNode
+        let allocator = context.channel.allocator
+        let outlet = SessionOutlet(channel: context.channel, maximumPendingBytes: configuration.limits.maxPendingBytes) { token, count in
+            // Tells the subscriber how many deliveries its overflow policy dropped while it lagged.
+            let report = LIMEMessage(
+                header: EnvelopeHeader(from: hubNode, metadata: ["#subscription": token, "#dropped": String(count)]),
+                type: "application/vnd.relay.dropped+json",
+                content: ["subscription": .string(token), "dropped": .number(JSONNumber(count))])
+            return allocator.buffer(bytes: LIMECodec.encode(.message(report)))
+        }
+        self.outlet = outlet
         let randomTag = String(UInt32.random(in: .min ... .max), radix: 16)
         var machine = LIMEServerSessionMachine(
             configuration: .init(
@@ -82,6 +93,11 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     func channelReadComplete(context: ChannelHandlerContext) {
         context.flush()
         context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        outlet?.writabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

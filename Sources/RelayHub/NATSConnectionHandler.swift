@@ -14,6 +14,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var machine: NATSServerConnectionMachine?
     private var sessionID: SessionID?
     private var pingTask: Scheduled<Void>?
+    private var outlet: SessionOutlet?
     private var closing = false
 
     init(hub: Hub) {
@@ -24,6 +25,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     func channelActive(context: ChannelHandlerContext) {
         let configuration = hub.configuration
         let outlet = SessionOutlet(channel: context.channel, maximumPendingBytes: configuration.limits.maxPendingBytes)
+        self.outlet = outlet
         guard let id = hub.openSession(outlet) else {
             fail(NATSProtocolError(.maximumConnections), context: context)
             return
@@ -80,6 +82,11 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     func channelReadComplete(context: ChannelHandlerContext) {
         context.flush()
         context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        outlet?.writabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -117,3 +117,47 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct OverflowTests {
+    /// A subscriber whose connection stops reading: the hub holds at most `pending` deliveries for
+    /// it, drops by the policy, counts, and reports the drops when the subscriber catches up.
+    @Test(arguments: [OverflowPolicy.dropOldest, .dropNewest])
+    func aLaggingSubscriberLosesOnlyWhatItsPolicySays(_ policy: OverflowPolicy) async throws {
+        try await withHub { hub in
+            let raw = try await RawConnection.connect(hub.tcp)
+            _ = try await raw.establish(as: "slow@relay.local")
+            var received = raw.received.makeAsyncIterator()
+            try await raw.send(#"{"id":"s1","method":"subscribe","uri":"/topics/flood?pending=5&overflow=\#(policy.rawValue)"}"#)
+            guard case .command(let subscribed)? = await received.next(), subscribed.status == .success else {
+                throw TestFailure("not subscribed")
+            }
+            try await raw.channel.setOption(.autoRead, value: false)
+            let publisher = try await hub.connect(.tcp, as: "fast@relay.local")
+            let chunk = String(repeating: "z", count: 50_000)
+            let total = 200
+            for n in 1...total { try await publisher.publish("flood", .string("\(n) \(chunk)")) }
+            _ = try await publisher.ping()
+            try await eventually { hub.server.hub.statistics.droppedDeliveries > 0 }
+            try await raw.channel.setOption(.autoRead, value: true)
+            var numbers: [Int] = []
+            var reported = 0
+            while reported == 0 {
+                guard case .message(let message)? = await received.next() else { throw TestFailure("connection ended") }
+                if let dropped = message.header.metadata?["#dropped"] {
+                    reported = Int(dropped) ?? -1
+                } else if let text = message.content.stringValue, let number = Int(text.prefix { $0 != " " }) {
+                    numbers.append(number)
+                }
+            }
+            #expect(reported == hub.server.hub.statistics.droppedDeliveries)
+            #expect(numbers.count + reported == total, "every delivery is either received or counted as dropped")
+            #expect(numbers == numbers.sorted(), "what is received stays in order")
+            switch policy {
+            case .dropOldest: #expect(numbers.last == total, "the newest survive")
+            case .dropNewest: #expect(numbers.last != total, "the newest are dropped")
+            case .disconnect: break
+            }
+            #expect(try await publisher.ping().status == .success)
+        }
+    }
+}

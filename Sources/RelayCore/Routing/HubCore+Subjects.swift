@@ -9,7 +9,7 @@ extension HubCore {
     /// NATS's sid). Subscribing again under the same token is a no-op. `max` ends it after that many
     /// deliveries (NATS auto-unsubscribe).
     public mutating func subscribe(
-        _ session: SessionID, token: String, filter: String, queue: String?, echo: Bool
+        _ session: SessionID, token: String, filter: String, queue: String?, echo: Bool, overflow: DeliveryLimit? = nil
     ) throws(Reason) {
         if let error = Subject.filterError(filter) {
             throw Reason(code: ReasonCode.validationInvalidResource, description: error)
@@ -25,7 +25,8 @@ extension HubCore {
                 description: "This session holds the maximum of \(configuration.maximumSubscriptionsPerSession) subscriptions")
         }
         let node = router.node(of: session)
-        subscriptions[key] = Subscription(session: session, node: node, filter: filter, queue: queue, echo: echo, token: token)
+        subscriptions[key] = Subscription(
+            session: session, node: node, filter: filter, queue: queue, echo: echo, token: token, overflow: overflow)
         subjects.insert(key, filter: filter)
         subscriptionCounts[session, default: 0] += 1
     }
@@ -128,10 +129,24 @@ extension HubCore {
 
     mutating func subscribe(_ command: LIMECommand, filter: String, query: [String: String], from session: SessionID) -> [Output] {
         let queue = query["queue"].flatMap { $0.isEmpty ? nil : $0 }
+        var overflow = configuration.defaultDeliveryLimit
+        if let text = query["pending"] {
+            guard let maximum = Int(text), maximum > 0 else {
+                return refuse(session, command, ReasonCode.commandInvalidArgument, "'pending' must be a positive number")
+            }
+            overflow.maximumHeld = maximum
+        }
+        if let text = query["overflow"] {
+            guard let policy = OverflowPolicy(rawValue: text) else {
+                return refuse(
+                    session, command, ReasonCode.commandInvalidArgument, "'overflow' must be dropNewest, dropOldest or disconnect")
+            }
+            overflow.policy = policy
+        }
         do {
             try subscribe(
                 session, token: Self.subscriptionToken(filter: filter, queue: queue), filter: filter, queue: queue,
-                echo: query["echo"] == "true")
+                echo: query["echo"] == "true", overflow: overflow)
         } catch {
             return [reply(session, command.failure(error))]
         }

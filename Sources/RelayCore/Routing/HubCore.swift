@@ -18,11 +18,15 @@ public struct HubCore: Sendable {
         public var defaultDeadlineMilliseconds: Int
         /// Identities allowed to call `admin` methods.
         public var admins: Set<Identity>
+        /// The bound on deliveries held for a slow LIME subscriber, unless it asks otherwise.
+        public var defaultDeliveryLimit: DeliveryLimit
 
         public init(
             hubNode: Node, maximumReceiptRoutes: Int = 10_000, maximumSubscriptionsPerSession: Int = 10_000,
-            maximumRequestsPerSession: Int = 10_000, defaultDeadlineMilliseconds: Int = 30_000, admins: Set<Identity> = []
+            maximumRequestsPerSession: Int = 10_000, defaultDeadlineMilliseconds: Int = 30_000, admins: Set<Identity> = [],
+            defaultDeliveryLimit: DeliveryLimit = DeliveryLimit(maximumHeld: 10_000, policy: .dropNewest)
         ) {
+            self.defaultDeliveryLimit = defaultDeliveryLimit
             self.hubNode = hubNode
             self.maximumReceiptRoutes = maximumReceiptRoutes
             self.maximumSubscriptionsPerSession = maximumSubscriptionsPerSession
@@ -91,6 +95,8 @@ public struct HubCore: Sendable {
         var delivered = 0
         /// Ends the subscription after this many deliveries (NATS auto-unsubscribe).
         var limit: Int?
+        /// How many deliveries may wait for a slow subscriber, and what happens beyond.
+        var overflow: DeliveryLimit?
     }
 
     struct SubscriptionKey: Sendable, Hashable {
@@ -200,6 +206,11 @@ public struct HubCore: Sendable {
     }
 
     // MARK: - Sessions
+
+    /// The bound on deliveries held for a subscription (nil: only the session's byte limit).
+    public func deliveryLimit(_ session: SessionID, token: String) -> DeliveryLimit? {
+        subscriptions[SubscriptionKey(session: session, token: token)]?.overflow
+    }
 
     /// Registers an established session; returns the session it replaced, which the hub must end.
     public mutating func register(_ session: SessionID, node: Node) -> SessionID? {
