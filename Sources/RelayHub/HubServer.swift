@@ -92,27 +92,23 @@ public final class HubServer: Sendable {
 
     private func bindTCP(_ address: HostAndPort) async throws -> any Channel {
         let hub = self.hub
-        return try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(LIMEConnectionHandler(hub: hub, framing: .stream))
-                }
-            }
-            .bind(host: address.host, port: address.port).get()
+        return try await bind(address) { LIMEConnectionHandler(hub: hub, framing: .stream) }
     }
 
     private func bindNATS(_ address: HostAndPort) async throws -> any Channel {
         let hub = self.hub
-        return try await ServerBootstrap(group: group)
+        return try await bind(address) { NATSConnectionHandler(hub: hub) }
+    }
+
+    /// A plain TCP listener whose connections each get the handler `makeHandler` builds.
+    private func bind(_ address: HostAndPort, makeHandler: @escaping @Sendable () -> any ChannelHandler) async throws -> any Channel {
+        try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(NATSConnectionHandler(hub: hub))
+                    try channel.pipeline.syncOperations.addHandler(makeHandler())
                 }
             }
             .bind(host: address.host, port: address.port).get()
