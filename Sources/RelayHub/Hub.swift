@@ -37,6 +37,7 @@ public final class Hub: Sendable {
         var slowConsumers = 0
         var droppedDeliveries = 0
         var acceptingSessions = true
+        var sweep: RepeatedTask?
     }
 
     public let configuration: HubConfiguration
@@ -202,9 +203,11 @@ public final class Hub: Sendable {
     /// Opens the queue store in the data directory and brings back the queues and their messages.
     func openStore() async throws {
         let store = try await QueueStore.open(directory: configuration.data)
-        var restored: [(QueueConfiguration, [(QueuedMessage, deliveries: Int)])] = []
+        var restored: [(QueueConfiguration, [(QueuedMessage, deliveries: Int, storedAt: Int64)])] = []
         for queue in try await store.loadQueues() {
-            let messages = try await store.loadMessages(queue.name).map { (QueuePersistence.queued($0), deliveries: $0.deliveries) }
+            let messages = try await store.loadMessages(queue.name).map {
+                (QueuePersistence.queued($0), deliveries: $0.deliveries, storedAt: $0.storedAt)
+            }
             restored.append((queue, messages))
         }
         let persistence = QueuePersistence(store: store) { [weak self] job, error in
@@ -223,12 +226,23 @@ public final class Hub: Sendable {
             }
         }
         let total = restored.reduce(0) { $0 + $1.1.count }
+        // Age and time-to-live are checked once a second.
+        let sweep = timerLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
+            guard let self else { return }
+            let outputs = self.state.withLock { $0.core.sweepQueues(now: Self.now()) }
+            self.perform(outputs)
+        }
+        state.withLock { $0.sweep = sweep }
         logger.info(
             "durable queues ready", metadata: ["data": "\(configuration.data)", "queues": "\(restored.count)", "messages": "\(total)"])
         perform(outputs)
     }
 
+    /// Milliseconds since 1970: the time the core is given for retention.
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
     func closeStore() async {
+        state.withLock { $0.sweep?.cancel() }
         let persistence = self.persistence.withLock { $0.take() }
         try? await persistence?.close()
     }
@@ -267,8 +281,9 @@ public final class Hub: Sendable {
             perform(failures)
             return
         }
+        let now = Self.now()
         let outputs = state.withLock { state in
-            job.copies.flatMap { state.core.persisted(queue: $0.queue, $0.queued) }
+            job.copies.flatMap { state.core.persisted(queue: $0.queue, $0.queued, at: now) }
         }
         perform(outputs + job.then)
     }

@@ -28,14 +28,33 @@ struct Queue: AsyncParsableCommand {
         @Option(help: "Where dead letters are published.")
         var deadLetter: String?
 
+        @Option(help: "Keep at most this many messages (the oldest waiting ones are dropped).")
+        var maxMessages: Int?
+
+        @Option(help: "Keep at most this many bytes of payload.")
+        var maxBytes: Int?
+
+        @Option(help: "Drop messages older than this: 1h, 10m, 30s.")
+        var maxAge: String?
+
+        @Option(help: "Expire messages older than this to the dead letters (or drop them without any).")
+        var ttl: String?
+
         func run() async throws {
             try client.requireLIME("queue add")
             guard let ackWait = parseDuration(self.ackWait) else {
                 throw ValidationError("--ack-wait: '\(self.ackWait)' is not a duration")
             }
+            func seconds(_ text: String?, _ flag: String) throws -> Double? {
+                guard let text else { return nil }
+                guard let milliseconds = parseDuration(text) else { throw ValidationError("\(flag): '\(text)' is not a duration") }
+                return Double(milliseconds) / 1000
+            }
             let queue = QueueConfiguration(
                 name: name, subjects: subjects.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) },
-                ackWaitMilliseconds: ackWait, maximumDeliveries: maxDeliver, deadLetterSubject: deadLetter)
+                maximumMessages: maxMessages, maximumBytes: maxBytes, maximumAgeSeconds: try seconds(maxAge, "--max-age"),
+                ackWaitMilliseconds: ackWait, maximumDeliveries: maxDeliver, deadLetterSubject: deadLetter,
+                timeToLiveSeconds: try seconds(ttl, "--ttl"))
             if let error = queue.validationError { throw ValidationError(error) }
             let connection = try await client.connect()
             try await connection.createQueue(queue)

@@ -387,3 +387,52 @@ extension [HubCore.Output] {
                 .reason?.code == ReasonCode.commandInvalidArgument)
     }
 }
+
+@Suite struct HubCoreRetentionTests {
+    private func publish(_ hub: inout CoreHarness, _ text: String, at now: Int64) -> [HubCore.Output] {
+        let outputs = hub.command(1, .observe, "/topics/work", resource: .string(text))
+        var after: [HubCore.Output] = []
+        for case .persist(let copies, _) in outputs {
+            for copy in copies { after += hub.core.persisted(queue: copy.queue, copy.queued, at: now) }
+        }
+        return after
+    }
+
+    @Test func theOldestWaitingMessagesMakeRoomBeyondTheCount() throws {
+        var hub = CoreHarness()
+        hub.connect(1, "p@relay.local/1")
+        hub.connect(2, "c@relay.local/1")
+        _ = try hub.core.createQueue(QueueConfiguration(name: "q", subjects: ["work"], maximumMessages: 2))
+        _ = publish(&hub, "a", at: 0)
+        _ = publish(&hub, "b", at: 0)
+        let third = publish(&hub, "c", at: 0)
+        #expect(third.contains(.unpersist(queue: "q", sequence: 1)))
+        let attached = try hub.core.attachConsumer(2, token: "queue:q", queue: "q", credit: 10)
+        let bodies: [PublishedMessage.Body] = attached.compactMap {
+            if case .deliver(_, _, let message) = $0 { return message.body }
+            return nil
+        }
+        #expect(bodies == [.text("b"), .text("c")])
+        let info = hub.command(2, .get, "/queues/q").commands(to: 2)[0].resource
+        #expect(info?["droppedByRetention"] == 1 && info?["messages"] == 2)
+    }
+
+    @Test func expiredMessagesGoToTheDeadLettersAndOldOnesAreDropped() throws {
+        var hub = CoreHarness()
+        hub.connect(1, "p@relay.local/1")
+        hub.connect(2, "d@relay.local/1")
+        hub.command(2, .subscribe, "/topics/dead")
+        _ = try hub.core.createQueue(QueueConfiguration(name: "q", subjects: ["work"], deadLetterSubject: "dead", timeToLiveSeconds: 1))
+        _ = publish(&hub, "short-lived", at: 0)
+        #expect(hub.core.sweepQueues(now: 500).isEmpty)
+        let swept = hub.core.sweepQueues(now: 1_500)
+        #expect(swept.contains(.unpersist(queue: "q", sequence: 1)))
+        let letter = swept.messages(to: 2).first
+        #expect(letter?.content == "short-lived" && letter?.header.metadata?["#deadReason"]?.hasPrefix("Expired") == true)
+        _ = try hub.core.createQueue(QueueConfiguration(name: "aged", subjects: ["work"], maximumAgeSeconds: 1))
+        _ = publish(&hub, "old", at: 0)
+        let dropped = hub.core.sweepQueues(now: 2_000)
+        #expect(dropped.contains(.unpersist(queue: "aged", sequence: 1)))
+        #expect(hub.command(2, .get, "/queues/aged").commands(to: 2)[0].resource?["droppedByRetention"] == 1)
+    }
+}

@@ -125,3 +125,20 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct QueueRetentionTests {
+    @Test func anExpiredMessageGoesToTheDeadLetters() async throws {
+        try await withHub { hub in
+            let client = try await hub.connect(.tcp, as: "c@relay.local")
+            try await client.createQueue(
+                QueueConfiguration(name: "brief", subjects: ["brief"], deadLetterSubject: "dead.brief", timeToLiveSeconds: 0.2))
+            let dead = try await client.subscribe("dead.brief")
+            try await client.publishConfirmed("brief", "short-lived")
+            var iterator = dead.makeAsyncIterator()
+            let letter = await iterator.next()
+            #expect(letter?.text == "short-lived" && letter?.metadata["#deadReason"]?.hasPrefix("Expired") == true)
+            try await eventually { (try? await client.queueInfo("brief"))?["expired"] == 1 }
+            #expect(try await client.queueInfo("brief")["messages"] == 0)
+        }
+    }
+}

@@ -104,6 +104,18 @@ public struct DeliveryMachine<Payload: Sendable & Equatable>: Sendable {
         return dispatch()
     }
 
+    /// Removes a message that is waiting (not out with a consumer): for retention and expiry.
+    /// Returns its payload, or nil when it is out or unknown.
+    public mutating func removeWaiting(_ id: MessageID) -> Payload? {
+        guard let stored = messages[id], stored.delivery == nil else { return nil }
+        // Its entry in `ready` stays; dispatch skips messages that are gone.
+        messages[id] = nil
+        return stored.payload
+    }
+
+    /// The ids of the messages still owed, oldest first.
+    public var owedMessages: [MessageID] { messages.keys.sorted() }
+
     /// The payload of a message still owed, and its delivery count.
     public func message(_ id: MessageID) -> (payload: Payload, count: Int)? {
         messages[id].map { ($0.payload, $0.count) }

@@ -26,6 +26,13 @@ struct DurableQueue: Sendable {
     var consumerKeys: [DeliveryMachine<QueuedMessage>.ConsumerID: HubCore.SubscriptionKey] = [:]
     var nextConsumer: DeliveryMachine<QueuedMessage>.ConsumerID = 1
     var deadLettered = 0
+    /// When each owed message was stored (milliseconds since 1970) and its size, for retention.
+    var storedAt: [Int64: Int64] = [:]
+    var sizes: [Int64: Int] = [:]
+    var bytes = 0
+    /// Messages dropped by retention (count, bytes, age) and expired by their time-to-live.
+    var droppedByRetention = 0
+    var expired = 0
 
     init(configuration: QueueConfiguration) {
         self.configuration = configuration
@@ -64,11 +71,15 @@ extension HubCore {
     }
 
     /// Brings back a queue and its stored messages after a restart.
-    public mutating func restoreQueue(_ configuration: QueueConfiguration, messages: [(QueuedMessage, deliveries: Int)]) {
+    public mutating func restoreQueue(_ configuration: QueueConfiguration, messages: [(QueuedMessage, deliveries: Int, storedAt: Int64)]) {
         var queue = DurableQueue(configuration: configuration)
-        for (queued, deliveries) in messages {
+        for (queued, deliveries, storedAt) in messages {
             _ = queue.machine.enqueue(UInt64(queued.sequence), payload: queued, previousDeliveries: deliveries)
             queue.nextSequence = max(queue.nextSequence, queued.sequence + 1)
+            let size = queued.message.payloadBytes.count
+            queue.storedAt[queued.sequence] = storedAt
+            queue.sizes[queued.sequence] = size
+            queue.bytes += size
         }
         queues[configuration.name] = queue
     }
@@ -85,12 +96,85 @@ extension HubCore {
         return copies
     }
 
-    /// A stored message is on disk: it may now be delivered.
-    public mutating func persisted(queue name: String, _ queued: QueuedMessage) -> [Output] {
+    /// A stored message is on disk (since `now`, milliseconds since 1970): it may now be delivered.
+    /// Retention by count and bytes is applied: the oldest waiting messages make room.
+    public mutating func persisted(queue name: String, _ queued: QueuedMessage, at now: Int64 = 0) -> [Output] {
         guard var queue = queues[name] else { return [] }
+        let size = queued.message.payloadBytes.count
+        queue.storedAt[queued.sequence] = now
+        queue.sizes[queued.sequence] = size
+        queue.bytes += size
         let actions = queue.machine.enqueue(UInt64(queued.sequence), payload: queued)
         queues[name] = queue
-        return queueOutputs(name, actions)
+        return queueOutputs(name, actions) + enforceRetention(name, now: now)
+    }
+
+    /// Drops the oldest waiting messages beyond the queue's count and byte limits, and those older
+    /// than its maximum age; expires messages past their time-to-live (to the dead letters when the
+    /// queue has them). Every drop is counted.
+    mutating func enforceRetention(_ name: String, now: Int64) -> [Output] {
+        guard var queue = queues[name] else { return [] }
+        let configuration = queue.configuration
+        var outputs: [Output] = []
+        for id in queue.machine.owedMessages {
+            let sequence = Int64(id)
+            let age = Double(now - (queue.storedAt[sequence] ?? now)) / 1000
+            let overCount = configuration.maximumMessages.map { queue.machine.unacknowledgedCount > $0 } ?? false
+            let overBytes = configuration.maximumBytes.map { queue.bytes > $0 } ?? false
+            let tooOld = configuration.maximumAgeSeconds.map { age > $0 } ?? false
+            let expired = configuration.timeToLiveSeconds.map { age > $0 } ?? false
+            guard overCount || overBytes || tooOld || expired else {
+                if configuration.maximumAgeSeconds == nil && configuration.timeToLiveSeconds == nil { break }
+                continue
+            }
+            guard let queued = queue.machine.removeWaiting(id) else { continue }
+            queue.bytes -= queue.sizes.removeValue(forKey: sequence) ?? 0
+            queue.storedAt[sequence] = nil
+            outputs.append(.unpersist(queue: name, sequence: sequence))
+            if expired && !tooOld && !overCount && !overBytes {
+                queue.expired += 1
+                if let subject = configuration.deadLetterSubject {
+                    queues[name] = queue
+                    outputs += publishDeadLetter(
+                        queued, from: name, to: subject, reason: "Expired after \(JSONNumber(configuration.timeToLiveSeconds!)) s", count: 0
+                    )
+                    queue = queues[name]!
+                }
+            } else {
+                queue.droppedByRetention += 1
+            }
+        }
+        queues[name] = queue
+        return outputs
+    }
+
+    /// The hub's periodic sweep: messages past their age or time-to-live.
+    public mutating func sweepQueues(now: Int64) -> [Output] {
+        queues.keys.sorted().flatMap { name in
+            let configuration = queues[name]!.configuration
+            return configuration.maximumAgeSeconds != nil || configuration.timeToLiveSeconds != nil ? enforceRetention(name, now: now) : []
+        }
+    }
+
+    private mutating func publishDeadLetter(_ queued: QueuedMessage, from name: String, to subject: String, reason: String, count: Int)
+        -> [Output]
+    {
+        var dead = queued.message
+        dead.subject = subject
+        dead.replyTo = nil
+        dead.metadata["#deadReason"] = reason
+        dead.metadata["#deliveries"] = String(count)
+        dead.metadata["#queue"] = name
+        dead.metadata["#originalSubject"] = queued.message.subject
+        return publish(dead, from: Self.hubSession).outputs
+    }
+
+    /// Forgets a message's retention bookkeeping once it is gone.
+    private mutating func forget(_ name: String, sequence: Int64) {
+        guard var queue = queues[name] else { return }
+        queue.bytes -= queue.sizes.removeValue(forKey: sequence) ?? 0
+        queue.storedAt[sequence] = nil
+        queues[name] = queue
     }
 
     /// Turns a delivery machine's actions into the hub's outputs.
@@ -112,19 +196,14 @@ extension HubCore {
                 outputs.append(.deliver(key.session, token: key.token, message))
                 outputs.append(.recordDeliveries(queue: name, sequence: queued.sequence, count: count))
             case .acknowledged(let message):
+                forget(name, sequence: Int64(message))
                 outputs.append(.unpersist(queue: name, sequence: Int64(message)))
             case .deadLetter(let message, let queued, let reason, let count):
                 queues[name]?.deadLettered += 1
+                forget(name, sequence: Int64(message))
                 outputs.append(.unpersist(queue: name, sequence: Int64(message)))
                 if let subject = queue.configuration.deadLetterSubject {
-                    var dead = queued.message
-                    dead.subject = subject
-                    dead.replyTo = nil
-                    dead.metadata["#deadReason"] = reason
-                    dead.metadata["#deliveries"] = String(count)
-                    dead.metadata["#queue"] = name
-                    dead.metadata["#originalSubject"] = queued.message.subject
-                    outputs += publish(dead, from: Self.hubSession).outputs
+                    outputs += publishDeadLetter(queued, from: name, to: subject, reason: reason, count: count)
                 }
             case .startTimer(let timer, let milliseconds):
                 outputs.append(.startTimer(.queue(name, timer), milliseconds: milliseconds))
@@ -298,6 +377,9 @@ extension HubCore {
         object["acknowledged"] = .number(JSONNumber(queue.machine.statistics.acknowledged))
         object["deadLettered"] = .number(JSONNumber(queue.deadLettered))
         object["staleAnswers"] = .number(JSONNumber(queue.machine.statistics.staleAnswers))
+        object["bytes"] = .number(JSONNumber(queue.bytes))
+        object["droppedByRetention"] = .number(JSONNumber(queue.droppedByRetention))
+        object["expired"] = .number(JSONNumber(queue.expired))
         return object
     }
 }
