@@ -40,6 +40,9 @@ public struct ServiceDefinition: Sendable {
     public let name: String
     public var description: String?
     public var version: String?
+    /// Whether requests go through a durable queue: stored before they are handed out, one at a
+    /// time to each instance, redelivered if an instance goes away before answering.
+    public var durable = false
     private(set) var methods: [MethodDescription] = []
     private(set) var handlers: [String: Handler] = [:]
 
@@ -216,10 +219,12 @@ extension LIMEClient {
     public func serve(_ definition: ServiceDefinition) async throws -> ServiceRegistration {
         let (requests, input) = AsyncStream.makeStream(of: LIMECommand.self)
         core.addService(definition.name, input)
+        var description = definition.serviceDescription.json
+        if definition.durable { description["durable"] = true }
         let response = try await request(
             LIMECommand(
                 method: .set, uri: "/services/\(definition.name)", type: "application/vnd.relay.service+json",
-                resource: .object(definition.serviceDescription.json)))
+                resource: .object(description)))
         guard response.status == .success else {
             core.removeService(definition.name)
             throw RelayError(response.reason ?? Reason(code: 1, description: "registration failed"))

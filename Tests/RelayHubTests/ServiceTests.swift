@@ -207,3 +207,72 @@ struct StockLevel: Codable, Sendable, Equatable {
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct DurableServiceTests {
+    final class Seen: Sendable {
+        let instances = Mutex<[String]>([])
+    }
+
+    private func definition(_ instance: String, seen: Seen, hang: Bool = false, callAgain: Bool = false) -> ServiceDefinition {
+        var definition = ServiceDefinition("billing", description: "Durable billing")
+        definition.durable = true
+        definition.method("charge") { (params: JSONValue?, _) in
+            seen.instances.withLock { $0.append(instance) }
+            if hang { try await Task.sleep(for: .seconds(60)) }
+            if callAgain { throw ServiceError.callAgain() }
+            return ["charged": params?["amount"] ?? .null, "by": .string(instance)]
+        }
+        return definition
+    }
+
+    @Test func aRequestSurvivesItsInstanceGoingAway() async throws {
+        try await withHub { hub in
+            let seen = Seen()
+            let doomed = try await hub.connect(.tcp, as: "billing@relay.local/doomed")
+            _ = try await doomed.serve(definition("doomed", seen: seen, hang: true))
+            let caller = try await hub.connect(.ws, as: "shop@relay.local")
+            let call = Task { try await caller.call("billing", "charge", ["amount": 5], verb: .set, timeout: .seconds(20)) }
+            try await eventually { seen.instances.withLock { $0 } == ["doomed"] }
+            // The survivor joins, then the first instance dies without answering.
+            let survivor = try await hub.connect(.tcp, as: "billing@relay.local/survivor")
+            _ = try await survivor.serve(definition("survivor", seen: seen))
+            await doomed.close()
+            let result = try await call.value
+            #expect(result == ["charged": 5, "by": "survivor"])
+            let info = try await caller.queueInfo("svc_billing")
+            #expect(info["redelivered"] == 1 && info["acknowledged"] == 1)
+        }
+    }
+
+    @Test func callAgainIsDeliveredOnceMoreThenRefused() async throws {
+        try await withHub { hub in
+            let seen = Seen()
+            let instance = try await hub.connect(.tcp, as: "billing@relay.local/1")
+            _ = try await instance.serve(definition("1", seen: seen, callAgain: true))
+            let caller = try await hub.connect(.ws, as: "shop@relay.local")
+            do {
+                _ = try await caller.call("billing", "charge", ["amount": 1], timeout: .seconds(10))
+                Issue.record("no failure")
+            } catch let error as RelayError {
+                #expect(error.code == RelayReasonCode.callAgainRefused)
+            }
+            #expect(seen.instances.withLock { $0 }.count == 2)
+            #expect(try await caller.queueInfo("svc_billing")["deadLettered"] == 1)
+        }
+    }
+
+    @Test func requestsWaitForAnInstance() async throws {
+        try await withHub { hub in
+            let seen = Seen()
+            let first = try await hub.connect(.tcp, as: "billing@relay.local/1")
+            _ = try await first.serve(definition("1", seen: seen))
+            await first.close()
+            let caller = try await hub.connect(.ws, as: "shop@relay.local")
+            let call = Task { try await caller.call("billing", "charge", ["amount": 2], timeout: .seconds(20)) }
+            try await eventually { (try? await caller.queueInfo("svc_billing"))?["messages"] == 1 }
+            let later = try await hub.connect(.tcp, as: "billing@relay.local/2")
+            _ = try await later.serve(definition("2", seen: seen))
+            #expect(try await call.value == ["charged": 2, "by": "2"])
+        }
+    }
+}

@@ -113,6 +113,12 @@ public struct DeliveryMachine<Payload: Sendable & Equatable>: Sendable {
         return stored.payload
     }
 
+    /// The message of a delivery that is still current.
+    public func messageID(of delivery: DeliveryID) -> MessageID? {
+        guard let message = deliveries[delivery], messages[message]?.delivery == delivery else { return nil }
+        return message
+    }
+
     /// The ids of the messages still owed, oldest first.
     public var owedMessages: [MessageID] { messages.keys.sorted() }
 

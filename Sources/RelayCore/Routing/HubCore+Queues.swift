@@ -185,6 +185,16 @@ extension HubCore {
             switch action {
             case .deliver(let consumer, let delivery, _, let count, let queued):
                 guard let key = queue.consumerKeys[consumer] else { continue }
+                if key.token.hasPrefix(Self.serviceConsumerToken + ":") {
+                    // A durable service's instance receives the request as the command it was.
+                    if let command = serviceCommand(
+                        queue: name, delivery: delivery, count: count, queued: queued, to: router.node(of: key.session))
+                    {
+                        outputs.append(.send(key.session, command))
+                        outputs.append(.recordDeliveries(queue: name, sequence: queued.sequence, count: count))
+                    }
+                    continue
+                }
                 var message = queued.message
                 // Answers come to the delivery's ack subject (NATS, JetStream's bodies) or as LIME notifications.
                 if let reply = message.replyTo { message.metadata["#originalReply"] = reply }

@@ -52,12 +52,19 @@ extension HubCore {
                     session, command, RelayReasonCode.registrationConflict,
                     "Service '\(name)' is already registered with other methods; instances of one service must describe the same methods")
             }
+            guard entry.durable == (command.resource?["durable"]?.boolValue ?? false) else {
+                return refuse(
+                    session, command, RelayReasonCode.registrationConflict,
+                    "Service '\(name)' is already registered \(entry.durable ? "with" : "without") a durable queue")
+            }
             if !entry.instances.contains(session) { entry.instances.append(session) }
             services[key] = entry
         } else {
-            services[key] = ServiceEntry(description: description, instances: [session])
+            services[key] = ServiceEntry(
+                description: description, instances: [session], durable: command.resource?["durable"]?.boolValue ?? false)
         }
-        return [reply(session, command.success())]
+        let durable = services[key]!.durable ? attachDurableInstance(session, service: key) : []
+        return durable + [reply(session, command.success())]
     }
 
     mutating func unregisterService(_ command: LIMECommand, name: String, from session: SessionID) -> [Output] {
@@ -66,7 +73,12 @@ extension HubCore {
             return refuse(session, command, ReasonCode.commandResourceNotFound, "This session does not serve '\(name)'")
         }
         entry.instances.removeAll { $0 == session }
-        services[key] = entry.instances.isEmpty ? nil : entry
+        services[key] = entry.instances.isEmpty && !entry.durable ? nil : entry
+        if entry.durable {
+            return detachConsumer(session, token: Self.serviceConsumerToken + ":" + Self.serviceQueueName(key)) + [
+                reply(session, command.success())
+            ]
+        }
         return [reply(session, command.success())]
     }
 
@@ -123,6 +135,9 @@ extension HubCore {
         }
         if let reason = checkCall(command, service: service, method: method, from: session) {
             return [reply(session, command.failure(reason))]
+        }
+        if services[service]?.durable == true {
+            return durableRequest(command, service: service, method: method, from: session)
         }
         let caller = CallerKey(session: session, id: callerID)
         let deadline =

@@ -108,6 +108,8 @@ public struct HubCore: Sendable {
         var description: ServiceDescription
         var instances: [SessionID]
         var turn = 0
+        /// Requests go through a durable queue (see HubCore+DurableServices).
+        var durable = false
     }
 
     /// One step of a compound method: a service method, with parameter aliases and preset values.
@@ -229,7 +231,8 @@ public struct HubCore: Sendable {
         subscriptionCounts[session] = nil
         for name in Array(services.keys) {
             services[name]?.instances.removeAll { $0 == session }
-            if services[name]?.instances.isEmpty == true { services[name] = nil }
+            // A durable service keeps its queue and its registration: requests wait for an instance.
+            if services[name]?.instances.isEmpty == true && services[name]?.durable != true { services[name] = nil }
         }
         for (name, compound) in compounds where compound.owner == session { compounds[name] = nil }
         for (id, flight) in inFlight {
@@ -257,6 +260,9 @@ public struct HubCore: Sendable {
     /// Handles an envelope of an established session (its `from` already set to the session's node).
     public mutating func envelopeReceived(_ envelope: Envelope, from session: SessionID) -> [Output] {
         if case .command(let command) = envelope {
+            if command.isResponse, let id = command.header.id, let (queue, delivery) = Self.parseQueueDeliveryID(id), queues[queue] != nil {
+                return durableResponse(command, queue: queue, delivery: delivery, from: session)
+            }
             if command.isResponse, let id = command.header.id.flatMap(Self.requestID) {
                 if inFlight[id]?.instance == session { return responseReceived(command, request: id) }
                 if endedRequests[id] == session {
