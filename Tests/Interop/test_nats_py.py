@@ -368,3 +368,14 @@ def test_a_slow_consumer_is_told_and_closed_while_others_carry_on():
     finally:
         assert small.stop() == 0
         os.unlink(config.name)
+
+
+@pytest.mark.parametrize("workload", ["pubsub", "reqrep"])
+def test_relay_bench_runs_against_the_hub_and_nats_server(workload, hub, nats_server):
+    for server in [hub.nats_url, nats_server, hub.tcp_url]:
+        result = relay("bench", workload, "--count", "200", "--json", "--server", server, timeout=60)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["count"] == 200 and summary["messagesPerSecond"] > 0
+        latency = summary["latencyMicroseconds"]
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
