@@ -38,28 +38,42 @@ public enum SlowConsumerPolicy: Sendable {
     case dropOldest
 }
 
-/// Where the client puts the publications of one subscription.
-final class SubscriptionInbox: Sendable {
-    let stream: AsyncStream<Publication>
-    private let input: AsyncStream<Publication>.Continuation
+/// A subscription's bounded buffer: what arrives waits here until the application reads it; when
+/// it is full the `SlowConsumerPolicy` drops one, and every drop is counted. Shared by the LIME and
+/// NATS clients.
+final class BoundedInbox<Element: Sendable>: Sendable {
+    let stream: AsyncStream<Element>
+    private let input: AsyncStream<Element>.Continuation
     let dropped = Atomic<Int>(0)
 
     init(bufferSize: Int, policy: SlowConsumerPolicy) {
-        let buffering: AsyncStream<Publication>.Continuation.BufferingPolicy =
+        let buffering: AsyncStream<Element>.Continuation.BufferingPolicy =
             policy == .dropNewest ? .bufferingOldest(bufferSize) : .bufferingNewest(bufferSize)
-        (stream, input) = AsyncStream.makeStream(of: Publication.self, bufferingPolicy: buffering)
+        (stream, input) = AsyncStream.makeStream(of: Element.self, bufferingPolicy: buffering)
     }
 
+    func deliver(_ element: Element) {
+        if case .dropped = input.yield(element) { dropped.add(1, ordering: .relaxed) }
+    }
+
+    /// Drops that happened elsewhere (at the hub) and were reported.
+    func countDropped(_ count: Int) { dropped.add(count, ordering: .relaxed) }
+
+    func finish() { input.finish() }
+}
+
+/// Where the LIME client puts the publications of one subscription.
+typealias SubscriptionInbox = BoundedInbox<Publication>
+
+extension BoundedInbox where Element == Publication {
     func deliver(_ message: LIMEMessage) {
         // The hub reports what its overflow policy dropped while this subscriber lagged.
         if let count = message.header.metadata?["#dropped"].flatMap({ Int($0) }) {
-            dropped.add(count, ordering: .relaxed)
+            countDropped(count)
             return
         }
-        if case .dropped = input.yield(Publication(message)) { dropped.add(1, ordering: .relaxed) }
+        deliver(Publication(message))
     }
-
-    func finish() { input.finish() }
 }
 
 /// A subscription to a subject filter: an `AsyncSequence` of publications.

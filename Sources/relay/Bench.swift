@@ -47,15 +47,21 @@ struct Bench: AsyncParsableCommand {
         if json {
             var object: JSONObject = [
                 "workload": .string(workload.rawValue), "server": .string(client.server), "count": .number(JSONNumber(count)),
-                "size": .number(JSONNumber(size)), "seconds": .number(JSONNumber(result.seconds)), "messagesPerSecond": .number(JSONNumber(rate)),
+                "size": .number(JSONNumber(size)), "seconds": .number(JSONNumber(result.seconds)),
+                "messagesPerSecond": .number(JSONNumber(rate)),
             ]
             var latency = JSONObject()
             for key in ["p50", "p90", "p99", "p99.9", "max"] { latency[key] = .number(JSONNumber(values[key]!)) }
             object["latencyMicroseconds"] = .object(latency)
             print(JSONWriter.string(.object(object)))
         } else {
-            print("\(workload.rawValue) \(client.server): \(count) × \(size) B in \(String(format: "%.3f", result.seconds)) s = \(Int(rate)) msg/s")
-            print(String(format: "latency µs: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f  max %.0f", values["p50"]!, values["p90"]!, values["p99"]!, values["p99.9"]!, values["max"]!))
+            print(
+                "\(workload.rawValue) \(client.server): \(count) × \(size) B in \(String(format: "%.3f", result.seconds)) s = \(Int(rate)) msg/s"
+            )
+            print(
+                String(
+                    format: "latency µs: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f  max %.0f", values["p50"]!, values["p90"]!,
+                    values["p99"]!, values["p99.9"]!, values["max"]!))
         }
     }
 

@@ -6,7 +6,8 @@ struct RelayCommand: AsyncParsableCommand {
         commandName: "relay",
         abstract: "Relay: a message hub speaking LIME and NATS, and the tools to use it.",
         subcommands: [
-            Serve.self, Pub.self, Sub.self, Request.self, Reply.self, Services.self, Queue.self, Consume.self, Bench.self, Send.self, Listen.self,
+            Serve.self, Pub.self, Sub.self, Request.self, Reply.self, Services.self, Queue.self, Consume.self, Bench.self, Send.self,
+            Listen.self,
             Passwd.self,
         ])
 }

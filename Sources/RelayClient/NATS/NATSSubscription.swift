@@ -1,24 +1,8 @@
 import RelayCore
 import Synchronization
 
-/// Where the client puts the messages of one NATS subscription: a bounded buffer with a policy.
-final class NATSSubscriptionInbox: Sendable {
-    let stream: AsyncStream<NATSMessage>
-    private let input: AsyncStream<NATSMessage>.Continuation
-    let dropped = Atomic<Int>(0)
-
-    init(bufferSize: Int, policy: SlowConsumerPolicy) {
-        let buffering: AsyncStream<NATSMessage>.Continuation.BufferingPolicy =
-            policy == .dropNewest ? .bufferingOldest(bufferSize) : .bufferingNewest(bufferSize)
-        (stream, input) = AsyncStream.makeStream(of: NATSMessage.self, bufferingPolicy: buffering)
-    }
-
-    func deliver(_ message: NATSMessage) {
-        if case .dropped = input.yield(message) { dropped.add(1, ordering: .relaxed) }
-    }
-
-    func finish() { input.finish() }
-}
+/// Where the NATS client puts the messages of one subscription.
+typealias NATSSubscriptionInbox = BoundedInbox<NATSMessage>
 
 /// A NATS subscription: an `AsyncSequence` of messages with a bounded buffer; every drop by its
 /// `SlowConsumerPolicy` is counted in `droppedCount`. Leaving the loop unsubscribes.
