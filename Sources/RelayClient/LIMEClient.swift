@@ -36,6 +36,8 @@ public final class LIMEClient: Sendable {
         /// Envelopes held per incoming stream until the application reads them; newer ones are
         /// dropped (and counted in `droppedCount`) when it is full.
         public var bufferSize: Int
+        /// Bytes sent and not yet written to the connection beyond which sending waits.
+        public var maximumPendingBytes = 4 << 20
 
         public init(
             identity: Identity? = nil, instance: String? = nil, authentication: Authentication = .guest,
@@ -53,6 +55,8 @@ public final class LIMEClient: Sendable {
     }
 
     private let channel: any Channel
+    /// Coalesces what the client sends into one flush per turn of the connection's event loop.
+    private let writer: ChannelWriter
     let core: ClientCore
     let options: Options
 
@@ -70,8 +74,11 @@ public final class LIMEClient: Sendable {
     /// Envelopes dropped because a stream's buffer was full.
     public var droppedCount: Int { core.droppedCount }
 
-    private init(channel: any Channel, core: ClientCore, options: Options, localNode: Node, remoteNode: Node?) {
+    private init(
+        channel: any Channel, framing: ChannelWriter.Framing, core: ClientCore, options: Options, localNode: Node, remoteNode: Node?
+    ) {
         self.channel = channel
+        self.writer = ChannelWriter(channel: channel, framing: framing)
         self.core = core
         self.options = options
         self.localNode = localNode
@@ -128,7 +135,8 @@ public final class LIMEClient: Sendable {
             let (local, remote) = try await withDeadline(options.connectTimeout, what: "establishing the session") {
                 try await core.waitForEstablishment()
             }
-            return LIMEClient(channel: channel, core: core, options: options, localNode: local, remoteNode: remote)
+            let framing: ChannelWriter.Framing = if case .tcp = endpoint.transport { .stream } else { .messages }
+            return LIMEClient(channel: channel, framing: framing, core: core, options: options, localNode: local, remoteNode: remote)
         } catch {
             channel.close(promise: nil)
             throw error
@@ -152,9 +160,14 @@ public final class LIMEClient: Sendable {
         try await write(.command(command))
     }
 
+    /// Queues an envelope; waits for the connection to take it only when more than
+    /// `Options.maximumPendingBytes` are waiting, so a fast publisher is held back instead of
+    /// filling memory.
     private func write(_ envelope: Envelope) async throws {
         if let reason = core.endReason { throw LIMEClientError.sessionFailed(reason) }
-        try await channel.writeAndFlush(channel.allocator.buffer(bytes: LIMECodec.encode(envelope)))
+        if writer.enqueue(LIMECodec.encode(envelope)) > options.maximumPendingBytes {
+            try await writer.flushed().get()
+        }
     }
 
     /// Sends a command request and waits for its response, at most `timeout` (default: the options'
@@ -165,7 +178,8 @@ public final class LIMEClient: Sendable {
         let id = command.header.id ?? UUID().uuidString.lowercased()
         command.header.id = id
         let deadline = timeout ?? options.requestTimeout
-        let bytes = channel.allocator.buffer(bytes: LIMECodec.encode(.command(command)))
+        let bytes = LIMECodec.encode(.command(command))
+        let writer = self.writer
         let channel = self.channel
         let core = self.core
         let what = "\(command.method.rawValue) \(command.uri ?? "") (id \(id))"
@@ -177,13 +191,10 @@ public final class LIMEClient: Sendable {
                             core.endReason ?? Reason(code: ReasonCode.sessionError, description: "The session has ended")))
                     return
                 }
-                let timer = channel.eventLoop.scheduleTask(in: TimeAmount(deadline)) {
+                _ = channel.eventLoop.scheduleTask(in: TimeAmount(deadline)) {
                     core.removePending(id)?.resume(throwing: LIMEClientError.timedOut(what))
                 }
-                channel.writeAndFlush(bytes).whenFailure { error in
-                    timer.cancel()
-                    core.removePending(id)?.resume(throwing: error)
-                }
+                writer.enqueue(bytes)
             }
         } onCancel: {
             core.removePending(id)?.resume(throwing: CancellationError())

@@ -136,66 +136,84 @@ public final class Hub: Sendable {
         authenticator.verify(credentials, fallbackName: fallbackName)
     }
 
-    /// Hands an envelope of an established session to the core and carries out what it says.
-    func route(_ envelope: Envelope, from sender: SessionID) {
-        let outputs = state.withLock { $0.core.envelopeReceived(envelope, from: sender) }
-        perform(outputs)
+    /// Hands envelopes of an established session (those of one read, in order) to the core and carries out what it says.
+    func route(_ envelopes: [Envelope], from sender: SessionID) {
+        let resolved = state.withLock { state in
+            var outputs: [HubCore.Output] = []
+            for envelope in envelopes { outputs += state.core.envelopeReceived(envelope, from: sender) }
+            return resolve(outputs, in: &state)
+        }
+        dispatch(resolved)
     }
 
     /// Carries out the core's outputs: writes (outside the lock) and timers.
     private func perform(_ outputs: [HubCore.Output]) {
         guard !outputs.isEmpty else { return }
-        var items: [(SessionOutlet, OutletItem)] = []
+        dispatch(state.withLock { resolve(outputs, in: &$0) })
+    }
+
+    /// What the core's outputs come to once sessions are looked up: writes grouped by session,
+    /// and the outputs for the queue store. Timers are started and cancelled here.
+    private struct Resolved {
+        var batches: [(outlet: SessionOutlet, items: [OutletItem])] = []
         var storage: [HubCore.Output] = []
-        items.reserveCapacity(outputs.count)
-        state.withLock { state in
-            for output in outputs {
-                switch output {
-                case .send(let session, let envelope):
-                    if let outlet = state.outlets[session] {
-                        items.append((outlet, OutletItem(buffer: outlet.channel.allocator.buffer(bytes: LIMECodec.encode(envelope)))))
-                    }
-                case .deliver(let session, let token, let message):
-                    guard let outlet = state.outlets[session] else { continue }
-                    let bytes: [UInt8]
-                    if let headers = state.natsSessions[session] {
-                        bytes = NATSEncoder.encode(message.natsOperation(sid: token, headersEnabled: headers))
-                    } else {
-                        bytes = LIMECodec.encode(message.limeEnvelope(token: token, to: state.core.router.node(of: session)))
-                    }
-                    let limit = state.core.deliveryLimit(session, token: token)
-                    items.append((outlet, OutletItem(token: token, limit: limit, buffer: outlet.channel.allocator.buffer(bytes: bytes))))
-                case .startTimer(let timer, let milliseconds):
-                    state.timers[timer]?.cancel()
-                    state.timers[timer] = timerLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) { [weak self] in
-                        self?.timerFired(timer)
-                    }
-                case .cancelTimer(let timer):
-                    state.timers.removeValue(forKey: timer)?.cancel()
-                case .persist, .unpersist, .recordDeliveries, .saveQueue, .deleteQueue:
-                    storage.append(output)
-                }
-            }
-        }
-        // One batch per session: its writes cross to its event loop once, with one flush.
-        var batches: [ObjectIdentifier: (outlet: SessionOutlet, items: [OutletItem])] = [:]
-        var order: [ObjectIdentifier] = []
-        for (outlet, item) in items {
+    }
+
+    /// Under the lock: renders each delivery for its session's dialect and groups the writes per
+    /// session, in order, so each session's writes cross to its event loop once.
+    private func resolve(_ outputs: [HubCore.Output], in state: inout State) -> Resolved {
+        var resolved = Resolved()
+        var batchIndex: [ObjectIdentifier: Int] = [:]
+        func add(_ outlet: SessionOutlet, _ item: OutletItem) {
             let key = ObjectIdentifier(outlet)
-            if batches[key] == nil {
-                batches[key] = (outlet, [])
-                order.append(key)
+            if let last = resolved.batches.indices.last, resolved.batches[last].outlet === outlet {
+                resolved.batches[last].items.append(item)
+            } else if let index = batchIndex[key] {
+                resolved.batches[index].items.append(item)
+            } else {
+                batchIndex[key] = resolved.batches.count
+                resolved.batches.append((outlet, [item]))
             }
-            batches[key]!.items.append(item)
         }
-        for key in order {
-            switch batches[key]!.outlet.send(batches[key]!.items) {
+        for output in outputs {
+            switch output {
+            case .send(let session, let envelope):
+                if let outlet = state.outlets[session] { add(outlet, OutletItem(bytes: LIMECodec.encode(envelope))) }
+            case .deliver(let session, let token, let message):
+                guard let outlet = state.outlets[session] else { continue }
+                let bytes: [UInt8]
+                if let headers = state.natsSessions[session] {
+                    bytes = NATSEncoder.encode(message.natsOperation(sid: token, headersEnabled: headers))
+                } else {
+                    bytes = LIMECodec.encode(message.limeEnvelope(token: token, to: state.core.router.node(of: session)))
+                }
+                add(outlet, OutletItem(token: token, limit: state.core.deliveryLimit(session, token: token), bytes: bytes))
+            case .startTimer(let timer, let milliseconds):
+                state.timers[timer]?.cancel()
+                state.timers[timer] = timerLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) { [weak self] in
+                    self?.timerFired(timer)
+                }
+            case .cancelTimer(let timer):
+                state.timers.removeValue(forKey: timer)?.cancel()
+            case .persist, .unpersist, .recordDeliveries, .saveQueue, .deleteQueue:
+                resolved.storage.append(output)
+            }
+        }
+        return resolved
+    }
+
+    /// Outside the lock: hands each session its writes, counts drops and slow consumers, and
+    /// passes storage work to the queue store.
+    private func dispatch(_ resolved: Resolved) {
+        var dropped = 0
+        for (outlet, items) in resolved.batches {
+            switch outlet.send(items) {
             case nil: noteSlowConsumer()
-            case let dropped? where dropped > 0: state.withLock { $0.droppedDeliveries += dropped }
-            default: break
+            case let count?: dropped += count
             }
         }
-        if !storage.isEmpty { store(storage) }
+        if dropped > 0 { state.withLock { $0.droppedDeliveries += dropped } }
+        if !resolved.storage.isEmpty { store(resolved.storage) }
     }
 
     // MARK: - Durable queues
@@ -305,10 +323,11 @@ public final class Hub: Sendable {
 
     func natsSubscribe(_ id: SessionID, sid: String, subject: String, queue: String?, echo: Bool) throws(Reason) {
         try state.withLock { state throws(Reason) in
-            // A NATS subscriber that lags is a slow consumer, as with nats-server.
+            // A NATS subscriber that lags is a slow consumer, as with nats-server: when more than
+            // the session's pending bytes wait for it (`maxPendingBytes`), not at a message count.
             try state.core.subscribe(
                 id, token: sid, filter: subject, queue: queue, echo: echo,
-                overflow: DeliveryLimit(maximumHeld: configuration.limits.maxHeldPerSubscription, policy: .disconnect))
+                overflow: DeliveryLimit(maximumHeld: .max, policy: .disconnect))
         }
     }
 
@@ -327,9 +346,14 @@ public final class Hub: Sendable {
         perform(outputs)
     }
 
-    func natsPublish(_ message: PublishedMessage, from id: SessionID, noResponders: Bool) {
-        let outputs = state.withLock { $0.core.publish(message, from: id, noResponders: noResponders).outputs }
-        perform(outputs)
+    /// Publishes what one read of a NATS connection brought, under one acquisition of the lock.
+    func natsPublish(_ messages: [PublishedMessage], from id: SessionID, noResponders: Bool) {
+        let resolved = state.withLock { state in
+            var outputs: [HubCore.Output] = []
+            for message in messages { outputs += state.core.publish(message, from: id, noResponders: noResponders).outputs }
+            return resolve(outputs, in: &state)
+        }
+        dispatch(resolved)
     }
 
     private func timerFired(_ timer: HubCore.Timer) {

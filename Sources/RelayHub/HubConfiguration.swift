@@ -95,8 +95,9 @@ public struct HubConfiguration: Sendable, Codable {
         /// The deadline of a service request that sets none.
         public var defaultRequestTimeoutSeconds: Double = 30
         /// Deliveries held for one subscription while its subscriber's connection cannot take more;
-        /// beyond it the subscription's overflow policy applies (LIME default: drop the newest;
-        /// NATS: the connection is a slow consumer).
+        /// beyond it the subscription's overflow policy applies (LIME default: drop the newest).
+        /// NATS subscriptions are bounded by `maxPendingBytes` alone, as with nats-server's
+        /// `max_pending`: past it the connection is a slow consumer.
         public var maxHeldPerSubscription: Int = 10_000
 
         public init() {}

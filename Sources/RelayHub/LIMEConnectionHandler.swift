@@ -14,15 +14,21 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let hub: Hub
+    private let framing: LIMEEnvelopeReader.Framing
     private var reader: LIMEEnvelopeReader
     private var machine: LIMEServerSessionMachine?
     private var sessionID: SessionID?
     private var establishTimer: Scheduled<Void>?
     private var outlet: SessionOutlet?
     private var closing = false
+    /// Envelopes of the current read for the hub, handed over together (one lock, one batch of
+    /// writes per recipient) before anything else the session does, and at the read's end.
+    private var routed: [Envelope] = []
+    private var reading = false
 
     init(hub: Hub, framing: LIMEEnvelopeReader.Framing) {
         self.hub = hub
+        self.framing = framing
         let limits = hub.configuration.limits
         self.reader = LIMEEnvelopeReader(framing: framing, maximumEnvelopeSize: limits.maxEnvelopeBytes, maximumDepth: limits.maxJSONDepth)
     }
@@ -43,14 +49,16 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         guard machine == nil else { return }
         let configuration = hub.configuration
         let hubNode = configuration.hubNode
-        let allocator = context.channel.allocator
-        let outlet = SessionOutlet(channel: context.channel, maximumPendingBytes: configuration.limits.maxPendingBytes) { token, count in
+        let outlet = SessionOutlet(
+            channel: context.channel, framing: framing == .stream ? .stream : .messages,
+            maximumPendingBytes: configuration.limits.maxPendingBytes
+        ) { token, count in
             // Tells the subscriber how many deliveries its overflow policy dropped while it lagged.
             let report = LIMEMessage(
                 header: EnvelopeHeader(from: hubNode, metadata: ["#subscription": token, "#dropped": String(count)]),
                 type: "application/vnd.relay.dropped+json",
                 content: ["subscription": .string(token), "dropped": .number(JSONNumber(count))])
-            return allocator.buffer(bytes: LIMECodec.encode(.message(report)))
+            return LIMECodec.encode(.message(report))
         }
         self.outlet = outlet
         let randomTag = String(UInt32.random(in: .min ... .max), radix: 16)
@@ -81,6 +89,11 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
         let batch = reader.read(unwrapInboundIn(data))
+        reading = true
+        defer {
+            reading = false
+            routePending()
+        }
         for envelope in batch.envelopes where !closing {
             feed(context: context) { $0.envelopeReceived(envelope) }
         }
@@ -91,7 +104,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        context.flush()
+        // What this read cycle produced for this connection goes out now, with one flush.
+        outlet?.writer.drain()
         context.fireChannelReadComplete()
     }
 
@@ -143,7 +157,14 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         execute(action, context: context)
     }
 
+    private func routePending() {
+        guard !routed.isEmpty, let sessionID else { return }
+        hub.route(routed, from: sessionID)
+        routed.removeAll(keepingCapacity: true)
+    }
+
     private func execute(_ action: LIMEServerSessionMachine.Action, context: ChannelHandlerContext) {
+        if case .route = action {} else { routePending() }
         switch action {
         case .none:
             break
@@ -163,10 +184,9 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             establishTimer?.cancel()
             if let sessionID { hub.register(sessionID, node: node) }
             write(reply, context: context)
-            context.flush()
         case .route(let envelope):
-            guard let sessionID else { return }
-            hub.route(envelope, from: sessionID)
+            routed.append(envelope)
+            if !reading { routePending() }
         case .sendAndClose(let envelope):
             sendAndClose(envelope, context: context)
         case .unregisterSendAndClose(let envelope):
@@ -181,15 +201,18 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     }
 
     private func write(_ envelope: Envelope, context: ChannelHandlerContext) {
-        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: LIMECodec.encode(envelope))), promise: nil)
+        outlet?.write([LIMECodec.encode(envelope)])
     }
 
     private func sendAndClose(_ envelope: Envelope, context: ChannelHandlerContext) {
         closing = true
         establishTimer?.cancel()
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(bytes: LIMECodec.encode(envelope)))).whenComplete { _ in
+        guard let outlet else {
             channel.close(promise: nil)
+            return
         }
+        // After what is already queued, so a `failed` or `finished` is the last envelope sent.
+        outlet.writeLastAndClose(LIMECodec.encode(envelope))
     }
 }

@@ -16,6 +16,10 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var pingTask: Scheduled<Void>?
     private var outlet: SessionOutlet?
     private var closing = false
+    /// Publications of the current read, handed to the hub together (one lock, one batch of
+    /// writes per subscriber) before anything else the connection asked for, and at the read's end.
+    private var publications: [PublishedMessage] = []
+    private var reading = false
 
     init(hub: Hub) {
         self.hub = hub
@@ -24,7 +28,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         let configuration = hub.configuration
-        let outlet = SessionOutlet(channel: context.channel, maximumPendingBytes: configuration.limits.maxPendingBytes)
+        let outlet = SessionOutlet(channel: context.channel, framing: .stream, maximumPendingBytes: configuration.limits.maxPendingBytes)
         self.outlet = outlet
         guard let id = hub.openSession(outlet) else {
             fail(NATSProtocolError(.maximumConnections), context: context)
@@ -49,7 +53,6 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         let actions = machine.connected()
         self.machine = machine
         execute(actions, context: context)
-        context.flush()
         schedulePing(context: context)
         context.fireChannelActive()
     }
@@ -60,7 +63,6 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         pingTask = context.eventLoop.assumeIsolated().scheduleTask(in: interval) { [weak self] in
             guard let self, !self.closing else { return }
             self.feed(context: context) { $0.pingIntervalElapsed() }
-            context.flush()
             self.schedulePing(context: context)
         }
     }
@@ -68,6 +70,11 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
         let buffer = unwrapInboundIn(data)
+        reading = true
+        defer {
+            reading = false
+            publishPending()
+        }
         do {
             let operations = try parser.bytesReceived(buffer.readableBytesView)
             for operation in operations where !closing {
@@ -80,7 +87,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        context.flush()
+        // What this read cycle produced for this connection goes out now, with one flush.
+        outlet?.writer.drain()
         context.fireChannelReadComplete()
     }
 
@@ -133,13 +141,21 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    private func publishPending() {
+        guard !publications.isEmpty, let sessionID else { return }
+        let options = machine?.options
+        hub.natsPublish(publications, from: sessionID, noResponders: options?.noResponders == true && options?.headers == true)
+        publications.removeAll(keepingCapacity: true)
+    }
+
     private func execute(_ action: NATSServerConnectionMachine.Action, context: ChannelHandlerContext) {
         guard let sessionID else { return }
+        if case .publish = action {} else { publishPending() }
         switch action {
         case .send(let operations):
             var bytes: [UInt8] = []
             for operation in operations { NATSEncoder.encode(operation, into: &bytes) }
-            context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+            outlet?.write([bytes])
         case .authenticate(let options):
             if hub.authenticator.acceptsNATS(options) {
                 feed(context: context) { $0.connectAccepted() }
@@ -179,24 +195,26 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             let message = PublishedMessage(
                 subject: subject, replyTo: replyTo, publisher: hub.node(of: sessionID), type: type, body: .bytes(payload),
                 metadata: metadata, status: headers?.status)
-            let options = machine?.options
-            hub.natsPublish(message, from: sessionID, noResponders: options?.noResponders == true && options?.headers == true)
+            publications.append(message)
+            if !reading { publishPending() }
         case .failAndClose(let error):
             fail(error, context: context)
         }
     }
 
     private func write(_ operation: NATSOperation, context: ChannelHandlerContext) {
-        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: NATSEncoder.encode(operation))), promise: nil)
+        outlet?.write([NATSEncoder.encode(operation)])
     }
 
     private func fail(_ error: NATSProtocolError, context: ChannelHandlerContext) {
         closing = true
         pingTask?.cancel()
         let channel = context.channel
-        let bytes = NATSEncoder.encode(.error(error.errText))
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(bytes: bytes))).whenComplete { _ in
+        guard let outlet else {
             channel.close(promise: nil)
+            return
         }
+        // After what is already queued: a slow consumer's -ERR waits behind its pending writes.
+        outlet.writeLastAndClose(NATSEncoder.encode(.error(error.errText)))
     }
 }

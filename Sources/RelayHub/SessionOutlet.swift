@@ -1,5 +1,6 @@
 import NIOCore
 import RelayCore
+import RelayTransport
 import Synchronization
 
 /// What the hub tells a session's connection from outside its event loop.
@@ -15,25 +16,27 @@ enum HubSessionEvent: Sendable {
 struct OutletItem: Sendable {
     var token: String?
     var limit: DeliveryLimit?
-    var buffer: ByteBuffer
+    var bytes: [UInt8]
 }
 
 /// The hub's handle on one session's connection: where deliveries are written, from any thread.
 ///
-/// While the connection can take more (NIO's writability), writes go straight out. While it
-/// cannot, deliveries are held here, at most each subscription's `DeliveryLimit` of them; beyond
+/// Everything written to the connection, by the hub or by the session's own handler, goes through
+/// its `ChannelWriter`, which coalesces it into one flush per turn of the connection's event loop.
+/// While the connection can take more (NIO's writability), writes go straight to the writer. While
+/// it cannot, deliveries are held here, at most each subscription's `DeliveryLimit` of them; beyond
 /// that its `OverflowPolicy` drops the newest or the oldest (counted, and reported to the
 /// subscriber when the connection catches up) or ends the session. Independently, the bytes
 /// written but not yet on the wire are capped: past `maximumPendingBytes` the session is a slow
 /// consumer and is ended. So one stalled reader cannot make the hub's memory grow without bound.
 final class SessionOutlet: Sendable {
-    let channel: any Channel
+    let writer: ChannelWriter
+    var channel: any Channel { writer.channel }
     private let maximumPendingBytes: Int
-    private let pendingBytes = Atomic<Int>(0)
     private let isTerminating = Atomic<Bool>(false)
     private let held = Mutex(Held())
     /// Renders "N deliveries of subscription T were dropped" for the subscriber, if its dialect can say it.
-    private let dropReport: (@Sendable (String, Int) -> ByteBuffer?)?
+    private let dropReport: (@Sendable (String, Int) -> [UInt8]?)?
 
     private struct Held: Sendable {
         var writable = true
@@ -43,8 +46,11 @@ final class SessionOutlet: Sendable {
         var unreported: [String: Int] = [:]
     }
 
-    init(channel: any Channel, maximumPendingBytes: Int, dropReport: (@Sendable (String, Int) -> ByteBuffer?)? = nil) {
-        self.channel = channel
+    init(
+        channel: any Channel, framing: ChannelWriter.Framing, maximumPendingBytes: Int,
+        dropReport: (@Sendable (String, Int) -> [UInt8]?)? = nil
+    ) {
+        self.writer = ChannelWriter(channel: channel, framing: framing)
         self.maximumPendingBytes = maximumPendingBytes
         self.dropReport = dropReport
     }
@@ -52,12 +58,13 @@ final class SessionOutlet: Sendable {
     /// Writes (or holds) items in order. Returns how many deliveries were dropped, or nil when the
     /// session is being ended as a slow consumer.
     func send(_ items: [OutletItem]) -> Int? {
-        var direct: [ByteBuffer] = []
+        var direct: [[UInt8]] = []
         var dropped = 0
         var overflowed = false
         held.withLock { state in
             if state.writable && state.items.isEmpty {
-                direct = items.map(\.buffer)
+                direct.reserveCapacity(items.count)
+                for item in items { direct.append(item.bytes) }
                 return
             }
             for item in items {
@@ -69,7 +76,7 @@ final class SessionOutlet: Sendable {
                         continue
                     case .dropOldest:
                         if let index = state.items.firstIndex(where: { $0.token == token }) {
-                            state.bytes -= state.items.remove(at: index).buffer.readableBytes
+                            state.bytes -= state.items.remove(at: index).bytes.count
                             state.perToken[token, default: 1] -= 1
                             state.unreported[token, default: 0] += 1
                             dropped += 1
@@ -80,10 +87,10 @@ final class SessionOutlet: Sendable {
                     }
                 }
                 state.items.append(item)
-                state.bytes += item.buffer.readableBytes
+                state.bytes += item.bytes.count
                 if let token = item.token { state.perToken[token, default: 0] += 1 }
             }
-            if state.bytes + pendingBytes.load(ordering: .relaxed) > maximumPendingBytes { overflowed = true }
+            if state.bytes + writer.pendingBytes > maximumPendingBytes { overflowed = true }
         }
         if overflowed {
             slowConsumer()
@@ -93,29 +100,32 @@ final class SessionOutlet: Sendable {
         return dropped
     }
 
-    /// Writes buffers with one flush, in one hop to the channel's event loop; false when the byte
-    /// cap is passed (the session is being ended).
-    private func write(_ buffers: [ByteBuffer]) -> Bool {
-        guard let last = buffers.last else { return true }
-        let size = buffers.reduce(0) { $0 + $1.readableBytes }
-        let pending = pendingBytes.add(size, ordering: .relaxed).newValue
-        guard pending <= maximumPendingBytes else {
-            pendingBytes.subtract(size, ordering: .relaxed)
+    /// Hands messages to the writer; false when the byte cap would be passed (the session is
+    /// being ended instead).
+    @discardableResult
+    func write(_ messages: [[UInt8]]) -> Bool {
+        guard !messages.isEmpty else { return true }
+        var size = 0
+        for bytes in messages { size += bytes.count }
+        guard writer.pendingBytes + size <= maximumPendingBytes else {
             slowConsumer()
             return false
         }
-        let channel = self.channel
-        let write = { [self] in
-            for buffer in buffers.dropLast() { channel.write(buffer, promise: nil) }
-            // Writes complete in order: when the last is on the wire, all are.
-            channel.writeAndFlush(last).whenComplete { _ in
-                self.pendingBytes.subtract(size, ordering: .relaxed)
-            }
-        }
-        // On the session's own loop (a reply to what it just sent) the write happens now, so it
-        // keeps its place before anything the connection writes next.
-        if channel.eventLoop.inEventLoop { write() } else { channel.eventLoop.execute(write) }
+        writer.enqueue(messages)
         return true
+    }
+
+    /// Writes a last message after everything queued (past the byte cap: it says why the session
+    /// ends), then closes the connection. A peer that reads nothing never lets it out; the
+    /// connection is closed anyway two seconds later.
+    func writeLastAndClose(_ bytes: [UInt8]) {
+        let channel = self.channel
+        writer.enqueue(bytes)
+        // Now, when on the loop: the transport may be closing the connection itself (a WebSocket
+        // protocol error), and this message should go out before.
+        if channel.eventLoop.inEventLoop { writer.drain() }
+        writer.flushed().whenComplete { _ in channel.close(promise: nil) }
+        channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
     }
 
     /// The connection's writability changed (called on its event loop): when it can take more,
@@ -132,11 +142,12 @@ final class SessionOutlet: Sendable {
             }
             return (state.items, state.unreported)
         }
-        var buffers = items.map(\.buffer)
+        var messages: [[UInt8]] = []
+        for item in items { messages.append(item.bytes) }
         if let dropReport {
-            for token in reports.keys.sorted() { if let report = dropReport(token, reports[token]!) { buffers.append(report) } }
+            for token in reports.keys.sorted() { if let report = dropReport(token, reports[token]!) { messages.append(report) } }
         }
-        _ = write(buffers)
+        write(messages)
     }
 
     private func slowConsumer() {

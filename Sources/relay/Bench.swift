@@ -94,7 +94,10 @@ struct Bench: AsyncParsableCommand {
             }
             return histogram
         }
-        for _ in 0..<count { try publisher.publish("bench.pubsub", payload(Self.now())) }
+        for index in 0..<count {
+            try publisher.publish("bench.pubsub", payload(Self.now()))
+            if index % 1000 == 999 && publisher.pendingWriteBytes > 8 << 20 { await publisher.writesDrained() }
+        }
         try await publisher.flush()
         let histogram = await receiving.value
         let seconds = Double(Self.now() - start) / 1e9

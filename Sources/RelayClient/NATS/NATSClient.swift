@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import RelayCore
+import RelayTransport
 import Synchronization
 
 /// A message received on a NATS subscription.
@@ -27,6 +28,9 @@ public enum NATSClientError: Error, Equatable, CustomStringConvertible {
     case closed
     /// Publications wait while the client reconnects, up to a bound; this one did not fit.
     case reconnectBufferFull
+    /// More than `maximumPendingBytes` are waiting to be written: the connection cannot keep up.
+    /// Wait with `writesDrained()` before publishing more.
+    case writeBufferFull
     /// The server refused an operation (`-ERR`).
     case serverError(String)
 
@@ -38,6 +42,7 @@ public enum NATSClientError: Error, Equatable, CustomStringConvertible {
         case .timedOut: "Timed out"
         case .closed: "The connection is closed"
         case .reconnectBufferFull: "The reconnect buffer is full"
+        case .writeBufferFull: "More than the maximum of pending bytes are waiting to be written"
         case .serverError(let text): "Server error: \(text)"
         }
     }
@@ -61,6 +66,9 @@ public final class NATSClient: Sendable {
         public var reconnectBaseDelay: Duration = .milliseconds(50)
         public var reconnectMaximumDelay: Duration = .seconds(2)
         public var reconnectBufferBytes = 8 << 20
+        /// Bytes published but not yet written to the connection, at most; beyond that `publish`
+        /// fails with `writeBufferFull` (writes are coalesced, one flush per turn of the event loop).
+        public var maximumPendingBytes = 64 << 20
         public var pingInterval: Duration = .seconds(120)
         public var maximumPingsOutstanding = 2
         public var connectTimeout: Duration = .seconds(5)
@@ -88,7 +96,8 @@ public final class NATSClient: Sendable {
     }
 
     struct State: Sendable {
-        var channel: (any Channel)?
+        /// The connection's writer while connected.
+        var writer: ChannelWriter?
         var closed = false
         var subscriptions: [String: SubscriptionRecord] = [:]
         var nextSid = 1
@@ -152,7 +161,7 @@ public final class NATSClient: Sendable {
     public var reconnectCount: Int { state.withLock { $0.reconnects } }
 
     /// Whether a connection is up now.
-    public var isConnected: Bool { state.withLock { $0.channel != nil } }
+    public var isConnected: Bool { state.withLock { $0.writer != nil } }
 
     // MARK: - Connection management
 
@@ -236,8 +245,9 @@ public final class NATSClient: Sendable {
             state.heldBytes = 0
             if state.info.isEmpty == false { state.reconnects += 1 }
             state.info = info
-            state.channel = channel
-            if !bytes.isEmpty { channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil) }
+            let writer = ChannelWriter(channel: channel, framing: .stream)
+            state.writer = writer
+            if !bytes.isEmpty { writer.enqueue(bytes) }
         }
         resumeFirstConnection(throwing: nil)
     }
@@ -246,10 +256,10 @@ public final class NATSClient: Sendable {
     private func connectionLost() -> Bool {
         let (wasUp, waiters) = state.withLock { state in
             defer {
-                state.channel = nil
+                state.writer = nil
                 state.flushWaiters.removeAll()
             }
-            return (state.channel != nil, state.flushWaiters)
+            return (state.writer != nil, state.flushWaiters)
         }
         for waiter in waiters { waiter.resume(throwing: NATSClientError.closed) }
         return wasUp
@@ -268,9 +278,9 @@ public final class NATSClient: Sendable {
                 state.subscriptions.removeAll()
                 state.flushWaiters.removeAll()
                 state.requests.removeAll()
-                state.channel = nil
+                state.writer = nil
             }
-            return (state.channel, Array(state.subscriptions.values), state.flushWaiters, Array(state.requests.values))
+            return (state.writer?.channel, Array(state.subscriptions.values), state.flushWaiters, Array(state.requests.values))
         }
         channel?.close(promise: nil)
         for subscription in subscriptions { subscription.inbox?.finish() }
@@ -323,14 +333,26 @@ public final class NATSClient: Sendable {
         let bytes = NATSEncoder.encode(operation)
         try state.withLock { state in
             if state.closed { throw NATSClientError.closed }
-            if let channel = state.channel {
-                channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil)
+            if let writer = state.writer {
+                guard writer.pendingBytes + bytes.count <= options.maximumPendingBytes else { throw NATSClientError.writeBufferFull }
+                writer.enqueue(bytes)
                 return
             }
             guard state.heldBytes + bytes.count <= options.reconnectBufferBytes else { throw NATSClientError.reconnectBufferFull }
             state.held.append(bytes)
             state.heldBytes += bytes.count
         }
+    }
+
+    /// Bytes published and not yet written to the connection.
+    public var pendingWriteBytes: Int { state.withLock { $0.writer?.pendingBytes ?? 0 } }
+
+    /// Waits until everything published so far is written to the connection (not processed by the
+    /// server: that is `flush`). A publisher sending as fast as it can calls it now and then to
+    /// stay under `maximumPendingBytes`.
+    public func writesDrained() async {
+        guard let writer = state.withLock({ $0.writer }) else { return }
+        try? await writer.flushed().get()
     }
 
     /// Publishes `payload` on `subject`.
@@ -349,9 +371,9 @@ public final class NATSClient: Sendable {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 let failure: (any Error)? = state.withLock { state in
                     guard !state.closed else { return NATSClientError.closed }
-                    guard let channel = state.channel else { return NATSClientError.closed }
+                    guard let writer = state.writer else { return NATSClientError.closed }
                     state.flushWaiters.append(continuation)
-                    channel.writeAndFlush(channel.allocator.buffer(bytes: NATSEncoder.encode(.ping)), promise: nil)
+                    writer.enqueue(NATSEncoder.encode(.ping))
                     return nil
                 }
                 if let failure { continuation.resume(throwing: failure) }

@@ -20,22 +20,15 @@ public enum NATSEncoder {
         case .connect(let object): line("CONNECT " + JSONWriter.string(.object(object)))
         case .info(let object): line("INFO " + JSONWriter.string(.object(object)))
         case .publish(let subject, let replyTo, let headers, let payload):
-            let reply = replyTo.map { " \($0)" } ?? ""
-            if let headers {
-                let headerSize = headers.bytes.count
-                line("HPUB \(subject)\(reply) \(headerSize) \(headerSize + payload.count)")
-            } else {
-                line("PUB \(subject)\(reply) \(payload.count)")
-            }
+            // MSG and PUB go out per message: written byte by byte, without building strings.
+            let headerSize = headers?.bytes.count
+            output.append(contentsOf: headers == nil ? "PUB ".utf8 : "HPUB ".utf8)
+            fields(subject, nil, replyTo, headerSize, payload.count, into: &output)
             body(headers, payload)
         case .message(let subject, let sid, let replyTo, let headers, let payload):
-            let reply = replyTo.map { " \($0)" } ?? ""
-            if let headers {
-                let headerSize = headers.bytes.count
-                line("HMSG \(subject) \(sid)\(reply) \(headerSize) \(headerSize + payload.count)")
-            } else {
-                line("MSG \(subject) \(sid)\(reply) \(payload.count)")
-            }
+            let headerSize = headers?.bytes.count
+            output.append(contentsOf: headers == nil ? "MSG ".utf8 : "HMSG ".utf8)
+            fields(subject, sid, replyTo, headerSize, payload.count, into: &output)
             body(headers, payload)
         case .subscribe(let subject, let queue, let sid): line("SUB \(subject)\(queue.map { " \($0)" } ?? "") \(sid)")
         case .unsubscribe(let sid, let max): line("UNSUB \(sid)\(max.map { " \($0)" } ?? "")")
@@ -44,5 +37,37 @@ public enum NATSEncoder {
         case .ping: line("PING")
         case .pong: line("PONG")
         }
+    }
+
+    /// `subject [sid] [reply] [header-size] total-size CRLF`.
+    private static func fields(
+        _ subject: String, _ sid: String?, _ replyTo: String?, _ headerSize: Int?, _ payloadSize: Int, into output: inout [UInt8]
+    ) {
+        output.append(contentsOf: subject.utf8)
+        if let sid {
+            output.append(0x20)
+            output.append(contentsOf: sid.utf8)
+        }
+        if let replyTo {
+            output.append(0x20)
+            output.append(contentsOf: replyTo.utf8)
+        }
+        output.append(0x20)
+        if let headerSize {
+            decimal(headerSize, into: &output)
+            output.append(0x20)
+        }
+        decimal((headerSize ?? 0) + payloadSize, into: &output)
+        output.append(0x0D)
+        output.append(0x0A)
+    }
+
+    private static func decimal(_ value: Int, into output: inout [UInt8]) {
+        guard value >= 10 else {
+            output.append(0x30 + UInt8(value))
+            return
+        }
+        decimal(value / 10, into: &output)
+        output.append(0x30 + UInt8(value % 10))
     }
 }

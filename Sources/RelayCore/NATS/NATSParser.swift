@@ -84,66 +84,165 @@ public struct NATSParser: Sendable {
 
     private static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 }
 
+    /// The whitespace-separated arguments of a control line, as ranges into the buffer: up to
+    /// six, without allocating (a PUB is parsed per message).
+    private struct Arguments {
+        private var ranges: (Range<Int>, Range<Int>, Range<Int>, Range<Int>, Range<Int>, Range<Int>) = (0..<0, 0..<0, 0..<0, 0..<0, 0..<0, 0..<0)
+        /// How many there are (more than six counts as seven: always an error).
+        private(set) var count = 0
+
+        init(_ line: ArraySlice<UInt8>) {
+            var index = line.startIndex
+            while index < line.endIndex {
+                while index < line.endIndex && NATSParser.isSpace(line[index]) { index += 1 }
+                guard index < line.endIndex else { break }
+                let begin = index
+                while index < line.endIndex && !NATSParser.isSpace(line[index]) { index += 1 }
+                append(begin..<index)
+            }
+        }
+
+        private mutating func append(_ range: Range<Int>) {
+            switch count {
+            case 0: ranges.0 = range
+            case 1: ranges.1 = range
+            case 2: ranges.2 = range
+            case 3: ranges.3 = range
+            case 4: ranges.4 = range
+            case 5: ranges.5 = range
+            default: count = 6
+            }
+            count += 1
+        }
+
+        subscript(_ index: Int) -> Range<Int> {
+            switch index {
+            case 0: ranges.0
+            case 1: ranges.1
+            case 2: ranges.2
+            case 3: ranges.3
+            case 4: ranges.4
+            default: ranges.5
+            }
+        }
+
+        var last: Range<Int> { self[count - 1] }
+    }
+
+    private func string(_ range: Range<Int>) -> String {
+        String(decoding: buffer[range], as: UTF8.self)
+    }
+
+    /// A non-negative decimal number, or nil.
+    private func number(_ range: Range<Int>) -> Int? {
+        guard !range.isEmpty, range.count <= 18 else { return nil }
+        var value = 0
+        for byte in buffer[range] {
+            guard byte >= 0x30 && byte <= 0x39 else { return nil }
+            value = value * 10 + Int(byte - 0x30)
+        }
+        return value
+    }
+
+    /// The operation name, upper-cased as bytes (names are ASCII).
+    private enum Op {
+        case ping, pong, connect, pub, hpub, sub, unsub, info, msg, hmsg, ok, err, unknown
+
+        init(_ name: ArraySlice<UInt8>) {
+            func upper(_ byte: UInt8) -> UInt8 { byte >= 0x61 && byte <= 0x7A ? byte - 0x20 : byte }
+            var word: UInt64 = 0
+            guard name.count <= 8 else {
+                self = .unknown
+                return
+            }
+            for byte in name { word = word << 8 | UInt64(upper(byte)) }
+            switch word {
+            case Op.pack("PING"): self = .ping
+            case Op.pack("PONG"): self = .pong
+            case Op.pack("CONNECT"): self = .connect
+            case Op.pack("PUB"): self = .pub
+            case Op.pack("HPUB"): self = .hpub
+            case Op.pack("SUB"): self = .sub
+            case Op.pack("UNSUB"): self = .unsub
+            case Op.pack("INFO"): self = .info
+            case Op.pack("MSG"): self = .msg
+            case Op.pack("HMSG"): self = .hmsg
+            case Op.pack("+OK"): self = .ok
+            case Op.pack("-ERR"): self = .err
+            default: self = .unknown
+            }
+        }
+
+        static func pack(_ text: StaticString) -> UInt64 {
+            var word: UInt64 = 0
+            text.withUTF8Buffer { for byte in $0 { word = word << 8 | UInt64(byte) } }
+            return word
+        }
+    }
+
     private mutating func controlLine(_ line: ArraySlice<UInt8>) throws(NATSProtocolError) -> NATSOperation? {
         let opEnd = line.firstIndex(where: Self.isSpace) ?? line.endIndex
-        let op = String(decoding: line[line.startIndex..<opEnd], as: UTF8.self).uppercased()
+        let name = line[line.startIndex..<opEnd]
         let rest = line[opEnd...].drop(while: Self.isSpace)
-        let arguments = rest.split(whereSeparator: Self.isSpace).map { String(decoding: $0, as: UTF8.self) }
-        switch (role, op) {
-        case (_, "PING"): return .ping
-        case (_, "PONG"): return .pong
-        case (.server, "CONNECT"): return .connect(try json(rest, op))
-        case (.server, "PUB"):
-            guard arguments.count == 2 || arguments.count == 3, let size = Int(arguments.last!), size >= 0 else {
+        let arguments = Arguments(rest)
+        let count = arguments.count
+        switch (role, Op(name)) {
+        case (_, .ping): return .ping
+        case (_, .pong): return .pong
+        case (.server, .connect): return .connect(try json(rest, "CONNECT"))
+        case (.server, .pub):
+            guard count == 2 || count == 3, let size = number(arguments.last) else {
                 throw NATSProtocolError(.parser, detail: "PUB expects: subject [reply] size")
             }
             try checkPayload(size)
-            awaiting = .publish(subject: arguments[0], replyTo: arguments.count == 3 ? arguments[1] : nil, headerSize: nil, total: size)
-        case (.server, "HPUB"):
-            guard arguments.count == 3 || arguments.count == 4, let headerSize = Int(arguments[arguments.count - 2]),
-                let total = Int(arguments.last!), headerSize >= 0, total >= headerSize
+            awaiting = .publish(
+                subject: string(arguments[0]), replyTo: count == 3 ? string(arguments[1]) : nil, headerSize: nil, total: size)
+        case (.server, .hpub):
+            guard count == 3 || count == 4, let headerSize = number(arguments[count - 2]), let total = number(arguments.last),
+                total >= headerSize
             else { throw NATSProtocolError(.parser, detail: "HPUB expects: subject [reply] header-size total-size") }
             try checkPayload(total)
             awaiting = .publish(
-                subject: arguments[0], replyTo: arguments.count == 4 ? arguments[1] : nil, headerSize: headerSize, total: total)
-        case (.server, "SUB"):
-            guard arguments.count == 2 || arguments.count == 3 else {
+                subject: string(arguments[0]), replyTo: count == 4 ? string(arguments[1]) : nil, headerSize: headerSize, total: total)
+        case (.server, .sub):
+            guard count == 2 || count == 3 else {
                 throw NATSProtocolError(.parser, detail: "SUB expects: subject [queue] sid")
             }
-            return .subscribe(subject: arguments[0], queue: arguments.count == 3 ? arguments[1] : nil, sid: arguments.last!)
-        case (.server, "UNSUB"):
-            guard arguments.count == 1 || arguments.count == 2 else { throw NATSProtocolError(.parser, detail: "UNSUB expects: sid [max]") }
+            return .subscribe(subject: string(arguments[0]), queue: count == 3 ? string(arguments[1]) : nil, sid: string(arguments.last))
+        case (.server, .unsub):
+            guard count == 1 || count == 2 else { throw NATSProtocolError(.parser, detail: "UNSUB expects: sid [max]") }
             var max: Int?
-            if arguments.count == 2 {
-                guard let value = Int(arguments[1]), value >= 0 else {
+            if count == 2 {
+                guard let value = number(arguments[1]) else {
                     throw NATSProtocolError(.parser, detail: "UNSUB max must be a number")
                 }
                 max = value
             }
-            return .unsubscribe(sid: arguments[0], max: max)
-        case (.client, "INFO"): return .info(try json(rest, op))
-        case (.client, "MSG"):
-            guard arguments.count == 3 || arguments.count == 4, let size = Int(arguments.last!), size >= 0 else {
+            return .unsubscribe(sid: string(arguments[0]), max: max)
+        case (.client, .info): return .info(try json(rest, "INFO"))
+        case (.client, .msg):
+            guard count == 3 || count == 4, let size = number(arguments.last) else {
                 throw NATSProtocolError(.parser, detail: "MSG expects: subject sid [reply] size")
             }
             try checkPayload(size)
             awaiting = .message(
-                subject: arguments[0], sid: arguments[1], replyTo: arguments.count == 4 ? arguments[2] : nil, headerSize: nil, total: size)
-        case (.client, "HMSG"):
-            guard arguments.count == 4 || arguments.count == 5, let headerSize = Int(arguments[arguments.count - 2]),
-                let total = Int(arguments.last!), headerSize >= 0, total >= headerSize
+                subject: string(arguments[0]), sid: string(arguments[1]), replyTo: count == 4 ? string(arguments[2]) : nil,
+                headerSize: nil, total: size)
+        case (.client, .hmsg):
+            guard count == 4 || count == 5, let headerSize = number(arguments[count - 2]), let total = number(arguments.last),
+                total >= headerSize
             else { throw NATSProtocolError(.parser, detail: "HMSG expects: subject sid [reply] header-size total-size") }
             try checkPayload(total)
             awaiting = .message(
-                subject: arguments[0], sid: arguments[1], replyTo: arguments.count == 5 ? arguments[2] : nil, headerSize: headerSize,
-                total: total)
-        case (.client, "+OK"): return .ok
-        case (.client, "-ERR"):
+                subject: string(arguments[0]), sid: string(arguments[1]), replyTo: count == 5 ? string(arguments[2]) : nil,
+                headerSize: headerSize, total: total)
+        case (.client, .ok): return .ok
+        case (.client, .err):
             var text = String(decoding: rest, as: UTF8.self)
             if text.hasPrefix("'") && text.hasSuffix("'") && text.count >= 2 { text = String(text.dropFirst().dropLast()) }
             return .error(text)
         default:
-            throw NATSProtocolError(.unknownOperation, detail: "'\(op)'")
+            throw NATSProtocolError(.unknownOperation, detail: "'\(String(decoding: name, as: UTF8.self).uppercased())'")
         }
         return try next()
     }

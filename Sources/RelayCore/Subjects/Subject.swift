@@ -8,6 +8,7 @@ public enum Subject {
 
     /// Why `subject` cannot be published to, or nil when it can.
     public static func publishError(_ subject: String) -> String? {
+        if isPlainSubject(subject) { return nil }
         if let error = commonError(subject) { return error }
         for token in subject.split(separator: ".", omittingEmptySubsequences: false) where token == "*" || token == ">" {
             return "Subject '\(subject)' contains the wildcard '\(token)'; wildcards are for subscriptions"
@@ -28,6 +29,32 @@ public enum Subject {
             }
         }
         return nil
+    }
+
+    /// The common case, checked in one pass over the bytes without allocating: ASCII, no
+    /// whitespace, no empty token, no wildcard token. Anything else takes the detailed path.
+    private static func isPlainSubject(_ subject: String) -> Bool {
+        subject.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+            guard !bytes.isEmpty, bytes.count <= maximumLength else { return false }
+            var tokenLength = 0
+            var wildcard = false
+            for byte in bytes {
+                switch byte {
+                case UInt8(ascii: "."):
+                    if tokenLength == 0 || (tokenLength == 1 && wildcard) { return false }
+                    tokenLength = 0
+                    continue
+                case UInt8(ascii: "*"), UInt8(ascii: ">"):
+                    wildcard = tokenLength == 0
+                case 0...0x20, 0x7F...:
+                    return false
+                default:
+                    wildcard = false
+                }
+                tokenLength += 1
+            }
+            return tokenLength > 0 && !(tokenLength == 1 && wildcard)
+        } ?? false
     }
 
     private static func commonError(_ text: String) -> String? {
