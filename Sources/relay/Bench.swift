@@ -6,170 +6,357 @@ import RelayCore
 import Synchronization
 
 /// `relay bench`: end-to-end throughput and latency with Relay's own clients, against a hub over
-/// LIME (ws://, tcp://) or NATS, or against a nats-server (nats://). A first step of issue 6: the
-/// pub/sub and request/reply workloads; fan-out, queue groups, confirmed publish, constant rate and
-/// the side-by-side script are to come.
+/// LIME (ws://, tcp://) or NATS, or against a nats-server (nats://), so the same client measures
+/// both (scripts/bench-vs-nats runs them side by side).
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure pub/sub or request/reply throughput and latency (p50, p90, p99, p99.9, max).")
+        abstract: "Measure throughput and latency percentiles (p50, p90, p99, p99.9, max) of a workload.",
+        discussion: """
+            pubsub: publishers → 1 subscriber. fanout: 1 publisher → N subscribers. queue: 1 publisher → a queue \
+            group of N. reqrep: requesters each waiting for its answer. confirmed: publishers each waiting until \
+            a durable queue (a JetStream stream on nats-server, which needs -js) has stored the message.
+            Latency is from the (intended) send time to reception, or to the answer. With --rate the publishers \
+            send at a constant rate and latency counts from when each message was due, so a stall is not \
+            hidden (no coordinated omission); without it they send as fast as they can, and the latency \
+            includes the queueing of that burst.
+            """)
 
     enum Workload: String, ExpressibleByArgument, CaseIterable {
-        case pubsub, reqrep
+        case pubsub, fanout, queue, reqrep, confirmed
     }
 
     @OptionGroup var client: ClientOptions
 
-    @Argument(help: "pubsub (1 publisher, 1 subscriber) or reqrep (sequential requests).")
+    @Argument(help: "pubsub, fanout, queue, reqrep or confirmed.")
     var workload: Workload
 
-    @Option(help: "Messages (or requests).")
-    var count: Int = 10_000
+    @Option(help: "Messages (or requests) in all; default 100000 (10000 for reqrep and confirmed).")
+    var count: Int?
+
+    @Option(help: "Run for this many seconds instead of a count.")
+    var duration: Double?
 
     @Option(help: "Payload size in bytes.")
     var size: Int = 128
 
+    @Option(help: "Publishers (pubsub, confirmed) or concurrent requesters (reqrep), one connection each.")
+    var publishers: Int = 1
+
+    @Option(help: "Subscribers (fanout, default 10) or queue-group members (queue, default 3), one connection each.")
+    var subscribers: Int?
+
+    @Option(help: "Send at this many messages per second in all, instead of as fast as possible.")
+    var rate: Double?
+
     @Flag(help: "Print a JSON summary instead of text.")
     var json = false
 
-    func run() async throws {
-        let result: (seconds: Double, latencies: Histogram<UInt64>)
-        switch (workload, client.isNATS) {
-        case (.pubsub, true): result = try await natsPubSub()
-        case (.pubsub, false): result = try await limePubSub()
-        case (.reqrep, true): result = try await natsRequestReply()
-        case (.reqrep, false): result = try await limeRequestReply()
-        }
-        let rate = Double(count) / result.seconds
-        let percentiles: [(String, Double)] = [("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9)]
-        var values: [String: Double] = [:]
-        for (name, percentile) in percentiles { values[name] = Double(result.latencies.valueAtPercentile(percentile)) / 1000 }
-        values["max"] = Double(result.latencies.max) / 1000
-        if json {
-            var object: JSONObject = [
-                "workload": .string(workload.rawValue), "server": .string(client.server), "count": .number(JSONNumber(count)),
-                "size": .number(JSONNumber(size)), "seconds": .number(JSONNumber(result.seconds)),
-                "messagesPerSecond": .number(JSONNumber(rate)),
-            ]
-            var latency = JSONObject()
-            for key in ["p50", "p90", "p99", "p99.9", "max"] { latency[key] = .number(JSONNumber(values[key]!)) }
-            object["latencyMicroseconds"] = .object(latency)
-            print(JSONWriter.string(.object(object)))
-        } else {
-            print(
-                "\(workload.rawValue) \(client.server): \(count) × \(size) B in \(String(format: "%.3f", result.seconds)) s = \(Int(rate)) msg/s"
-            )
-            print(
-                String(
-                    format: "latency µs: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f  max %.0f", values["p50"]!, values["p90"]!,
-                    values["p99"]!, values["p99.9"]!, values["max"]!))
-        }
+    @Flag(help: "No progress bar (it is shown only on a terminal anyway).")
+    var noProgress = false
+
+    func validate() throws {
+        guard size >= 24 else { throw ValidationError("--size must be at least 24 bytes (the payload carries the send time)") }
+        guard publishers >= 1, (subscribers ?? 1) >= 1 else { throw ValidationError("--publishers and --subscribers must be positive") }
+        if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+        if let duration, duration <= 0 { throw ValidationError("--duration must be positive") }
+        if count != nil && duration != nil { throw ValidationError("give --count or --duration, not both") }
     }
 
-    /// The payload: the send time (nanoseconds, for the latency) and padding to `size`.
-    private func payload(_ sent: UInt64) -> [UInt8] {
-        var bytes = Array(String(sent).utf8)
-        if bytes.count < size { bytes += [UInt8](repeating: UInt8(ascii: "x"), count: size - bytes.count) }
-        return bytes
+    func run() async throws {
+        let plan = Plan(
+            total: duration == nil ? count ?? ([.reqrep, .confirmed].contains(workload) ? 10_000 : 100_000) : nil,
+            deadline: duration.map { Self.now() + UInt64($0 * 1e9) }, senders: workload == .fanout || workload == .queue ? 1 : publishers,
+            rate: rate)
+        let receivers = workload == .fanout ? subscribers ?? 10 : workload == .queue ? subscribers ?? 3 : 1
+        let progress = Progress(expected: plan.total)
+        let showProgress = !json && !noProgress && isatty(STDERR_FILENO) == 1
+        let bar = showProgress ? Task { await progress.draw() } : nil
+        let result: Outcome
+        switch workload {
+        case .pubsub, .fanout, .queue: result = try await publishSubscribe(plan, receivers: receivers, progress: progress)
+        case .reqrep, .confirmed: result = try await requests(plan, progress: progress)
+        }
+        bar?.cancel()
+        if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        report(result, receivers: receivers)
     }
+
+    // MARK: - Workloads
+
+    /// How much to send: a count split over the senders, or until a deadline; paced or not.
+    struct Plan: Sendable {
+        var total: Int?
+        var deadline: UInt64?
+        var senders: Int
+        var rate: Double?
+
+        /// Messages for sender `index` (nil: until the deadline).
+        func share(_ index: Int) -> Int? {
+            total.map { $0 / senders + (index < $0 % senders ? 1 : 0) }
+        }
+
+        /// Nanoseconds between one sender's messages at the constant rate.
+        var interval: Double? { rate.map { 1e9 * Double(senders) / $0 } }
+    }
+
+    struct Outcome {
+        var sent: Int
+        var received: Int
+        var expected: Int
+        var seconds: Double
+        var latencies: Histogram<UInt64>
+    }
+
+    private func publishSubscribe(_ plan: Plan, receivers count: Int, progress: Progress) async throws -> Outcome {
+        let subject = "bench.\(workload.rawValue)"
+        var receivers: [any BenchConnection] = []
+        var recorders: [LatencyRecorder] = []
+        var tasks: [Task<Void, Never>] = []
+        let tally = Tally()
+        for _ in 0..<count {
+            let connection = try await client.connectBench()
+            let recorder = LatencyRecorder()
+            let task = try await connection.receive(
+                subject, queue: workload == .queue ? "bench-workers" : nil, bufferSize: 1 << 20
+            ) { payload in
+                recorder.record(Self.now() &- Self.sentTime(payload))
+                return tally.received()
+            }
+            receivers.append(connection)
+            recorders.append(recorder)
+            tasks.append(task)
+        }
+        var senders: [any BenchConnection] = []
+        for _ in 0..<plan.senders { senders.append(try await client.connectBench()) }
+        let start = Self.now()
+        progress.start(at: start)
+        let sent = try await withThrowingTaskGroup(of: Int.self) { group in
+            for (index, sender) in senders.enumerated() {
+                group.addTask {
+                    try await send(plan, share: plan.share(index), progress: progress) { try await sender.publish(subject, $0) }
+                }
+            }
+            var sent = 0
+            for try await count in group { sent += count }
+            return sent
+        }
+        for sender in senders { try await sender.settle() }
+        let expected = sent * (workload == .fanout ? count : 1)
+        // What is still on its way gets ten seconds; what does not arrive by then is reported lost.
+        let received = await tally.wait(for: expected, timeout: .seconds(10))
+        let seconds = Double(Self.now() - start) / 1e9
+        for task in tasks { task.cancel() }
+        var latencies = LatencyRecorder.empty
+        for recorder in recorders { latencies.add(recorder.histogram) }
+        for connection in senders + receivers { await connection.close() }
+        return Outcome(sent: sent, received: received, expected: expected, seconds: seconds, latencies: latencies)
+    }
+
+    private func requests(_ plan: Plan, progress: Progress) async throws -> Outcome {
+        var responder: (any BenchConnection)?
+        var echo: Task<Void, Never>?
+        if workload == .reqrep {
+            let connection = try await client.connectBench()
+            echo = try await connection.serveEcho()
+            responder = connection
+        }
+        var senders: [any BenchConnection] = []
+        for _ in 0..<plan.senders { senders.append(try await client.connectBench()) }
+        if workload == .confirmed { try await senders[0].createQueue("bench", subject: "bench.confirmed") }
+        let latencies = LatencyRecorder()
+        let start = Self.now()
+        progress.start(at: start)
+        let sent = try await withThrowingTaskGroup(of: Int.self) { group in
+            for (index, sender) in senders.enumerated() {
+                group.addTask {
+                    try await send(plan, share: plan.share(index), progress: progress) { payload in
+                        if workload == .reqrep {
+                            try await sender.request(payload)
+                        } else {
+                            try await sender.publishConfirmed("bench.confirmed", payload)
+                        }
+                        latencies.record(Self.now() &- Self.sentTime(payload))
+                    }
+                }
+            }
+            var sent = 0
+            for try await count in group { sent += count }
+            return sent
+        }
+        let seconds = Double(Self.now() - start) / 1e9
+        echo?.cancel()
+        for connection in senders + [responder].compactMap({ $0 }) { await connection.close() }
+        return Outcome(sent: sent, received: sent, expected: sent, seconds: seconds, latencies: latencies.histogram)
+    }
+
+    /// One sender's loop: `share` messages (or until the deadline), as fast as `transmit` goes or
+    /// paced at the plan's rate. Each payload carries the time it was due. Returns how many it sent.
+    private func send(_ plan: Plan, share: Int?, progress: Progress, _ transmit: ([UInt8]) async throws -> Void) async throws -> Int {
+        var sent = 0
+        let start = Self.now()
+        var payload = [UInt8](repeating: UInt8(ascii: "x"), count: size)
+        while share.map({ sent < $0 }) ?? (Self.now() < plan.deadline!) {
+            var due = Self.now()
+            if let interval = plan.interval {
+                due = start + UInt64(Double(sent) * interval)
+                let now = Self.now()
+                // Sleep when ahead; when behind, send at once, stamped with the time it was due.
+                if due > now + 200_000 { try await Task.sleep(nanoseconds: due - now) }
+            }
+            Self.stamp(due, into: &payload)
+            try await transmit(payload)
+            sent += 1
+            if sent % 256 == 0 { progress.sent(256) }
+        }
+        progress.sent(sent % 256)
+        return sent
+    }
+
+    // MARK: - Measuring
 
     private static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
-    private static func sentTime(_ text: some Sequence<UInt8>) -> UInt64 {
-        UInt64(String(decoding: text.prefix { $0 != UInt8(ascii: "x") }, as: UTF8.self)) ?? now()
+    /// The first 20 bytes of a payload: the time it was due, in nanoseconds, as decimal digits.
+    private static func stamp(_ time: UInt64, into payload: inout [UInt8]) {
+        var value = time
+        for index in stride(from: 19, through: 0, by: -1) {
+            payload[index] = UInt8(ascii: "0") + UInt8(value % 10)
+            value /= 10
+        }
     }
 
-    private func natsPubSub() async throws -> (Double, Histogram<UInt64>) {
-        let subscriber = try await client.connectNATS()
-        let publisher = try await client.connectNATS()
-        let subscription = try subscriber.subscribe("bench.pubsub", bufferSize: count + 1)
-        try await subscriber.flush()
-        let start = Self.now()
-        let receiving = Task {
-            var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000)
-            var received = 0
-            for await message in subscription {
-                _ = histogram.record(Self.now() - Self.sentTime(message.payload))
-                received += 1
-                if received == count { break }
+    private static func sentTime(_ payload: [UInt8]) -> UInt64 {
+        var value: UInt64 = 0
+        for byte in payload.prefix(20) {
+            guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return now() }
+            value = value * 10 + UInt64(byte - UInt8(ascii: "0"))
+        }
+        return value
+    }
+
+    private func report(_ outcome: Outcome, receivers: Int) {
+        let sentRate = Double(outcome.sent) / outcome.seconds
+        let deliveredRate = Double(outcome.received) / outcome.seconds
+        let names = ["p50", "p90", "p99", "p99.9"]
+        var latency: [String: Double] = [:]
+        for (name, percentile) in zip(names, [50.0, 90, 99, 99.9]) {
+            latency[name] = Double(outcome.latencies.valueAtPercentile(percentile)) / 1000
+        }
+        latency["max"] = Double(outcome.latencies.max) / 1000
+        let lost = outcome.expected - outcome.received
+        if json {
+            var object: JSONObject = [
+                "workload": .string(workload.rawValue), "server": .string(client.server), "size": .number(JSONNumber(size)),
+                "publishers": .number(JSONNumber(workload == .fanout || workload == .queue ? 1 : publishers)),
+                "subscribers": .number(JSONNumber(receivers)), "count": .number(JSONNumber(outcome.sent)),
+                "delivered": .number(JSONNumber(outcome.received)), "lost": .number(JSONNumber(lost)),
+                "seconds": .number(JSONNumber(outcome.seconds)), "messagesPerSecond": .number(JSONNumber(sentRate)),
+                "deliveredPerSecond": .number(JSONNumber(deliveredRate)),
+            ]
+            if let rate { object["rate"] = .number(JSONNumber(rate)) }
+            var percentiles = JSONObject()
+            for key in names + ["max"] { percentiles[key] = .number(JSONNumber(latency[key]!)) }
+            object["latencyMicroseconds"] = .object(percentiles)
+            print(JSONWriter.string(.object(object)))
+            return
+        }
+        let seconds = String(format: "%.3f", outcome.seconds)
+        print("\(workload.rawValue) \(client.server): \(outcome.sent) × \(size) B in \(seconds) s = \(Int(sentRate)) msg/s")
+        if outcome.received != outcome.sent || receivers > 1 {
+            print("delivered: \(outcome.received) (\(Int(deliveredRate)) msg/s)\(lost > 0 ? ", LOST \(lost)" : "")")
+        }
+        print(
+            String(
+                format: "latency µs: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f  max %.0f", latency["p50"]!, latency["p90"]!, latency["p99"]!,
+                latency["p99.9"]!, latency["max"]!))
+    }
+}
+
+/// Latencies in nanoseconds, recorded from any task (up to a minute).
+final class LatencyRecorder: Sendable {
+    static var empty: Histogram<UInt64> { Histogram(highestTrackableValue: 60_000_000_000) }
+    private let state = Mutex(LatencyRecorder.empty)
+
+    func record(_ nanoseconds: UInt64) { state.withLock { _ = $0.record(nanoseconds) } }
+    var histogram: Histogram<UInt64> { state.withLock { $0 } }
+}
+
+/// Counts deliveries across receivers and wakes the bench when all it expects have arrived.
+final class Tally: Sendable {
+    private struct State {
+        var received = 0
+        var expected: Int?
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    /// One more delivery; always true (receivers run until cancelled).
+    func received() -> Bool {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.received += 1
+            guard let expected = state.expected, state.received >= expected else { return nil }
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+        return true
+    }
+
+    /// Waits until `expected` deliveries have arrived, at most `timeout`; returns how many did.
+    func wait(for expected: Int, timeout: Duration) async -> Int {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withCheckedContinuation { continuation in
+                    let done = self.state.withLock { state -> Bool in
+                        state.expected = expected
+                        if state.received >= expected { return true }
+                        state.waiter = continuation
+                        return false
+                    }
+                    if done { continuation.resume() }
+                }
             }
-            return histogram
-        }
-        for index in 0..<count {
-            try publisher.publish("bench.pubsub", payload(Self.now()))
-            if index % 1000 == 999 && publisher.pendingWriteBytes > 8 << 20 { await publisher.writesDrained() }
-        }
-        try await publisher.flush()
-        let histogram = await receiving.value
-        let seconds = Double(Self.now() - start) / 1e9
-        await publisher.close()
-        await subscriber.close()
-        return (seconds, histogram)
-    }
-
-    private func limePubSub() async throws -> (Double, Histogram<UInt64>) {
-        let subscriber = try await client.connect()
-        let publisher = try await client.connect()
-        let subscription = try await subscriber.subscribe("bench.pubsub", bufferSize: count + 1, heldAtHub: count + 1)
-        let start = Self.now()
-        let receiving = Task {
-            var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000)
-            var received = 0
-            for await publication in subscription {
-                _ = histogram.record(Self.now() - Self.sentTime(Array(publication.text.utf8)))
-                received += 1
-                if received == count { break }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            // Whichever came first: release the other.
+            let waiter = state.withLock { state in
+                defer { state.waiter = nil }
+                return state.waiter
             }
-            return histogram
+            waiter?.resume()
+            group.cancelAll()
         }
-        for _ in 0..<count {
-            try await publisher.publish("bench.pubsub", .string(String(decoding: payload(Self.now()), as: UTF8.self)), type: .textPlain)
-        }
-        let histogram = await receiving.value
-        let seconds = Double(Self.now() - start) / 1e9
-        await publisher.close()
-        await subscriber.close()
-        return (seconds, histogram)
+        return state.withLock { $0.received }
     }
+}
 
-    private func natsRequestReply() async throws -> (Double, Histogram<UInt64>) {
-        let responder = try await client.connectNATS()
-        let requester = try await client.connectNATS()
-        let requests = try responder.subscribe("bench.reqrep")
-        try await responder.flush()
-        let serving = Task {
-            for await request in requests { if let replyTo = request.replyTo { try? responder.publish(replyTo, request.payload) } }
-        }
-        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000)
-        let start = Self.now()
-        for _ in 0..<count {
-            let sent = Self.now()
-            _ = try await requester.request("bench.reqrep", payload(sent))
-            _ = histogram.record(Self.now() - sent)
-        }
-        let seconds = Double(Self.now() - start) / 1e9
-        serving.cancel()
-        await requester.close()
-        await responder.close()
-        return (seconds, histogram)
-    }
+/// The progress bar on standard error: messages sent, and the share of the total.
+final class Progress: Sendable {
+    private let expected: Int?
+    private let counts = Mutex((sent: 0, start: UInt64(0)))
 
-    private func limeRequestReply() async throws -> (Double, Histogram<UInt64>) {
-        let server = try await client.connect()
-        var echo = ServiceDefinition("bench", description: "relay bench echo")
-        echo.method("echo") { params, _ in params ?? .null }
-        _ = try await server.serve(echo)
-        let caller = try await client.connect()
-        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000)
-        let body = JSONValue.string(String(repeating: "x", count: size))
-        let start = Self.now()
-        for _ in 0..<count {
-            let sent = Self.now()
-            _ = try await caller.call("bench", "echo", ["data": body])
-            _ = histogram.record(Self.now() - sent)
+    init(expected: Int?) { self.expected = expected }
+
+    func start(at time: UInt64) { counts.withLock { $0.start = time } }
+    func sent(_ count: Int) { counts.withLock { $0.sent += count } }
+
+    func draw() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(200))
+            let (sent, start) = counts.withLock { ($0.sent, $0.start) }
+            guard start > 0 else { continue }
+            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            var line = "\r\u{1B}[K"
+            if let expected, expected > 0 {
+                let share = min(Double(sent) / Double(expected), 1)
+                let width = 30
+                let filled = Int(share * Double(width))
+                line += "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] "
+                line += String(format: "%3.0f%% ", share * 100)
+            }
+            line += "\(sent) sent, \(Int(Double(sent) / max(elapsed, 0.001))) msg/s"
+            FileHandle.standardError.write(Data(line.utf8))
         }
-        let seconds = Double(Self.now() - start) / 1e9
-        await caller.close()
-        await server.close()
-        return (seconds, histogram)
     }
 }

@@ -64,8 +64,8 @@ extension HubCore {
 
     /// An instance answered a stored request: settle the delivery and answer the caller.
     mutating func durableResponse(_ response: LIMECommand, queue name: String, delivery: UInt64, from session: SessionID) -> [Output] {
-        guard let queue = queues[name], let messageID = queue.machine.messageID(of: delivery),
-            let (queued, count) = queue.machine.message(messageID),
+        // Reads through `queues[name]` rather than a local copy, which would make the settling below copy the queue.
+        guard let messageID = queues[name]?.machine.messageID(of: delivery), let (queued, count) = queues[name]?.machine.message(messageID),
             case .json(let value) = queued.message.body, let request = value.objectValue
         else { return [] }
         let callerNode = request["caller"]?.stringValue.flatMap { Node($0) }

@@ -99,13 +99,14 @@ extension HubCore {
     /// A stored message is on disk (since `now`, milliseconds since 1970): it may now be delivered.
     /// Retention by count and bytes is applied: the oldest waiting messages make room.
     public mutating func persisted(queue name: String, _ queued: QueuedMessage, at now: Int64 = 0) -> [Output] {
-        guard var queue = queues[name] else { return [] }
         let size = queued.message.payloadBytes.count
-        queue.storedAt[queued.sequence] = now
-        queue.sizes[queued.sequence] = size
-        queue.bytes += size
-        let actions = queue.machine.enqueue(UInt64(queued.sequence), payload: queued)
-        queues[name] = queue
+        let actions = withQueue(name) { queue in
+            queue.storedAt[queued.sequence] = now
+            queue.sizes[queued.sequence] = size
+            queue.bytes += size
+            return queue.machine.enqueue(UInt64(queued.sequence), payload: queued)
+        }
+        guard let actions else { return [] }
         return queueOutputs(name, actions) + enforceRetention(name, now: now)
     }
 
@@ -113,8 +114,17 @@ extension HubCore {
     /// than its maximum age; expires messages past their time-to-live (to the dead letters when the
     /// queue has them). Every drop is counted.
     mutating func enforceRetention(_ name: String, now: Int64) -> [Output] {
-        guard var queue = queues[name] else { return [] }
-        let configuration = queue.configuration
+        guard let current = queues[name] else { return [] }
+        let configuration = current.configuration
+        // The common case, checked without listing the messages: nothing can be due.
+        if configuration.maximumAgeSeconds == nil && configuration.timeToLiveSeconds == nil
+            && !(configuration.maximumMessages.map { current.machine.unacknowledgedCount > $0 } ?? false)
+            && !(configuration.maximumBytes.map { current.bytes > $0 } ?? false)
+        {
+            return []
+        }
+        // Taken out while it changes, so the dictionary does not hold a second reference to copy.
+        guard var queue = queues.removeValue(forKey: name) else { return [] }
         var outputs: [Output] = []
         for id in queue.machine.owedMessages {
             let sequence = Int64(id)
@@ -138,7 +148,7 @@ extension HubCore {
                     outputs += publishDeadLetter(
                         queued, from: name, to: subject, reason: "Expired after \(JSONNumber(configuration.timeToLiveSeconds!)) s", count: 0
                     )
-                    queue = queues[name]!
+                    queue = queues.removeValue(forKey: name)!
                 }
             } else {
                 queue.droppedByRetention += 1
@@ -171,20 +181,30 @@ extension HubCore {
 
     /// Forgets a message's retention bookkeeping once it is gone.
     private mutating func forget(_ name: String, sequence: Int64) {
-        guard var queue = queues[name] else { return }
-        queue.bytes -= queue.sizes.removeValue(forKey: sequence) ?? 0
-        queue.storedAt[sequence] = nil
-        queues[name] = queue
+        withQueue(name) { queue in
+            queue.bytes -= queue.sizes.removeValue(forKey: sequence) ?? 0
+            queue.storedAt[sequence] = nil
+        }
+    }
+
+    /// Changes a queue where it is stored. A copy (`var queue = queues[name]`, changed and written
+    /// back) would copy all its messages on every operation: O(queue length) per message.
+    @discardableResult
+    private mutating func withQueue<Result>(_ name: String, _ change: (inout DurableQueue) -> Result) -> Result? {
+        guard queues[name] != nil else { return nil }
+        return change(&queues[name]!)
     }
 
     /// Turns a delivery machine's actions into the hub's outputs.
     mutating func queueOutputs(_ name: String, _ actions: [DeliveryMachine<QueuedMessage>.Action]) -> [Output] {
-        guard let queue = queues[name] else { return [] }
+        // Only the fields needed: holding the whole queue would make the changes below copy it.
+        guard let consumerKeys = queues[name]?.consumerKeys else { return [] }
+        let deadLetterSubject = queues[name]?.configuration.deadLetterSubject
         var outputs: [Output] = []
         for action in actions {
             switch action {
             case .deliver(let consumer, let delivery, _, let count, let queued):
-                guard let key = queue.consumerKeys[consumer] else { continue }
+                guard let key = consumerKeys[consumer] else { continue }
                 if key.token.hasPrefix(Self.serviceConsumerToken + ":") {
                     // A durable service's instance receives the request as the command it was.
                     if let command = serviceCommand(
@@ -212,7 +232,7 @@ extension HubCore {
                 queues[name]?.deadLettered += 1
                 forget(name, sequence: Int64(message))
                 outputs.append(.unpersist(queue: name, sequence: Int64(message)))
-                if let subject = queue.configuration.deadLetterSubject {
+                if let subject = deadLetterSubject {
                     outputs += publishDeadLetter(queued, from: name, to: subject, reason: reason, count: count)
                 }
             case .startTimer(let timer, let milliseconds):
@@ -226,27 +246,29 @@ extension HubCore {
 
     /// Attaches a session's consumer (named by `token`) to a queue.
     public mutating func attachConsumer(_ session: SessionID, token: String, queue name: String, credit: Int?) throws(Reason) -> [Output] {
-        guard var queue = queues[name] else {
+        guard queues[name] != nil else {
             throw Reason(code: ReasonCode.commandResourceNotFound, description: "No queue '\(name)'")
         }
         let key = SubscriptionKey(session: session, token: token)
-        guard queue.consumers[key] == nil else { return [] }
-        let consumer = queue.nextConsumer
-        queue.nextConsumer += 1
-        queue.consumers[key] = consumer
-        queue.consumerKeys[consumer] = key
-        let actions = queue.machine.consumerAttached(consumer, credit: credit)
-        queues[name] = queue
-        return queueOutputs(name, actions)
+        let actions = withQueue(name) { queue -> [DeliveryMachine<QueuedMessage>.Action] in
+            guard queue.consumers[key] == nil else { return [] }
+            let consumer = queue.nextConsumer
+            queue.nextConsumer += 1
+            queue.consumers[key] = consumer
+            queue.consumerKeys[consumer] = key
+            return queue.machine.consumerAttached(consumer, credit: credit)
+        }
+        return queueOutputs(name, actions ?? [])
     }
 
     public mutating func detachConsumer(_ session: SessionID, token: String, queue name: String) -> [Output] {
         let key = SubscriptionKey(session: session, token: token)
-        guard var queue = queues[name], let consumer = queue.consumers.removeValue(forKey: key) else { return [] }
-        queue.consumerKeys[consumer] = nil
-        let actions = queue.machine.consumerDetached(consumer)
-        queues[name] = queue
-        return queueOutputs(name, actions)
+        let actions = withQueue(name) { queue -> [DeliveryMachine<QueuedMessage>.Action] in
+            guard let consumer = queue.consumers.removeValue(forKey: key) else { return [] }
+            queue.consumerKeys[consumer] = nil
+            return queue.machine.consumerDetached(consumer)
+        }
+        return queueOutputs(name, actions ?? [])
     }
 
     /// A session closed: what its consumers held goes to the others at once.
@@ -262,23 +284,19 @@ extension HubCore {
 
     /// Applies a consumer's answer to a delivery.
     public mutating func answer(_ answer: DeliveryAnswer, delivery: UInt64, queue name: String) -> [Output] {
-        guard var queue = queues[name] else { return [] }
-        let actions: [DeliveryMachine<QueuedMessage>.Action]
-        switch answer {
-        case .ack: actions = queue.machine.ack(delivery)
-        case .nak(let delay): actions = queue.machine.nak(delivery, delayMilliseconds: delay)
-        case .inProgress: actions = queue.machine.inProgress(delivery)
-        case .term(let reason): actions = queue.machine.term(delivery, reason: reason)
+        let actions = withQueue(name) { queue -> [DeliveryMachine<QueuedMessage>.Action] in
+            switch answer {
+            case .ack: queue.machine.ack(delivery)
+            case .nak(let delay): queue.machine.nak(delivery, delayMilliseconds: delay)
+            case .inProgress: queue.machine.inProgress(delivery)
+            case .term(let reason): queue.machine.term(delivery, reason: reason)
+            }
         }
-        queues[name] = queue
-        return queueOutputs(name, actions)
+        return queueOutputs(name, actions ?? [])
     }
 
     mutating func queueTimerFired(_ name: String, _ timer: DeliveryMachine<QueuedMessage>.Timer) -> [Output] {
-        guard var queue = queues[name] else { return [] }
-        let actions = queue.machine.timerFired(timer)
-        queues[name] = queue
-        return queueOutputs(name, actions)
+        queueOutputs(name, withQueue(name) { $0.machine.timerFired(timer) } ?? [])
     }
 
     /// The subject a NATS consumer publishes its answer to: `$RELAY.ACK.QUEUE.DELIVERY`.
@@ -400,4 +418,38 @@ public enum DeliveryAnswer: Sendable, Equatable {
     case nak(delayMilliseconds: Int?)
     case inProgress
     case term(reason: String)
+}
+
+// MARK: - JetStream's stream creation, for NATS clients
+
+extension HubCore {
+    static let streamCreatePrefix = "$JS.API.STREAM.CREATE."
+
+    /// `$JS.API.STREAM.CREATE.NAME` with a JetStream stream configuration, from a NATS client:
+    /// creates (or confirms) the durable queue NAME with the stream's subjects and limits
+    /// (`max_msgs`, `max_bytes`, `max_age` in nanoseconds), and answers with a JetStream
+    /// `stream_create_response`. This is the one JetStream API subject the hub answers; with it,
+    /// NATS tools can set up what a JetStream publish (answered with `{"stream","seq"}`) needs.
+    mutating func streamCreate(_ message: PublishedMessage) -> [Output]? {
+        guard message.subject.hasPrefix(Self.streamCreatePrefix), let replyTo = message.replyTo else { return nil }
+        let name = String(message.subject.dropFirst(Self.streamCreatePrefix.count))
+        let request = (try? JSONParser.parse(message.payloadBytes))?.objectValue ?? [:]
+        func positive(_ key: String) -> Int? { request[key]?.intValue.flatMap { $0 > 0 ? $0 : nil } }
+        let filters = request["subjects"]?.arrayValue?.compactMap(\.stringValue) ?? [name]
+        let configuration = QueueConfiguration(
+            name: name, subjects: filters, maximumMessages: positive("max_msgs"), maximumBytes: positive("max_bytes"),
+            maximumAgeSeconds: positive("max_age").map { Double($0) / 1e9 })
+        var response: JSONObject = ["type": "io.nats.jetstream.api.v1.stream_create_response"]
+        var outputs: [Output] = []
+        do {
+            outputs = try createQueue(configuration)
+            response["config"] = .object(["name": .string(name), "subjects": .array(filters.map { .string($0) }), "storage": "file"])
+            response["state"] = .object(["messages": .number(JSONNumber(queues[name]?.machine.unacknowledgedCount ?? 0))])
+        } catch {
+            response["error"] = .object(["code": 400, "err_code": 10058, "description": .string(error.description)])
+        }
+        let reply = PublishedMessage(subject: replyTo, body: .json(.object(response)))
+        for key in subjects.match(replyTo) { outputs.append(deliver(reply, to: key)) }
+        return outputs
+    }
 }

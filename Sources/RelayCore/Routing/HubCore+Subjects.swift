@@ -57,12 +57,16 @@ extension HubCore {
     /// with `noResponders`, a request (a message with `replyTo`) nobody receives is answered with a
     /// 503 status on its reply subject, to the publisher, as nats-server does.
     /// Returns the outputs and how many subscriptions received it.
+    /// With `acknowledgeStored` (NATS publishers), a publication with a reply subject that durable
+    /// queues keep is answered once it is on disk, as JetStream does: `{"stream":"QUEUE","seq":N}`.
     public mutating func publish(
-        _ message: PublishedMessage, from session: SessionID, targets: [Node]? = nil, noResponders: Bool = false
+        _ message: PublishedMessage, from session: SessionID, targets: [Node]? = nil, noResponders: Bool = false,
+        acknowledgeStored: Bool = false
     ) -> (outputs: [Output], delivered: Int) {
         // Replies to the hub's own inboxes, and NATS requests to services, are not publications.
         if let outputs = subjectReply(message) { return (outputs, 1) }
         if let outputs = ackPublished(message) { return (outputs, 1) }
+        if acknowledgeStored, let outputs = streamCreate(message) { return (outputs, 1) }
         if let outputs = serviceRequest(message, from: session) { return (outputs, 1) }
         var outputs: [Output] = []
         var delivered = 0
@@ -92,7 +96,14 @@ extension HubCore {
         // Durable queues keep a copy; it is delivered once it is on disk.
         let copies = queueCopies(of: message)
         if !copies.isEmpty {
-            outputs.append(.persist(copies, then: []))
+            var then: [Output] = []
+            if acknowledgeStored, let replyTo = message.replyTo, let first = copies.first {
+                let ack = PublishedMessage(
+                    subject: replyTo,
+                    body: .json(["stream": .string(first.queue), "seq": .number(JSONNumber(Int(first.queued.sequence)))]))
+                for key in subjects.match(replyTo) { then.append(deliver(ack, to: key)) }
+            }
+            outputs.append(.persist(copies, then: then))
             delivered += copies.count
         }
         if delivered == 0 {
@@ -113,7 +124,7 @@ extension HubCore {
     }
 
     /// One delivery, counted against the subscription's auto-unsubscribe limit.
-    private mutating func deliver(_ message: PublishedMessage, to key: SubscriptionKey) -> Output {
+    mutating func deliver(_ message: PublishedMessage, to key: SubscriptionKey) -> Output {
         if var subscription = subscriptions[key] {
             subscription.delivered += 1
             if let limit = subscription.limit, subscription.delivered >= limit {
