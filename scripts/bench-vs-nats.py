@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Runs `relay bench` workloads against a nats-server and a Relay hub, alternating, and prints the
+figures side by side with their ratio (Relay ÷ nats-server; for latency lower is better, so a ratio
+below 1.0 means Relay is faster). Started by scripts/bench-vs-nats, which installs and builds first.
+
+Each workload runs --runs times against each server, alternating (nats, relay, nats, relay, ...);
+the median of the runs is reported. Servers are started once, on free loopback ports, with fresh
+data directories, and stopped at the end.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Workload:
+    name: str
+    title: str
+    args: list
+    # (label, key in the JSON summary, True when higher is better)
+    metrics: list
+    # Run against the hub over LIME (ws://) instead of NATS; compared with nats-server over NATS.
+    lime: bool = False
+    quick_args: list = field(default_factory=list)
+
+
+THROUGHPUT = ("msg/s", "messagesPerSecond", True)
+DELIVERED = ("delivered/s", "deliveredPerSecond", True)
+P50 = ("p50 µs", "latencyMicroseconds.p50", False)
+P99 = ("p99 µs", "latencyMicroseconds.p99", False)
+
+WORKLOADS = [
+    Workload("pubsub", "pub/sub 128 B, NATS", ["pubsub", "--count", "300000"], [THROUGHPUT], quick_args=["--count", "50000"]),
+    Workload("reqrep", "request/reply 128 B, NATS", ["reqrep", "--count", "10000"], [P50, P99, THROUGHPUT],
+             quick_args=["--count", "2000"]),
+    Workload("fanout", "fan-out to 10, 128 B, NATS", ["fanout", "--subscribers", "10", "--count", "30000"], [DELIVERED],
+             quick_args=["--count", "5000"]),
+    Workload("queue", "queue group of 3, 128 B, NATS", ["queue", "--subscribers", "3", "--count", "200000"], [DELIVERED],
+             quick_args=["--count", "30000"]),
+    Workload("rate", "pub/sub at 20,000 msg/s, NATS", ["pubsub", "--rate", "20000", "--duration", "5"], [P50, P99],
+             quick_args=["--duration", "1"]),
+    Workload("confirmed", "confirmed publish (1 publisher), NATS", ["confirmed", "--count", "5000"], [THROUGHPUT, P99],
+             quick_args=["--count", "500"]),
+    Workload("confirmed16", "confirmed publish (16 publishers), NATS", ["confirmed", "--publishers", "16", "--count", "20000"],
+             [THROUGHPUT, P99], quick_args=["--count", "3000"]),
+    Workload("lime-pubsub", "pub/sub 128 B, hub over LIME/WebSocket vs nats-server over NATS", ["pubsub", "--count", "100000"],
+             [THROUGHPUT], lime=True, quick_args=["--count", "20000"]),
+    Workload("lime-reqrep", "request/reply, hub over LIME/WebSocket (service call) vs nats-server over NATS",
+             ["reqrep", "--count", "5000"], [P50, P99], lime=True, quick_args=["--count", "1000"]),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, process, what, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{what} exited with status {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not open port {port} within {timeout} s")
+
+
+def lookup(summary, key):
+    value = summary
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def run_bench(relay, server, workload, quick):
+    args = list(workload.args)
+    if quick:
+        # Quick mode replaces the count or duration.
+        flag = workload.quick_args[0]
+        args[args.index(flag) + 1] = workload.quick_args[1]
+    command = [relay, "bench", *args, "--server", server, "--json", "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{result.stderr}")
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    if summary.get("lost", 0):
+        print(f"  warning: {summary['lost']} messages lost in {' '.join(command)}", file=sys.stderr)
+    return summary
+
+
+def machine_description():
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    version = subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, {version}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--relay", required=True, help="the relay executable (release build)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per server and workload (median reported)")
+    parser.add_argument("--quick", action="store_true", help="small counts: checks that everything runs, figures are rough")
+    parser.add_argument("--only", help="comma-separated workload names: " + ", ".join(w.name for w in WORKLOADS))
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--json", help="also write every run's summary to this file")
+    options = parser.parse_args()
+
+    workloads = WORKLOADS
+    if options.only:
+        names = options.only.split(",")
+        unknown = set(names) - {w.name for w in WORKLOADS}
+        if unknown:
+            sys.exit(f"unknown workloads: {', '.join(sorted(unknown))}")
+        workloads = [w for w in WORKLOADS if w.name in names]
+
+    nats_server = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    work = tempfile.mkdtemp(prefix="relay-bench-")
+    nats_port, hub_nats, hub_ws, hub_tcp = free_port(), free_port(), free_port(), free_port()
+    processes = []
+    try:
+        # JetStream on, for the confirmed-publish workload (a stream is created by the bench).
+        nats = subprocess.Popen(
+            [nats_server, "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", os.path.join(work, "jetstream")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(nats)
+        hub = subprocess.Popen(
+            [options.relay, "serve", "--nats", f"127.0.0.1:{hub_nats}", "--ws", f"127.0.0.1:{hub_ws}", "--tcp",
+             f"127.0.0.1:{hub_tcp}", "--data", os.path.join(work, "relay"), "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(hub)
+        wait_for_port(nats_port, nats, "nats-server")
+        wait_for_port(hub_nats, hub, "relay serve")
+        wait_for_port(hub_ws, hub, "relay serve")
+
+        machine = machine_description()
+        print(f"machine: {machine}", file=sys.stderr)
+        rows = []
+        every_run = []
+        for workload in workloads:
+            nats_url = f"nats://127.0.0.1:{nats_port}"
+            relay_url = f"ws://127.0.0.1:{hub_ws}" if workload.lime else f"nats://127.0.0.1:{hub_nats}"
+            runs = {"nats": [], "relay": []}
+            for index in range(options.runs):
+                print(f"{workload.name}: run {index + 1} of {options.runs}", file=sys.stderr)
+                for side, url in (("nats", nats_url), ("relay", relay_url)):
+                    summary = run_bench(options.relay, url, workload, options.quick)
+                    runs[side].append(summary)
+                    every_run.append({"workload": workload.name, "side": side, **summary})
+            for label, key, higher_is_better in workload.metrics:
+                nats_value = statistics.median(lookup(s, key) for s in runs["nats"])
+                relay_value = statistics.median(lookup(s, key) for s in runs["relay"])
+                ratio = relay_value / nats_value if nats_value else float("nan")
+                rows.append((workload.title, label, nats_value, relay_value, ratio, higher_is_better))
+
+        if options.json:
+            with open(options.json, "w") as output:
+                json.dump({"machine": machine, "runs": every_run}, output, indent=1)
+        print_table(rows, machine, options)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(rows, machine, options):
+    def number(value):
+        return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+    header = ("workload", "metric", "nats-server", "relay", "relay ÷ nats")
+    lines = []
+    for title, label, nats_value, relay_value, ratio, higher_is_better in rows:
+        better = "better" if (ratio >= 1) == higher_is_better else "worse"
+        if abs(ratio - 1) < 0.005:
+            better = "same"
+        lines.append((title, label, number(nats_value), number(relay_value), f"{ratio:.2f}× ({better})"))
+    runs = f"median of {options.runs} run(s) each, alternated{', quick counts' if options.quick else ''}"
+    if options.markdown:
+        print(f"Machine: {machine}; {runs}.\n")
+        print("| " + " | ".join(header) + " |")
+        print("|" + " --- |" * len(header))
+        for line in lines:
+            print("| " + " | ".join(line) + " |")
+        return
+    widths = [max(len(str(row[i])) for row in lines + [header]) for i in range(len(header))]
+    print(f"machine: {machine}; {runs}")
+    for row in [header] + lines:
+        print("  ".join(str(cell).ljust(widths[i]) if i < 2 else str(cell).rjust(widths[i]) for i, cell in enumerate(row)))
+
+
+if __name__ == "__main__":
+    main()
