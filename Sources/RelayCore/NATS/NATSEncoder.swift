@@ -22,11 +22,14 @@ public enum NATSEncoder {
         case .publish(let subject, let replyTo, let headers, let payload):
             // MSG and PUB go out per message: written byte by byte, without building strings.
             let headerSize = headers?.bytes.count
+            output.reserveCapacity(output.count + subject.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + (headerSize ?? 0) + 40)
             output.append(contentsOf: headers == nil ? "PUB ".utf8 : "HPUB ".utf8)
             fields(subject, nil, replyTo, headerSize, payload.count, into: &output)
             body(headers, payload)
         case .message(let subject, let sid, let replyTo, let headers, let payload):
             let headerSize = headers?.bytes.count
+            output.reserveCapacity(
+                output.count + subject.utf8.count + sid.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + (headerSize ?? 0) + 40)
             output.append(contentsOf: headers == nil ? "MSG ".utf8 : "HMSG ".utf8)
             fields(subject, sid, replyTo, headerSize, payload.count, into: &output)
             body(headers, payload)

@@ -67,6 +67,7 @@ extension HubCore {
             return []
         }
         queues[configuration.name] = DurableQueue(configuration: configuration)
+        queuesBySubject.removeAll()
         return [.saveQueue(configuration)]
     }
 
@@ -82,13 +83,24 @@ extension HubCore {
             queue.bytes += size
         }
         queues[configuration.name] = queue
+        queuesBySubject.removeAll()
     }
 
     /// The queues a publication on `subject` goes to, each with its next sequence number.
     mutating func queueCopies(of message: PublishedMessage) -> [QueueCopy] {
+        guard !queues.isEmpty else { return [] }
+        let names: [String]
+        if let known = queuesBySubject[message.subject] {
+            names = known
+        } else {
+            names = queues.keys.sorted().filter { name in
+                queues[name]!.configuration.subjects.contains { Subject.matches(filter: $0, subject: message.subject) }
+            }
+            if queuesBySubject.count >= 10_000 { queuesBySubject.removeAll() }
+            queuesBySubject[message.subject] = names
+        }
         var copies: [QueueCopy] = []
-        for name in queues.keys.sorted()
-        where queues[name]!.configuration.subjects.contains(where: { Subject.matches(filter: $0, subject: message.subject) }) {
+        for name in names {
             let sequence = queues[name]!.nextSequence
             queues[name]!.nextSequence += 1
             copies.append(QueueCopy(queue: name, queued: QueuedMessage(sequence: sequence, message: message)))
@@ -372,6 +384,7 @@ extension HubCore {
                 return refuse(session, command, ReasonCode.commandResourceNotFound, "No queue '\(rest[0])'")
             }
             _ = queue
+            queuesBySubject.removeAll()
             return [.deleteQueue(rest[0]), reply(session, command.success())]
         case (.subscribe, 1):
             let credit = query["credit"].flatMap { $0 == "unlimited" ? 0 : Int($0) }

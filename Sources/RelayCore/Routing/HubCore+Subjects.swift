@@ -125,12 +125,12 @@ extension HubCore {
 
     /// One delivery, counted against the subscription's auto-unsubscribe limit.
     mutating func deliver(_ message: PublishedMessage, to key: SubscriptionKey) -> Output {
-        if var subscription = subscriptions[key] {
-            subscription.delivered += 1
-            if let limit = subscription.limit, subscription.delivered >= limit {
+        // Counted where it is stored: a copy written back would cost a second lookup.
+        if let (delivered, limit) = subscriptions[key].map({ ($0.delivered + 1, $0.limit) }) {
+            if let limit, delivered >= limit {
                 removeSubscription(key)
             } else {
-                subscriptions[key] = subscription
+                subscriptions[key]!.delivered = delivered
             }
         }
         return .deliver(key.session, token: key.token, message)

@@ -200,6 +200,9 @@ public struct HubCore: Sendable {
     var subjectRequestsByInbox: [String: RequestID] = [:]
     /// Durable queues, by name.
     var queues: [String: DurableQueue] = [:]
+    /// Which queues keep a subject, by subject: filled on first use, emptied when queues come or
+    /// go (so a publication does not match every queue's filters each time).
+    var queuesBySubject: [String: [String]] = [:]
 
     public init(configuration: Configuration) {
         self.configuration = configuration
