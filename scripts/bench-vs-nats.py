@@ -102,6 +102,31 @@ def run_bench(relay, server, workload, quick):
     return summary
 
 
+def resident_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def idle_memory(relay, server, pid, connections):
+    """Resident memory the server adds per idle session: measured before and while `relay bench
+    idle` holds `connections` sessions (the client runs in its own process)."""
+    before = resident_kib(pid)
+    holder = subprocess.Popen([relay, "bench", "idle", "--connections", str(connections), "--server", server],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = holder.stdout.readline()
+    if not line or json.loads(line).get("connected") != connections:
+        holder.kill()
+        sys.exit(f"relay bench idle against {server} did not open {connections} sessions")
+    time.sleep(1)  # let the server settle its buffers before reading its memory
+    during = resident_kib(pid)
+    holder.stdin.close()
+    holder.wait(timeout=120)
+    return {"before KiB": before, "during KiB": during, "per session KiB": (during - before) / connections}
+
+
 def machine_description():
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -121,15 +146,17 @@ def main():
     parser.add_argument("--relay", required=True, help="the relay executable (release build)")
     parser.add_argument("--runs", type=int, default=3, help="runs per server and workload (median reported)")
     parser.add_argument("--quick", action="store_true", help="small counts: checks that everything runs, figures are rough")
-    parser.add_argument("--only", help="comma-separated workload names: " + ", ".join(w.name for w in WORKLOADS))
+    parser.add_argument("--only", help="comma-separated workload names: " + ", ".join(w.name for w in WORKLOADS) + ", idle")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--json", help="also write every run's summary to this file")
+    parser.add_argument("--idle", type=int, default=10000,
+                        help="idle sessions for the memory figure (0: skip it); hub over WebSocket, nats-server over NATS")
     options = parser.parse_args()
 
     workloads = WORKLOADS
     if options.only:
         names = options.only.split(",")
-        unknown = set(names) - {w.name for w in WORKLOADS}
+        unknown = set(names) - {w.name for w in WORKLOADS} - {"idle"}
         if unknown:
             sys.exit(f"unknown workloads: {', '.join(sorted(unknown))}")
         workloads = [w for w in WORKLOADS if w.name in names]
@@ -172,6 +199,15 @@ def main():
                 relay_value = statistics.median(lookup(s, key) for s in runs["relay"])
                 ratio = relay_value / nats_value if nats_value else float("nan")
                 rows.append((workload.title, label, nats_value, relay_value, ratio, higher_is_better))
+
+        if options.idle and (not options.only or "idle" in options.only.split(",")):
+            print(f"idle: {options.idle} sessions each", file=sys.stderr)
+            nats_idle = idle_memory(options.relay, f"nats://127.0.0.1:{nats_port}", nats.pid, options.idle)
+            hub_idle = idle_memory(options.relay, f"ws://127.0.0.1:{hub_ws}", hub.pid, options.idle)
+            every_run.append({"workload": "idle", "nats": nats_idle, "relay": hub_idle})
+            rows.append((f"{options.idle} idle sessions (hub: LIME/WebSocket, nats-server: NATS)", "KiB per session",
+                         nats_idle["per session KiB"], hub_idle["per session KiB"],
+                         hub_idle["per session KiB"] / nats_idle["per session KiB"], False))
 
         if options.json:
             with open(options.json, "w") as output:

@@ -14,7 +14,9 @@ struct Bench: AsyncParsableCommand {
         discussion: """
             pubsub: publishers → 1 subscriber. fanout: 1 publisher → N subscribers. queue: 1 publisher → a queue \
             group of N. reqrep: requesters each waiting for its answer. confirmed: publishers each waiting until \
-            a durable queue (a JetStream stream on nats-server, which needs -js) has stored the message.
+            a durable queue (a JetStream stream on nats-server, which needs -js) has stored the message. \
+            idle: opens --connections sessions, prints {"connected":N} and holds them until standard input \
+            closes (scripts/bench-vs-nats reads the server's memory meanwhile).
             Latency is from the (intended) send time to reception, or to the answer. With --rate the publishers \
             send at a constant rate and latency counts from when each message was due, so a stall is not \
             hidden (no coordinated omission); without it they send as fast as they can, and the latency \
@@ -22,7 +24,7 @@ struct Bench: AsyncParsableCommand {
             """)
 
     enum Workload: String, ExpressibleByArgument, CaseIterable {
-        case pubsub, fanout, queue, reqrep, confirmed
+        case pubsub, fanout, queue, reqrep, confirmed, idle
     }
 
     @OptionGroup var client: ClientOptions
@@ -45,6 +47,9 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Subscribers (fanout, default 10) or queue-group members (queue, default 3), one connection each.")
     var subscribers: Int?
 
+    @Option(help: "Sessions the idle workload opens.")
+    var connections: Int = 10_000
+
     @Option(help: "Send at this many messages per second in all, instead of as fast as possible.")
     var rate: Double?
 
@@ -63,6 +68,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if workload == .idle { return try await holdIdleSessions() }
         let plan = Plan(
             total: duration == nil ? count ?? ([.reqrep, .confirmed].contains(workload) ? 10_000 : 100_000) : nil,
             deadline: duration.map { Self.now() + UInt64($0 * 1e9) }, senders: workload == .fanout || workload == .queue ? 1 : publishers,
@@ -74,7 +80,7 @@ struct Bench: AsyncParsableCommand {
         let result: Outcome
         switch workload {
         case .pubsub, .fanout, .queue: result = try await publishSubscribe(plan, receivers: receivers, progress: progress)
-        case .reqrep, .confirmed: result = try await requests(plan, progress: progress)
+        case .reqrep, .confirmed, .idle: result = try await requests(plan, progress: progress)
         }
         bar?.cancel()
         if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
@@ -210,6 +216,31 @@ struct Bench: AsyncParsableCommand {
         }
         progress.sent(sent % 256)
         return sent
+    }
+
+    /// Opens `connections` sessions, a hundred at a time, says so on standard output, and keeps
+    /// them open until standard input closes.
+    private func holdIdleSessions() async throws {
+        var sessions: [any BenchConnection] = []
+        sessions.reserveCapacity(connections)
+        while sessions.count < connections {
+            let batch = min(100, connections - sessions.count)
+            sessions += try await withThrowingTaskGroup(of: (any BenchConnection).self) { group in
+                for _ in 0..<batch { group.addTask { try await client.connectBench() } }
+                var opened: [any BenchConnection] = []
+                for try await session in group { opened.append(session) }
+                return opened
+            }
+        }
+        FileHandle.standardOutput.write(Data((JSONWriter.string(["connected": .number(JSONNumber(sessions.count))]) + "\n").utf8))
+        // Standard input is read on a thread of its own; its end releases the sessions.
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                while readLine() != nil {}
+                continuation.resume()
+            }
+        }
+        for session in sessions { await session.close() }
     }
 
     // MARK: - Measuring
