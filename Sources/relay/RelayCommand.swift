@@ -8,6 +8,6 @@ struct RelayCommand: AsyncParsableCommand {
         subcommands: [
             Serve.self, Pub.self, Sub.self, Request.self, Reply.self, Services.self, Queue.self, Consume.self, Bench.self, Send.self,
             Listen.self,
-            Passwd.self,
+            Passwd.self, Forwarder.self,
         ])
 }
