@@ -306,7 +306,10 @@ def nats_server():
 
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
     port = free_port()
-    process = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = tempfile.mkdtemp()
+    # JetStream on, for relay bench's confirmed-publish workload.
+    process = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -316,6 +319,7 @@ def nats_server():
     yield f"nats://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
+    shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.mark.parametrize("target", ["hub", "nats-server"])
@@ -370,12 +374,59 @@ def test_a_slow_consumer_is_told_and_closed_while_others_carry_on():
         os.unlink(config.name)
 
 
-@pytest.mark.parametrize("workload", ["pubsub", "reqrep"])
+@pytest.mark.parametrize("workload", ["pubsub", "fanout", "queue", "reqrep", "confirmed"])
 def test_relay_bench_runs_against_the_hub_and_nats_server(workload, hub, nats_server):
-    for server in [hub.nats_url, nats_server, hub.tcp_url]:
-        result = relay("bench", workload, "--count", "200", "--json", "--server", server, timeout=60)
+    for server in [hub.nats_url, nats_server, hub.ws_url]:
+        result = relay("bench", workload, "--count", "200", "--subscribers", "3", "--json", "--server", server, timeout=60)
         assert result.returncode == 0, result.stderr
         summary = json.loads(result.stdout)
-        assert summary["count"] == 200 and summary["messagesPerSecond"] > 0
+        expected = 600 if workload == "fanout" else 200
+        assert summary["count"] == 200 and summary["delivered"] == expected and summary["lost"] == 0, summary
+        assert summary["messagesPerSecond"] > 0
         latency = summary["latencyMicroseconds"]
         assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+
+def test_relay_bench_at_a_constant_rate_for_a_duration(hub):
+    result = relay("bench", "pubsub", "--rate", "500", "--duration", "1", "--publishers", "2", "--json", "--server", hub.nats_url,
+                   timeout=60)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    # About 500 in one second; paced, so neither a burst nor a trickle.
+    assert 300 <= summary["count"] <= 700 and summary["delivered"] == summary["count"] and summary["rate"] == 500, summary
+
+
+def test_relay_bench_idle_holds_sessions_until_stdin_closes(hub):
+    import subprocess
+    from conftest import RELAY_BIN
+
+    holder = subprocess.Popen([RELAY_BIN, "bench", "idle", "--connections", "50", "--server", hub.ws_url],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert json.loads(holder.stdout.readline()) == {"connected": 50}
+    holder.stdin.close()
+    assert holder.wait(timeout=30) == 0
+
+
+def test_jetstream_publish_is_acknowledged_once_stored(hub):
+    """nats-py's JetStream API: a stream is a durable queue; a publish is answered with its sequence."""
+    async def scenario():
+        nc = await connect(hub)
+        js = nc.jetstream()
+        info = await js.add_stream(name="orders", subjects=["orders.*"])
+        assert info.config.name == "orders" and info.state.messages == 0
+        acks = [await js.publish("orders.new", f"order {n}".encode()) for n in range(3)]
+        assert [(ack.stream, ack.seq) for ack in acks] == [("orders", 1), ("orders", 2), ("orders", 3)]
+        # The same stream again is fine; the stored messages are consumed with acknowledgements.
+        assert (await js.add_stream(name="orders", subjects=["orders.*"])).state.messages == 3
+        consumer = await nc.subscribe("$RELAY.QUEUE.orders")
+        for n in range(3):
+            message = await consumer.next_msg(timeout=5)
+            assert message.data == f"order {n}".encode()
+            await message.respond(b"+ACK")
+        await nc.flush()
+        # A plain publish (no reply subject) is stored too, without an answer.
+        await nc.publish("orders.new", b"order 3")
+        assert (await consumer.next_msg(timeout=5)).data == b"order 3"
+        await nc.close()
+
+    run(scenario())

@@ -457,7 +457,14 @@ extension HubCore {
         do {
             outputs = try createQueue(configuration)
             response["config"] = .object(["name": .string(name), "subjects": .array(filters.map { .string($0) }), "storage": "file"])
-            response["state"] = .object(["messages": .number(JSONNumber(queues[name]?.machine.unacknowledgedCount ?? 0))])
+            let queue = queues[name]
+            let owed = queue?.machine.unacknowledgedCount ?? 0
+            let last = (queue?.nextSequence ?? 1) - 1
+            response["state"] = .object([
+                "messages": .number(JSONNumber(owed)), "bytes": .number(JSONNumber(queue?.bytes ?? 0)),
+                "first_seq": .number(JSONNumber(Int(owed == 0 ? last + 1 : last - Int64(owed) + 1))),
+                "last_seq": .number(JSONNumber(Int(last))), "consumer_count": .number(JSONNumber(queue?.consumers.count ?? 0)),
+            ])
         } catch {
             response["error"] = .object(["code": 400, "err_code": 10058, "description": .string(error.description)])
         }
