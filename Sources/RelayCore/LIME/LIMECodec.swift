@@ -42,7 +42,58 @@ public enum LIMECodec {
 
     /// Encodes an envelope as compact JSON bytes.
     public static func encode(_ envelope: Envelope) -> [UInt8] {
-        JSONWriter.bytes(.object(jsonObject(envelope)))
+        if case .message(let message) = envelope { return encode(message) }
+        return JSONWriter.bytes(.object(jsonObject(envelope)))
+    }
+
+    /// A message written straight out, members in the order `jsonObject` gives them: messages are
+    /// what the hub writes per delivery, and building the object first cost most of the time.
+    static func encode(_ message: LIMEMessage) -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(256)
+        output.append(UInt8(ascii: "{"))
+        var first = true
+        func member(_ name: StaticString) {
+            if !first { output.append(UInt8(ascii: ",")) }
+            first = false
+            output.append(UInt8(ascii: "\""))
+            name.withUTF8Buffer { output.append(contentsOf: $0) }
+            output.append(contentsOf: "\":".utf8)
+        }
+        let header = message.header
+        if let id = header.id {
+            member("id")
+            JSONWriter.writeString(id, into: &output)
+        }
+        if let from = header.from {
+            member("from")
+            JSONWriter.writeString(from.description, into: &output)
+        }
+        if let to = header.to {
+            member("to")
+            JSONWriter.writeString(to.description, into: &output)
+        }
+        if let pp = header.pp {
+            member("pp")
+            JSONWriter.writeString(pp.description, into: &output)
+        }
+        if let metadata = header.metadata, !metadata.isEmpty {
+            member("metadata")
+            output.append(UInt8(ascii: "{"))
+            for (index, key) in metadata.keys.sorted().enumerated() {
+                if index > 0 { output.append(UInt8(ascii: ",")) }
+                JSONWriter.writeString(key, into: &output)
+                output.append(UInt8(ascii: ":"))
+                JSONWriter.writeString(metadata[key]!, into: &output)
+            }
+            output.append(UInt8(ascii: "}"))
+        }
+        member("type")
+        JSONWriter.writeString(message.type.rawValue, into: &output)
+        member("content")
+        JSONWriter.write(message.content, into: &output)
+        output.append(UInt8(ascii: "}"))
+        return output
     }
 
     /// The JSON object form of an envelope.
