@@ -50,6 +50,11 @@ public struct Node: Sendable, Hashable, CustomStringConvertible {
     /// Parses a node as the LIME specification's grammar allows:
     /// `^(?:([^"&'/:<>@]{1,1023})@)?([^/@]{1,1023})(?:/(.{1,1023}))?$`.
     public init?(_ text: String) {
+        // Every envelope names one or two nodes: ASCII ones are read byte by byte.
+        if let node = Self.parseASCII(text) {
+            self = node
+            return
+        }
         var rest = Substring(text)
         var instance: String?
         if let slash = rest.firstIndex(of: "/") {
@@ -70,6 +75,33 @@ public struct Node: Sendable, Hashable, CustomStringConvertible {
         guard (1...1023).contains(rest.count), !rest.contains("@"), !rest.contains("/") else { return nil }
         self.identity = Identity(name: name, domain: String(rest))
         self.instance = instance
+    }
+
+    /// The ASCII case, without Character processing: nil when `text` is not ASCII or not a valid
+    /// node (the general parser then decides, and gives the same answer for ASCII text).
+    private static func parseASCII(_ text: String) -> Node? {
+        let bytes = text.utf8
+        guard bytes.allSatisfy({ $0 < 0x80 }) else { return nil }
+        var end = bytes.endIndex
+        var instance: String?
+        if let slash = bytes.firstIndex(of: UInt8(ascii: "/")) {
+            let part = bytes[bytes.index(after: slash)...]
+            guard (1...1023).contains(part.count) else { return nil }
+            instance = String(Substring(part))
+            end = slash
+        }
+        var start = bytes.startIndex
+        var name: String?
+        if let at = bytes[..<end].firstIndex(of: UInt8(ascii: "@")) {
+            let part = bytes[..<at]
+            let forbidden: [UInt8] = Array("\"&'/:<>@".utf8)
+            guard (1...1023).contains(part.count), !part.contains(where: { forbidden.contains($0) }) else { return nil }
+            name = String(Substring(part))
+            start = bytes.index(after: at)
+        }
+        let domain = bytes[start..<end]
+        guard (1...1023).contains(domain.count), !domain.contains(UInt8(ascii: "@")) else { return nil }
+        return Node(identity: Identity(name: name, domain: String(Substring(domain))), instance: instance)
     }
 
     public var name: String? { identity.name }
