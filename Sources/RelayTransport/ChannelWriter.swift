@@ -52,13 +52,22 @@ package final class ChannelWriter: Sendable {
     @discardableResult
     package func enqueue(_ messages: some Collection<[UInt8]>) -> Int {
         var size = 0
+        // One buffer per message (a WebSocket frame each) is made before taking the lock.
+        var buffers: [ByteBuffer] = []
+        if framing == .messages {
+            buffers.reserveCapacity(messages.count)
+            for bytes in messages { buffers.append(channel.allocator.buffer(bytes: bytes)) }
+        }
         let schedule = state.withLock { state -> Bool in
-            for bytes in messages {
-                size += bytes.count
-                switch framing {
-                case .stream: state.stream.writeBytes(bytes)
-                case .messages: state.messages.append(channel.allocator.buffer(bytes: bytes))
+            switch framing {
+            case .stream:
+                for bytes in messages {
+                    size += bytes.count
+                    state.stream.writeBytes(bytes)
                 }
+            case .messages:
+                for buffer in buffers { size += buffer.readableBytes }
+                state.messages.append(contentsOf: buffers)
             }
             state.queuedBytes += size
             defer { state.drainScheduled = true }

@@ -70,6 +70,12 @@ public struct MediaType: Sendable, Hashable, CustomStringConvertible, Expressibl
 
     /// Whether content of this type travels as a JSON value: subtype `json` or a `+json` suffix.
     public var isJSON: Bool {
+        // The usual types, without splitting and lower-casing.
+        switch rawValue {
+        case "application/json": return true
+        case "text/plain": return false
+        default: break
+        }
         let essence = rawValue.split(separator: ";", maxSplits: 1).first.map { $0.trimmingWhitespace().lowercased() } ?? ""
         guard let slash = essence.firstIndex(of: "/") else { return false }
         let subtype = essence[essence.index(after: slash)...]

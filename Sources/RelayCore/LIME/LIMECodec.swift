@@ -42,58 +42,81 @@ public enum LIMECodec {
 
     /// Encodes an envelope as compact JSON bytes.
     public static func encode(_ envelope: Envelope) -> [UInt8] {
-        if case .message(let message) = envelope { return encode(message) }
-        return JSONWriter.bytes(.object(jsonObject(envelope)))
+        switch envelope {
+        case .message(let message): return encode(message)
+        case .command(let command): return encode(command)
+        default: return JSONWriter.bytes(.object(jsonObject(envelope)))
+        }
     }
 
-    /// A message written straight out, members in the order `jsonObject` gives them: messages are
-    /// what the hub writes per delivery, and building the object first cost most of the time.
+    /// Messages and commands are written straight out, members in the order `jsonObject` gives
+    /// them: they are what the hub and the client write per publication and delivery, and
+    /// building the object first cost most of the time.
     static func encode(_ message: LIMEMessage) -> [UInt8] {
+        var writer = DirectWriter(header: message.header)
+        writer.member("type", string: message.type.rawValue)
+        writer.member("content", message.content)
+        return writer.finish()
+    }
+
+    static func encode(_ command: LIMECommand) -> [UInt8] {
+        var writer = DirectWriter(header: command.header)
+        writer.member("method", string: command.method.rawValue)
+        if let uri = command.uri { writer.member("uri", string: uri) }
+        if let type = command.type { writer.member("type", string: type.rawValue) }
+        if let resource = command.resource { writer.member("resource", resource) }
+        if let status = command.status { writer.member("status", string: status.rawValue) }
+        if let reason = command.reason { writer.member("reason", encodeReason(reason)) }
+        return writer.finish()
+    }
+
+    /// Writes an envelope's members one by one, starting with its header.
+    private struct DirectWriter {
         var output: [UInt8] = []
-        output.reserveCapacity(256)
-        output.append(UInt8(ascii: "{"))
         var first = true
-        func member(_ name: StaticString) {
+
+        init(header: EnvelopeHeader) {
+            output.reserveCapacity(256)
+            output.append(UInt8(ascii: "{"))
+            if let id = header.id { member("id", string: id) }
+            if let from = header.from { member("from", string: from.description) }
+            if let to = header.to { member("to", string: to.description) }
+            if let pp = header.pp { member("pp", string: pp.description) }
+            if let metadata = header.metadata, !metadata.isEmpty {
+                name("metadata")
+                output.append(UInt8(ascii: "{"))
+                for (index, key) in metadata.keys.sorted().enumerated() {
+                    if index > 0 { output.append(UInt8(ascii: ",")) }
+                    JSONWriter.writeString(key, into: &output)
+                    output.append(UInt8(ascii: ":"))
+                    JSONWriter.writeString(metadata[key]!, into: &output)
+                }
+                output.append(UInt8(ascii: "}"))
+            }
+        }
+
+        mutating func name(_ name: StaticString) {
             if !first { output.append(UInt8(ascii: ",")) }
             first = false
             output.append(UInt8(ascii: "\""))
             name.withUTF8Buffer { output.append(contentsOf: $0) }
             output.append(contentsOf: "\":".utf8)
         }
-        let header = message.header
-        if let id = header.id {
-            member("id")
-            JSONWriter.writeString(id, into: &output)
+
+        mutating func member(_ name: StaticString, string: String) {
+            self.name(name)
+            JSONWriter.writeString(string, into: &output)
         }
-        if let from = header.from {
-            member("from")
-            JSONWriter.writeString(from.description, into: &output)
+
+        mutating func member(_ name: StaticString, _ value: JSONValue) {
+            self.name(name)
+            JSONWriter.write(value, into: &output)
         }
-        if let to = header.to {
-            member("to")
-            JSONWriter.writeString(to.description, into: &output)
-        }
-        if let pp = header.pp {
-            member("pp")
-            JSONWriter.writeString(pp.description, into: &output)
-        }
-        if let metadata = header.metadata, !metadata.isEmpty {
-            member("metadata")
-            output.append(UInt8(ascii: "{"))
-            for (index, key) in metadata.keys.sorted().enumerated() {
-                if index > 0 { output.append(UInt8(ascii: ",")) }
-                JSONWriter.writeString(key, into: &output)
-                output.append(UInt8(ascii: ":"))
-                JSONWriter.writeString(metadata[key]!, into: &output)
-            }
+
+        mutating func finish() -> [UInt8] {
             output.append(UInt8(ascii: "}"))
+            return output
         }
-        member("type")
-        JSONWriter.writeString(message.type.rawValue, into: &output)
-        member("content")
-        JSONWriter.write(message.content, into: &output)
-        output.append(UInt8(ascii: "}"))
-        return output
     }
 
     /// The JSON object form of an envelope.
