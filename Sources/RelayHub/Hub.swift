@@ -350,7 +350,9 @@ public final class Hub: Sendable {
     func natsPublish(_ messages: [PublishedMessage], from id: SessionID, noResponders: Bool) {
         let resolved = state.withLock { state in
             var outputs: [HubCore.Output] = []
-            for message in messages { outputs += state.core.publish(message, from: id, noResponders: noResponders, acknowledgeStored: true).outputs }
+            for message in messages {
+                outputs += state.core.publish(message, from: id, noResponders: noResponders, acknowledgeStored: true).outputs
+            }
             return resolve(outputs, in: &state)
         }
         dispatch(resolved)

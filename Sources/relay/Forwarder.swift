@@ -51,7 +51,8 @@ final class ForwarderHandler: ChannelInboundHandler {
     func channelActive(context: ChannelHandlerContext) {
         let writer = ChannelWriter(channel: context.channel, framing: .stream)
         self.writer = writer
-        writer.enqueue(Array(#"INFO {"server_id":"forwarder","version":"2.9.0","proto":1,"headers":false,"max_payload":1048576}"#.utf8) + [13, 10])
+        writer.enqueue(
+            Array(#"INFO {"server_id":"forwarder","version":"2.9.0","proto":1,"headers":false,"max_payload":1048576}"#.utf8) + [13, 10])
     }
 
     func channelInactive(context: ChannelHandlerContext) {

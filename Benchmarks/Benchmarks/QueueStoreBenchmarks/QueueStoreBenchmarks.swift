@@ -5,7 +5,8 @@ import RelayHub
 /// Confirmed publication to disk: `concurrency` publishers each wait for their message to be
 /// committed (WAL, synchronous=FULL); the store groups what arrives during a commit.
 let benchmarks: @Sendable () -> Void = {
-    Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .throughput], scalingFactor: .kilo, maxDuration: .seconds(10), maxIterations: 20)
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .throughput], scalingFactor: .kilo, maxDuration: .seconds(10), maxIterations: 20)
 
     for concurrency in [1, 16, 128] {
         Benchmark("confirmed append, \(concurrency) publishers") { benchmark in
@@ -21,7 +22,8 @@ let benchmarks: @Sendable () -> Void = {
                         var sequence = Int64(worker) + 1
                         while sequence <= Int64(total) {
                             try await store.append(
-                                StoredMessage(sequence: sequence, subject: "bench", type: nil, body: body, metadata: [:], storedAt: 0), to: "bench")
+                                StoredMessage(sequence: sequence, subject: "bench", type: nil, body: body, metadata: [:], storedAt: 0),
+                                to: "bench")
                             sequence += Int64(concurrency)
                         }
                     }

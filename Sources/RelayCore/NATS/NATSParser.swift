@@ -87,7 +87,9 @@ public struct NATSParser: Sendable {
     /// The whitespace-separated arguments of a control line, as ranges into the buffer: up to
     /// six, without allocating (a PUB is parsed per message).
     private struct Arguments {
-        private var ranges: (Range<Int>, Range<Int>, Range<Int>, Range<Int>, Range<Int>, Range<Int>) = (0..<0, 0..<0, 0..<0, 0..<0, 0..<0, 0..<0)
+        private var ranges: (Range<Int>, Range<Int>, Range<Int>, Range<Int>, Range<Int>, Range<Int>) = (
+            0..<0, 0..<0, 0..<0, 0..<0, 0..<0, 0..<0
+        )
         /// How many there are (more than six counts as seven: always an error).
         private(set) var count = 0
 
