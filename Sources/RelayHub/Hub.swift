@@ -138,18 +138,19 @@ public final class Hub: Sendable {
 
     /// Hands envelopes of an established session (those of one read, in order) to the core and carries out what it says.
     func route(_ envelopes: [Envelope], from sender: SessionID) {
-        let resolved = state.withLock { state in
-            var outputs: [HubCore.Output] = []
-            for envelope in envelopes { outputs += state.core.envelopeReceived(envelope, from: sender) }
-            return resolve(outputs, in: &state)
-        }
-        dispatch(resolved)
+        perform { core in envelopes.flatMap { core.envelopeReceived($0, from: sender) } }
     }
 
     /// Carries out the core's outputs: writes (outside the lock) and timers.
     private func perform(_ outputs: [HubCore.Output]) {
         guard !outputs.isEmpty else { return }
         dispatch(state.withLock { resolve(outputs, in: &$0) })
+    }
+
+    /// Runs `change` on the core and renders its outputs under one acquisition of the lock, then
+    /// carries them out.
+    private func perform(_ change: (inout HubCore) -> [HubCore.Output]) {
+        dispatch(state.withLock { state in resolve(change(&state.core), in: &state) })
     }
 
     /// What the core's outputs come to once sessions are looked up: writes grouped by session,
@@ -348,14 +349,7 @@ public final class Hub: Sendable {
 
     /// Publishes what one read of a NATS connection brought, under one acquisition of the lock.
     func natsPublish(_ messages: [PublishedMessage], from id: SessionID, noResponders: Bool) {
-        let resolved = state.withLock { state in
-            var outputs: [HubCore.Output] = []
-            for message in messages {
-                outputs += state.core.publish(message, from: id, noResponders: noResponders, acknowledgeStored: true).outputs
-            }
-            return resolve(outputs, in: &state)
-        }
-        dispatch(resolved)
+        perform { core in messages.flatMap { core.publish($0, from: id, noResponders: noResponders, jetStream: true).outputs } }
     }
 
     private func timerFired(_ timer: HubCore.Timer) {

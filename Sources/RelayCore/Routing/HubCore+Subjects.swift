@@ -57,16 +57,17 @@ extension HubCore {
     /// with `noResponders`, a request (a message with `replyTo`) nobody receives is answered with a
     /// 503 status on its reply subject, to the publisher, as nats-server does.
     /// Returns the outputs and how many subscriptions received it.
-    /// With `acknowledgeStored` (NATS publishers), a publication with a reply subject that durable
-    /// queues keep is answered once it is on disk, as JetStream does: `{"stream":"QUEUE","seq":N}`.
+    /// With `jetStream` (NATS publishers), JetStream's conventions apply: a publication with a reply
+    /// subject that durable queues keep is answered once it is on disk (`{"stream":"QUEUE","seq":N}`),
+    /// and `$JS.API.STREAM.CREATE.NAME` creates a queue.
     public mutating func publish(
         _ message: PublishedMessage, from session: SessionID, targets: [Node]? = nil, noResponders: Bool = false,
-        acknowledgeStored: Bool = false
+        jetStream: Bool = false
     ) -> (outputs: [Output], delivered: Int) {
         // Replies to the hub's own inboxes, and NATS requests to services, are not publications.
         if let outputs = subjectReply(message) { return (outputs, 1) }
         if let outputs = ackPublished(message) { return (outputs, 1) }
-        if acknowledgeStored, let outputs = streamCreate(message) { return (outputs, 1) }
+        if jetStream, let outputs = streamCreate(message) { return (outputs, 1) }
         if let outputs = serviceRequest(message, from: session) { return (outputs, 1) }
         var outputs: [Output] = []
         var delivered = 0
@@ -97,7 +98,7 @@ extension HubCore {
         let copies = queueCopies(of: message)
         if !copies.isEmpty {
             var then: [Output] = []
-            if acknowledgeStored, let replyTo = message.replyTo, let first = copies.first {
+            if jetStream, let replyTo = message.replyTo, let first = copies.first {
                 let ack = PublishedMessage(
                     subject: replyTo,
                     body: .json(["stream": .string(first.queue), "seq": .number(JSONNumber(Int(first.queued.sequence)))]))
