@@ -95,10 +95,10 @@ final class QueuePersistence: Sendable {
         if let replyTo = message.replyTo { metadata["#reply"] = replyTo }
         if let status = message.status { metadata["#status"] = String(status) }
         let kind: String =
-            switch message.body {
+            switch message.storedBody {
             case .json: "json"
             case .text: "text"
-            case .bytes: "bytes"
+            case .bytes, .content: "bytes"
             }
         metadata["#body"] = kind
         return StoredMessage(

@@ -147,9 +147,9 @@ import Testing
     @Test func payloadsCrossDialects() {
         let fromNATS = PublishedMessage(subject: "s", body: .bytes([0xFF, 0x00]))
         #expect(fromNATS.limeContent.0 == "application/octet-stream")
-        #expect(fromNATS.limeContent.1 == .string("/wA="))
+        #expect(fromNATS.limeContent.1.value == .string("/wA="))
         let jsonFromNATS = PublishedMessage(subject: "s", type: .applicationJSON, body: .bytes(Array(#"{"a":1}"#.utf8)))
-        #expect(jsonFromNATS.limeContent.1 == ["a": 1])
+        #expect(jsonFromNATS.limeContent.1.value == ["a": 1])
         let fromLIME = PublishedMessage(
             subject: "s", type: .applicationJSON, body: .json(["a": 1]), metadata: ["Trace": "t", "#internal": "x"])
         guard case .message(_, _, _, let headers?, let payload) = fromLIME.natsOperation(sid: "1", headersEnabled: true) else {

@@ -106,13 +106,23 @@ extension Substring {
 public struct LIMEMessage: Sendable, Hashable {
     public var header: EnvelopeHeader
     public var type: MediaType
+    /// The content, possibly still as the JSON text it arrived in.
+    public var body: JSONContent
+
     /// A JSON value for JSON media types, a `.string` otherwise (base64 for binary).
-    public var content: JSONValue
+    public var content: JSONValue {
+        get { body.value }
+        set { body = JSONContent(newValue) }
+    }
 
     public init(header: EnvelopeHeader = EnvelopeHeader(), type: MediaType, content: JSONValue) {
+        self.init(header: header, type: type, body: JSONContent(content))
+    }
+
+    public init(header: EnvelopeHeader = EnvelopeHeader(), type: MediaType, body: JSONContent) {
         self.header = header
         self.type = type
-        self.content = content
+        self.body = body
     }
 
     /// A `text/plain` message.
@@ -155,19 +165,35 @@ public struct LIMECommand: Sendable, Hashable {
     public var method: CommandMethod
     public var uri: String?
     public var type: MediaType?
-    public var resource: JSONValue?
+    /// The resource, possibly still as the JSON text it arrived in.
+    public var resourceBody: JSONContent?
     public var status: CommandStatus?
     public var reason: Reason?
+
+    /// The resource's value.
+    public var resource: JSONValue? {
+        get { resourceBody?.value }
+        set { resourceBody = newValue.map { JSONContent($0) } }
+    }
 
     public init(
         header: EnvelopeHeader = EnvelopeHeader(), method: CommandMethod, uri: String? = nil, type: MediaType? = nil,
         resource: JSONValue? = nil, status: CommandStatus? = nil, reason: Reason? = nil
     ) {
+        self.init(
+            header: header, method: method, uri: uri, type: type, resourceBody: resource.map { JSONContent($0) }, status: status,
+            reason: reason)
+    }
+
+    public init(
+        header: EnvelopeHeader = EnvelopeHeader(), method: CommandMethod, uri: String? = nil, type: MediaType? = nil,
+        resourceBody: JSONContent?, status: CommandStatus? = nil, reason: Reason? = nil
+    ) {
         self.header = header
         self.method = method
         self.uri = uri
         self.type = type
-        self.resource = resource
+        self.resourceBody = resourceBody
         self.status = status
         self.reason = reason
     }

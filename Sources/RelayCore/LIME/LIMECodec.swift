@@ -5,32 +5,124 @@
 /// a numeric `id`, an `authentication` that repeats the `scheme`).
 public enum LIMECodec {
     /// Decodes one envelope from its JSON bytes.
+    ///
+    /// The envelope's members are read as values, except `content` and `resource`: those are
+    /// checked and kept as the JSON text they arrived in (`JSONContent`), so the hub forwards a
+    /// publication's payload without building it, and writes it out again as it came.
     public static func decode(_ bytes: some Collection<UInt8>, maximumDepth: Int = JSONParser.defaultMaximumDepth) throws(Reason)
         -> Envelope
     {
-        let value: JSONValue
+        let scanned: Result<Members, JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
+            scan(buffer, maximumDepth: maximumDepth)
+        }
+        let members: Members
         do {
-            value = try JSONParser.parse(bytes, maximumDepth: maximumDepth)
+            members = try (scanned ?? Array(bytes).withUnsafeBufferPointer { scan($0, maximumDepth: maximumDepth) }).get()
         } catch {
             throw Reason(code: ReasonCode.validationError, description: "Malformed JSON: \(error)")
         }
-        return try decode(value)
+        return try decode(members)
     }
 
     /// Decodes one envelope from a parsed JSON value.
     public static func decode(_ value: JSONValue) throws(Reason) -> Envelope {
-        guard let object = value.objectValue else {
+        guard var object = value.objectValue else {
             throw Reason(code: ReasonCode.validationError, description: "An envelope must be a JSON object")
         }
+        let content = object["content"].map { JSONContent($0) }
+        let resource = object["resource"].map { JSONContent($0) }
+        object["content"] = nil
+        object["resource"] = nil
+        return try decode(Members(object: object, content: content, resource: resource))
+    }
+
+    /// An envelope's members: `content` and `resource` apart, since they may be kept as text.
+    struct Members {
+        var object: JSONObject
+        var content: JSONContent?
+        var resource: JSONContent?
+        /// Set when the document is valid JSON but not an object.
+        var nonObject: JSONValue?
+
+        init(object: JSONObject, content: JSONContent? = nil, resource: JSONContent? = nil, nonObject: JSONValue? = nil) {
+            self.object = object
+            self.content = content
+            self.resource = resource
+            self.nonObject = nonObject
+        }
+    }
+
+    /// Reads the top-level object of an envelope. Every member is parsed into `object` except
+    /// `content` and `resource`, which are only checked (`JSONParser.skipValue`: the same errors
+    /// as parsing) and copied. A member given twice counts once, with its last value, as in
+    /// `JSONObject`.
+    static func scan(_ buffer: UnsafeBufferPointer<UInt8>, maximumDepth: Int) -> Result<Members, JSONParseError> {
+        var parser = JSONParser(bytes: buffer, maximumDepth: maximumDepth)
+        var members = Members(object: JSONObject())
+        do throws(JSONParseError) {
+            parser.skipWhitespace()
+            guard parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: "{") else {
+                // Not an object: parsed as any value, so the error (or the refusal) is the usual one.
+                parser.index = 0
+                return .success(Members(object: JSONObject(), nonObject: try JSONParser.parse(buffer, maximumDepth: maximumDepth)))
+            }
+            guard maximumDepth >= 1 else { throw parser.error("nesting deeper than \(maximumDepth)") }
+            parser.index += 1
+            parser.skipWhitespace()
+            if parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: "}") {
+                parser.index += 1
+            } else {
+                members: while true {
+                    parser.skipWhitespace()
+                    guard parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: "\"") else {
+                        throw parser.error("expected a member name")
+                    }
+                    let key = try parser.parseString()
+                    parser.skipWhitespace()
+                    guard parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: ":") else { throw parser.error("expected ':'") }
+                    parser.index += 1
+                    parser.skipWhitespace()
+                    if key == "content" || key == "resource" {
+                        let start = parser.index
+                        try parser.skipValue(depth: 1)
+                        let text = JSONContent(validatedText: Array(UnsafeBufferPointer(rebasing: buffer[start..<parser.index])))
+                        if key == "content" { members.content = text } else { members.resource = text }
+                    } else {
+                        members.object[key] = try parser.parseValue(depth: 1)
+                    }
+                    parser.skipWhitespace()
+                    guard parser.index < buffer.count else { throw parser.error("unexpected end of input") }
+                    switch buffer[parser.index] {
+                    case UInt8(ascii: ","): parser.index += 1
+                    case UInt8(ascii: "}"):
+                        parser.index += 1
+                        break members
+                    default: throw parser.error("expected ',' or '}'")
+                    }
+                }
+            }
+            parser.skipWhitespace()
+            guard parser.index == buffer.count else { throw parser.error("unexpected data after the JSON value") }
+            return .success(members)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    private static func decode(_ members: Members) throws(Reason) -> Envelope {
+        if members.nonObject != nil {
+            throw Reason(code: ReasonCode.validationError, description: "An envelope must be a JSON object")
+        }
+        let object = members.object
         let header = try decodeHeader(object)
-        if object["content"] != nil {
-            return .message(try decodeMessage(object, header: header))
+        if let content = members.content {
+            return .message(try decodeMessage(object, content: content, header: header))
         }
         if object["event"] != nil {
             return .notification(try decodeNotification(object, header: header))
         }
         if object["method"] != nil {
-            return .command(try decodeCommand(object, header: header))
+            return .command(try decodeCommand(object, resource: members.resource, header: header))
         }
         if object["state"] != nil {
             return .session(try decodeSession(object, header: header))
@@ -55,7 +147,7 @@ public enum LIMECodec {
     static func encode(_ message: LIMEMessage) -> [UInt8] {
         var writer = DirectWriter(header: message.header)
         writer.member("type", string: message.type.rawValue)
-        writer.member("content", message.content)
+        writer.member("content", message.body)
         return writer.finish()
     }
 
@@ -64,7 +156,7 @@ public enum LIMECodec {
         writer.member("method", string: command.method.rawValue)
         if let uri = command.uri { writer.member("uri", string: uri) }
         if let type = command.type { writer.member("type", string: type.rawValue) }
-        if let resource = command.resource { writer.member("resource", resource) }
+        if let resource = command.resourceBody { writer.member("resource", resource) }
         if let status = command.status { writer.member("status", string: status.rawValue) }
         if let reason = command.reason { writer.member("reason", encodeReason(reason)) }
         return writer.finish()
@@ -111,6 +203,11 @@ public enum LIMECodec {
         mutating func member(_ name: StaticString, _ value: JSONValue) {
             self.name(name)
             JSONWriter.write(value, into: &output)
+        }
+
+        mutating func member(_ name: StaticString, _ content: JSONContent) {
+            self.name(name)
+            content.write(into: &output)
         }
 
         mutating func finish() -> [UInt8] {
@@ -230,16 +327,15 @@ public enum LIMECodec {
         }
     }
 
-    private static func decodeMessage(_ object: JSONObject, header: EnvelopeHeader) throws(Reason) -> LIMEMessage {
-        let content = object["content"]!
+    private static func decodeMessage(_ object: JSONObject, content: JSONContent, header: EnvelopeHeader) throws(Reason) -> LIMEMessage {
         let type: MediaType
         if let text = try optionalString(object, "type") {
             type = MediaType(text)
         } else {
             // LIME requires a type; infer the obvious one rather than refuse a usable message.
-            type = content.stringValue != nil ? .textPlain : .applicationJSON
+            type = content.isString ? .textPlain : .applicationJSON
         }
-        return LIMEMessage(header: header, type: type, content: content)
+        return LIMEMessage(header: header, type: type, body: content)
     }
 
     private static func decodeNotification(_ object: JSONObject, header: EnvelopeHeader) throws(Reason) -> LIMENotification {
@@ -249,7 +345,9 @@ public enum LIMECodec {
         return LIMENotification(header: header, event: event, reason: try decodeReason(object["reason"]))
     }
 
-    private static func decodeCommand(_ object: JSONObject, header: EnvelopeHeader) throws(Reason) -> LIMECommand {
+    private static func decodeCommand(_ object: JSONObject, resource: JSONContent?, header: EnvelopeHeader) throws(Reason)
+        -> LIMECommand
+    {
         guard let text = object["method"]?.stringValue, let method = CommandMethod(rawValue: text.lowercased()) else {
             throw Reason(
                 code: ReasonCode.validationInvalidMethod,
@@ -262,11 +360,10 @@ public enum LIMECodec {
             }
             status = value
         }
-        var resource = object["resource"]
-        if resource == .null { resource = nil }
         return LIMECommand(
             header: header, method: method, uri: try optionalString(object, "uri"),
-            type: try optionalString(object, "type").map { MediaType($0) }, resource: resource, status: status,
+            type: try optionalString(object, "type").map { MediaType($0) }, resourceBody: resource?.isNull == true ? nil : resource,
+            status: status,
             reason: try decodeReason(object["reason"]))
     }
 

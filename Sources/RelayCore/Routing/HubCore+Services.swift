@@ -392,7 +392,7 @@ extension HubCore {
         let method = String(tokens[1])
         // Service parameters are JSON: a NATS payload that parses as JSON is taken as such, whatever its type.
         let bytes = message.payloadBytes
-        let content: JSONValue = bytes.isEmpty ? .null : (try? JSONParser.parse(bytes)) ?? message.limeContent.1
+        let content: JSONValue = bytes.isEmpty ? .null : (try? JSONParser.parse(bytes)) ?? message.limeContent.1.value
         var metadata = message.metadata
         metadata["#deadline"] = metadata["#deadline"] ?? String(configuration.defaultDeadlineMilliseconds)
         let command = LIMECommand(
@@ -473,7 +473,7 @@ extension HubCore {
                 reason: Reason(code: ReasonCode.routingDestinationNotFound, description: "No responders"))
         } else {
             let (type, content) = message.limeContent
-            response = LIMECommand(method: request.method, type: type, resource: content, status: .success)
+            response = LIMECommand(method: request.method, type: type, resourceBody: content, status: .success)
         }
         response.header.from = message.publisher
         return endSubjectRequest(id, with: response) + [.cancelTimer(.deadline(id))]

@@ -210,16 +210,16 @@ extension HubCore {
         let targets = metadata.removeValue(forKey: "#targets").map { list in
             list.split(separator: ",").compactMap { Node($0.trimmingWhitespace().description) }
         }
-        let content = command.resource ?? .null
-        let type = command.type ?? (content.stringValue != nil ? .textPlain : .applicationJSON)
+        let content = command.resourceBody ?? JSONContent(.null)
+        let type = command.type ?? (content.isString ? .textPlain : .applicationJSON)
         let body: PublishedMessage.Body
-        if type.isJSON {
-            body = .json(content)
-        } else if let text = content.stringValue {
-            // Binary types travel base64-encoded in LIME; subscribers on NATS get the bytes.
-            body = type.rawValue.hasPrefix("text/") ? .text(text) : Base64.decode(text).map { .bytes($0) } ?? .text(text)
+        if type.isJSON || !content.isString || type.rawValue.hasPrefix("text/") {
+            // Forwarded as it arrived.
+            body = .content(content)
         } else {
-            body = .json(content)
+            // Binary types travel base64-encoded in LIME; subscribers on NATS get the bytes.
+            let text = content.stringValue ?? ""
+            body = Base64.decode(text).map { .bytes($0) } ?? .text(text)
         }
         let message = PublishedMessage(
             subject: subject, replyTo: replyTo, publisher: command.header.from, type: type, body: body, metadata: metadata)

@@ -8,6 +8,25 @@ public struct PublishedMessage: Sendable, Equatable {
         case json(JSONValue)
         case text(String)
         case bytes([UInt8])
+        /// A LIME publication's content as it arrived: a JSON value for JSON types, a JSON string
+        /// for text. LIME subscribers get it as it came; NATS subscribers get the value's bytes.
+        case content(JSONContent)
+
+        /// Content as it arrived equals the JSON value or text it stands for.
+        public static func == (lhs: Body, rhs: Body) -> Bool {
+            switch (lhs.resolved, rhs.resolved) {
+            case (.json(let left), .json(let right)): left == right
+            case (.text(let left), .text(let right)): left == right
+            case (.bytes(let left), .bytes(let right)): left == right
+            default: false
+            }
+        }
+
+        /// `.content` as the `.text` or `.json` it stands for; other cases as they are.
+        var resolved: Body {
+            guard case .content(let content) = self else { return self }
+            return content.stringValue.map { .text($0) } ?? .json(content.value)
+        }
     }
 
     public var subject: String
@@ -42,19 +61,24 @@ public struct PublishedMessage: Sendable, Equatable {
         case .json(let value): JSONWriter.bytes(value)
         case .text(let text): Array(text.utf8)
         case .bytes(let bytes): bytes
+        case .content(let content): content.stringValue.map { Array($0.utf8) } ?? content.jsonBytes
         }
     }
 
+    /// The body as a stored queue keeps it: JSON, text or bytes.
+    public var storedBody: Body { body.resolved }
+
     /// The content as a LIME message carries it: a JSON value for JSON types, text otherwise,
     /// base64 for bytes that are not UTF-8.
-    public var limeContent: (MediaType, JSONValue) {
+    public var limeContent: (MediaType, JSONContent) {
         switch body {
-        case .json(let value): return (type ?? .applicationJSON, value)
-        case .text(let text): return (type ?? .textPlain, .string(text))
+        case .json(let value): return (type ?? .applicationJSON, JSONContent(value))
+        case .text(let text): return (type ?? .textPlain, JSONContent(.string(text)))
+        case .content(let content): return (type ?? (content.isString ? .textPlain : .applicationJSON), content)
         case .bytes(let bytes):
-            if let type, type.isJSON, let value = try? JSONParser.parse(bytes) { return (type, value) }
-            if let text = String(validating: bytes, as: UTF8.self) { return (type ?? .textPlain, .string(text)) }
-            return (type ?? "application/octet-stream", .string(Base64.encode(bytes)))
+            if let type, type.isJSON, let value = try? JSONParser.parse(bytes) { return (type, JSONContent(value)) }
+            if let text = String(validating: bytes, as: UTF8.self) { return (type ?? .textPlain, JSONContent(.string(text))) }
+            return (type ?? "application/octet-stream", JSONContent(.string(Base64.encode(bytes))))
         }
     }
 
@@ -70,7 +94,7 @@ public struct PublishedMessage: Sendable, Equatable {
         return .message(
             LIMEMessage(
                 header: EnvelopeHeader(id: metadata["#delivery"], from: publisher, to: node, metadata: metadata), type: type,
-                content: content))
+                body: content))
     }
 
     /// The NATS operation a subscriber with subscription `sid` receives. Headers are sent when the
@@ -88,8 +112,11 @@ public struct PublishedMessage: Sendable, Equatable {
 
     /// Text without a declared type needs no Content-Type on the NATS side.
     private var isDefaultNATSType: Bool {
-        if case .bytes = body { return false }
-        return type == .textPlain && { if case .text = body { return true } else { return false } }()
+        switch body {
+        case .text: return type == .textPlain
+        case .content(let content): return type == .textPlain && content.isString
+        case .json, .bytes: return false
+        }
     }
 }
 
