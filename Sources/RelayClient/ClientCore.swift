@@ -76,19 +76,20 @@ final class ClientCore: Sendable {
         waiter?.resume(returning: (local, remote))
     }
 
-    func deliver(_ envelope: Envelope) {
+    /// Hands an envelope to whoever waits for it. Returns a subscription whose reader must be
+    /// woken at the end of the read (deliveries of one read are taken together).
+    func deliver(_ envelope: Envelope) -> (any InboxWaking)? {
         switch envelope {
         case .message(let message):
             if let token = message.header.metadata?["#subscription"], let inbox = state.withLock({ $0.subscriptions[token] }) {
-                inbox.deliver(message)
-                return
+                return inbox.enqueue(message) ? inbox : nil
             }
             countDrop(messageInput.yield(message))
         case .notification(let notification):
             countDrop(notificationInput.yield(notification))
         case .command(let command) where command.isResponse:
             // No waiter: a late response to a request that timed out or was cancelled.
-            guard let id = command.header.id else { return }
+            guard let id = command.header.id else { return nil }
             let (waiter, stream) = state.withLock { ($0.pending.removeValue(forKey: id), $0.responseStreams[id]) }
             if let waiter {
                 waiter.resume(returning: command)
@@ -100,12 +101,13 @@ final class ClientCore: Sendable {
         case .command(let command):
             if let service = Self.serviceName(of: command), let inbox = state.withLock({ $0.services[service] }) {
                 inbox.yield(command)
-                return
+                return nil
             }
             countDrop(commandInput.yield(command))
         case .session:
             break
         }
+        return nil
     }
 
     /// The service a forwarded request is for (`/services/NAME/...`, or `/requests/ID` cancellations

@@ -12,6 +12,8 @@ final class LIMEClientHandler: ChannelInboundHandler {
     private var reader: LIMEEnvelopeReader
     private let core: ClientCore
     private var started = false
+    /// Subscriptions that received something in this read: their readers are woken when it ends.
+    private var toWake: [any InboxWaking] = []
 
     init(machine: LIMEClientSessionMachine, reader: LIMEEnvelopeReader, core: ClientCore) {
         self.machine = machine
@@ -35,7 +37,19 @@ final class LIMEClientHandler: ChannelInboundHandler {
         }
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        wakeReaders()
+        context.fireChannelReadComplete()
+    }
+
+    private func wakeReaders() {
+        guard !toWake.isEmpty else { return }
+        for inbox in toWake { inbox.wake() }
+        toWake.removeAll(keepingCapacity: true)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        wakeReaders()
         execute(machine.peerClosed(), context: context)
         core.connectionClosed()
         context.fireChannelInactive()
@@ -66,7 +80,7 @@ final class LIMEClientHandler: ChannelInboundHandler {
         case .established(let local, let remote):
             core.established(local: local, remote: remote)
         case .deliver(let envelope):
-            core.deliver(envelope)
+            if let inbox = core.deliver(envelope) { toWake.append(inbox) }
         case .finished:
             core.ended(nil)
             context.close(promise: nil)

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import RelayCore
 import Synchronization
 
@@ -41,38 +42,119 @@ public enum SlowConsumerPolicy: Sendable {
 /// A subscription's bounded buffer: what arrives waits here until the application reads it; when
 /// it is full the `SlowConsumerPolicy` drops one, and every drop is counted. Shared by the LIME and
 /// NATS clients.
-final class BoundedInbox<Element: Sendable>: Sendable {
-    let stream: AsyncStream<Element>
-    private let input: AsyncStream<Element>.Continuation
+///
+/// The connection's handler adds what one read brings with `enqueue` and wakes the reader once at
+/// the end of the read (`wake`), rather than once per message: a reader that keeps up then takes
+/// a batch per wake-up instead of paying a task switch per message.
+final class BoundedInbox<Element: Sendable>: InboxWaking, Sendable {
+    private struct State: Sendable {
+        var buffer = CircularBuffer<Element>()
+        var reader: UnsafeContinuation<Element?, Never>?
+        var wakeDue = false
+        var finished = false
+    }
+
+    private let state = Mutex(State())
+    private let bufferSize: Int
+    private let policy: SlowConsumerPolicy
     let dropped = Atomic<Int>(0)
 
     init(bufferSize: Int, policy: SlowConsumerPolicy) {
-        let buffering: AsyncStream<Element>.Continuation.BufferingPolicy =
-            policy == .dropNewest ? .bufferingOldest(bufferSize) : .bufferingNewest(bufferSize)
-        (stream, input) = AsyncStream.makeStream(of: Element.self, bufferingPolicy: buffering)
+        self.bufferSize = max(bufferSize, 1)
+        self.policy = policy
     }
 
+    /// Adds an element without waking the reader; true when the reader waits and `wake()` must be
+    /// called (once, whatever the number of elements added meanwhile).
+    func enqueue(_ element: Element) -> Bool {
+        let (wakeNeeded, drop) = state.withLock { state -> (Bool, Bool) in
+            guard !state.finished else { return (false, false) }
+            var drop = false
+            if state.buffer.count >= bufferSize {
+                drop = true
+                guard policy == .dropOldest else { return (false, true) }
+                state.buffer.removeFirst()
+            }
+            state.buffer.append(element)
+            guard state.reader != nil, !state.wakeDue else { return (false, drop) }
+            state.wakeDue = true
+            return (true, drop)
+        }
+        if drop { dropped.add(1, ordering: .relaxed) }
+        return wakeNeeded
+    }
+
+    /// Hands the waiting reader the first element.
+    func wake() {
+        let (reader, element) = state.withLock { state -> (UnsafeContinuation<Element?, Never>?, Element?) in
+            state.wakeDue = false
+            guard let reader = state.reader, let element = state.buffer.popFirst() else { return (nil, nil) }
+            state.reader = nil
+            return (reader, element)
+        }
+        reader?.resume(returning: element)
+    }
+
+    /// Adds an element and wakes the reader at once.
     func deliver(_ element: Element) {
-        if case .dropped = input.yield(element) { dropped.add(1, ordering: .relaxed) }
+        if enqueue(element) { wake() }
     }
 
     /// Drops that happened elsewhere (at the hub) and were reported.
     func countDropped(_ count: Int) { dropped.add(count, ordering: .relaxed) }
 
-    func finish() { input.finish() }
+    /// Ends the sequence once what is buffered has been read.
+    func finish() {
+        let (reader, element) = state.withLock { state -> (UnsafeContinuation<Element?, Never>?, Element?) in
+            state.finished = true
+            defer { state.reader = nil }
+            return (state.reader, state.reader == nil ? nil : state.buffer.popFirst())
+        }
+        reader?.resume(returning: element)
+    }
+
+    /// The next element; nil once finished and empty, or when the reading task is cancelled (which
+    /// ends the sequence, as an `AsyncStream`'s does).
+    func next() async -> Element? {
+        let immediate: Element?? = state.withLock { state in
+            if let element = state.buffer.popFirst() { return .some(element) }
+            return state.finished ? .some(nil) : nil
+        }
+        if let immediate { return immediate }
+        return await withTaskCancellationHandler {
+            await withUnsafeContinuation { (continuation: UnsafeContinuation<Element?, Never>) in
+                let ready: Element?? = state.withLock { state in
+                    if let element = state.buffer.popFirst() { return .some(element) }
+                    if state.finished { return .some(nil) }
+                    precondition(state.reader == nil, "a subscription is read by one task at a time")
+                    state.reader = continuation
+                    return nil
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        } onCancel: {
+            finish()
+        }
+    }
+}
+
+/// What a connection's handler wakes at the end of a read.
+protocol InboxWaking: AnyObject, Sendable {
+    func wake()
 }
 
 /// Where the LIME client puts the publications of one subscription.
 typealias SubscriptionInbox = BoundedInbox<Publication>
 
 extension BoundedInbox where Element == Publication {
-    func deliver(_ message: LIMEMessage) {
+    /// Adds a delivery; true when the reader must be woken (see `enqueue`).
+    func enqueue(_ message: LIMEMessage) -> Bool {
         // The hub reports what its overflow policy dropped while this subscriber lagged.
         if let count = message.header.metadata?["#dropped"].flatMap({ Int($0) }) {
             countDropped(count)
-            return
+            return false
         }
-        deliver(Publication(message))
+        return enqueue(Publication(message))
     }
 }
 
@@ -125,20 +207,20 @@ public final class SubjectSubscription: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> Iterator {
-        Iterator(subscription: self, base: inbox.stream.makeAsyncIterator())
+        Iterator(subscription: self, inbox: inbox)
     }
 
     public struct Iterator: AsyncIteratorProtocol {
         private let guardian: IteratorGuardian
-        private var base: AsyncStream<Publication>.Iterator
+        private let inbox: SubscriptionInbox
 
-        fileprivate init(subscription: SubjectSubscription, base: AsyncStream<Publication>.Iterator) {
+        fileprivate init(subscription: SubjectSubscription, inbox: SubscriptionInbox) {
             self.guardian = IteratorGuardian(subscription)
-            self.base = base
+            self.inbox = inbox
         }
 
         public mutating func next() async -> Publication? {
-            await base.next()
+            await inbox.next()
         }
     }
 

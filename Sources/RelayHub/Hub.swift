@@ -186,7 +186,7 @@ public final class Hub: Sendable {
                 if let headers = state.natsSessions[session] {
                     bytes = NATSEncoder.encode(message.natsOperation(sid: token, headersEnabled: headers))
                 } else {
-                    bytes = LIMECodec.encode(message.limeEnvelope(token: token, to: state.core.router.node(of: session)))
+                    bytes = LIMECodec.encodeDelivery(message, token: token, to: state.core.router.node(of: session))
                 }
                 add(outlet, OutletItem(token: token, limit: state.core.deliveryLimit(session, token: token), bytes: bytes))
             case .startTimer(let timer, let milliseconds):

@@ -163,3 +163,44 @@ import Testing
         #expect(text.body == .text(#"a"b"#))
     }
 }
+
+@Suite struct LIMEDeliveryEncodingTests {
+    /// `encodeDelivery` writes what encoding `limeEnvelope` gives, byte for byte, for every shape
+    /// of publication: with and without a reply subject, a status, metadata (which takes the
+    /// general path), a publisher, content as it arrived or as a value, and text needing escapes.
+    @Test func agreesWithTheEnvelopeItStandsFor() throws {
+        let scanned = try #require(
+            try LIMECodec.decode(Array(#"{"method":"observe","uri":"/t","resource":{ "a" : [1, 2.50] }}"#.utf8)).commandValue?
+                .resourceBody)
+        let bodies: [PublishedMessage.Body] = [
+            .content(scanned), .json(["k": "v"]), .text("line\n\"quoted\""), .bytes([0xFF, 0x00]), .bytes(Array("plain".utf8)),
+        ]
+        var checked = 0
+        for body in bodies {
+            for replyTo in [nil, "_INBOX.1"] {
+                for status in [nil, 503] {
+                    for metadata in [[:], ["traceId": "t\u{1}", "#delivery": "relay-q:x:1"]] {
+                        for publisher in [nil, Node("pub@relay.local/π")] {
+                            let message = PublishedMessage(
+                                subject: "orders.\"new\"", replyTo: replyTo, publisher: publisher, type: nil, body: body,
+                                metadata: metadata, status: status)
+                            let node = Node("sub@relay.local/1")
+                            #expect(
+                                LIMECodec.encodeDelivery(message, token: "orders.*?queue=w", to: node)
+                                    == LIMECodec.encode(message.limeEnvelope(token: "orders.*?queue=w", to: node)))
+                            checked += 1
+                        }
+                    }
+                }
+            }
+        }
+        #expect(checked == 80)
+    }
+}
+
+extension Envelope {
+    fileprivate var commandValue: LIMECommand? {
+        if case .command(let command) = self { return command }
+        return nil
+    }
+}

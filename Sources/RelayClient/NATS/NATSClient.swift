@@ -291,16 +291,18 @@ public final class NATSClient: Sendable {
 
     // MARK: - From the connection
 
-    func deliver(sid: String, message: NATSMessage) {
+    /// Hands a message to its subscription. Returns the subscription whose reader must be woken
+    /// at the end of the read (the messages of one read are taken together).
+    func deliver(sid: String, message: NATSMessage) -> (any InboxWaking)? {
         if let inboxSid = state.withLock({ $0.inboxSid }), sid == inboxSid {
             let token = String(message.subject.dropFirst(inboxPrefix.count + 1))
-            guard let waiter = state.withLock({ $0.requests.removeValue(forKey: token) }) else { return }
+            guard let waiter = state.withLock({ $0.requests.removeValue(forKey: token) }) else { return nil }
             if message.headers?.status == 503 {
                 waiter.resume(throwing: NATSClientError.noResponders)
             } else {
                 waiter.resume(returning: message)
             }
-            return
+            return nil
         }
         let (inbox, last): (NATSSubscriptionInbox?, Bool) = state.withLock { state in
             guard var record = state.subscriptions[sid] else { return (nil, false) }
@@ -312,9 +314,14 @@ public final class NATSClient: Sendable {
             state.subscriptions[sid] = record
             return (record.inbox, false)
         }
-        inbox?.deliver(message)
+        guard let inbox else { return nil }
+        let wakeNeeded = inbox.enqueue(message)
         // The auto-unsubscribe limit is reached: the last message is in, the sequence ends.
-        if last { inbox?.finish() }
+        if last {
+            inbox.finish()
+            return nil
+        }
+        return wakeNeeded ? inbox : nil
     }
 
     func connectionFailed(_ reason: String) {

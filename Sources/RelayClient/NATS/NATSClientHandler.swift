@@ -12,6 +12,8 @@ final class NATSClientHandler: ChannelInboundHandler {
     private let client: NATSClient
     private let pingInterval: TimeAmount
     private var pingTask: Scheduled<Void>?
+    /// Subscriptions that received something in this read: their readers are woken when it ends.
+    private var toWake: [any InboxWaking] = []
 
     init(machine: NATSClientConnectionMachine, maximumPayload: Int, pingInterval: TimeAmount, client: NATSClient) {
         self.machine = machine
@@ -30,7 +32,19 @@ final class NATSClientHandler: ChannelInboundHandler {
         }
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        wakeReaders()
+        context.fireChannelReadComplete()
+    }
+
+    private func wakeReaders() {
+        guard !toWake.isEmpty else { return }
+        for inbox in toWake { inbox.wake() }
+        toWake.removeAll(keepingCapacity: true)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        wakeReaders()
         pingTask?.cancel()
         machine.peerClosed()
         context.fireChannelInactive()
@@ -59,7 +73,8 @@ final class NATSClientHandler: ChannelInboundHandler {
                 client.established(context.channel, info: info)
                 schedulePing(context: context)
             case .deliver(let subject, let sid, let replyTo, let headers, let payload):
-                client.deliver(sid: sid, message: NATSMessage(subject: subject, replyTo: replyTo, headers: headers, payload: payload))
+                let message = NATSMessage(subject: subject, replyTo: replyTo, headers: headers, payload: payload)
+                if let inbox = client.deliver(sid: sid, message: message) { toWake.append(inbox) }
             case .pongReceived:
                 client.pongReceived()
             case .serverError:

@@ -42,15 +42,15 @@ public final class NATSSubscription: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> Iterator {
-        Iterator(guardian: NATSIteratorGuardian(self), base: inbox.stream.makeAsyncIterator())
+        Iterator(guardian: NATSIteratorGuardian(self), inbox: inbox)
     }
 
     public struct Iterator: AsyncIteratorProtocol {
         fileprivate let guardian: NATSIteratorGuardian
-        var base: AsyncStream<NATSMessage>.Iterator
+        let inbox: NATSSubscriptionInbox
 
         public mutating func next() async -> NATSMessage? {
-            await base.next()
+            await inbox.next()
         }
     }
 }

@@ -42,10 +42,15 @@ public enum JSONWriter {
     /// Appends `text` as a quoted JSON string, escaping what RFC 8259 requires.
     public static func writeString(_ text: String, into output: inout [UInt8]) {
         output.append(UInt8(ascii: "\""))
+        writeEscaped(text, into: &output)
+        output.append(UInt8(ascii: "\""))
+    }
+
+    /// Appends `text` escaped for the inside of a JSON string, without the quotes.
+    static func writeEscaped(_ text: String, into output: inout [UInt8]) {
         // Most strings need no escaping: copied whole.
         if text.utf8.allSatisfy({ $0 >= 0x20 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
             output.append(contentsOf: text.utf8)
-            output.append(UInt8(ascii: "\""))
             return
         }
         for byte in text.utf8 {
@@ -65,6 +70,5 @@ public enum JSONWriter {
             default: output.append(byte)
             }
         }
-        output.append(UInt8(ascii: "\""))
     }
 }

@@ -162,6 +162,26 @@ public enum LIMECodec {
         return writer.finish()
     }
 
+    /// The bytes of `message.limeEnvelope(token:to:)`, what a LIME subscriber receives. When the
+    /// publisher sent no metadata (the usual case) the metadata members and their order are known
+    /// (`#reply` < `#status` < `#subject` < `#subscription`), so the envelope is written straight
+    /// out, the content as it arrived.
+    public static func encodeDelivery(_ message: PublishedMessage, token: String, to node: Node?) -> [UInt8] {
+        guard message.metadata.isEmpty else { return encode(message.limeEnvelope(token: token, to: node)) }
+        var writer = DirectWriter(header: EnvelopeHeader(from: message.publisher, to: node))
+        writer.name("metadata")
+        writer.output.append(UInt8(ascii: "{"))
+        if let replyTo = message.replyTo { writer.pair("#reply", replyTo) }
+        if let status = message.status { writer.pair("#status", String(status)) }
+        writer.pair("#subject", message.subject)
+        writer.pair("#subscription", token, last: true)
+        writer.output.append(UInt8(ascii: "}"))
+        let (type, content) = message.limeContent
+        writer.member("type", string: type.rawValue)
+        writer.member("content", content)
+        return writer.finish()
+    }
+
     /// Writes an envelope's members one by one, starting with its header.
     private struct DirectWriter {
         var output: [UInt8] = []
@@ -171,9 +191,9 @@ public enum LIMECodec {
             output.reserveCapacity(256)
             output.append(UInt8(ascii: "{"))
             if let id = header.id { member("id", string: id) }
-            if let from = header.from { member("from", string: from.description) }
-            if let to = header.to { member("to", string: to.description) }
-            if let pp = header.pp { member("pp", string: pp.description) }
+            if let from = header.from { member("from", node: from) }
+            if let to = header.to { member("to", node: to) }
+            if let pp = header.pp { member("pp", node: pp) }
             if let metadata = header.metadata, !metadata.isEmpty {
                 name("metadata")
                 output.append(UInt8(ascii: "{"))
@@ -200,6 +220,22 @@ public enum LIMECodec {
             JSONWriter.writeString(string, into: &output)
         }
 
+        /// A node as its `description` reads, written part by part rather than built first.
+        mutating func member(_ name: StaticString, node: Node) {
+            self.name(name)
+            output.append(UInt8(ascii: "\""))
+            if let name = node.name {
+                JSONWriter.writeEscaped(name, into: &output)
+                output.append(UInt8(ascii: "@"))
+            }
+            JSONWriter.writeEscaped(node.domain, into: &output)
+            if let instance = node.instance {
+                output.append(UInt8(ascii: "/"))
+                JSONWriter.writeEscaped(instance, into: &output)
+            }
+            output.append(UInt8(ascii: "\""))
+        }
+
         mutating func member(_ name: StaticString, _ value: JSONValue) {
             self.name(name)
             JSONWriter.write(value, into: &output)
@@ -208,6 +244,15 @@ public enum LIMECodec {
         mutating func member(_ name: StaticString, _ content: JSONContent) {
             self.name(name)
             content.write(into: &output)
+        }
+
+        /// One string member of an object being written member by member.
+        mutating func pair(_ key: StaticString, _ value: String, last: Bool = false) {
+            output.append(UInt8(ascii: "\""))
+            key.withUTF8Buffer { output.append(contentsOf: $0) }
+            output.append(contentsOf: "\":".utf8)
+            JSONWriter.writeString(value, into: &output)
+            if !last { output.append(UInt8(ascii: ",")) }
         }
 
         mutating func finish() -> [UInt8] {
