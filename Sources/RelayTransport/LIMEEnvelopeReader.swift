@@ -21,6 +21,8 @@ package struct LIMEEnvelopeReader {
     private var framer: LIMEStreamFramer?
     private let maximumEnvelopeSize: Int
     private let maximumDepth: Int
+    /// The few nodes a connection's envelopes name, read once.
+    private var nodes = LIMECodec.NodeCache()
 
     package init(framing: Framing, maximumEnvelopeSize: Int, maximumDepth: Int = JSONParser.defaultMaximumDepth) {
         self.framer = framing == .stream ? LIMEStreamFramer(maximumEnvelopeSize: maximumEnvelopeSize) : nil
@@ -49,9 +51,9 @@ package struct LIMEEnvelopeReader {
         return batch
     }
 
-    private func decode(_ bytes: some Collection<UInt8>, into batch: inout Batch) {
+    private mutating func decode(_ bytes: some Collection<UInt8>, into batch: inout Batch) {
         do {
-            batch.envelopes.append(try LIMECodec.decode(bytes, maximumDepth: maximumDepth))
+            batch.envelopes.append(try LIMECodec.decode(bytes, maximumDepth: maximumDepth, nodes: &nodes))
         } catch {
             batch.error = error
         }

@@ -204,3 +204,21 @@ extension Envelope {
         return nil
     }
 }
+
+@Suite struct LIMENodeCacheTests {
+    /// A connection's decoder keeps the nodes it has read; what it decodes through the cache, even
+    /// while evicting, equals what a decoder without one gives, and bad nodes are still refused.
+    @Test func decodesTheSameThroughTheCache() throws {
+        var nodes = LIMECodec.NodeCache(capacity: 2)
+        let senders = ["a@relay.local/1", "B@relay.local/2", "a@relay.local/1", "c@x/3", "b@relay.local/2", "a@relay.local/1"]
+        for (index, sender) in (senders + senders).enumerated() {
+            let text = #"{"id":"\#(index)","from":"\#(sender)","to":"hub@relay.local","type":"text/plain","content":"x"}"#
+            let cached = try LIMECodec.decode(Array(text.utf8), maximumDepth: 64, nodes: &nodes)
+            let fresh = try LIMECodec.decode(Array(text.utf8))
+            #expect(cached == fresh)
+            #expect(cached.header.from?.description == sender)
+        }
+        let bad = Array(#"{"from":"a@b@c","content":"x"}"#.utf8)
+        #expect(throws: Reason.self) { try LIMECodec.decode(bad, maximumDepth: 64, nodes: &nodes) }
+    }
+}

@@ -12,6 +12,37 @@ public enum LIMECodec {
     public static func decode(_ bytes: some Collection<UInt8>, maximumDepth: Int = JSONParser.defaultMaximumDepth) throws(Reason)
         -> Envelope
     {
+        var nodes = NodeCache(capacity: 0)
+        return try decode(bytes, maximumDepth: maximumDepth, nodes: &nodes)
+    }
+
+    /// The nodes last read by a connection's decoder: the envelopes of one connection name the same
+    /// few nodes (the peer, the hub, a publisher) again and again, and parsing one costs several
+    /// strings.
+    package struct NodeCache {
+        private var entries: [(text: String, node: Node)] = []
+        private var next = 0
+        private let capacity: Int
+
+        package init(capacity: Int = 8) { self.capacity = capacity }
+
+        mutating func node(_ text: String) -> Node? {
+            for entry in entries where entry.text == text { return entry.node }
+            guard let node = Node(text) else { return nil }
+            guard capacity > 0 else { return node }
+            if entries.count < capacity {
+                entries.append((text, node))
+            } else {
+                entries[next] = (text, node)
+                next = (next + 1) % capacity
+            }
+            return node
+        }
+    }
+
+    /// Decodes one envelope, looking nodes up in (and adding them to) `nodes`.
+    package static func decode(_ bytes: some Collection<UInt8>, maximumDepth: Int, nodes: inout NodeCache) throws(Reason) -> Envelope
+    {
         let scanned: Result<Members, JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
             scan(buffer, maximumDepth: maximumDepth)
         }
@@ -21,7 +52,7 @@ public enum LIMECodec {
         } catch {
             throw Reason(code: ReasonCode.validationError, description: "Malformed JSON: \(error)")
         }
-        return try decode(members)
+        return try decode(members, nodes: &nodes)
     }
 
     /// Decodes one envelope from a parsed JSON value.
@@ -33,7 +64,8 @@ public enum LIMECodec {
         let resource = object["resource"].map { JSONContent($0) }
         object["content"] = nil
         object["resource"] = nil
-        return try decode(Members(object: object, content: content, resource: resource))
+        var nodes = NodeCache(capacity: 0)
+        return try decode(Members(object: object, content: content, resource: resource), nodes: &nodes)
     }
 
     /// An envelope's members: `content` and `resource` apart, since they may be kept as text.
@@ -109,12 +141,12 @@ public enum LIMECodec {
         }
     }
 
-    private static func decode(_ members: Members) throws(Reason) -> Envelope {
+    private static func decode(_ members: Members, nodes: inout NodeCache) throws(Reason) -> Envelope {
         if members.nonObject != nil {
             throw Reason(code: ReasonCode.validationError, description: "An envelope must be a JSON object")
         }
         let object = members.object
-        let header = try decodeHeader(object)
+        let header = try decodeHeader(object, nodes: &nodes)
         if let content = members.content {
             return .message(try decodeMessage(object, content: content, header: header))
         }
@@ -320,16 +352,16 @@ public enum LIMECodec {
         }
     }
 
-    private static func optionalNode(_ object: JSONObject, _ key: String) throws(Reason) -> Node? {
+    private static func optionalNode(_ object: JSONObject, _ key: String, nodes: inout NodeCache) throws(Reason) -> Node? {
         guard let text = try optionalString(object, key) else { return nil }
-        guard let node = Node(text) else {
+        guard let node = nodes.node(text) else {
             throw Reason(
                 code: ReasonCode.validationInvalidIdentity, description: "Invalid '\(key)': '\(text)' is not a node (name@domain/instance)")
         }
         return node
     }
 
-    private static func decodeHeader(_ object: JSONObject) throws(Reason) -> EnvelopeHeader {
+    private static func decodeHeader(_ object: JSONObject, nodes: inout NodeCache) throws(Reason) -> EnvelopeHeader {
         var header = EnvelopeHeader()
         switch object["id"] {
         case nil, .null?: break
@@ -337,9 +369,9 @@ public enum LIMECodec {
         case .number(let number)?: header.id = number.literal
         default: throw invalid("id", "expected a string")
         }
-        header.from = try optionalNode(object, "from")
-        header.to = try optionalNode(object, "to")
-        header.pp = try optionalNode(object, "pp")
+        header.from = try optionalNode(object, "from", nodes: &nodes)
+        header.to = try optionalNode(object, "to", nodes: &nodes)
+        header.pp = try optionalNode(object, "pp", nodes: &nodes)
         switch object["metadata"] {
         case nil, .null?: break
         case .object(let members)?:

@@ -303,6 +303,10 @@ public struct HubCore: Sendable {
 
     /// The hub's resources. Returns nil for what the node router answers (ping, unknown resources).
     mutating func hubCommand(_ command: LIMECommand, uri: String, from session: SessionID) -> [Output]? {
+        // Publications are most of what arrives: `/topics/SUBJECT` with nothing to decode or split.
+        if command.method == .observe || command.method == .set, let subject = Self.plainTopic(uri) {
+            return publish(command, subject: subject, from: session)
+        }
         let (path, query) = Self.split(uri)
         let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map { Self.percentDecoded(String($0)) }
         guard let root = segments.first else { return nil }
@@ -368,6 +372,17 @@ public struct HubCore: Sendable {
     }
 
     /// Splits `/path?x=1&y=2` into the path and its query parameters.
+    /// The subject of `/topics/SUBJECT` when it has no query, no further segment and no percent
+    /// escape (what `split` and `percentDecoded` would give unchanged), or nil.
+    static func plainTopic(_ uri: String) -> String? {
+        let bytes = uri.utf8
+        let prefix = "/topics/".utf8
+        guard bytes.count > prefix.count, bytes.starts(with: prefix) else { return nil }
+        let rest = bytes.dropFirst(prefix.count)
+        guard !rest.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "%") }) else { return nil }
+        return String(Substring(rest))
+    }
+
     static func split(_ uri: String) -> (String, [String: String]) {
         var path = Substring(uri)
         if path.hasPrefix("lime://"), let slash = path.dropFirst(7).firstIndex(of: "/") { path = path[slash...] }
