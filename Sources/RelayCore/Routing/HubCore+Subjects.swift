@@ -74,7 +74,9 @@ extension HubCore {
         var queues: [String: [SubscriptionKey]] = [:]
         statistics.published += 1
         for key in subjects.match(message.subject) {
-            guard let subscription = subscriptions[key] else { continue }
+            // Looked up once by index: the delivery below counts through the same index.
+            guard let index = subscriptions.index(forKey: key) else { continue }
+            let subscription = subscriptions.values[index]
             if subscription.session == session && !subscription.echo { continue }
             if let targets, !targets.contains(where: { target in subscription.node.map { Self.node($0, isIn: target) } ?? false }) {
                 continue
@@ -83,7 +85,7 @@ extension HubCore {
                 queues[queue, default: []].append(key)
                 continue
             }
-            outputs.append(deliver(message, to: key))
+            outputs.append(deliver(message, to: key, at: index))
             delivered += 1
         }
         for (queue, members) in queues {
@@ -122,6 +124,19 @@ extension HubCore {
 
     private static func node(_ node: Node, isIn target: Node) -> Bool {
         node == target || (target.instance == nil && node.identity == target.identity)
+    }
+
+    /// One delivery to the subscription at `index` of `subscriptions`, counted in place.
+    private mutating func deliver(_ message: PublishedMessage, to key: SubscriptionKey, at index: Dictionary<SubscriptionKey, Subscription>.Index)
+        -> Output
+    {
+        let delivered = subscriptions.values[index].delivered + 1
+        if let limit = subscriptions.values[index].limit, delivered >= limit {
+            removeSubscription(key)
+        } else {
+            subscriptions.values[index].delivered = delivered
+        }
+        return .deliver(key.session, token: key.token, message)
     }
 
     /// One delivery, counted against the subscription's auto-unsubscribe limit.

@@ -29,30 +29,89 @@ public struct PublishedMessage: Sendable, Equatable {
         }
     }
 
-    public var subject: String
+    /// The fields live in one shared box, copied only when a copy is changed: a publication is
+    /// handed through parser actions, core outputs and per-recipient rendering, and copying seven
+    /// reference-counted fields each time was a fifth of the hub's time on the NATS path.
+    private final class Storage: @unchecked Sendable {
+        var subject: String
+        var replyTo: String?
+        var publisher: Node?
+        var type: MediaType?
+        var body: Body
+        var metadata: [String: String]
+        var status: Int?
+
+        init(
+            subject: String, replyTo: String?, publisher: Node?, type: MediaType?, body: Body, metadata: [String: String],
+            status: Int?
+        ) {
+            self.subject = subject
+            self.replyTo = replyTo
+            self.publisher = publisher
+            self.type = type
+            self.body = body
+            self.metadata = metadata
+            self.status = status
+        }
+
+        func copy() -> Storage {
+            Storage(subject: subject, replyTo: replyTo, publisher: publisher, type: type, body: body, metadata: metadata, status: status)
+        }
+    }
+
+    private var storage: Storage
+
+    private mutating func unique() -> Storage {
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return storage
+    }
+
+    public var subject: String {
+        get { storage.subject }
+        set { unique().subject = newValue }
+    }
     /// Where responses go (a NATS request's reply subject).
-    public var replyTo: String?
+    public var replyTo: String? {
+        get { storage.replyTo }
+        set { unique().replyTo = newValue }
+    }
     /// The publisher's node.
-    public var publisher: Node?
+    public var publisher: Node? {
+        get { storage.publisher }
+        set { unique().publisher = newValue }
+    }
     /// The media type (LIME `type`, NATS `Content-Type` header), when known.
-    public var type: MediaType?
-    public var body: Body
+    public var type: MediaType? {
+        get { storage.type }
+        set { unique().type = newValue }
+    }
+    public var body: Body {
+        get { storage.body }
+        set { unique().body = newValue }
+    }
     /// LIME metadata, or NATS headers (repeated headers joined with ", ").
-    public var metadata: [String: String]
+    public var metadata: [String: String] {
+        get { storage.metadata }
+        set { unique().metadata = newValue }
+    }
     /// A NATS status (503 for no responders).
-    public var status: Int?
+    public var status: Int? {
+        get { storage.status }
+        set { unique().status = newValue }
+    }
 
     public init(
         subject: String, replyTo: String? = nil, publisher: Node? = nil, type: MediaType? = nil, body: Body,
         metadata: [String: String] = [:], status: Int? = nil
     ) {
-        self.subject = subject
-        self.replyTo = replyTo
-        self.publisher = publisher
-        self.type = type
-        self.body = body
-        self.metadata = metadata
-        self.status = status
+        storage = Storage(
+            subject: subject, replyTo: replyTo, publisher: publisher, type: type, body: body, metadata: metadata, status: status)
+    }
+
+    public static func == (lhs: PublishedMessage, rhs: PublishedMessage) -> Bool {
+        lhs.storage === rhs.storage
+            || (lhs.subject == rhs.subject && lhs.replyTo == rhs.replyTo && lhs.publisher == rhs.publisher && lhs.type == rhs.type
+                && lhs.body == rhs.body && lhs.metadata == rhs.metadata && lhs.status == rhs.status)
     }
 
     /// The payload bytes, as NATS sends them.
