@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import RelayCore
 import RelayTransport
+import Synchronization
 
 /// An async/await LIME client for a Relay hub (or any LIME server), over WebSocket or TCP.
 ///
@@ -183,6 +184,10 @@ public final class LIMEClient: Sendable {
         let channel = self.channel
         let core = self.core
         let what = "\(command.method.rawValue) \(command.uri ?? "") (id \(id))"
+        // The deadline's timer is cancelled as soon as the answer is in: at thousands of requests
+        // a second, timers left to expire would pile up for the whole timeout.
+        let deadlineTimer = DeadlineTimer()
+        defer { deadlineTimer.cancel() }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<LIMECommand, any Error>) in
                 guard core.addPending(id, continuation) else {
@@ -191,9 +196,10 @@ public final class LIMEClient: Sendable {
                             core.endReason ?? Reason(code: ReasonCode.sessionError, description: "The session has ended")))
                     return
                 }
-                _ = channel.eventLoop.scheduleTask(in: TimeAmount(deadline)) {
-                    core.removePending(id)?.resume(throwing: LIMEClientError.timedOut(what))
-                }
+                deadlineTimer.set(
+                    channel.eventLoop.scheduleTask(in: TimeAmount(deadline)) {
+                        core.removePending(id)?.resume(throwing: LIMEClientError.timedOut(what))
+                    })
                 writer.enqueue(bytes)
             }
         } onCancel: {
@@ -239,4 +245,13 @@ func withDeadline<T: Sendable>(_ limit: Duration, what: String, _ body: @escapin
         defer { group.cancelAll() }
         return try await group.next()!
     }
+}
+
+/// A request's deadline timer, cancelled when the request ends whichever way.
+private final class DeadlineTimer: Sendable {
+    private let timer = Mutex<Scheduled<Void>?>(nil)
+
+    func set(_ scheduled: Scheduled<Void>) { timer.withLock { $0 = scheduled } }
+
+    func cancel() { timer.withLock { $0?.cancel() } }
 }

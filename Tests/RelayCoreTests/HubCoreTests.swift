@@ -80,11 +80,12 @@ extension [HubCore.Output] {
 
 @Suite struct HubCorePubSubTests {
     /// The publication fast path takes only URIs the general path would read unchanged.
-    @Test(arguments: [
-        ("/topics/orders.created", "orders.created"), ("/topics/a", "a"), ("/topics/", nil), ("/topics", nil),
-        ("/topics/a%2Eb", nil), ("/topics/a?queue=q", nil), ("/topics/a/b", nil), ("/queues/a", nil),
-        ("lime://hub@relay.local/topics/a", nil),
-    ] as [(String, String?)])
+    @Test(
+        arguments: [
+            ("/topics/orders.created", "orders.created"), ("/topics/a", "a"), ("/topics/", nil), ("/topics", nil),
+            ("/topics/a%2Eb", nil), ("/topics/a?queue=q", nil), ("/topics/a/b", nil), ("/queues/a", nil),
+            ("lime://hub@relay.local/topics/a", nil),
+        ] as [(String, String?)])
     func plainTopicsAgreeWithTheGeneralPath(_ uri: String, _ subject: String?) {
         #expect(HubCore.plainTopic(uri) == subject)
         if let subject {

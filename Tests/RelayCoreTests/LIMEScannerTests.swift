@@ -92,7 +92,8 @@ import Testing
     @Test func agreesOnNestingDepth() {
         for depth in [0, 1, 2, 3, 5] {
             for nesting in 0...5 {
-                let text = #"{"type":"application/json","content":"# + String(repeating: "[", count: nesting)
+                let text =
+                    #"{"type":"application/json","content":"# + String(repeating: "[", count: nesting)
                     + String(repeating: "]", count: nesting) + (nesting == 0 ? "1" : "") + "}"
                 let bytes = Array(text.utf8)
                 #expect(
@@ -148,7 +149,8 @@ import Testing
     /// subscriber with the value's (an unescaped string for text).
     @Test func publicationsKeepTheirContentAcrossTheHub() throws {
         let resource = #"{"n" : 1.50}"#
-        let command = try LIMECodec.decode(Array(#"{"method":"observe","uri":"/topics/a","type":"application/json","resource":\#(resource)}"#.utf8))
+        let command = try LIMECodec.decode(
+            Array(#"{"method":"observe","uri":"/topics/a","type":"application/json","resource":\#(resource)}"#.utf8))
         guard case .command(let publication) = command else {
             Issue.record("expected a command")
             return

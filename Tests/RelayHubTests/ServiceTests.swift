@@ -110,6 +110,26 @@ struct StockLevel: Codable, Sendable, Equatable {
         }
     }
 
+    /// `request`'s own timeout ends a wait the hub would let run on, and answered requests are
+    /// unaffected by the timers of those before them.
+    @Test func theClientsTimeoutEndsAWaitTheHubWouldNot() async throws {
+        try await withHub { hub in
+            let server = try await hub.connect(.tcp, as: "inventory@relay.local/1")
+            _ = try await server.serve(inventory(instance: "1"))
+            let caller = try await hub.connect(.ws, as: "shop@relay.local")
+            var slow = LIMECommand(method: .get, uri: "/services/inventory/slow")
+            slow.header.metadata = ["#deadline": "60000"]
+            await #expect(throws: LIMEClientError.timedOut("get /services/inventory/slow (id s1)")) {
+                slow.header.id = "s1"
+                _ = try await caller.request(slow, timeout: .milliseconds(200))
+            }
+            for _ in 0..<50 {
+                let answer = try await caller.request(LIMECommand(method: .get, uri: "/ping"), timeout: .milliseconds(5_000))
+                #expect(answer.status == .success)
+            }
+        }
+    }
+
     @Test func cancellingTheTaskCancelsTheRequest() async throws {
         try await withHub { hub in
             let server = try await hub.connect(.tcp, as: "inventory@relay.local/1")

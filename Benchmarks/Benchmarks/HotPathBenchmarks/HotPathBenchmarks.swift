@@ -11,14 +11,22 @@ let limePublish = LIMECodec.encode(
         LIMECommand(
             method: .observe, uri: "/topics/bench.pubsub", type: .textPlain, resource: .string(String(repeating: "x", count: 128)))))
 
+/// A publication with 1 KiB of JSON content: what the scanner passes over without building.
+let limeJSONPublish: [UInt8] = {
+    let items = (0..<16).map { index in #"{"sku":"item-\#(index)","quantity":\#(index),"price":12.50,"tags":["a","b"]}"# }
+    let text = #"{"id":"p1","method":"observe","uri":"/topics/orders.created","type":"application/json","resource":{"order":7,"items":["#
+        + items.joined(separator: ",") + "]}}"
+    return Array(text.utf8)
+}()
+
 /// A core with `subscribers` NATS-style subscriptions to `bench.pubsub`, sessions 2..., publisher session 1.
-func makeCore(subscribers: Int) -> HubCore {
+func makeCore(subscribers: Int, filter: String = "bench.pubsub") -> HubCore {
     var core = HubCore(configuration: .init(hubNode: Node("postmaster@relay.local/hub")!))
     _ = core.register(1, node: Node("publisher@relay.local/1")!)
     for session in 0..<subscribers {
         let id = SessionID(session + 2)
         _ = core.register(id, node: Node("subscriber\(session)@relay.local/1")!)
-        try! core.subscribe(id, token: "1", filter: "bench.pubsub", queue: nil, echo: false)
+        try! core.subscribe(id, token: "1", filter: filter, queue: nil, echo: false)
     }
     return core
 }
@@ -46,9 +54,22 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    Benchmark("LIME decode: observe /topics/S, 128 B text") { benchmark in
+    Benchmark("LIME scanner: observe /topics/S, 128 B text") { benchmark in
         for _ in benchmark.scaledIterations {
             blackHole(try! LIMECodec.decode(limePublish))
+        }
+    }
+
+    Benchmark("LIME scanner: observe /topics/S, 1 KiB JSON") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(try! LIMECodec.decode(limeJSONPublish))
+        }
+    }
+
+    Benchmark("LIME full parse (JSONValue, then decode): 1 KiB JSON") { benchmark in
+        // The scanner's baseline: every member built as a value.
+        for _ in benchmark.scaledIterations {
+            blackHole(try! LIMECodec.decode(try! JSONParser.parse(limeJSONPublish)))
         }
     }
 
@@ -56,7 +77,7 @@ let benchmarks: @Sendable () -> Void = {
         let message = PublishedMessage(subject: "bench.pubsub", type: .textPlain, body: .text(String(repeating: "x", count: 128)))
         let node = Node("subscriber@relay.local/1")
         for _ in benchmark.scaledIterations {
-            blackHole(LIMECodec.encode(message.limeEnvelope(token: "bench.pubsub", to: node)))
+            blackHole(LIMECodec.encodeDelivery(message, token: "bench.pubsub", to: node))
         }
     }
 
@@ -79,15 +100,18 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    Benchmark("publish → LIME delivery bytes, 1 subscriber") { benchmark in
-        // The LIME path: decode the command, route it, encode the message envelope.
-        var core = makeCore(subscribers: 1)
-        benchmark.startMeasurement()
-        for _ in benchmark.scaledIterations {
-            let envelope = try! LIMECodec.decode(limePublish)
-            for output in core.envelopeReceived(envelope, from: 1) {
-                guard case .deliver(_, let token, let delivered) = output else { continue }
-                blackHole(LIMECodec.encode(delivered.limeEnvelope(token: token, to: nil)))
+    for (name, frame) in [("128 B text", limePublish), ("1 KiB JSON", limeJSONPublish)] {
+        Benchmark("publish → LIME delivery bytes, 1 subscriber, \(name)") { benchmark in
+            // The LIME path: scan the command, route it, write the message envelope (content as it came).
+            var core = makeCore(subscribers: 1, filter: name == "128 B text" ? "bench.pubsub" : "orders.created")
+            let node = Node("subscriber0@relay.local/1")
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations {
+                let envelope = try! LIMECodec.decode(frame)
+                for output in core.envelopeReceived(envelope, from: 1) {
+                    guard case .deliver(_, let token, let delivered) = output else { continue }
+                    blackHole(LIMECodec.encodeDelivery(delivered, token: token, to: node))
+                }
             }
         }
     }

@@ -41,8 +41,7 @@ public enum LIMECodec {
     }
 
     /// Decodes one envelope, looking nodes up in (and adding them to) `nodes`.
-    package static func decode(_ bytes: some Collection<UInt8>, maximumDepth: Int, nodes: inout NodeCache) throws(Reason) -> Envelope
-    {
+    package static func decode(_ bytes: some Collection<UInt8>, maximumDepth: Int, nodes: inout NodeCache) throws(Reason) -> Envelope {
         let scanned: Result<Members, JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
             scan(buffer, maximumDepth: maximumDepth)
         }

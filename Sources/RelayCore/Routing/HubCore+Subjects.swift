@@ -127,7 +127,9 @@ extension HubCore {
     }
 
     /// One delivery to the subscription at `index` of `subscriptions`, counted in place.
-    private mutating func deliver(_ message: PublishedMessage, to key: SubscriptionKey, at index: Dictionary<SubscriptionKey, Subscription>.Index)
+    private mutating func deliver(
+        _ message: PublishedMessage, to key: SubscriptionKey, at index: Dictionary<SubscriptionKey, Subscription>.Index
+    )
         -> Output
     {
         let delivered = subscriptions.values[index].delivered + 1
