@@ -58,6 +58,8 @@ final class LIMEClientHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         let reason = reader.reason(for: error) ?? Reason(code: ReasonCode.generalError, description: "Connection error: \(error)")
         execute(machine.invalidInputReceived(reason), context: context)
+        // Outside a read: nothing else would wake a reader a delivery here was meant for.
+        wakeReaders()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -58,6 +58,8 @@ final class NATSClientHandler: ChannelInboundHandler {
         pingTask = context.eventLoop.assumeIsolated().scheduleTask(in: pingInterval) { [weak self] in
             guard let self else { return }
             self.execute(self.machine.pingIntervalElapsed(), context: context)
+            // Outside a read: nothing else would wake a reader a delivery here was meant for.
+            self.wakeReaders()
             self.schedulePing(context: context)
         }
     }
