@@ -12,8 +12,7 @@ final class LIMEClientHandler: ChannelInboundHandler {
     private var reader: LIMEEnvelopeReader
     private let core: ClientCore
     private var started = false
-    /// Subscriptions that received something in this read: their readers are woken when it ends.
-    private var toWake: [any InboxWaking] = []
+    private var readers = ReadersToWake()
 
     init(machine: LIMEClientSessionMachine, reader: LIMEEnvelopeReader, core: ClientCore) {
         self.machine = machine
@@ -38,18 +37,12 @@ final class LIMEClientHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        wakeReaders()
+        readers.wakeAll()
         context.fireChannelReadComplete()
     }
 
-    private func wakeReaders() {
-        guard !toWake.isEmpty else { return }
-        for inbox in toWake { inbox.wake() }
-        toWake.removeAll(keepingCapacity: true)
-    }
-
     func channelInactive(context: ChannelHandlerContext) {
-        wakeReaders()
+        readers.wakeAll()
         execute(machine.peerClosed(), context: context)
         core.connectionClosed()
         context.fireChannelInactive()
@@ -59,7 +52,7 @@ final class LIMEClientHandler: ChannelInboundHandler {
         let reason = reader.reason(for: error) ?? Reason(code: ReasonCode.generalError, description: "Connection error: \(error)")
         execute(machine.invalidInputReceived(reason), context: context)
         // Outside a read: nothing else would wake a reader a delivery here was meant for.
-        wakeReaders()
+        readers.wakeAll()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -82,7 +75,7 @@ final class LIMEClientHandler: ChannelInboundHandler {
         case .established(let local, let remote):
             core.established(local: local, remote: remote)
         case .deliver(let envelope):
-            if let inbox = core.deliver(envelope) { toWake.append(inbox) }
+            readers.add(core.deliver(envelope))
         case .finished:
             core.ended(nil)
             context.close(promise: nil)

@@ -143,6 +143,22 @@ protocol InboxWaking: AnyObject, Sendable {
     func wake()
 }
 
+/// The subscriptions a connection's handler delivered to during a read: their readers are woken
+/// together when it ends. Used on the connection's event loop only.
+struct ReadersToWake {
+    private var inboxes: [any InboxWaking] = []
+
+    mutating func add(_ inbox: (any InboxWaking)?) {
+        if let inbox { inboxes.append(inbox) }
+    }
+
+    mutating func wakeAll() {
+        guard !inboxes.isEmpty else { return }
+        for inbox in inboxes { inbox.wake() }
+        inboxes.removeAll(keepingCapacity: true)
+    }
+}
+
 /// Where the LIME client puts the publications of one subscription.
 typealias SubscriptionInbox = BoundedInbox<Publication>
 

@@ -12,8 +12,7 @@ final class NATSClientHandler: ChannelInboundHandler {
     private let client: NATSClient
     private let pingInterval: TimeAmount
     private var pingTask: Scheduled<Void>?
-    /// Subscriptions that received something in this read: their readers are woken when it ends.
-    private var toWake: [any InboxWaking] = []
+    private var readers = ReadersToWake()
 
     init(machine: NATSClientConnectionMachine, maximumPayload: Int, pingInterval: TimeAmount, client: NATSClient) {
         self.machine = machine
@@ -33,18 +32,12 @@ final class NATSClientHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        wakeReaders()
+        readers.wakeAll()
         context.fireChannelReadComplete()
     }
 
-    private func wakeReaders() {
-        guard !toWake.isEmpty else { return }
-        for inbox in toWake { inbox.wake() }
-        toWake.removeAll(keepingCapacity: true)
-    }
-
     func channelInactive(context: ChannelHandlerContext) {
-        wakeReaders()
+        readers.wakeAll()
         pingTask?.cancel()
         machine.peerClosed()
         context.fireChannelInactive()
@@ -59,7 +52,7 @@ final class NATSClientHandler: ChannelInboundHandler {
             guard let self else { return }
             self.execute(self.machine.pingIntervalElapsed(), context: context)
             // Outside a read: nothing else would wake a reader a delivery here was meant for.
-            self.wakeReaders()
+            self.readers.wakeAll()
             self.schedulePing(context: context)
         }
     }
@@ -76,7 +69,7 @@ final class NATSClientHandler: ChannelInboundHandler {
                 schedulePing(context: context)
             case .deliver(let subject, let sid, let replyTo, let headers, let payload):
                 let message = NATSMessage(subject: subject, replyTo: replyTo, headers: headers, payload: payload)
-                if let inbox = client.deliver(sid: sid, message: message) { toWake.append(inbox) }
+                readers.add(client.deliver(sid: sid, message: message))
             case .pongReceived:
                 client.pongReceived()
             case .serverError:

@@ -94,42 +94,17 @@ public enum LIMECodec {
             parser.skipWhitespace()
             guard parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: "{") else {
                 // Not an object: parsed as any value, so the error (or the refusal) is the usual one.
-                parser.index = 0
                 return .success(Members(object: JSONObject(), nonObject: try JSONParser.parse(buffer, maximumDepth: maximumDepth)))
             }
-            guard maximumDepth >= 1 else { throw parser.error("nesting deeper than \(maximumDepth)") }
-            parser.index += 1
-            parser.skipWhitespace()
-            if parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: "}") {
-                parser.index += 1
-            } else {
-                members: while true {
-                    parser.skipWhitespace()
-                    guard parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: "\"") else {
-                        throw parser.error("expected a member name")
-                    }
-                    let key = try parser.parseString()
-                    parser.skipWhitespace()
-                    guard parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: ":") else { throw parser.error("expected ':'") }
-                    parser.index += 1
-                    parser.skipWhitespace()
-                    if key == "content" || key == "resource" {
-                        let start = parser.index
-                        try parser.skipValue(depth: 1)
-                        let text = JSONContent(validatedText: Array(UnsafeBufferPointer(rebasing: buffer[start..<parser.index])))
-                        if key == "content" { members.content = text } else { members.resource = text }
-                    } else {
-                        members.object[key] = try parser.parseValue(depth: 1)
-                    }
-                    parser.skipWhitespace()
-                    guard parser.index < buffer.count else { throw parser.error("unexpected end of input") }
-                    switch buffer[parser.index] {
-                    case UInt8(ascii: ","): parser.index += 1
-                    case UInt8(ascii: "}"):
-                        parser.index += 1
-                        break members
-                    default: throw parser.error("expected ',' or '}'")
-                    }
+            try parser.walkObject(depth: 1) { (parser: inout JSONParser, name: String?) throws(JSONParseError) in
+                let key = name!
+                if key == "content" || key == "resource" {
+                    let start = parser.index
+                    try parser.skipValue(depth: 1)
+                    let text = JSONContent(validatedText: Array(UnsafeBufferPointer(rebasing: buffer[start..<parser.index])))
+                    if key == "content" { members.content = text } else { members.resource = text }
+                } else {
+                    members.object[key] = try parser.parseValue(depth: 1)
                 }
             }
             parser.skipWhitespace()

@@ -126,7 +126,8 @@ extension HubCore {
         node == target || (target.instance == nil && node.identity == target.identity)
     }
 
-    /// One delivery to the subscription at `index` of `subscriptions`, counted in place.
+    /// One delivery to the subscription at `index` of `subscriptions`, counted in place against its
+    /// auto-unsubscribe limit.
     private mutating func deliver(
         _ message: PublishedMessage, to key: SubscriptionKey, at index: Dictionary<SubscriptionKey, Subscription>.Index
     )
@@ -143,15 +144,8 @@ extension HubCore {
 
     /// One delivery, counted against the subscription's auto-unsubscribe limit.
     mutating func deliver(_ message: PublishedMessage, to key: SubscriptionKey) -> Output {
-        // Counted where it is stored: a copy written back would cost a second lookup.
-        if let (delivered, limit) = subscriptions[key].map({ ($0.delivered + 1, $0.limit) }) {
-            if let limit, delivered >= limit {
-                removeSubscription(key)
-            } else {
-                subscriptions[key]!.delivered = delivered
-            }
-        }
-        return .deliver(key.session, token: key.token, message)
+        guard let index = subscriptions.index(forKey: key) else { return .deliver(key.session, token: key.token, message) }
+        return deliver(message, to: key, at: index)
     }
 
     // MARK: - LIME mapping
