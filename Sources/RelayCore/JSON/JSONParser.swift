@@ -233,19 +233,7 @@ public struct JSONParser {
                 case UInt8(ascii: "r"): scalars.append(0x0D)
                 case UInt8(ascii: "t"): scalars.append(0x09)
                 case UInt8(ascii: "u"):
-                    var code = try parseHex4()
-                    if (0xD800..<0xDC00).contains(code) {
-                        // A high surrogate must be followed by an escaped low surrogate.
-                        guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u")
-                        else { throw error("unpaired surrogate") }
-                        index += 2
-                        let low = try parseHex4()
-                        guard (0xDC00..<0xE000).contains(low) else { throw error("unpaired surrogate") }
-                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
-                    } else if (0xDC00..<0xE000).contains(code) {
-                        throw error("unpaired surrogate")
-                    }
-                    guard let scalar = Unicode.Scalar(code) else { throw error("invalid escape") }
+                    guard let scalar = Unicode.Scalar(try unicodeEscape()) else { throw error("invalid escape") }
                     scalars.append(contentsOf: UTF8.encode(scalar)!)
                 default:
                     throw error("invalid escape")
@@ -312,16 +300,7 @@ public struct JSONParser {
                     UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
                     break
                 case UInt8(ascii: "u"):
-                    let code = try parseHex4()
-                    if (0xD800..<0xDC00).contains(code) {
-                        guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u")
-                        else { throw error("unpaired surrogate") }
-                        index += 2
-                        let low = try parseHex4()
-                        guard (0xDC00..<0xE000).contains(low) else { throw error("unpaired surrogate") }
-                    } else if (0xDC00..<0xE000).contains(code) {
-                        throw error("unpaired surrogate")
-                    }
+                    _ = try unicodeEscape()
                 default:
                     throw error("invalid escape")
                 }
@@ -332,6 +311,22 @@ public struct JSONParser {
             }
         }
         throw error("unterminated string")
+    }
+
+    /// After `\u`: the code point, from a surrogate pair if need be.
+    private mutating func unicodeEscape() throws(JSONParseError) -> UInt32 {
+        let code = try parseHex4()
+        if (0xD800..<0xDC00).contains(code) {
+            // A high surrogate must be followed by an escaped low surrogate.
+            guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u")
+            else { throw error("unpaired surrogate") }
+            index += 2
+            let low = try parseHex4()
+            guard (0xDC00..<0xE000).contains(low) else { throw error("unpaired surrogate") }
+            return 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+        }
+        if (0xDC00..<0xE000).contains(code) { throw error("unpaired surrogate") }
+        return code
     }
 
     private mutating func parseHex4() throws(JSONParseError) -> UInt32 {
