@@ -26,12 +26,19 @@ public final class Hub: Sendable {
         public var core = HubCore.Statistics()
     }
 
+    /// An open session's outlet, with what rendering its deliveries needs (looked up once per delivery).
+    private struct OpenSession {
+        var outlet: SessionOutlet
+        /// The node it holds, once established.
+        var node: Node?
+        /// For NATS connections, whether they enabled headers; nil for LIME sessions.
+        var natsHeaders: Bool?
+    }
+
     private struct State {
         var core: HubCore
-        var outlets: [SessionID: SessionOutlet] = [:]
+        var sessions: [SessionID: OpenSession] = [:]
         var timers: [HubCore.Timer: Scheduled<Void>] = [:]
-        /// NATS connections and whether they enabled headers; every other session speaks LIME.
-        var natsSessions: [SessionID: Bool] = [:]
         var nextSessionID: SessionID = 1
         var connectionsRefused = 0
         var slowConsumers = 0
@@ -80,7 +87,7 @@ public final class Hub: Sendable {
     public var statistics: Statistics {
         state.withLock { state in
             Statistics(
-                sessionsOpen: state.outlets.count, sessionsEstablished: state.core.router.sessionCount,
+                sessionsOpen: state.sessions.count, sessionsEstablished: state.core.router.sessionCount,
                 connectionsRefused: state.connectionsRefused, slowConsumers: state.slowConsumers,
                 droppedDeliveries: state.droppedDeliveries,
                 envelopesRouted: state.core.router.statistics.routed, envelopesDelivered: state.core.router.statistics.delivered,
@@ -92,13 +99,13 @@ public final class Hub: Sendable {
     /// Opens a session for a new connection; nil when the hub is full or shutting down.
     func openSession(_ outlet: SessionOutlet) -> SessionID? {
         state.withLock { state in
-            guard state.acceptingSessions, state.outlets.count < configuration.limits.maxSessions else {
+            guard state.acceptingSessions, state.sessions.count < configuration.limits.maxSessions else {
                 state.connectionsRefused += 1
                 return nil
             }
             let id = state.nextSessionID
             state.nextSessionID += 1
-            state.outlets[id] = outlet
+            state.sessions[id] = OpenSession(outlet: outlet)
             return id
         }
     }
@@ -106,8 +113,7 @@ public final class Hub: Sendable {
     /// Forgets a session whose connection closed; its callers and its requests are dealt with.
     func closeSession(_ id: SessionID) {
         let outputs = state.withLock { state in
-            state.outlets[id] = nil
-            state.natsSessions[id] = nil
+            state.sessions[id] = nil
             return state.core.sessionClosed(id)
         }
         perform(outputs)
@@ -116,15 +122,19 @@ public final class Hub: Sendable {
     /// Registers an authenticated session under its node; a session that held the node is ended.
     func register(_ id: SessionID, node: Node) {
         let replaced: SessionOutlet? = state.withLock { state in
+            state.sessions[id]?.node = node
             guard let replacedID = state.core.register(id, node: node) else { return nil }
-            return state.outlets[replacedID]
+            return state.sessions[replacedID]?.outlet
         }
         logger.debug("session established", metadata: ["session": "\(id)", "node": "\(node)"])
         replaced?.terminate(Reason(code: ReasonCode.sessionError, description: "Another session was established as node '\(node)'"))
     }
 
     func unregister(_ id: SessionID) {
-        let outputs = state.withLock { $0.core.sessionClosed(id) }
+        let outputs = state.withLock { state in
+            state.sessions[id]?.node = nil
+            return state.core.sessionClosed(id)
+        }
         perform(outputs)
     }
 
@@ -179,16 +189,16 @@ public final class Hub: Sendable {
         for output in outputs {
             switch output {
             case .send(let session, let envelope):
-                if let outlet = state.outlets[session] { add(outlet, OutletItem(bytes: LIMECodec.encode(envelope))) }
-            case .deliver(let session, let token, let message):
-                guard let outlet = state.outlets[session] else { continue }
+                if let outlet = state.sessions[session]?.outlet { add(outlet, OutletItem(bytes: LIMECodec.encode(envelope))) }
+            case .deliver(let session, let token, let message, let limit):
+                guard let recipient = state.sessions[session] else { continue }
                 let bytes: [UInt8]
-                if let headers = state.natsSessions[session] {
-                    bytes = NATSEncoder.encode(message.natsOperation(sid: token, headersEnabled: headers))
+                if let headers = recipient.natsHeaders {
+                    bytes = NATSEncoder.encodeMessage(message, sid: token, headersEnabled: headers)
                 } else {
-                    bytes = LIMECodec.encodeDelivery(message, token: token, to: state.core.router.node(of: session))
+                    bytes = LIMECodec.encodeDelivery(message, token: token, to: recipient.node)
                 }
-                add(outlet, OutletItem(token: token, limit: state.core.deliveryLimit(session, token: token), bytes: bytes))
+                add(recipient.outlet, OutletItem(token: token, limit: limit, bytes: bytes))
             case .startTimer(let timer, let milliseconds):
                 state.timers[timer]?.cancel()
                 state.timers[timer] = timerLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) { [weak self] in
@@ -309,15 +319,11 @@ public final class Hub: Sendable {
 
     // MARK: - NATS connections
 
-    /// The node a session holds.
-    func node(of id: SessionID) -> Node? {
-        state.withLock { $0.core.router.node(of: id) }
-    }
-
     /// Registers an established NATS connection under its node.
     func registerNATS(_ id: SessionID, node: Node, headers: Bool) {
         state.withLock { state in
-            state.natsSessions[id] = headers
+            state.sessions[id]?.node = node
+            state.sessions[id]?.natsHeaders = headers
             _ = state.core.register(id, node: node)
         }
     }
@@ -349,7 +355,11 @@ public final class Hub: Sendable {
 
     /// Publishes what one read of a NATS connection brought, under one acquisition of the lock.
     func natsPublish(_ messages: [PublishedMessage], from id: SessionID, noResponders: Bool) {
-        perform { core in messages.flatMap { core.publish($0, from: id, noResponders: noResponders, jetStream: true).outputs } }
+        perform { core in
+            var outputs: [HubCore.Output] = []
+            for message in messages { core.publish(message, from: id, noResponders: noResponders, jetStream: true, into: &outputs) }
+            return outputs
+        }
     }
 
     private func timerFired(_ timer: HubCore.Timer) {
@@ -365,7 +375,7 @@ public final class Hub: Sendable {
     func beginShutdown() -> [any Channel] {
         let outlets = state.withLock { state in
             state.acceptingSessions = false
-            return Array(state.outlets.values)
+            return state.sessions.values.map(\.outlet)
         }
         for outlet in outlets { outlet.post(.shutdown) }
         return outlets.map(\.channel)

@@ -13,6 +13,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var parser: NATSParser
     private var machine: NATSServerConnectionMachine?
     private var sessionID: SessionID?
+    /// The node the connection holds once registered: every publication carries it.
+    private var node: Node?
     private var pingTask: Scheduled<Void>?
     private var outlet: SessionOutlet?
     private var closing = false
@@ -77,9 +79,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         }
         do {
             let operations = try parser.bytesReceived(buffer.readableBytesView)
-            for operation in operations where !closing {
-                feed(context: context) { $0.operationReceived(operation) }
-            }
+            feed(context: context) { $0.operationsReceived(operations) }
         } catch {
             hub.logger.debug("NATS protocol error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
             feed(context: context) { $0.protocolErrorOccurred(error) }
@@ -129,9 +129,9 @@ final class NATSConnectionHandler: ChannelInboundHandler {
 
     private func feed(context: ChannelHandlerContext, _ event: (inout NATSServerConnectionMachine) -> [NATSServerConnectionMachine.Action])
     {
-        guard var machine else { return }
-        let actions = event(&machine)
-        self.machine = machine
+        // Changed in place: a copy would share the machine's buffers and copy them on change.
+        guard machine != nil else { return }
+        let actions = event(&machine!)
         execute(actions, context: context)
     }
 
@@ -165,7 +165,9 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             }
         case .register(let options):
             let identity = hub.authenticator.verifyNATS(options) ?? Identity(name: "nats-\(sessionID)", domain: hub.configuration.domain)
-            hub.registerNATS(sessionID, node: Node(identity: identity, instance: String(sessionID)), headers: options.headers)
+            let node = Node(identity: identity, instance: String(sessionID))
+            self.node = node
+            hub.registerNATS(sessionID, node: node, headers: options.headers)
         case .subscribe(let sid, let subject, _) where subject.hasPrefix(HubCore.queueSubjectPrefix):
             // A durable queue, consumed with acknowledgements (JetStream's MaxAckPending default as credit).
             do {
@@ -193,7 +195,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
                 }
             }
             let message = PublishedMessage(
-                subject: subject, replyTo: replyTo, publisher: hub.node(of: sessionID), type: type, body: .bytes(payload),
+                subject: subject, replyTo: replyTo, publisher: node, type: type, body: .bytes(payload),
                 metadata: metadata, status: headers?.status)
             publications.append(message)
             if !reading { publishPending() }

@@ -58,13 +58,12 @@ final class SessionOutlet: Sendable {
     /// Writes (or holds) items in order. Returns how many deliveries were dropped, or nil when the
     /// session is being ended as a slow consumer.
     func send(_ items: [OutletItem]) -> Int? {
-        var direct: [[UInt8]] = []
+        var direct = false
         var dropped = 0
         var overflowed = false
         held.withLock { state in
             if state.writable && state.items.isEmpty {
-                direct.reserveCapacity(items.count)
-                for item in items { direct.append(item.bytes) }
+                direct = true
                 return
             }
             for item in items {
@@ -96,14 +95,14 @@ final class SessionOutlet: Sendable {
             slowConsumer()
             return nil
         }
-        if !direct.isEmpty && !write(direct) { return nil }
+        if direct && !write(items.lazy.map(\.bytes)) { return nil }
         return dropped
     }
 
     /// Hands messages to the writer; false when the byte cap would be passed (the session is
     /// being ended instead).
     @discardableResult
-    func write(_ messages: [[UInt8]]) -> Bool {
+    func write(_ messages: some Collection<[UInt8]>) -> Bool {
         guard !messages.isEmpty else { return true }
         var size = 0
         for bytes in messages { size += bytes.count }

@@ -59,7 +59,7 @@ extension [HubCore.Output] {
         compactMap {
             switch $0 {
             case .send(session, let envelope): envelope
-            case .deliver(session, let token, let message): message.limeEnvelope(token: token, to: nil)
+            case .deliver(session, let token, let message, _): message.limeEnvelope(token: token, to: nil)
             default: nil
             }
         }
@@ -74,7 +74,7 @@ extension [HubCore.Output] {
     }
 
     var recipients: [SessionID] {
-        compactMap { if case .deliver(let session, _, _) = $0 { return session } else { return nil } }
+        compactMap { if case .deliver(let session, _, _, _) = $0 { return session } else { return nil } }
     }
 }
 
@@ -424,7 +424,7 @@ extension [HubCore.Output] {
         #expect(third.contains(.unpersist(queue: "q", sequence: 1)))
         let attached = try hub.core.attachConsumer(2, token: "queue:q", queue: "q", credit: 10)
         let bodies: [PublishedMessage.Body] = attached.compactMap {
-            if case .deliver(_, _, let message) = $0 { return message.body }
+            if case .deliver(_, _, let message, _) = $0 { return message.body }
             return nil
         }
         #expect(bodies == [.text("b"), .text("c")])

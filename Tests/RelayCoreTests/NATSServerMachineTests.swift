@@ -128,7 +128,7 @@ import Testing
         try hub.core.subscribe(1, token: "inbox", filter: "_INBOX.1.*", queue: nil, echo: true)
         let (outputs, delivered) = hub.core.publish(message("svc.x", replyTo: "_INBOX.1.a"), from: 1, noResponders: true)
         #expect(delivered == 0)
-        guard case .deliver(1, "inbox", let status)? = outputs.first else { Issue.record("no status"); return }
+        guard case .deliver(1, "inbox", let status, _)? = outputs.first else { Issue.record("no status"); return }
         #expect(status.status == 503 && status.subject == "_INBOX.1.a")
         #expect(
             status.natsOperation(sid: "inbox", headersEnabled: true)

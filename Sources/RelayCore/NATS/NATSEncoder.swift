@@ -42,6 +42,25 @@ public enum NATSEncoder {
         }
     }
 
+    /// The MSG a subscriber with subscription `sid` receives, written straight from the publication
+    /// when it is bytes without headers (NATS to NATS, per delivery); otherwise as
+    /// `PublishedMessage.natsOperation` renders it.
+    public static func encodeMessage(_ message: PublishedMessage, sid: String, headersEnabled: Bool) -> [UInt8] {
+        guard case .bytes(let payload) = message.body, !headersEnabled || !message.mayHaveNATSHeaders else {
+            return encode(message.natsOperation(sid: sid, headersEnabled: headersEnabled))
+        }
+        let subject = message.subject
+        let replyTo = message.replyTo
+        var output: [UInt8] = []
+        output.reserveCapacity(subject.utf8.count + sid.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + 40)
+        output.append(contentsOf: "MSG ".utf8)
+        fields(subject, sid, replyTo, nil, payload.count, into: &output)
+        output.append(contentsOf: payload)
+        output.append(0x0D)
+        output.append(0x0A)
+        return output
+    }
+
     /// `subject [sid] [reply] [header-size] total-size CRLF`.
     private static func fields(
         _ subject: String, _ sid: String?, _ replyTo: String?, _ headerSize: Int?, _ payloadSize: Int, into output: inout [UInt8]

@@ -64,7 +64,14 @@ public struct NATSServerConnectionMachine: Sendable {
     }
 
     public let configuration: Configuration
-    public private(set) var state: State = .awaitingConnect
+    public private(set) var state: State = .awaitingConnect {
+        didSet {
+            // Kept apart from `state`: reading them per operation would copy the options' strings.
+            if case .connected(let options) = state { (verbose, headers) = (options.verbose, options.headers) }
+        }
+    }
+    private var verbose = false
+    private var headers = false
     private var pingsOutstanding = 0
     /// Operations that arrived while credentials were being checked.
     private var deferred: [NATSOperation] = []
@@ -86,24 +93,42 @@ public struct NATSServerConnectionMachine: Sendable {
 
     /// An operation arrived from the client.
     public mutating func operationReceived(_ operation: NATSOperation) -> [Action] {
+        var actions: [Action] = []
+        operationReceived(operation, into: &actions)
+        return actions
+    }
+
+    /// The operations of one read arrived, in order: their actions, in one array.
+    public mutating func operationsReceived(_ operations: [NATSOperation]) -> [Action] {
+        var actions: [Action] = []
+        actions.reserveCapacity(operations.count)
+        for operation in operations { operationReceived(operation, into: &actions) }
+        return actions
+    }
+
+    private mutating func operationReceived(_ operation: NATSOperation, into actions: inout [Action]) {
         switch state {
         case .closed:
-            return []
+            return
         case .authenticating:
             deferred.append(operation)
-            return []
         case .awaitingConnect:
             if case .connect(let object) = operation {
                 let options = NATSConnectOptions(object)
                 state = .authenticating(options)
-                return [.authenticate(options)]
+                actions.append(.authenticate(options))
+                return
             }
             // Without credentials to check, a client may start straight away (telnet users do).
-            guard !configuration.authRequired else { return fail(NATSProtocolError(.authorization, detail: "CONNECT expected first")) }
+            guard !configuration.authRequired else {
+                actions += fail(NATSProtocolError(.authorization, detail: "CONNECT expected first"))
+                return
+            }
             state = .connected(NATSConnectOptions())
-            return [.register(NATSConnectOptions())] + connectedOperation(operation, options: NATSConnectOptions())
-        case .connected(let options):
-            return connectedOperation(operation, options: options)
+            actions.append(.register(NATSConnectOptions()))
+            connectedOperation(operation, into: &actions)
+        case .connected:
+            connectedOperation(operation, into: &actions)
         }
     }
 
@@ -115,7 +140,7 @@ public struct NATSServerConnectionMachine: Sendable {
         if options.verbose { actions.append(.send([.ok])) }
         let waiting = deferred
         deferred = []
-        for operation in waiting where state != .closed { actions += operationReceived(operation) }
+        for operation in waiting where state != .closed { operationReceived(operation, into: &actions) }
         return actions
     }
 
@@ -125,35 +150,40 @@ public struct NATSServerConnectionMachine: Sendable {
         return fail(NATSProtocolError(.authorization))
     }
 
-    private mutating func connectedOperation(_ operation: NATSOperation, options: NATSConnectOptions) -> [Action] {
-        let ok: [Action] = options.verbose ? [.send([.ok])] : []
+    private mutating func connectedOperation(_ operation: NATSOperation, into actions: inout [Action]) {
         switch operation {
         case .ping:
-            return [.send([.pong])]
+            actions.append(.send([.pong]))
+            return
         case .pong:
             pingsOutstanding = 0
-            return []
+            return
         case .connect:
             // A second CONNECT changes nothing that matters here; nats-server accepts it.
-            return ok
+            break
         case .publish(let subject, let replyTo, let headers, let payload):
             if Subject.publishError(subject) != nil {
-                return [.send([.error(NATSProtocolError(.invalidPublishSubject).errText)])]
+                actions.append(.send([.error(NATSProtocolError(.invalidPublishSubject).errText)]))
+                return
             }
-            if headers != nil && !options.headers {
-                return fail(NATSProtocolError(.parser, detail: "HPUB without headers enabled in CONNECT"))
+            if headers != nil && !self.headers {
+                actions += fail(NATSProtocolError(.parser, detail: "HPUB without headers enabled in CONNECT"))
+                return
             }
-            return [.publish(subject: subject, replyTo: replyTo, headers: headers, payload: payload)] + ok
+            actions.append(.publish(subject: subject, replyTo: replyTo, headers: headers, payload: payload))
         case .subscribe(let subject, let queue, let sid):
             if Subject.filterError(subject) != nil || queue.map({ $0.isEmpty }) == true {
-                return [.send([.error(NATSProtocolError(.invalidSubject).errText)])]
+                actions.append(.send([.error(NATSProtocolError(.invalidSubject).errText)]))
+                return
             }
-            return [.subscribe(sid: sid, subject: subject, queue: queue)] + ok
+            actions.append(.subscribe(sid: sid, subject: subject, queue: queue))
         case .unsubscribe(let sid, let max):
-            return [.unsubscribe(sid: sid, max: max)] + ok
+            actions.append(.unsubscribe(sid: sid, max: max))
         case .info, .message, .ok, .error:
-            return fail(NATSProtocolError(.unknownOperation))
+            actions += fail(NATSProtocolError(.unknownOperation))
+            return
         }
+        if verbose { actions.append(.send([.ok])) }
     }
 
     /// The bytes could not be parsed.

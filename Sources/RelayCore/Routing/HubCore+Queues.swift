@@ -235,7 +235,7 @@ extension HubCore {
                 message.metadata["#delivery"] = Self.queueDeliveryID(name, delivery)
                 message.metadata["#deliveries"] = String(count)
                 message.metadata["#sequence"] = String(queued.sequence)
-                outputs.append(.deliver(key.session, token: key.token, message))
+                outputs.append(.deliver(key.session, token: key.token, message, limit: nil))
                 outputs.append(.recordDeliveries(queue: name, sequence: queued.sequence, count: count))
             case .acknowledged(let message):
                 forget(name, sequence: Int64(message))
@@ -469,7 +469,7 @@ extension HubCore {
             response["error"] = .object(["code": 400, "err_code": 10058, "description": .string(error.description)])
         }
         let reply = PublishedMessage(subject: replyTo, body: .json(.object(response)))
-        for key in subjects.match(replyTo) { outputs.append(deliver(reply, to: key)) }
+        deliver(reply, toSubscribersOf: replyTo, into: &outputs)
         return outputs
     }
 }

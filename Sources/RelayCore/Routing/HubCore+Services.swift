@@ -385,7 +385,7 @@ extension HubCore {
     /// A NATS request on `SERVICE.METHOD` for a registered service: returns the outputs when it was
     /// handled as a service call, nil when it is an ordinary publication.
     mutating func serviceRequest(_ message: PublishedMessage, from session: SessionID) -> [Output]? {
-        guard let replyTo = message.replyTo else { return nil }
+        guard !services.isEmpty, let replyTo = message.replyTo else { return nil }
         let tokens = message.subject.split(separator: ".", maxSplits: 1)
         guard tokens.count == 2, services[tokens[0].lowercased()] != nil else { return nil }
         let service = tokens[0].lowercased()
@@ -461,7 +461,7 @@ extension HubCore {
 
     /// A publication on one of the hub's inboxes answers a LIME subject request.
     mutating func subjectReply(_ message: PublishedMessage) -> [Output]? {
-        guard let id = subjectRequestsByInbox[message.subject], let request = subjectRequests[id] else { return nil }
+        guard !subjectRequestsByInbox.isEmpty, let id = subjectRequestsByInbox[message.subject], let request = subjectRequests[id] else { return nil }
         var response: LIMECommand
         if let code = message.metadata["Nats-Service-Error-Code"].flatMap({ Int($0) }) {
             response = LIMECommand(

@@ -18,16 +18,25 @@ extension HubCore {
             throw Reason(code: ReasonCode.validationInvalidResource, description: "Queue group '\(queue)' is empty or contains whitespace")
         }
         let key = SubscriptionKey(session: session, token: token)
-        guard subscriptions[key] == nil else { return }
+        guard subscriptionSlotsByKey[key] == nil else { return }
         guard subscriptionCounts[session, default: 0] < configuration.maximumSubscriptionsPerSession else {
             throw Reason(
                 code: RelayReasonCode.limitReached,
                 description: "This session holds the maximum of \(configuration.maximumSubscriptionsPerSession) subscriptions")
         }
-        let node = router.node(of: session)
-        subscriptions[key] = Subscription(
-            session: session, node: node, filter: filter, queue: queue, echo: echo, token: token, overflow: overflow)
-        subjects.insert(key, filter: filter)
+        let subscription = Subscription(
+            session: session, node: router.node(of: session), filter: filter, queue: queue, echo: echo, token: token,
+            overflow: overflow)
+        let slot: Int
+        if let free = freeSubscriptionSlots.popLast() {
+            slot = free
+            subscriptionSlots[slot] = subscription
+        } else {
+            slot = subscriptionSlots.count
+            subscriptionSlots.append(subscription)
+        }
+        subscriptionSlotsByKey[key] = slot
+        subjects.insert(slot, filter: filter)
         subscriptionCounts[session, default: 0] += 1
     }
 
@@ -35,21 +44,29 @@ extension HubCore {
     /// Returns whether the session had it.
     @discardableResult
     public mutating func unsubscribe(_ session: SessionID, token: String, after max: Int? = nil) -> Bool {
-        let key = SubscriptionKey(session: session, token: token)
-        guard var subscription = subscriptions[key] else { return false }
-        if let max, subscription.delivered < max {
-            subscription.limit = max
-            subscriptions[key] = subscription
+        guard let slot = subscriptionSlotsByKey[SubscriptionKey(session: session, token: token)] else { return false }
+        if let max, subscriptionSlots[slot].delivered < max {
+            subscriptionSlots[slot].limit = max
             return true
         }
-        removeSubscription(key)
+        removeSubscription(slot: slot)
         return true
     }
 
-    private mutating func removeSubscription(_ key: SubscriptionKey) {
-        guard let subscription = subscriptions.removeValue(forKey: key) else { return }
-        subjects.remove(key, filter: subscription.filter)
-        subscriptionCounts[key.session, default: 1] -= 1
+    mutating func removeSubscription(_ key: SubscriptionKey) {
+        guard let slot = subscriptionSlotsByKey[key] else { return }
+        removeSubscription(slot: slot)
+    }
+
+    private mutating func removeSubscription(slot: Int) {
+        let subscription = subscriptionSlots[slot]
+        guard subscription.isLive else { return }
+        subscriptionSlots[slot] = .vacant
+        freeSubscriptionSlots.append(slot)
+        subscriptionSlotsByKey[SubscriptionKey(session: subscription.session, token: subscription.token)] = nil
+        subjects.remove(slot, filter: subscription.filter)
+        subscriptionCounts[subscription.session, default: 1] -= 1
+        if subscriptionCounts[subscription.session] == 0 { subscriptionCounts[subscription.session] = nil }
     }
 
     /// Publishes a message from a session to every matching subscription: each plain subscription
@@ -64,36 +81,47 @@ extension HubCore {
         _ message: PublishedMessage, from session: SessionID, targets: [Node]? = nil, noResponders: Bool = false,
         jetStream: Bool = false
     ) -> (outputs: [Output], delivered: Int) {
-        // Replies to the hub's own inboxes, and NATS requests to services, are not publications.
-        if let outputs = subjectReply(message) { return (outputs, 1) }
-        if let outputs = ackPublished(message) { return (outputs, 1) }
-        if jetStream, let outputs = streamCreate(message) { return (outputs, 1) }
-        if let outputs = serviceRequest(message, from: session) { return (outputs, 1) }
         var outputs: [Output] = []
+        let delivered = publish(message, from: session, targets: targets, noResponders: noResponders, jetStream: jetStream, into: &outputs)
+        return (outputs, delivered)
+    }
+
+    /// `publish`, appending its outputs to `outputs` (a read's publications share one array).
+    /// Returns how many subscriptions received it.
+    @discardableResult
+    public mutating func publish(
+        _ message: PublishedMessage, from session: SessionID, targets: [Node]? = nil, noResponders: Bool = false,
+        jetStream: Bool = false, into outputs: inout [Output]
+    ) -> Int {
+        // Replies to the hub's own inboxes, and NATS requests to services, are not publications.
+        if let special = specialPublication(message, from: session, jetStream: jetStream) {
+            outputs += special
+            return 1
+        }
         var delivered = 0
-        var queues: [String: [SubscriptionKey]] = [:]
+        var groups: [String: [Int]] = [:]
         statistics.published += 1
-        for key in subjects.match(message.subject) {
-            // Looked up once by index: the delivery below counts through the same index.
-            guard let index = subscriptions.index(forKey: key) else { continue }
-            let subscription = subscriptions.values[index]
-            if subscription.session == session && !subscription.echo { continue }
-            if let targets, !targets.contains(where: { target in subscription.node.map { Self.node($0, isIn: target) } ?? false }) {
+        for slot in subjects.match(message.subject) {
+            // Fields are read in place: copying a subscription would retain each of its strings.
+            guard subscriptionSlots[slot].isLive else { continue }
+            if subscriptionSlots[slot].session == session && !subscriptionSlots[slot].echo { continue }
+            if let targets, !Self.node(subscriptionSlots[slot].node, isIn: targets) { continue }
+            if let queue = subscriptionSlots[slot].queue {
+                groups[queue, default: []].append(slot)
                 continue
             }
-            if let queue = subscription.queue {
-                queues[queue, default: []].append(key)
-                continue
-            }
-            outputs.append(deliver(message, to: key, at: index))
+            outputs.append(deliver(message, toSlot: slot))
             delivered += 1
         }
-        for (queue, members) in queues {
+        for (queue, members) in groups {
             // Each group gets one copy, to its members in turn.
             let turn = queueTurns[queue, default: 0]
             queueTurns[queue] = turn &+ 1
-            let ordered = members.sorted { ($0.session, $0.token) < ($1.session, $1.token) }
-            outputs.append(deliver(message, to: ordered[turn % ordered.count]))
+            let ordered = members.sorted { left, right in
+                let (a, b) = (subscriptionSlots[left], subscriptionSlots[right])
+                return (a.session, a.token) < (b.session, b.token)
+            }
+            outputs.append(deliver(message, toSlot: ordered[turn % ordered.count]))
             delivered += 1
         }
         // Durable queues keep a copy; it is delivered once it is on disk.
@@ -104,7 +132,7 @@ extension HubCore {
                 let ack = PublishedMessage(
                     subject: replyTo,
                     body: .json(["stream": .string(first.queue), "seq": .number(JSONNumber(Int(first.queued.sequence)))]))
-                for key in subjects.match(replyTo) { then.append(deliver(ack, to: key)) }
+                deliver(ack, toSubscribersOf: replyTo, into: &then)
             }
             outputs.append(.persist(copies, then: then))
             delivered += copies.count
@@ -113,39 +141,47 @@ extension HubCore {
             statistics.publicationsUnmatched += 1
             if noResponders, let replyTo = message.replyTo {
                 let status = PublishedMessage(subject: replyTo, body: .bytes([]), status: 503)
-                for key in subjects.match(replyTo) where key.session == session {
-                    outputs.append(deliver(status, to: key))
-                }
+                deliver(status, toSubscribersOf: replyTo, of: session, into: &outputs)
             }
         }
         statistics.publicationsDelivered += delivered
-        return (outputs, delivered)
+        return delivered
     }
 
-    private static func node(_ node: Node, isIn target: Node) -> Bool {
-        node == target || (target.instance == nil && node.identity == target.identity)
+    /// What the hub answers itself instead of publishing: replies to its inboxes, queue
+    /// acknowledgements, JetStream stream creation, NATS requests to services. Nil for a publication.
+    private mutating func specialPublication(_ message: PublishedMessage, from session: SessionID, jetStream: Bool) -> [Output]? {
+        if let outputs = subjectReply(message) { return outputs }
+        if let outputs = ackPublished(message) { return outputs }
+        if jetStream, let outputs = streamCreate(message) { return outputs }
+        return serviceRequest(message, from: session)
     }
 
-    /// One delivery to the subscription at `index` of `subscriptions`, counted in place against its
-    /// auto-unsubscribe limit.
-    private mutating func deliver(
-        _ message: PublishedMessage, to key: SubscriptionKey, at index: Dictionary<SubscriptionKey, Subscription>.Index
-    )
-        -> Output
-    {
-        let delivered = subscriptions.values[index].delivered + 1
-        if let limit = subscriptions.values[index].limit, delivered >= limit {
-            removeSubscription(key)
+    /// Whether a subscriber's node is one of `targets` (a target without instance: any of its instances).
+    private static func node(_ node: Node?, isIn targets: [Node]) -> Bool {
+        guard let node else { return false }
+        return targets.contains { target in node == target || (target.instance == nil && node.identity == target.identity) }
+    }
+
+    /// One delivery to the subscription in `slot`, counted against its auto-unsubscribe limit.
+    private mutating func deliver(_ message: PublishedMessage, toSlot slot: Int) -> Output {
+        let output = Output.deliver(
+            subscriptionSlots[slot].session, token: subscriptionSlots[slot].token, message, limit: subscriptionSlots[slot].overflow)
+        let delivered = subscriptionSlots[slot].delivered + 1
+        if let limit = subscriptionSlots[slot].limit, delivered >= limit {
+            removeSubscription(slot: slot)
         } else {
-            subscriptions.values[index].delivered = delivered
+            subscriptionSlots[slot].delivered = delivered
         }
-        return .deliver(key.session, token: key.token, message)
+        return output
     }
 
-    /// One delivery, counted against the subscription's auto-unsubscribe limit.
-    mutating func deliver(_ message: PublishedMessage, to key: SubscriptionKey) -> Output {
-        guard let index = subscriptions.index(forKey: key) else { return .deliver(key.session, token: key.token, message) }
-        return deliver(message, to: key, at: index)
+    /// Delivers to every subscription of `subject` (of one session's, if given): the hub's own
+    /// answers on reply subjects.
+    mutating func deliver(_ message: PublishedMessage, toSubscribersOf subject: String, of session: SessionID? = nil, into outputs: inout [Output]) {
+        for slot in subjects.match(subject) where session == nil || subscriptionSlots[slot].session == session {
+            outputs.append(deliver(message, toSlot: slot))
+        }
     }
 
     // MARK: - LIME mapping

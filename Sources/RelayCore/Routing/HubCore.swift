@@ -48,8 +48,9 @@ public struct HubCore: Sendable {
 
     public enum Output: Sendable, Equatable {
         case send(SessionID, Envelope)
-        /// A publication for one of a session's subscriptions; the session's dialect renders it.
-        case deliver(SessionID, token: String, PublishedMessage)
+        /// A publication for one of a session's subscriptions (named by `token`); the session's
+        /// dialect renders it. `limit` bounds how many may wait for a slow subscriber.
+        case deliver(SessionID, token: String, PublishedMessage, limit: DeliveryLimit?)
         case startTimer(Timer, milliseconds: Int)
         case cancelTimer(Timer)
         /// Store the copies of a publication kept by durable queues; once they are on disk, report
@@ -86,6 +87,9 @@ public struct HubCore: Sendable {
     }
 
     struct Subscription: Sendable {
+        /// A slot of `subscriptionSlots` that is free holds `vacant`.
+        static let vacant = Subscription(session: 0, node: nil, filter: "", queue: nil, echo: false, token: "", isLive: false)
+
         var session: SessionID
         var node: Node?
         var filter: String
@@ -97,6 +101,7 @@ public struct HubCore: Sendable {
         var limit: Int?
         /// How many deliveries may wait for a slow subscriber, and what happens beyond.
         var overflow: DeliveryLimit?
+        var isLive = true
     }
 
     struct SubscriptionKey: Sendable, Hashable {
@@ -181,8 +186,12 @@ public struct HubCore: Sendable {
     public let configuration: Configuration
     public internal(set) var router: NodeRouter
     public internal(set) var statistics = Statistics()
-    var subjects = SubjectIndex<SubscriptionKey>()
-    var subscriptions: [SubscriptionKey: Subscription] = [:]
+    /// Subscriptions live in slots; the subject index holds slot numbers, so a publication reaches
+    /// its subscriptions without hashing their names. A freed slot is reused by the next one.
+    var subjects = SubjectIndex<Int>()
+    var subscriptionSlots: [Subscription] = []
+    var freeSubscriptionSlots: [Int] = []
+    var subscriptionSlotsByKey: [SubscriptionKey: Int] = [:]
     var subscriptionCounts: [SessionID: Int] = [:]
     var queueTurns: [String: Int] = [:]
     var services: [String: ServiceEntry] = [:]
@@ -214,7 +223,7 @@ public struct HubCore: Sendable {
 
     /// The bound on deliveries held for a subscription (nil: only the session's byte limit).
     public func deliveryLimit(_ session: SessionID, token: String) -> DeliveryLimit? {
-        subscriptions[SubscriptionKey(session: session, token: token)]?.overflow
+        subscriptionSlotsByKey[SubscriptionKey(session: session, token: token)].flatMap { subscriptionSlots[$0].overflow }
     }
 
     /// Registers an established session; returns the session it replaced, which the hub must end.
@@ -227,10 +236,7 @@ public struct HubCore: Sendable {
     public mutating func sessionClosed(_ session: SessionID) -> [Output] {
         var outputs: [Output] = []
         router.unregister(session)
-        for (key, subscription) in subscriptions where key.session == session {
-            subjects.remove(key, filter: subscription.filter)
-            subscriptions[key] = nil
-        }
+        for key in subscriptionSlotsByKey.keys where key.session == session { removeSubscription(key) }
         subscriptionCounts[session] = nil
         for name in Array(services.keys) {
             services[name]?.instances.removeAll { $0 == session }

@@ -160,7 +160,7 @@ public struct PublishedMessage: Sendable, Equatable {
     /// message has metadata, a type or a status and the client enabled headers.
     public func natsOperation(sid: String, headersEnabled: Bool) -> NATSOperation {
         var headers: NATSHeaders?
-        if headersEnabled, status != nil || type != nil || !metadata.isEmpty {
+        if headersEnabled, mayHaveNATSHeaders {
             var block = NATSHeaders(status: status)
             if let type, !isDefaultNATSType { block.append("Content-Type", type.rawValue) }
             for key in metadata.keys.sorted() where !key.hasPrefix("#") { block.append(key, metadata[key]!) }
@@ -168,6 +168,9 @@ public struct PublishedMessage: Sendable, Equatable {
         }
         return .message(subject: subject, sid: sid, replyTo: replyTo, headers: headers, payload: payloadBytes)
     }
+
+    /// Whether a NATS subscriber with headers enabled may get an HMSG (a status, a type or metadata).
+    var mayHaveNATSHeaders: Bool { status != nil || type != nil || !metadata.isEmpty }
 
     /// Text without a declared type needs no Content-Type on the NATS side.
     private var isDefaultNATSType: Bool {
