@@ -26,13 +26,17 @@ public final class Hub: Sendable {
         public var core = HubCore.Statistics()
     }
 
-    /// An open session's outlet, with what rendering its deliveries needs (looked up once per delivery).
-    private struct OpenSession {
+    /// An open session's outlet, with what rendering its deliveries needs (looked up once per
+    /// delivery). A class, so that the lookup does not copy its fields; changed only under the
+    /// hub's lock.
+    private final class OpenSession: @unchecked Sendable {
         var outlet: SessionOutlet
         /// The node it holds, once established.
         var node: Node?
         /// For NATS connections, whether they enabled headers; nil for LIME sessions.
         var natsHeaders: Bool?
+
+        init(outlet: SessionOutlet) { self.outlet = outlet }
     }
 
     private struct State {
@@ -166,7 +170,7 @@ public final class Hub: Sendable {
     /// What the core's outputs come to once sessions are looked up: writes grouped by session,
     /// and the outputs for the queue store. Timers are started and cancelled here.
     private struct Resolved {
-        var batches: [(outlet: SessionOutlet, items: [OutletItem])] = []
+        var batches: [(outlet: SessionOutlet, batch: OutletBatch)] = []
         var storage: [HubCore.Output] = []
     }
 
@@ -175,30 +179,34 @@ public final class Hub: Sendable {
     private func resolve(_ outputs: [HubCore.Output], in state: inout State) -> Resolved {
         var resolved = Resolved()
         var batchIndex: [ObjectIdentifier: Int] = [:]
-        func add(_ outlet: SessionOutlet, _ item: OutletItem) {
-            let key = ObjectIdentifier(outlet)
+        func add(_ outlet: SessionOutlet, token: String? = nil, limit: DeliveryLimit? = nil, _ render: (inout [UInt8]) -> Void) {
+            let index: Int
             if let last = resolved.batches.indices.last, resolved.batches[last].outlet === outlet {
-                resolved.batches[last].items.append(item)
-            } else if let index = batchIndex[key] {
-                resolved.batches[index].items.append(item)
+                index = last
+            } else if let known = batchIndex[ObjectIdentifier(outlet)] {
+                index = known
             } else {
-                batchIndex[key] = resolved.batches.count
-                resolved.batches.append((outlet, [item]))
+                index = resolved.batches.count
+                batchIndex[ObjectIdentifier(outlet)] = index
+                resolved.batches.append((outlet, OutletBatch()))
             }
+            resolved.batches[index].batch.append(token: token, limit: limit, render)
         }
         for output in outputs {
             switch output {
             case .send(let session, let envelope):
-                if let outlet = state.sessions[session]?.outlet { add(outlet, OutletItem(bytes: LIMECodec.encode(envelope))) }
+                if let outlet = state.sessions[session]?.outlet { add(outlet) { $0 += LIMECodec.encode(envelope) } }
             case .deliver(let session, let token, let message, let limit):
                 guard let recipient = state.sessions[session] else { continue }
-                let bytes: [UInt8]
                 if let headers = recipient.natsHeaders {
-                    bytes = NATSEncoder.encodeMessage(message, sid: token, headersEnabled: headers)
+                    add(recipient.outlet, token: token, limit: limit) {
+                        NATSEncoder.encodeMessage(message, sid: token, headersEnabled: headers, into: &$0)
+                    }
                 } else {
-                    bytes = LIMECodec.encodeDelivery(message, token: token, to: recipient.node)
+                    add(recipient.outlet, token: token, limit: limit) {
+                        $0 += LIMECodec.encodeDelivery(message, token: token, to: recipient.node)
+                    }
                 }
-                add(recipient.outlet, OutletItem(token: token, limit: limit, bytes: bytes))
             case .startTimer(let timer, let milliseconds):
                 state.timers[timer]?.cancel()
                 state.timers[timer] = timerLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) { [weak self] in
@@ -217,8 +225,8 @@ public final class Hub: Sendable {
     /// passes storage work to the queue store.
     private func dispatch(_ resolved: Resolved) {
         var dropped = 0
-        for (outlet, items) in resolved.batches {
-            switch outlet.send(items) {
+        for (outlet, batch) in resolved.batches {
+            switch outlet.send(batch) {
             case nil: noteSlowConsumer()
             case let count?: dropped += count
             }

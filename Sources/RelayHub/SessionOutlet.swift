@@ -19,6 +19,34 @@ struct OutletItem: Sendable {
     var bytes: [UInt8]
 }
 
+/// The writes for one session from one pass of the hub, rendered one after another into one
+/// array (one allocation per batch rather than per message), with where each ends.
+struct OutletBatch: Sendable {
+    struct Entry: Sendable {
+        var token: String?
+        var limit: DeliveryLimit?
+        var end: Int
+    }
+
+    var bytes: [UInt8] = []
+    var entries: [Entry] = []
+
+    /// Adds a write, rendered by `render` at the end of `bytes`.
+    mutating func append(token: String? = nil, limit: DeliveryLimit? = nil, _ render: (inout [UInt8]) -> Void) {
+        render(&bytes)
+        entries.append(Entry(token: token, limit: limit, end: bytes.count))
+    }
+
+    /// The writes one by one, for holding them.
+    var items: [OutletItem] {
+        var start = 0
+        return entries.map { entry in
+            defer { start = entry.end }
+            return OutletItem(token: entry.token, limit: entry.limit, bytes: Array(bytes[start..<entry.end]))
+        }
+    }
+}
+
 /// The hub's handle on one session's connection: where deliveries are written, from any thread.
 ///
 /// Everything written to the connection, by the hub or by the session's own handler, goes through
@@ -55,9 +83,9 @@ final class SessionOutlet: Sendable {
         self.dropReport = dropReport
     }
 
-    /// Writes (or holds) items in order. Returns how many deliveries were dropped, or nil when the
-    /// session is being ended as a slow consumer.
-    func send(_ items: [OutletItem]) -> Int? {
+    /// Writes (or holds) a batch's writes in order. Returns how many deliveries were dropped, or
+    /// nil when the session is being ended as a slow consumer.
+    func send(_ batch: OutletBatch) -> Int? {
         var direct = false
         var dropped = 0
         var overflowed = false
@@ -66,7 +94,7 @@ final class SessionOutlet: Sendable {
                 direct = true
                 return
             }
-            for item in items {
+            for item in batch.items {
                 if let token = item.token, let limit = item.limit, state.perToken[token, default: 0] >= limit.maximumHeld {
                     switch limit.policy {
                     case .dropNewest:
@@ -95,14 +123,20 @@ final class SessionOutlet: Sendable {
             slowConsumer()
             return nil
         }
-        if direct && !write(items.lazy.map(\.bytes)) { return nil }
+        if direct {
+            guard writer.pendingBytes + batch.bytes.count <= maximumPendingBytes else {
+                slowConsumer()
+                return nil
+            }
+            writer.enqueue(batch.bytes, ends: batch.entries.map(\.end))
+        }
         return dropped
     }
 
     /// Hands messages to the writer; false when the byte cap would be passed (the session is
     /// being ended instead).
     @discardableResult
-    func write(_ messages: some Collection<[UInt8]>) -> Bool {
+    func write(_ messages: [[UInt8]]) -> Bool {
         guard !messages.isEmpty else { return true }
         var size = 0
         for bytes in messages { size += bytes.count }

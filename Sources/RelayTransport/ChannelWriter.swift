@@ -45,12 +45,26 @@ package final class ChannelWriter: Sendable {
     /// Queues one message; returns the bytes now pending, these included.
     @discardableResult
     package func enqueue(_ bytes: [UInt8]) -> Int {
-        enqueue(CollectionOfOne(bytes))
+        append(CollectionOfOne(bytes))
     }
 
     /// Queues messages in order, under one lock; returns the bytes now pending, these included.
     @discardableResult
-    package func enqueue(_ messages: some Collection<[UInt8]>) -> Int {
+    package func enqueue(_ messages: [[UInt8]]) -> Int {
+        append(messages)
+    }
+
+    /// Queues messages laid out one after another in `bytes`, each ending where the next of `ends`
+    /// says (a batch rendered into one array); returns the bytes now pending, these included.
+    @discardableResult
+    package func enqueue(_ bytes: [UInt8], ends: [Int]) -> Int {
+        guard framing == .messages else { return append(CollectionOfOne(bytes)) }
+        return append(ends.indices.lazy.map { index in bytes[(index == 0 ? 0 : ends[index - 1])..<ends[index]] })
+    }
+
+    /// All the `enqueue`s. Generic only inside this module, where it is specialised: a generic
+    /// entry point called from other modules would look up type metadata on every call.
+    private func append<Messages: Collection>(_ messages: Messages) -> Int where Messages.Element: Collection<UInt8> {
         var size = 0
         // One buffer per message (a WebSocket frame each) is made before taking the lock.
         var buffers: [ByteBuffer] = []

@@ -22,14 +22,13 @@ public enum NATSEncoder {
         case .publish(let subject, let replyTo, let headers, let payload):
             // MSG and PUB go out per message: written byte by byte, without building strings.
             let headerSize = headers?.bytes.count
-            output.reserveCapacity(output.count + subject.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + (headerSize ?? 0) + 40)
+            reserve(subject.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + (headerSize ?? 0) + 40, in: &output)
             output.append(contentsOf: headers == nil ? "PUB ".utf8 : "HPUB ".utf8)
             fields(subject, nil, replyTo, headerSize, payload.count, into: &output)
             body(headers, payload)
         case .message(let subject, let sid, let replyTo, let headers, let payload):
             let headerSize = headers?.bytes.count
-            output.reserveCapacity(
-                output.count + subject.utf8.count + sid.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + (headerSize ?? 0) + 40)
+            reserve(subject.utf8.count + sid.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + (headerSize ?? 0) + 40, in: &output)
             output.append(contentsOf: headers == nil ? "MSG ".utf8 : "HMSG ".utf8)
             fields(subject, sid, replyTo, headerSize, payload.count, into: &output)
             body(headers, payload)
@@ -46,19 +45,32 @@ public enum NATSEncoder {
     /// when it is bytes without headers (NATS to NATS, per delivery); otherwise as
     /// `PublishedMessage.natsOperation` renders it.
     public static func encodeMessage(_ message: PublishedMessage, sid: String, headersEnabled: Bool) -> [UInt8] {
+        var output: [UInt8] = []
+        encodeMessage(message, sid: sid, headersEnabled: headersEnabled, into: &output)
+        return output
+    }
+
+    /// `encodeMessage`, appended to `output` (a batch of writes for one connection).
+    public static func encodeMessage(_ message: PublishedMessage, sid: String, headersEnabled: Bool, into output: inout [UInt8]) {
         guard case .bytes(let payload) = message.body, !headersEnabled || !message.mayHaveNATSHeaders else {
-            return encode(message.natsOperation(sid: sid, headersEnabled: headersEnabled))
+            encode(message.natsOperation(sid: sid, headersEnabled: headersEnabled), into: &output)
+            return
         }
         let subject = message.subject
         let replyTo = message.replyTo
-        var output: [UInt8] = []
-        output.reserveCapacity(subject.utf8.count + sid.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + 40)
+        reserve(subject.utf8.count + sid.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + 40, in: &output)
         output.append(contentsOf: "MSG ".utf8)
         fields(subject, sid, replyTo, nil, payload.count, into: &output)
         output.append(contentsOf: payload)
         output.append(0x0D)
         output.append(0x0A)
-        return output
+    }
+
+    /// Room for `count` more bytes, growing geometrically: reserving exactly what each of many
+    /// appends to one batch needs would reallocate the batch every time.
+    private static func reserve(_ count: Int, in output: inout [UInt8]) {
+        let needed = output.count + count
+        if needed > output.capacity { output.reserveCapacity(Swift.max(needed, output.capacity * 2)) }
     }
 
     /// `subject [sid] [reply] [header-size] total-size CRLF`.
