@@ -48,38 +48,24 @@ public struct NATSParser: Sendable {
     public mutating func bytesReceived(_ bytes: some Sequence<UInt8>) throws(NATSProtocolError) -> [NATSOperation] {
         buffer.append(contentsOf: bytes)
         var operations: [NATSOperation] = []
-        while let operation = try next() { operations.append(operation) }
-        if start > 0 && (start == buffer.count || start > 65_536) {
-            buffer.removeSubrange(0..<start)
-            start = 0
+        // Read through a pointer: slicing the array per line and per field retained its storage
+        // each time, the parser's largest cost.
+        var reader = Reader(
+            bytes: UnsafeBufferPointer(start: nil, count: 0), start: start, awaiting: awaiting, role: role,
+            maximumControlLine: maximumControlLine, maximumPayload: maximumPayload)
+        defer {
+            start = reader.start
+            awaiting = reader.awaiting
+            if start > 0 && (start == buffer.count || start > 65_536) {
+                buffer.removeSubrange(0..<start)
+                start = 0
+            }
+        }
+        try buffer.withUnsafeBufferPointer { bytes throws(NATSProtocolError) in
+            reader.bytes = bytes
+            while let operation = try reader.next() { operations.append(operation) }
         }
         return operations
-    }
-
-    private mutating func next() throws(NATSProtocolError) -> NATSOperation? {
-        if let pending = awaiting {
-            let needed = pending.total + 2
-            guard buffer.count - start >= needed else { return nil }
-            let payloadEnd = start + pending.total
-            guard buffer[payloadEnd] == 0x0D, buffer[payloadEnd + 1] == 0x0A else {
-                throw NATSProtocolError(.parser, detail: "payload not followed by CRLF")
-            }
-            awaiting = nil
-            let operation = try complete(pending, body: buffer[start..<payloadEnd])
-            start = payloadEnd + 2
-            return operation
-        }
-        guard let newline = buffer[start...].firstIndex(of: 0x0A) else {
-            if buffer.count - start > maximumControlLine { throw NATSProtocolError(.maximumControlLine) }
-            return nil
-        }
-        var lineEnd = newline
-        if lineEnd > start, buffer[lineEnd - 1] == 0x0D { lineEnd -= 1 }
-        guard lineEnd - start <= maximumControlLine else { throw NATSProtocolError(.maximumControlLine) }
-        let line = buffer[start..<lineEnd]
-        start = newline + 1
-        if line.isEmpty { return try next() }
-        return try controlLine(line)
     }
 
     private static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 }
@@ -93,13 +79,13 @@ public struct NATSParser: Sendable {
         /// How many there are (more than six counts as seven: always an error).
         private(set) var count = 0
 
-        init(_ line: ArraySlice<UInt8>) {
-            var index = line.startIndex
-            while index < line.endIndex {
-                while index < line.endIndex && NATSParser.isSpace(line[index]) { index += 1 }
-                guard index < line.endIndex else { break }
+        init(_ bytes: UnsafeBufferPointer<UInt8>, _ line: Range<Int>) {
+            var index = line.lowerBound
+            while index < line.upperBound {
+                while index < line.upperBound && NATSParser.isSpace(bytes[index]) { index += 1 }
+                guard index < line.upperBound else { break }
                 let begin = index
-                while index < line.endIndex && !NATSParser.isSpace(line[index]) { index += 1 }
+                while index < line.upperBound && !NATSParser.isSpace(bytes[index]) { index += 1 }
                 append(begin..<index)
             }
         }
@@ -131,26 +117,11 @@ public struct NATSParser: Sendable {
         var last: Range<Int> { self[count - 1] }
     }
 
-    private func string(_ range: Range<Int>) -> String {
-        String(decoding: buffer[range], as: UTF8.self)
-    }
-
-    /// A non-negative decimal number, or nil.
-    private func number(_ range: Range<Int>) -> Int? {
-        guard !range.isEmpty, range.count <= 18 else { return nil }
-        var value = 0
-        for byte in buffer[range] {
-            guard byte >= 0x30 && byte <= 0x39 else { return nil }
-            value = value * 10 + Int(byte - 0x30)
-        }
-        return value
-    }
-
     /// The operation name, upper-cased as bytes (names are ASCII).
     private enum Op {
         case ping, pong, connect, pub, hpub, sub, unsub, info, msg, hmsg, ok, err, unknown
 
-        init(_ name: ArraySlice<UInt8>) {
+        init(_ name: Slice<UnsafeBufferPointer<UInt8>>) {
             func upper(_ byte: UInt8) -> UInt8 { byte >= 0x61 && byte <= 0x7A ? byte - 0x20 : byte }
             var word: UInt64 = 0
             guard name.count <= 8 else {
@@ -182,105 +153,161 @@ public struct NATSParser: Sendable {
         }
     }
 
-    private mutating func controlLine(_ line: ArraySlice<UInt8>) throws(NATSProtocolError) -> NATSOperation? {
-        let opEnd = line.firstIndex(where: Self.isSpace) ?? line.endIndex
-        let name = line[line.startIndex..<opEnd]
-        let rest = line[opEnd...].drop(while: Self.isSpace)
-        let arguments = Arguments(rest)
-        let count = arguments.count
-        switch (role, Op(name)) {
-        case (_, .ping): return .ping
-        case (_, .pong): return .pong
-        case (.server, .connect): return .connect(try json(rest, "CONNECT"))
-        case (.server, .pub):
-            guard count == 2 || count == 3, let size = number(arguments.last) else {
-                throw NATSProtocolError(.parser, detail: "PUB expects: subject [reply] size")
-            }
-            try checkPayload(size)
-            awaiting = .publish(
-                subject: string(arguments[0]), replyTo: count == 3 ? string(arguments[1]) : nil, headerSize: nil, total: size)
-        case (.server, .hpub):
-            guard count == 3 || count == 4, let headerSize = number(arguments[count - 2]), let total = number(arguments.last),
-                total >= headerSize
-            else { throw NATSProtocolError(.parser, detail: "HPUB expects: subject [reply] header-size total-size") }
-            try checkPayload(total)
-            awaiting = .publish(
-                subject: string(arguments[0]), replyTo: count == 4 ? string(arguments[1]) : nil, headerSize: headerSize, total: total)
-        case (.server, .sub):
-            guard count == 2 || count == 3 else {
-                throw NATSProtocolError(.parser, detail: "SUB expects: subject [queue] sid")
-            }
-            return .subscribe(subject: string(arguments[0]), queue: count == 3 ? string(arguments[1]) : nil, sid: string(arguments.last))
-        case (.server, .unsub):
-            guard count == 1 || count == 2 else { throw NATSProtocolError(.parser, detail: "UNSUB expects: sid [max]") }
-            var max: Int?
-            if count == 2 {
-                guard let value = number(arguments[1]) else {
-                    throw NATSProtocolError(.parser, detail: "UNSUB max must be a number")
+    /// The parsing itself, over the buffered bytes of one `bytesReceived`.
+    private struct Reader {
+        var bytes: UnsafeBufferPointer<UInt8>
+        var start: Int
+        var awaiting: Awaiting?
+        let role: Role
+        let maximumControlLine: Int
+        let maximumPayload: Int
+
+        mutating func next() throws(NATSProtocolError) -> NATSOperation? {
+            if let pending = awaiting {
+                let needed = pending.total + 2
+                guard bytes.count - start >= needed else { return nil }
+                let payloadEnd = start + pending.total
+                guard bytes[payloadEnd] == 0x0D, bytes[payloadEnd + 1] == 0x0A else {
+                    throw NATSProtocolError(.parser, detail: "payload not followed by CRLF")
                 }
-                max = value
+                awaiting = nil
+                let operation = try complete(pending, body: start..<payloadEnd)
+                start = payloadEnd + 2
+                return operation
             }
-            return .unsubscribe(sid: string(arguments[0]), max: max)
-        case (.client, .info): return .info(try json(rest, "INFO"))
-        case (.client, .msg):
-            guard count == 3 || count == 4, let size = number(arguments.last) else {
-                throw NATSProtocolError(.parser, detail: "MSG expects: subject sid [reply] size")
+            guard let newline = bytes[start...].firstIndex(of: 0x0A) else {
+                if bytes.count - start > maximumControlLine { throw NATSProtocolError(.maximumControlLine) }
+                return nil
             }
-            try checkPayload(size)
-            awaiting = .message(
-                subject: string(arguments[0]), sid: string(arguments[1]), replyTo: count == 4 ? string(arguments[2]) : nil,
-                headerSize: nil, total: size)
-        case (.client, .hmsg):
-            guard count == 4 || count == 5, let headerSize = number(arguments[count - 2]), let total = number(arguments.last),
-                total >= headerSize
-            else { throw NATSProtocolError(.parser, detail: "HMSG expects: subject sid [reply] header-size total-size") }
-            try checkPayload(total)
-            awaiting = .message(
-                subject: string(arguments[0]), sid: string(arguments[1]), replyTo: count == 5 ? string(arguments[2]) : nil,
-                headerSize: headerSize, total: total)
-        case (.client, .ok): return .ok
-        case (.client, .err):
-            var text = String(decoding: rest, as: UTF8.self)
-            if text.hasPrefix("'") && text.hasSuffix("'") && text.count >= 2 { text = String(text.dropFirst().dropLast()) }
-            return .error(text)
-        default:
-            throw NATSProtocolError(.unknownOperation, detail: "'\(String(decoding: name, as: UTF8.self).uppercased())'")
+            var lineEnd = newline
+            if lineEnd > start, bytes[lineEnd - 1] == 0x0D { lineEnd -= 1 }
+            guard lineEnd - start <= maximumControlLine else { throw NATSProtocolError(.maximumControlLine) }
+            let line = start..<lineEnd
+            start = newline + 1
+            if line.isEmpty { return try next() }
+            return try controlLine(line)
         }
-        return try next()
-    }
 
-    private func checkPayload(_ size: Int) throws(NATSProtocolError) {
-        guard size <= maximumPayload else {
-            throw NATSProtocolError(.maximumPayload, detail: "\(size) bytes, the maximum is \(maximumPayload)")
+        func string(_ range: Range<Int>) -> String {
+            String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self)
         }
-    }
 
-    private func json(_ bytes: ArraySlice<UInt8>, _ op: String) throws(NATSProtocolError) -> JSONObject {
-        do {
-            guard let object = try JSONParser.parse(bytes).objectValue else {
-                throw NATSProtocolError(.parser, detail: "\(op) expects a JSON object")
+        /// A non-negative decimal number, or nil.
+        func number(_ range: Range<Int>) -> Int? {
+            guard !range.isEmpty, range.count <= 18 else { return nil }
+            var value = 0
+            for byte in bytes[range] {
+                guard byte >= 0x30 && byte <= 0x39 else { return nil }
+                value = value * 10 + Int(byte - 0x30)
             }
-            return object
-        } catch let error as NATSProtocolError {
-            throw error
-        } catch {
-            throw NATSProtocolError(.parser, detail: "\(op): \(error)")
+            return value
         }
-    }
 
-    private func complete(_ pending: Awaiting, body: ArraySlice<UInt8>) throws(NATSProtocolError) -> NATSOperation {
-        func split(_ headerSize: Int?) throws(NATSProtocolError) -> (NATSHeaders?, [UInt8]) {
-            guard let headerSize else { return (nil, Array(body)) }
-            let headerEnd = body.startIndex + headerSize
-            return (try NATSHeaders(parsing: body[body.startIndex..<headerEnd]), Array(body[headerEnd...]))
+        mutating func controlLine(_ line: Range<Int>) throws(NATSProtocolError) -> NATSOperation? {
+            var opEnd = line.lowerBound
+            while opEnd < line.upperBound && !NATSParser.isSpace(bytes[opEnd]) { opEnd += 1 }
+            let name = bytes[line.lowerBound..<opEnd]
+            var restStart = opEnd
+            while restStart < line.upperBound && NATSParser.isSpace(bytes[restStart]) { restStart += 1 }
+            let rest = restStart..<line.upperBound
+            let arguments = Arguments(bytes, rest)
+            let count = arguments.count
+            switch (role, Op(name)) {
+            case (_, .ping): return .ping
+            case (_, .pong): return .pong
+            case (.server, .connect): return .connect(try json(rest, "CONNECT"))
+            case (.server, .pub):
+                guard count == 2 || count == 3, let size = number(arguments.last) else {
+                    throw NATSProtocolError(.parser, detail: "PUB expects: subject [reply] size")
+                }
+                try checkPayload(size)
+                awaiting = .publish(
+                    subject: string(arguments[0]), replyTo: count == 3 ? string(arguments[1]) : nil, headerSize: nil, total: size)
+            case (.server, .hpub):
+                guard count == 3 || count == 4, let headerSize = number(arguments[count - 2]), let total = number(arguments.last),
+                    total >= headerSize
+                else { throw NATSProtocolError(.parser, detail: "HPUB expects: subject [reply] header-size total-size") }
+                try checkPayload(total)
+                awaiting = .publish(
+                    subject: string(arguments[0]), replyTo: count == 4 ? string(arguments[1]) : nil, headerSize: headerSize, total: total)
+            case (.server, .sub):
+                guard count == 2 || count == 3 else {
+                    throw NATSProtocolError(.parser, detail: "SUB expects: subject [queue] sid")
+                }
+                return .subscribe(
+                    subject: string(arguments[0]), queue: count == 3 ? string(arguments[1]) : nil, sid: string(arguments.last))
+            case (.server, .unsub):
+                guard count == 1 || count == 2 else { throw NATSProtocolError(.parser, detail: "UNSUB expects: sid [max]") }
+                var max: Int?
+                if count == 2 {
+                    guard let value = number(arguments[1]) else {
+                        throw NATSProtocolError(.parser, detail: "UNSUB max must be a number")
+                    }
+                    max = value
+                }
+                return .unsubscribe(sid: string(arguments[0]), max: max)
+            case (.client, .info): return .info(try json(rest, "INFO"))
+            case (.client, .msg):
+                guard count == 3 || count == 4, let size = number(arguments.last) else {
+                    throw NATSProtocolError(.parser, detail: "MSG expects: subject sid [reply] size")
+                }
+                try checkPayload(size)
+                awaiting = .message(
+                    subject: string(arguments[0]), sid: string(arguments[1]), replyTo: count == 4 ? string(arguments[2]) : nil,
+                    headerSize: nil, total: size)
+            case (.client, .hmsg):
+                guard count == 4 || count == 5, let headerSize = number(arguments[count - 2]), let total = number(arguments.last),
+                    total >= headerSize
+                else { throw NATSProtocolError(.parser, detail: "HMSG expects: subject sid [reply] header-size total-size") }
+                try checkPayload(total)
+                awaiting = .message(
+                    subject: string(arguments[0]), sid: string(arguments[1]), replyTo: count == 5 ? string(arguments[2]) : nil,
+                    headerSize: headerSize, total: total)
+            case (.client, .ok): return .ok
+            case (.client, .err):
+                var text = string(rest)
+                if text.hasPrefix("'") && text.hasSuffix("'") && text.count >= 2 { text = String(text.dropFirst().dropLast()) }
+                return .error(text)
+            default:
+                throw NATSProtocolError(.unknownOperation, detail: "'\(String(decoding: name, as: UTF8.self).uppercased())'")
+            }
+            return try next()
         }
-        switch pending {
-        case .publish(let subject, let replyTo, let headerSize, _):
-            let (headers, payload) = try split(headerSize)
-            return .publish(subject: subject, replyTo: replyTo, headers: headers, payload: payload)
-        case .message(let subject, let sid, let replyTo, let headerSize, _):
-            let (headers, payload) = try split(headerSize)
-            return .message(subject: subject, sid: sid, replyTo: replyTo, headers: headers, payload: payload)
+
+        func checkPayload(_ size: Int) throws(NATSProtocolError) {
+            guard size <= maximumPayload else {
+                throw NATSProtocolError(.maximumPayload, detail: "\(size) bytes, the maximum is \(maximumPayload)")
+            }
         }
+
+        func json(_ range: Range<Int>, _ op: String) throws(NATSProtocolError) -> JSONObject {
+            do {
+                guard let object = try JSONParser.parse(Array(bytes[range])).objectValue else {
+                    throw NATSProtocolError(.parser, detail: "\(op) expects a JSON object")
+                }
+                return object
+            } catch let error as NATSProtocolError {
+                throw error
+            } catch {
+                throw NATSProtocolError(.parser, detail: "\(op): \(error)")
+            }
+        }
+
+        func complete(_ pending: Awaiting, body: Range<Int>) throws(NATSProtocolError) -> NATSOperation {
+            func split(_ headerSize: Int?) throws(NATSProtocolError) -> (NATSHeaders?, [UInt8]) {
+                guard let headerSize else { return (nil, Array(bytes[body])) }
+                let headerEnd = body.lowerBound + headerSize
+                return (try NATSHeaders(parsing: Array(bytes[body.lowerBound..<headerEnd])[...]), Array(bytes[headerEnd..<body.upperBound]))
+            }
+            switch pending {
+            case .publish(let subject, let replyTo, let headerSize, _):
+                let (headers, payload) = try split(headerSize)
+                return .publish(subject: subject, replyTo: replyTo, headers: headers, payload: payload)
+            case .message(let subject, let sid, let replyTo, let headerSize, _):
+                let (headers, payload) = try split(headerSize)
+                return .message(subject: subject, sid: sid, replyTo: replyTo, headers: headers, payload: payload)
+            }
+        }
+
     }
 }
