@@ -77,14 +77,14 @@ public enum NATSEncoder {
     private static func fields(
         _ subject: String, _ sid: String?, _ replyTo: String?, _ headerSize: Int?, _ payloadSize: Int, into output: inout [UInt8]
     ) {
-        output.append(contentsOf: subject.utf8)
+        appendUTF8(subject, to: &output)
         if let sid {
             output.append(0x20)
-            output.append(contentsOf: sid.utf8)
+            appendUTF8(sid, to: &output)
         }
         if let replyTo {
             output.append(0x20)
-            output.append(contentsOf: replyTo.utf8)
+            appendUTF8(replyTo, to: &output)
         }
         output.append(0x20)
         if let headerSize {
@@ -96,12 +96,18 @@ public enum NATSEncoder {
         output.append(0x0A)
     }
 
+    /// A string's bytes, copied at once (appending its `utf8` view goes byte by byte).
+    private static func appendUTF8(_ text: String, to output: inout [UInt8]) {
+        var text = text
+        text.withUTF8 { output.append(contentsOf: $0) }
+    }
+
     private static func decimal(_ value: Int, into output: inout [UInt8]) {
-        guard value >= 10 else {
-            output.append(0x30 + UInt8(value))
-            return
+        var divisor = 1
+        while divisor <= value / 10 { divisor *= 10 }
+        while divisor > 0 {
+            output.append(0x30 + UInt8(value / divisor % 10))
+            divisor /= 10
         }
-        decimal(value / 10, into: &output)
-        output.append(0x30 + UInt8(value % 10))
     }
 }

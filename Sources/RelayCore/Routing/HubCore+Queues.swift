@@ -320,7 +320,7 @@ extension HubCore {
     /// An answer published on an ack subject, in JetStream's words: `+ACK`, `-NAK` (optionally
     /// `{"delay": nanoseconds}`), `+WPI`, `+TERM` (optionally a reason), `+NXT` (taken as `+ACK`).
     mutating func ackPublished(_ message: PublishedMessage) -> [Output]? {
-        guard message.subject.hasPrefix("$RELAY.ACK.") else { return nil }
+        guard message.subject.utf8.first == UInt8(ascii: "$"), message.subject.hasPrefix("$RELAY.ACK.") else { return nil }
         let tokens = message.subject.dropFirst("$RELAY.ACK.".count).split(separator: ".")
         guard tokens.count == 2, let delivery = UInt64(tokens[1]), queues[String(tokens[0])] != nil else { return [] }
         let name = String(tokens[0])
@@ -444,7 +444,8 @@ extension HubCore {
     /// `stream_create_response`. This is the one JetStream API subject the hub answers; with it,
     /// NATS tools can set up what a JetStream publish (answered with `{"stream","seq"}`) needs.
     mutating func streamCreate(_ message: PublishedMessage) -> [Output]? {
-        guard message.subject.hasPrefix(Self.streamCreatePrefix), let replyTo = message.replyTo else { return nil }
+        guard message.subject.utf8.first == UInt8(ascii: "$"), message.subject.hasPrefix(Self.streamCreatePrefix), let replyTo = message.replyTo
+        else { return nil }
         let name = String(message.subject.dropFirst(Self.streamCreatePrefix.count))
         let request = (try? JSONParser.parse(message.payloadBytes))?.objectValue ?? [:]
         func positive(_ key: String) -> Int? { request[key]?.intValue.flatMap { $0 > 0 ? $0 : nil } }
