@@ -444,7 +444,8 @@ extension HubCore {
     /// `stream_create_response`. This is the one JetStream API subject the hub answers; with it,
     /// NATS tools can set up what a JetStream publish (answered with `{"stream","seq"}`) needs.
     mutating func streamCreate(_ message: PublishedMessage) -> [Output]? {
-        guard message.subject.utf8.first == UInt8(ascii: "$"), message.subject.hasPrefix(Self.streamCreatePrefix), let replyTo = message.replyTo
+        guard message.subject.utf8.first == UInt8(ascii: "$"), message.subject.hasPrefix(Self.streamCreatePrefix),
+            let replyTo = message.replyTo
         else { return nil }
         let name = String(message.subject.dropFirst(Self.streamCreatePrefix.count))
         let request = (try? JSONParser.parse(message.payloadBytes))?.objectValue ?? [:]

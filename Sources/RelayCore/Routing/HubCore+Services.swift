@@ -461,7 +461,9 @@ extension HubCore {
 
     /// A publication on one of the hub's inboxes answers a LIME subject request.
     mutating func subjectReply(_ message: PublishedMessage) -> [Output]? {
-        guard !subjectRequestsByInbox.isEmpty, let id = subjectRequestsByInbox[message.subject], let request = subjectRequests[id] else { return nil }
+        guard !subjectRequestsByInbox.isEmpty, let id = subjectRequestsByInbox[message.subject], let request = subjectRequests[id] else {
+            return nil
+        }
         var response: LIMECommand
         if let code = message.metadata["Nats-Service-Error-Code"].flatMap({ Int($0) }) {
             response = LIMECommand(

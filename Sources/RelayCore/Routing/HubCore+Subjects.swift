@@ -178,7 +178,9 @@ extension HubCore {
 
     /// Delivers to every subscription of `subject` (of one session's, if given): the hub's own
     /// answers on reply subjects.
-    mutating func deliver(_ message: PublishedMessage, toSubscribersOf subject: String, of session: SessionID? = nil, into outputs: inout [Output]) {
+    mutating func deliver(
+        _ message: PublishedMessage, toSubscribersOf subject: String, of session: SessionID? = nil, into outputs: inout [Output]
+    ) {
         for slot in subjects.match(subject) where session == nil || subscriptionSlots[slot].session == session {
             outputs.append(deliver(message, toSlot: slot))
         }
