@@ -15,6 +15,28 @@ import Testing
         return machine
     }
 
+    @Test func aReadsOperationsTogetherActAsOneByOne() {
+        // The handler hands the machine a read's operations at once; the actions must be those of
+        // feeding them one by one, including around CONNECT, errors and verbose +OKs.
+        let reads: [[NATSOperation]] = [
+            [.connect(["verbose": true]), .subscribe(subject: "a", queue: nil, sid: "1"), .ping],
+            [
+                .publish(subject: "a", replyTo: "r", headers: nil, payload: [1]), .pong,
+                .publish(subject: "a b", replyTo: nil, headers: nil, payload: []),
+            ],
+            [.subscribe(subject: "", queue: nil, sid: "2"), .unsubscribe(sid: "1", max: 3), .connect([:])],
+            [.publish(subject: "h", replyTo: nil, headers: NATSHeaders(status: 503), payload: []), .ping],
+        ]
+        for options in [["verbose": true, "headers": false] as JSONObject, ["headers": true]] {
+            var batched = connected(options)
+            var single = connected(options)
+            for operations in reads {
+                #expect(batched.operationsReceived(operations) == operations.flatMap { single.operationReceived($0) })
+                #expect(batched.state == single.state)
+            }
+        }
+    }
+
     @Test func sendsInfoThenChecksConnect() {
         var machine = machine()
         #expect(machine.connected() == [.send([.info(["server_id": "T", "headers": true])])])
@@ -112,6 +134,37 @@ import Testing
 
     private func message(_ subject: String, replyTo: String? = nil) -> PublishedMessage {
         PublishedMessage(subject: subject, replyTo: replyTo, body: .bytes(Array("x".utf8)))
+    }
+
+    @Test func aFreedSubscriptionSlotServesOnlyItsNewSubscription() throws {
+        // Slots are reused: nothing cached for the old filter may reach the new subscription.
+        var hub = harness()
+        try hub.core.subscribe(1, token: "a", filter: "old.subject", queue: nil, echo: true)
+        #expect(hub.core.publish(message("old.subject"), from: 2).delivered == 1)
+        hub.core.unsubscribe(1, token: "a")
+        try hub.core.subscribe(1, token: "b", filter: "new.*", queue: nil, echo: true)
+        #expect(hub.core.publish(message("old.subject"), from: 2).delivered == 0)
+        let (outputs, delivered) = hub.core.publish(message("new.subject"), from: 2)
+        #expect(delivered == 1)
+        guard case .deliver(1, "b", _, _)? = outputs.first else {
+            Issue.record("no delivery to the new subscription: \(outputs)")
+            return
+        }
+        // A session's subscriptions go with it, and their slots with them.
+        _ = hub.core.sessionClosed(1)
+        #expect(hub.core.publish(message("new.subject"), from: 2).delivered == 0)
+        #expect(hub.core.deliveryLimit(1, token: "b") == nil)
+    }
+
+    @Test func aDeliveryCarriesItsSubscriptionsLimit() throws {
+        var hub = harness()
+        let limit = DeliveryLimit(maximumHeld: 3, policy: .dropOldest)
+        try hub.core.subscribe(1, token: "s", filter: "t", queue: nil, echo: true, overflow: limit)
+        guard case .deliver(1, "s", _, let carried)? = hub.core.publish(message("t"), from: 2).outputs.first else {
+            Issue.record("no delivery")
+            return
+        }
+        #expect(carried == limit && hub.core.deliveryLimit(1, token: "s") == limit)
     }
 
     @Test func autoUnsubscribeEndsAfterMaxDeliveries() throws {
