@@ -204,7 +204,7 @@ public final class Hub: Sendable {
                     }
                 } else {
                     add(recipient.outlet, token: token, limit: limit) {
-                        $0 += LIMECodec.encodeDelivery(message, token: token, to: recipient.node)
+                        LIMECodec.encodeDelivery(message, token: token, to: recipient.node, into: &$0)
                     }
                 }
             case .startTimer(let timer, let milliseconds):

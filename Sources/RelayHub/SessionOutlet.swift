@@ -124,10 +124,7 @@ final class SessionOutlet: Sendable {
             return nil
         }
         if direct {
-            guard writer.pendingBytes + batch.bytes.count <= maximumPendingBytes else {
-                slowConsumer()
-                return nil
-            }
+            guard admits(batch.bytes.count) else { return nil }
             writer.enqueue(batch.bytes, ends: batch.entries.map(\.end))
         }
         return dropped
@@ -140,11 +137,18 @@ final class SessionOutlet: Sendable {
         guard !messages.isEmpty else { return true }
         var size = 0
         for bytes in messages { size += bytes.count }
+        guard admits(size) else { return false }
+        writer.enqueue(messages)
+        return true
+    }
+
+    /// Whether `size` more bytes stay within the pending-bytes cap; past it the session is ended
+    /// as a slow consumer.
+    private func admits(_ size: Int) -> Bool {
         guard writer.pendingBytes + size <= maximumPendingBytes else {
             slowConsumer()
             return false
         }
-        writer.enqueue(messages)
         return true
     }
 

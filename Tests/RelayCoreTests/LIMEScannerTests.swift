@@ -187,9 +187,12 @@ import Testing
                                 subject: "orders.\"new\"", replyTo: replyTo, publisher: publisher, type: nil, body: body,
                                 metadata: metadata, status: status)
                             let node = Node("sub@relay.local/1")
-                            #expect(
-                                LIMECodec.encodeDelivery(message, token: "orders.*?queue=w", to: node)
-                                    == LIMECodec.encode(message.limeEnvelope(token: "orders.*?queue=w", to: node)))
+                            let expected = LIMECodec.encode(message.limeEnvelope(token: "orders.*?queue=w", to: node))
+                            #expect(LIMECodec.encodeDelivery(message, token: "orders.*?queue=w", to: node) == expected)
+                            // Appended to a batch, after what it holds, the same bytes.
+                            var batch = Array("earlier".utf8)
+                            LIMECodec.encodeDelivery(message, token: "orders.*?queue=w", to: node, into: &batch)
+                            #expect(batch == Array("earlier".utf8) + expected)
                             checked += 1
                         }
                     }

@@ -58,6 +58,38 @@ import Testing
             ])
     }
 
+    @Test func aMessageWrittenFromAPublicationIsTheOperationItStandsFor() {
+        // The direct path (bytes without headers) and the general one, appended after earlier bytes;
+        // payload sizes around the decimal digits' boundaries.
+        for size in [0, 9, 10, 99, 100, 128, 1000, 65_536] {
+            for (metadata, status) in [([:], nil), (["Trace": "x"], nil), ([:], 503)] as [([String: String], Int?)] {
+                for replyTo in [nil, "_INBOX.a"] {
+                    let message = PublishedMessage(
+                        subject: "orders.new", replyTo: replyTo, body: .bytes(Array(repeating: 7, count: size)), metadata: metadata,
+                        status: status)
+                    for headers in [false, true] {
+                        var batch = Array("earlier".utf8)
+                        NATSEncoder.encodeMessage(message, sid: "12", headersEnabled: headers, into: &batch)
+                        let expected = NATSEncoder.encode(message.natsOperation(sid: "12", headersEnabled: headers))
+                        #expect(batch == Array("earlier".utf8) + expected, "size \(size), headers \(headers)")
+                        // And a client reads it back whole (the sizes are written right).
+                        var parser = NATSParser(role: .client)
+                        guard case .message(_, "12", replyTo, _, let payload)? = try? parser.bytesReceived(expected).first else {
+                            Issue.record("not read back: size \(size), headers \(headers)")
+                            continue
+                        }
+                        #expect(payload.count == size)
+                    }
+                }
+            }
+        }
+        #expect(
+            String(
+                decoding: NATSEncoder.encodeMessage(
+                    PublishedMessage(subject: "a", body: .bytes(Array("xy".utf8))), sid: "1", headersEnabled: false), as: UTF8.self)
+                == "MSG a 1 2\r\nxy\r\n")
+    }
+
     @Test func encodesAsTheProtocolSays() {
         #expect(
             String(

@@ -173,8 +173,18 @@ public enum LIMECodec {
     /// (`#reply` < `#status` < `#subject` < `#subscription`), so the envelope is written straight
     /// out, the content as it arrived.
     public static func encodeDelivery(_ message: PublishedMessage, token: String, to node: Node?) -> [UInt8] {
-        guard message.metadata.isEmpty else { return encode(message.limeEnvelope(token: token, to: node)) }
-        var writer = DirectWriter(header: EnvelopeHeader(from: message.publisher, to: node))
+        var output: [UInt8] = []
+        encodeDelivery(message, token: token, to: node, into: &output)
+        return output
+    }
+
+    /// `encodeDelivery`, appended to `output` (a batch of writes for one connection).
+    public static func encodeDelivery(_ message: PublishedMessage, token: String, to node: Node?, into output: inout [UInt8]) {
+        guard message.metadata.isEmpty else {
+            output += encode(message.limeEnvelope(token: token, to: node))
+            return
+        }
+        var writer = DirectWriter(header: EnvelopeHeader(from: message.publisher, to: node), appendingTo: consume output)
         writer.name("metadata")
         writer.output.append(UInt8(ascii: "{"))
         if let replyTo = message.replyTo { writer.pair("#reply", replyTo) }
@@ -185,7 +195,7 @@ public enum LIMECodec {
         let (type, content) = message.limeContent
         writer.member("type", string: type.rawValue)
         writer.member("content", content)
-        return writer.finish()
+        output = writer.finish()
     }
 
     /// Writes an envelope's members one by one, starting with its header.
@@ -193,8 +203,11 @@ public enum LIMECodec {
         var output: [UInt8] = []
         var first = true
 
-        init(header: EnvelopeHeader) {
-            output.reserveCapacity(256)
+        /// Starts an envelope, at the end of `output` when given (moved in, not copied).
+        init(header: EnvelopeHeader, appendingTo existing: [UInt8] = []) {
+            output = existing
+            // Grown geometrically: many envelopes may be appended to one batch.
+            if output.capacity - output.count < 256 { output.reserveCapacity(Swift.max(output.count + 256, output.capacity * 2)) }
             output.append(UInt8(ascii: "{"))
             if let id = header.id { member("id", string: id) }
             if let from = header.from { member("from", node: from) }

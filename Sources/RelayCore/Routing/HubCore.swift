@@ -221,11 +221,6 @@ public struct HubCore: Sendable {
 
     // MARK: - Sessions
 
-    /// The bound on deliveries held for a subscription (nil: only the session's byte limit).
-    public func deliveryLimit(_ session: SessionID, token: String) -> DeliveryLimit? {
-        subscriptionSlotsByKey[SubscriptionKey(session: session, token: token)].flatMap { subscriptionSlots[$0].overflow }
-    }
-
     /// Registers an established session; returns the session it replaced, which the hub must end.
     public mutating func register(_ session: SessionID, node: Node) -> SessionID? {
         router.register(session, node: node)
@@ -236,7 +231,7 @@ public struct HubCore: Sendable {
     public mutating func sessionClosed(_ session: SessionID) -> [Output] {
         var outputs: [Output] = []
         router.unregister(session)
-        for key in subscriptionSlotsByKey.keys where key.session == session { removeSubscription(key) }
+        for key in subscriptionSlotsByKey.keys.filter({ $0.session == session }) { removeSubscription(key) }
         subscriptionCounts[session] = nil
         for name in Array(services.keys) {
             services[name]?.instances.removeAll { $0 == session }
