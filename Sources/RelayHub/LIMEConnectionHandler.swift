@@ -21,8 +21,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     private var establishTimer: Scheduled<Void>?
     private var outlet: SessionOutlet?
     private var closing = false
-    /// Envelopes of the current read for the hub, handed over together (one lock, one batch of
-    /// writes per recipient) before anything else the session does, and at the read's end.
+    /// Envelopes of the current read cycle for the hub, handed over together (one lock, one batch
+    /// of writes per recipient) before anything else the session does, and at the cycle's end.
     private var routed: [Envelope] = []
     private var reading = false
 
@@ -89,11 +89,9 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
         let batch = reader.read(unwrapInboundIn(data))
+        // Publications are routed together when the read cycle ends (over WebSocket each frame
+        // is a read of its own here), unless the session does something else first.
         reading = true
-        defer {
-            reading = false
-            routePending()
-        }
         for envelope in batch.envelopes where !closing {
             feed(context: context) { $0.envelopeReceived(envelope) }
         }
@@ -104,6 +102,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        reading = false
+        routePending()
         // What this read cycle produced for this connection goes out now, with one flush.
         outlet?.writer.drain()
         context.fireChannelReadComplete()

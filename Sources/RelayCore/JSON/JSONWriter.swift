@@ -48,11 +48,15 @@ public enum JSONWriter {
 
     /// Appends `text` escaped for the inside of a JSON string, without the quotes.
     static func writeEscaped(_ text: String, into output: inout [UInt8]) {
-        // Most strings need no escaping: copied whole.
-        if text.utf8.allSatisfy({ $0 >= 0x20 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
-            output.append(contentsOf: text.utf8)
-            return
+        // Most strings need no escaping: checked and copied whole through the string's own
+        // storage (iterating its UTF-8 view byte by byte was a visible part of every delivery).
+        var text = text
+        let copied = text.withUTF8 { bytes in
+            for byte in bytes where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { return false }
+            output.append(contentsOf: bytes)
+            return true
         }
+        if copied { return }
         for byte in text.utf8 {
             switch byte {
             case UInt8(ascii: "\""): output.append(contentsOf: [0x5C, 0x22])
