@@ -23,13 +23,14 @@ let package = Package(
     targets: [
         // The I/O-free protocol core: JSON, LIME envelopes, framing, session machines, routing.
         .target(name: "RelayCore", linkerSettings: [.linkedLibrary("m", .when(platforms: [.linux]))]),
-        // SwiftNIO pieces shared by the hub and the client: WebSocket framing, addresses.
+        // SwiftNIO pieces shared by the hub and the client: WebSocket upgrade and framing, writers, addresses.
         .target(
             name: "RelayTransport",
             dependencies: [
                 "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         // The hub: listeners and channel handlers that execute the core's actions.

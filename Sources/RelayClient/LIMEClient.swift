@@ -56,7 +56,8 @@ public final class LIMEClient: Sendable {
     }
 
     private let channel: any Channel
-    /// Coalesces what the client sends into one flush per turn of the connection's event loop.
+    /// Coalesces what the client sends into one flush per turn of the connection's event loop (the
+    /// session handler's own envelopes go through it too, so the order is kept).
     private let writer: ChannelWriter
     let core: ClientCore
     let options: Options
@@ -76,10 +77,10 @@ public final class LIMEClient: Sendable {
     public var droppedCount: Int { core.droppedCount }
 
     private init(
-        channel: any Channel, framing: ChannelWriter.Framing, core: ClientCore, options: Options, localNode: Node, remoteNode: Node?
+        transport: LIMETransport, core: ClientCore, options: Options, localNode: Node, remoteNode: Node?
     ) {
-        self.channel = channel
-        self.writer = ChannelWriter(channel: channel, framing: framing)
+        self.channel = transport.channel
+        self.writer = transport.writer
         self.core = core
         self.options = options
         self.localNode = localNode
@@ -121,9 +122,9 @@ public final class LIMEClient: Sendable {
         let machine = LIMEClientSessionMachine(
             configuration: .init(
                 identity: options.identity, instance: options.instance, scheme: scheme, authentication: authentication))
-        let channel: any Channel
+        let transport: LIMETransport
         do {
-            channel = try await LIMETransportConnector.connect(
+            transport = try await LIMETransportConnector.connect(
                 to: endpoint, group: group, connectTimeout: options.connectTimeout,
                 maximumEnvelopeBytes: options.maximumEnvelopeBytes
             ) { reader in
@@ -136,10 +137,9 @@ public final class LIMEClient: Sendable {
             let (local, remote) = try await withDeadline(options.connectTimeout, what: "establishing the session") {
                 try await core.waitForEstablishment()
             }
-            let framing: ChannelWriter.Framing = if case .tcp = endpoint.transport { .stream } else { .messages }
-            return LIMEClient(channel: channel, framing: framing, core: core, options: options, localNode: local, remoteNode: remote)
+            return LIMEClient(transport: transport, core: core, options: options, localNode: local, remoteNode: remote)
         } catch {
-            channel.close(promise: nil)
+            transport.channel.close(promise: nil)
             throw error
         }
     }

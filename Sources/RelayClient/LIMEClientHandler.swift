@@ -11,7 +11,8 @@ final class LIMEClientHandler: ChannelInboundHandler {
     private var machine: LIMEClientSessionMachine
     private var reader: LIMEEnvelopeReader
     private let core: ClientCore
-    private var started = false
+    /// Frames what the session sends for its transport; given when the transport is ready.
+    private var writer: ChannelWriter?
     private var readers = ReadersToWake()
 
     init(machine: LIMEClientSessionMachine, reader: LIMEEnvelopeReader, core: ClientCore) {
@@ -20,9 +21,9 @@ final class LIMEClientHandler: ChannelInboundHandler {
         self.core = core
     }
 
-    private func start(context: ChannelHandlerContext) {
-        guard !started else { return }
-        started = true
+    private func start(context: ChannelHandlerContext, writer: ChannelWriter) {
+        guard self.writer == nil else { return }
+        self.writer = writer
         execute(machine.connected(), context: context)
     }
 
@@ -56,9 +57,9 @@ final class LIMEClientHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is LIMETransportReady {
+        if let ready = event as? LIMETransportReady {
             // Over WebSocket this comes once the upgrade is complete and the HTTP handlers are gone.
-            start(context: context)
+            start(context: context, writer: ready.writer)
         } else if event is ClientCore.FinishRequested {
             execute(machine.finishRequested(), context: context)
         } else {
@@ -71,7 +72,7 @@ final class LIMEClientHandler: ChannelInboundHandler {
         case .none:
             break
         case .send(let envelope):
-            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: LIMECodec.encode(envelope))), promise: nil)
+            writer?.enqueue(LIMECodec.encode(envelope))
         case .established(let local, let remote):
             core.established(local: local, remote: remote)
         case .deliver(let envelope):

@@ -2,7 +2,6 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import NIOWebSocket
 import RelayCore
 import RelayTransport
 import ServiceLifecycle
@@ -117,21 +116,9 @@ public final class HubServer: Sendable {
     private func bindWebSocket(_ address: HostAndPort) async throws -> any Channel {
         let hub = self.hub
         let maximum = hub.configuration.limits.maxEnvelopeBytes
-        let upgrader = NIOWebSocketServerUpgrader(
-            maxFrameSize: maximum, automaticErrorHandling: false,
-            shouldUpgrade: { channel, head in
-                var headers = HTTPHeaders()
-                // Echo the `lime` subprotocol when asked for; clients that ask for none are served too.
-                let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { $0.lowercased() }
-                if offered.contains("lime") { headers.add(name: "Sec-WebSocket-Protocol", value: "lime") }
-                return channel.eventLoop.makeSucceededFuture(headers)
-            },
-            upgradePipelineHandler: { channel, _ in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addLIMEWebSocketHandlers(
-                        isClient: false, maximumEnvelopeBytes: maximum, session: LIMEConnectionHandler(hub: hub, framing: .messages))
-                }
-            })
+        let upgrader = LIMEWebSocketServerUpgrader(maximumMessageBytes: maximum) {
+            LIMEConnectionHandler(hub: hub, framing: .messages)
+        }
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

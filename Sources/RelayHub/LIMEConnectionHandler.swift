@@ -50,7 +50,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         let configuration = hub.configuration
         let hubNode = configuration.hubNode
         let outlet = SessionOutlet(
-            channel: context.channel, framing: framing == .stream ? .stream : .messages,
+            channel: context.channel, framing: framing == .stream ? .stream : .webSocket(masked: false),
             maximumPendingBytes: configuration.limits.maxPendingBytes
         ) { token, count in
             // Tells the subscriber how many deliveries its overflow policy dropped while it lagged.

@@ -1,19 +1,23 @@
+import Crypto
 import NIOCore
+import RelayCore
 import Synchronization
 
 /// Coalesces writes to one channel, from any thread, into one flush per turn of its event loop.
 ///
 /// Writing and flushing each message costs a hop to the event loop, a pass through the pipeline
 /// and a system call; at a hundred thousand messages a second that is most of the work. Here,
-/// whatever is queued before the channel's loop next runs goes out together: one buffer (a
-/// byte stream: TCP, NATS) or one frame per message (WebSocket), and one flush. Everything
-/// written to the channel goes through its writer, so the order is the order of `enqueue`.
+/// whatever is queued before the channel's loop next runs goes out together, as one buffer and
+/// one flush: the bytes as they are (a byte stream: TCP, NATS), or each message framed as a
+/// WebSocket text frame. Everything written to the channel goes through its writer, so the order
+/// is the order of `enqueue`.
 package final class ChannelWriter: Sendable {
-    /// How queued messages reach the channel: concatenated into one buffer, or one buffer each
-    /// (each becomes a WebSocket frame).
-    package enum Framing: Sendable {
+    /// How queued messages reach the channel.
+    package enum Framing: Sendable, Equatable {
+        /// Concatenated as they are.
         case stream
-        case messages
+        /// One WebSocket text frame each; masked, as RFC 6455 requires of a client, when `masked`.
+        case webSocket(masked: Bool)
     }
 
     package let channel: any Channel
@@ -24,7 +28,9 @@ package final class ChannelWriter: Sendable {
 
     private struct State: @unchecked Sendable {
         var stream: ByteBuffer
-        var messages: [ByteBuffer] = []
+        /// WebSocket frames, rendered where they are queued and written as one buffer.
+        var frames: [UInt8] = []
+        var maskingKeys = MaskingKeys()
         var queuedBytes = 0
         var drainScheduled = false
         /// Promises completed when what was queued before them is on the wire.
@@ -58,7 +64,7 @@ package final class ChannelWriter: Sendable {
     /// says (a batch rendered into one array); returns the bytes now pending, these included.
     @discardableResult
     package func enqueue(_ bytes: [UInt8], ends: [Int]) -> Int {
-        guard framing == .messages else { return append(CollectionOfOne(bytes)) }
+        guard case .webSocket = framing else { return append(CollectionOfOne(bytes)) }
         return append(ends.indices.lazy.map { index in bytes[(index == 0 ? 0 : ends[index - 1])..<ends[index]] })
     }
 
@@ -66,12 +72,6 @@ package final class ChannelWriter: Sendable {
     /// entry point called from other modules would look up type metadata on every call.
     private func append<Messages: Collection>(_ messages: Messages) -> Int where Messages.Element: Collection<UInt8> {
         var size = 0
-        // One buffer per message (a WebSocket frame each) is made before taking the lock.
-        var buffers: [ByteBuffer] = []
-        if framing == .messages {
-            buffers.reserveCapacity(messages.count)
-            for bytes in messages { buffers.append(channel.allocator.buffer(bytes: bytes)) }
-        }
         let schedule = state.withLock { state -> Bool in
             switch framing {
             case .stream:
@@ -79,9 +79,17 @@ package final class ChannelWriter: Sendable {
                     size += bytes.count
                     state.stream.writeBytes(bytes)
                 }
-            case .messages:
-                for buffer in buffers { size += buffer.readableBytes }
-                state.messages.append(contentsOf: buffers)
+            case .webSocket(let masked):
+                let before = state.frames.count
+                for bytes in messages {
+                    let key = masked ? state.maskingKeys.next() : nil
+                    if bytes.withContiguousStorageIfAvailable({
+                        WebSocketFrameWriter.append(.text, payload: $0, maskingKey: key, into: &state.frames)
+                    }) == nil {
+                        WebSocketFrameWriter.append(.text, payload: Array(bytes), maskingKey: key, into: &state.frames)
+                    }
+                }
+                size = state.frames.count - before
             }
             state.queuedBytes += size
             defer { state.drainScheduled = true }
@@ -108,26 +116,23 @@ package final class ChannelWriter: Sendable {
     /// Writes what is queued, with one flush. Runs on the channel's loop, when scheduled or when a
     /// handler ends a read cycle.
     package func drain() {
-        let (stream, messages, size, waiters, previous) = state.withLock { state in
+        let (queued, size, waiters, previous) = state.withLock { state in
             defer {
-                state.messages.removeAll(keepingCapacity: true)
                 state.queuedBytes = 0
                 state.drainScheduled = false
                 state.waiters.removeAll()
             }
-            let stream = state.stream
-            if stream.readableBytes > 0 { state.stream = channel.allocator.buffer(capacity: 0) }
-            return (stream, state.messages, state.queuedBytes, state.waiters, state.lastWrite)
+            var queued: ByteBuffer?
+            if state.stream.readableBytes > 0 {
+                queued = state.stream
+                state.stream = channel.allocator.buffer(capacity: 0)
+            } else if !state.frames.isEmpty {
+                queued = channel.allocator.buffer(bytes: state.frames)
+                state.frames.removeAll(keepingCapacity: state.frames.capacity <= 1 << 20)
+            }
+            return (queued, state.queuedBytes, state.waiters, state.lastWrite)
         }
-        var last: ByteBuffer?
-        switch framing {
-        case .stream:
-            if stream.readableBytes > 0 { last = stream }
-        case .messages:
-            for buffer in messages.dropLast() { channel.write(buffer, promise: nil) }
-            last = messages.last
-        }
-        guard let last else {
+        guard let queued else {
             // Nothing new: waiters are done when the previous drain's writes are.
             for waiter in waiters {
                 if let previous { previous.cascade(to: waiter) } else { waiter.succeed() }
@@ -135,10 +140,25 @@ package final class ChannelWriter: Sendable {
             return
         }
         let promise = channel.eventLoop.makePromise(of: Void.self)
-        channel.writeAndFlush(last, promise: promise)
+        channel.writeAndFlush(queued, promise: promise)
         let future = promise.futureResult
         state.withLock { $0.lastWrite = future }
         future.whenComplete { _ in self.unsent.subtract(size, ordering: .relaxed) }
         for waiter in waiters { future.cascade(to: waiter) }
+    }
+}
+
+/// Masking keys for a client's WebSocket frames, drawn from the system's secure generator a few
+/// hundred at a time (RFC 6455 asks for unpredictable keys; one system call per frame was a
+/// visible part of a publishing client's time).
+struct MaskingKeys {
+    private var keys: [UInt32] = []
+
+    mutating func next() -> UInt32 {
+        if keys.isEmpty {
+            let random = SymmetricKey(size: SymmetricKeySize(bitCount: 256 * 32))
+            keys = random.withUnsafeBytes { bytes in (0..<256).map { bytes.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self) } }
+        }
+        return keys.removeLast()
     }
 }

@@ -1,5 +1,4 @@
 import NIOCore
-import NIOWebSocket
 import RelayCore
 
 /// Turns inbound buffers into LIME envelopes for either transport, with the same limits on both.
@@ -65,8 +64,7 @@ package struct LIMEEnvelopeReader {
 
     /// The LIME reason for a transport error that means the peer sent too much, or nil.
     package func reason(for error: any Error) -> Reason? {
-        if let error = error as? NIOWebSocketError, error == .invalidFrameLength { return tooLarge }
-        if error is NIOWebSocketFrameAggregator.Error { return tooLarge }
+        if let failure = error as? WebSocketFailure, failure.code == WebSocketCloseCode.messageTooBig { return tooLarge }
         return nil
     }
 }

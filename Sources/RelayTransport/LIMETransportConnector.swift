@@ -2,7 +2,6 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import NIOWebSocket
 
 /// A LIME server address: `ws://HOST:PORT[/PATH]` or `tcp://HOST:PORT` (also `net.tcp://`).
 package struct LIMEEndpoint: Sendable {
@@ -38,9 +37,16 @@ package enum LIMETransportError: Error {
     case upgradeRefused
 }
 
-/// Posted into the pipeline when the transport is ready for envelopes (after a WebSocket upgrade).
+/// Posted into the pipeline when the transport is ready for envelopes (after a WebSocket upgrade),
+/// with the writer that frames them for it.
 package struct LIMETransportReady: Sendable {
-    package init() {}
+    package let writer: ChannelWriter
+}
+
+/// An open LIME transport: its channel, and the writer every envelope sent on it goes through.
+package struct LIMETransport: Sendable {
+    package let channel: any Channel
+    package let writer: ChannelWriter
 }
 
 /// Opens a LIME transport to a server and puts the handler that `makeHandler` builds on top of it:
@@ -50,7 +56,7 @@ package enum LIMETransportConnector {
     package static func connect(
         to endpoint: LIMEEndpoint, group: any EventLoopGroup, connectTimeout: Duration, maximumEnvelopeBytes maximum: Int,
         makeHandler: @escaping @Sendable (LIMEEnvelopeReader) -> any ChannelHandler
-    ) async throws -> any Channel {
+    ) async throws -> LIMETransport {
         let bootstrap = ClientBootstrap(group: group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(connectTimeout.components.seconds))
@@ -62,24 +68,16 @@ package enum LIMETransportConnector {
                         makeHandler(LIMEEnvelopeReader(framing: .stream, maximumEnvelopeSize: maximum)))
                 }
             }.connect(host: endpoint.host, port: endpoint.port).get()
-            ready(channel)
-            return channel
+            return ready(channel, framing: .stream)
         case .webSocket(let path):
             let upgradeResult = group.next().makePromise(of: Bool.self)
             let channel: any Channel
             do {
                 channel = try await bootstrap.channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        let upgrader = NIOTypedWebSocketClientUpgrader<Bool>(
-                            maxFrameSize: maximum,
-                            upgradePipelineHandler: { channel, _ in
-                                channel.eventLoop.makeCompletedFuture {
-                                    try channel.pipeline.syncOperations.addLIMEWebSocketHandlers(
-                                        isClient: true, maximumEnvelopeBytes: maximum,
-                                        session: makeHandler(LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum)))
-                                    return true
-                                }
-                            })
+                        let upgrader = LIMEWebSocketClientUpgrader(maximumMessageBytes: maximum) {
+                            makeHandler(LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum))
+                        }
                         var headers = HTTPHeaders()
                         headers.add(name: "Host", value: "\(endpoint.host):\(endpoint.port)")
                         headers.add(name: "Sec-WebSocket-Protocol", value: "lime")
@@ -101,12 +99,13 @@ package enum LIMETransportConnector {
                 channel.close(promise: nil)
                 throw LIMETransportError.upgradeRefused
             }
-            ready(channel)
-            return channel
+            return ready(channel, framing: .webSocket(masked: true))
         }
     }
 
-    private static func ready(_ channel: any Channel) {
-        channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(LIMETransportReady()) }
+    private static func ready(_ channel: any Channel, framing: ChannelWriter.Framing) -> LIMETransport {
+        let writer = ChannelWriter(channel: channel, framing: framing)
+        channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(LIMETransportReady(writer: writer)) }
+        return LIMETransport(channel: channel, writer: writer)
     }
 }

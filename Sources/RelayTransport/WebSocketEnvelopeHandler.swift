@@ -1,61 +1,88 @@
+import Crypto
 import NIOCore
-import NIOWebSocket
+import NIOHTTP1
+import RelayCore
+
+/// The peer broke the WebSocket protocol, or sent a message over the limit; the connection is
+/// closed with `code` (RFC 6455 §7.4.1).
+package struct WebSocketFailure: Error, Sendable, Equatable {
+    package let code: UInt16
+    package let description: String
+}
 
 /// Carries one LIME envelope per WebSocket text frame, for both the hub and the client.
 ///
-/// Inbound, it passes each data frame's payload on as a `ByteBuffer` (frames are already
-/// reassembled by `NIOWebSocketFrameAggregator`), answers pings and ends the connection on a close
-/// frame. Outbound, it wraps each `ByteBuffer` in a text frame (masked when it is the client side)
-/// and sends a close frame before the connection closes.
+/// Inbound, it reads frames from the connection's bytes with `WebSocketFrameParser` and passes
+/// each message on as a `ByteBuffer`: a slice of the bytes read, unmasked in place, so a read of
+/// many small frames is neither copied nor split into a buffer each. It answers pings and ends the
+/// connection on a close frame; a protocol error reaches the session handler as a
+/// `WebSocketFailure` (`errorCaught`), and the connection is then closed with its code.
+///
+/// Outbound, whatever is written is already framed: the connection's `ChannelWriter` renders
+/// each envelope as a text frame (masked on the client side), so a batch of deliveries is one
+/// buffer and one write. This handler only adds the close frame before the connection closes.
 package final class WebSocketEnvelopeHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    package typealias InboundIn = WebSocketFrame
+    package typealias InboundIn = ByteBuffer
     package typealias InboundOut = ByteBuffer
     package typealias OutboundIn = ByteBuffer
-    package typealias OutboundOut = WebSocketFrame
+    package typealias OutboundOut = ByteBuffer
 
     private let isClient: Bool
+    private var parser: WebSocketFrameParser
+    /// The start of a frame not yet complete, read again with what follows.
+    private var pending: ByteBuffer?
+    private var maskingKeys = MaskingKeys()
     private var sentClose = false
+    /// The close code for a connection that ends because of a protocol error.
+    private var failureCode: UInt16?
 
-    package init(isClient: Bool) {
+    package init(isClient: Bool, maximumMessageBytes: Int) {
         self.isClient = isClient
-    }
-
-    private var maskKey: WebSocketMaskingKey? {
-        isClient ? WebSocketMaskingKey.random() : nil
+        self.parser = WebSocketFrameParser(expectsMaskedFrames: !isClient, maximumMessageSize: maximumMessageBytes)
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        switch frame.opcode {
-        case .text, .binary:
-            var payload = frame.unmaskedData
-            if payload.readableBytes == 0 { return }
-            context.fireChannelRead(wrapInboundOut(payload.readSlice(length: payload.readableBytes)!))
-        case .ping:
-            let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: maskKey, data: frame.unmaskedData)
-            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
-        case .connectionClose:
-            // Echo the close, then end the connection; the peer has said it sends no more.
-            if !sentClose {
-                sentClose = true
-                var data = frame.unmaskedData
-                let code = data.readWebSocketErrorCode() ?? .normalClosure
-                var reply = context.channel.allocator.buffer(capacity: 2)
-                reply.write(webSocketErrorCode: code)
-                let closeFrame = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: maskKey, data: reply)
-                context.writeAndFlush(wrapOutboundOut(closeFrame)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-            } else {
-                context.close(promise: nil)
-            }
-        default:
-            break
+        var buffer = unwrapInboundIn(data)
+        if var held = pending {
+            held.writeBuffer(&buffer)
+            buffer = held
+            pending = nil
         }
-    }
-
-    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let payload = unwrapOutboundIn(data)
-        let frame = WebSocketFrame(fin: true, opcode: .text, maskKey: maskKey, data: payload)
-        context.write(wrapOutboundOut(frame), promise: promise)
+        let base = buffer.readerIndex
+        let (events, consumed) = buffer.withUnsafeMutableReadableBytes { parser.parse($0.bindMemory(to: UInt8.self)) }
+        if consumed < buffer.readableBytes {
+            var rest = context.channel.allocator.buffer(capacity: buffer.readableBytes - consumed)
+            rest.writeImmutableBuffer(buffer.getSlice(at: base + consumed, length: buffer.readableBytes - consumed)!)
+            pending = rest
+        }
+        for event in events {
+            switch event {
+            case .message(let range):
+                context.fireChannelRead(wrapInboundOut(buffer.getSlice(at: base + range.lowerBound, length: range.count)!))
+            case .joinedMessage(let bytes):
+                context.fireChannelRead(wrapInboundOut(context.channel.allocator.buffer(bytes: bytes)))
+            case .ping(let range):
+                let payload = buffer.getBytes(at: base + range.lowerBound, length: range.count) ?? []
+                context.writeAndFlush(wrapOutboundOut(frame(.pong, payload, context: context)), promise: nil)
+            case .pong:
+                break
+            case .close(let code):
+                // Echo the close, then end the connection; the peer has said it sends no more.
+                guard !sentClose else {
+                    context.close(promise: nil)
+                    return
+                }
+                sentClose = true
+                let closeFrame = frame(.close, closePayload(code ?? WebSocketCloseCode.normal), context: context)
+                context.writeAndFlush(wrapOutboundOut(closeFrame)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                return
+            case .failed(let code, let description):
+                failureCode = code
+                // The session handler may say why in its own protocol before closing.
+                context.fireErrorCaught(WebSocketFailure(code: code, description: description))
+                return
+            }
+        }
     }
 
     package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
@@ -64,24 +91,99 @@ package final class WebSocketEnvelopeHandler: ChannelDuplexHandler, RemovableCha
             return
         }
         sentClose = true
-        var data = context.channel.allocator.buffer(capacity: 2)
-        data.write(webSocketErrorCode: .normalClosure)
-        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: maskKey, data: data)
-        context.writeAndFlush(wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
+        let closeFrame = frame(.close, closePayload(failureCode ?? WebSocketCloseCode.normal), context: context)
+        context.writeAndFlush(wrapOutboundOut(closeFrame)).assumeIsolated().whenComplete { _ in
             context.close(mode: mode, promise: promise)
+        }
+    }
+
+    private func closePayload(_ code: UInt16) -> [UInt8] { [UInt8(code >> 8), UInt8(code & 0xFF)] }
+
+    private func frame(_ opcode: WebSocketOpcode, _ payload: [UInt8], context: ChannelHandlerContext) -> ByteBuffer {
+        let key = isClient ? maskingKeys.next() : nil
+        return context.channel.allocator.buffer(bytes: WebSocketFrameWriter.frame(opcode, payload: payload, maskingKey: key))
+    }
+}
+
+/// The `Sec-WebSocket-Accept` answer to a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+func webSocketAccept(for key: String) -> String {
+    let digest = Insecure.SHA1.hash(data: Array((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))
+    return Base64.encode(Array(digest))
+}
+
+/// Upgrades an HTTP/1.1 request to a LIME session over WebSocket (RFC 6455 §4.2), echoing the
+/// `lime` subprotocol when the client offers it.
+package final class LIMEWebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sendable {
+    package let supportedProtocol = "websocket"
+    package let requiredUpgradeHeaders: [String] = []
+    private let maximumMessageBytes: Int
+    private let makeSession: @Sendable () -> any ChannelHandler
+
+    /// `makeSession` builds the handler of each upgraded connection's session.
+    package init(maximumMessageBytes: Int, makeSession: @escaping @Sendable () -> any ChannelHandler) {
+        self.maximumMessageBytes = maximumMessageBytes
+        self.makeSession = makeSession
+    }
+
+    package func buildUpgradeResponse(channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders)
+        -> EventLoopFuture<HTTPHeaders>
+    {
+        let keys = upgradeRequest.headers[canonicalForm: "sec-websocket-key"]
+        let versions = upgradeRequest.headers[canonicalForm: "sec-websocket-version"]
+        guard keys.count == 1, versions == ["13"] else {
+            return channel.eventLoop.makeFailedFuture(WebSocketFailure(code: WebSocketCloseCode.protocolError, description: "Not a WebSocket 13 upgrade"))
+        }
+        var headers = initialResponseHeaders
+        headers.replaceOrAdd(name: "Upgrade", value: "websocket")
+        headers.replaceOrAdd(name: "Connection", value: "upgrade")
+        headers.add(name: "Sec-WebSocket-Accept", value: webSocketAccept(for: String(keys[0])))
+        // Clients that ask for no subprotocol are served too.
+        let offered = upgradeRequest.headers[canonicalForm: "sec-websocket-protocol"].map { $0.lowercased() }
+        if offered.contains("lime") { headers.add(name: "Sec-WebSocket-Protocol", value: "lime") }
+        return channel.eventLoop.makeSucceededFuture(headers)
+    }
+
+    package func upgrade(context: ChannelHandlerContext, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<Void> {
+        let channel = context.channel
+        return channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandlers([
+                WebSocketEnvelopeHandler(isClient: false, maximumMessageBytes: maximumMessageBytes), makeSession(),
+            ])
         }
     }
 }
 
-extension ChannelPipeline.SynchronousOperations {
-    /// Adds what sits between an upgraded WebSocket and a LIME session handler, on either side:
-    /// fragments reassembled up to the envelope limit, then one text frame per envelope.
-    package func addLIMEWebSocketHandlers(isClient: Bool, maximumEnvelopeBytes: Int, session: any ChannelHandler) throws {
-        try addHandlers([
-            NIOWebSocketFrameAggregator(
-                minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096, maxAccumulatedFrameSize: maximumEnvelopeBytes),
-            WebSocketEnvelopeHandler(isClient: isClient),
-            session,
-        ])
+/// Asks an HTTP/1.1 server to upgrade to a LIME session over WebSocket, and checks its answer.
+package final class LIMEWebSocketClientUpgrader: NIOTypedHTTPClientProtocolUpgrader {
+    package typealias UpgradeResult = Bool
+    package let supportedProtocol = "websocket"
+    package let requiredUpgradeHeaders: [String] = []
+    private let key: String
+    private let maximumMessageBytes: Int
+    private let makeSession: @Sendable () -> any ChannelHandler
+
+    package init(maximumMessageBytes: Int, makeSession: @escaping @Sendable () -> any ChannelHandler) {
+        var generator = SystemRandomNumberGenerator()
+        self.key = Base64.encode((0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        self.maximumMessageBytes = maximumMessageBytes
+        self.makeSession = makeSession
+    }
+
+    package func addCustom(upgradeRequestHeaders: inout HTTPHeaders) {
+        upgradeRequestHeaders.add(name: "Sec-WebSocket-Key", value: key)
+        upgradeRequestHeaders.add(name: "Sec-WebSocket-Version", value: "13")
+    }
+
+    package func shouldAllowUpgrade(upgradeResponse: HTTPResponseHead) -> Bool {
+        upgradeResponse.headers[canonicalForm: "sec-websocket-accept"] == [Substring(webSocketAccept(for: key))]
+    }
+
+    package func upgrade(channel: any Channel, upgradeResponse: HTTPResponseHead) -> EventLoopFuture<Bool> {
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandlers([
+                WebSocketEnvelopeHandler(isClient: true, maximumMessageBytes: maximumMessageBytes), makeSession(),
+            ])
+            return true
+        }
     }
 }

@@ -94,31 +94,35 @@ struct TestFailure: Error, CustomStringConvertible {
 final class RawConnection: Sendable {
     let channel: any Channel
     let received: AsyncStream<Envelope>
+    /// Frames what is sent for the transport (a WebSocket text frame each, or bytes as they are).
+    private let writer: ChannelWriter
     private let closed: EventLoopFuture<Void>
 
-    private init(channel: any Channel, received: AsyncStream<Envelope>) {
-        self.channel = channel
+    private init(transport: LIMETransport, received: AsyncStream<Envelope>) {
+        self.channel = transport.channel
+        self.writer = transport.writer
         self.received = received
         self.closed = channel.closeFuture
     }
 
     static func connect(_ url: String, maximumEnvelopeBytes: Int = 8 << 20) async throws -> RawConnection {
         let (stream, input) = AsyncStream.makeStream(of: Envelope.self)
-        let channel = try await LIMETransportConnector.connect(
+        let transport = try await LIMETransportConnector.connect(
             to: LIMEEndpoint(url)!, group: MultiThreadedEventLoopGroup.singleton, connectTimeout: .seconds(5),
             maximumEnvelopeBytes: maximumEnvelopeBytes
         ) { reader in
             CollectingHandler(reader: reader, input: input)
         }
-        return RawConnection(channel: channel, received: stream)
+        return RawConnection(transport: transport, received: stream)
     }
 
     func send(_ text: String) async throws {
-        try await channel.writeAndFlush(channel.allocator.buffer(string: text))
+        try await send(bytes: Array(text.utf8))
     }
 
     func send(bytes: [UInt8]) async throws {
-        try await channel.writeAndFlush(channel.allocator.buffer(bytes: bytes))
+        writer.enqueue(bytes)
+        try await writer.flushed().get()
     }
 
     /// Performs the guest handshake as `identity` and returns the session id.
