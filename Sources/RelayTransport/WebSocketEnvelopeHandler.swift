@@ -131,7 +131,8 @@ package final class LIMEWebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sen
         let keys = upgradeRequest.headers[canonicalForm: "sec-websocket-key"]
         let versions = upgradeRequest.headers[canonicalForm: "sec-websocket-version"]
         guard keys.count == 1, versions == ["13"] else {
-            return channel.eventLoop.makeFailedFuture(WebSocketFailure(code: WebSocketCloseCode.protocolError, description: "Not a WebSocket 13 upgrade"))
+            return channel.eventLoop.makeFailedFuture(
+                WebSocketFailure(code: WebSocketCloseCode.protocolError, description: "Not a WebSocket 13 upgrade"))
         }
         var headers = initialResponseHeaders
         headers.replaceOrAdd(name: "Upgrade", value: "websocket")

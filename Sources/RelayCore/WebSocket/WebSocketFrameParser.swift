@@ -97,7 +97,8 @@ public struct WebSocketFrameParser: Sendable {
         let masked = second & 0x80 != 0
         guard masked == expectsMaskedFrames else {
             return .failed(
-                WebSocketCloseCode.protocolError, expectsMaskedFrames ? "A client's frame must be masked" : "A server's frame must not be masked")
+                WebSocketCloseCode.protocolError,
+                expectsMaskedFrames ? "A client's frame must be masked" : "A server's frame must not be masked")
         }
         var headerSize = 2
         var length = UInt64(second & 0x7F)
@@ -127,7 +128,8 @@ public struct WebSocketFrameParser: Sendable {
         guard bytes.count - payloadStart >= Int(length) else { return .incomplete }
         let payload = payloadStart..<(payloadStart + Int(length))
         if masked {
-            Self.unmask(UnsafeMutableBufferPointer(rebasing: bytes[payload]), key: UnsafeBufferPointer(rebasing: bytes[keyStart..<keyStart + 4]))
+            Self.unmask(
+                UnsafeMutableBufferPointer(rebasing: bytes[payload]), key: UnsafeBufferPointer(rebasing: bytes[keyStart..<keyStart + 4]))
         }
         return .frame(fin: fin, opcode: opcode, payload: payload)
     }
