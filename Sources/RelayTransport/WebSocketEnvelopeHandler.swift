@@ -44,13 +44,18 @@ package final class WebSocketEnvelopeHandler: ChannelDuplexHandler, RemovableCha
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         if var held = pending {
+            // Released first, so appending to it does not copy what it holds.
+            pending = nil
             held.writeBuffer(&buffer)
             buffer = held
-            pending = nil
         }
         let base = buffer.readerIndex
         let (events, consumed) = buffer.withUnsafeMutableReadableBytes { parser.parse($0.bindMemory(to: UInt8.self)) }
-        if consumed < buffer.readableBytes {
+        if consumed == 0 {
+            // Only the start of a frame (a large one arriving over several reads): kept as it is.
+            pending = buffer
+        } else if consumed < buffer.readableBytes {
+            // The start of the next frame, copied out so the rest of the read can be freed.
             var rest = context.channel.allocator.buffer(capacity: buffer.readableBytes - consumed)
             rest.writeImmutableBuffer(buffer.getSlice(at: base + consumed, length: buffer.readableBytes - consumed)!)
             pending = rest

@@ -28,6 +28,27 @@ import Testing
         }
     }
 
+    @Test(arguments: [Transport.ws, .tcp])
+    func largeMessagesArriveWholeAmongSmallOnes(_ transport: Transport) async throws {
+        // Frames (or envelopes) that span many reads, between small ones in the same reads.
+        try await withHub { hub in
+            let alice = try await hub.connect(transport, as: "alice@relay.local/a")
+            let bob = try await hub.connect(transport, as: "bob@relay.local/b")
+            let sizes = [10, 900_000, 3, 70_000, 125, 126, 65_535, 65_536, 1]
+            for (index, size) in sizes.enumerated() {
+                let text = String(repeating: Character(UnicodeScalar(UInt8(97 + index))), count: size)
+                try await alice.send(LIMEMessage(to: Node("bob@relay.local"), text: text))
+            }
+            var received: [String] = []
+            for await message in bob.messages {
+                received.append(message.content.stringValue ?? "")
+                if received.count == sizes.count { break }
+            }
+            #expect(received.map(\.count) == sizes)
+            #expect(received.enumerated().allSatisfy { index, text in text.utf8.allSatisfy { $0 == UInt8(97 + index) } })
+        }
+    }
+
     @Test func anIdentityReachesEveryInstance() async throws {
         try await withHub { hub in
             let phone = try await hub.connect(.ws, as: "carol@relay.local/phone")
