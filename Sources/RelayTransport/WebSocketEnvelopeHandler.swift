@@ -20,7 +20,8 @@ package struct WebSocketFailure: Error, Sendable, Equatable {
 ///
 /// Outbound, whatever is written is already framed: the connection's `ChannelWriter` renders
 /// each envelope as a text frame (masked on the client side), so a batch of deliveries is one
-/// buffer and one write. This handler only adds the close frame before the connection closes.
+/// buffer and one write. This handler writes only control frames: pongs, and the close frame
+/// before the connection closes.
 package final class WebSocketEnvelopeHandler: ChannelDuplexHandler, RemovableChannelHandler {
     package typealias InboundIn = ByteBuffer
     package typealias InboundOut = ByteBuffer

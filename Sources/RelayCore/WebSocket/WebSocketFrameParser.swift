@@ -61,17 +61,22 @@ public struct WebSocketFrameParser: Sendable {
         var events: [Event] = []
         var offset = 0
         while !failed {
+            let event: Event?
             switch frame(in: bytes, at: offset) {
             case .incomplete:
                 return (events, offset)
             case .failed(let code, let description):
-                failed = true
-                fragments = nil
-                events.append(.failed(code: code, description: description))
-                return (events, bytes.count)
+                event = .failed(code: code, description: description)
             case .frame(let fin, let opcode, let payload):
                 offset = payload.upperBound
-                if let event = received(fin: fin, opcode: opcode, payload: payload, in: bytes) { events.append(event) }
+                event = received(fin: fin, opcode: opcode, payload: payload, in: bytes)
+            }
+            guard let event else { continue }
+            events.append(event)
+            if case .failed = event {
+                // Nothing after a protocol error is read.
+                failed = true
+                fragments = nil
             }
         }
         return (events, bytes.count)
@@ -128,7 +133,7 @@ public struct WebSocketFrameParser: Sendable {
         guard bytes.count - payloadStart >= Int(length) else { return .incomplete }
         let payload = payloadStart..<(payloadStart + Int(length))
         if masked {
-            Self.unmask(
+            Self.applyMask(
                 UnsafeMutableBufferPointer(rebasing: bytes[payload]), key: UnsafeBufferPointer(rebasing: bytes[keyStart..<keyStart + 4]))
         }
         return .frame(fin: fin, opcode: opcode, payload: payload)
@@ -140,7 +145,6 @@ public struct WebSocketFrameParser: Sendable {
         switch opcode {
         case .text, .binary:
             guard fragments == nil else {
-                failed = true
                 return .failed(code: WebSocketCloseCode.protocolError, description: "A new message began before the fragmented one ended")
             }
             if fin { return .message(payload) }
@@ -148,7 +152,6 @@ public struct WebSocketFrameParser: Sendable {
             return nil
         case .continuation:
             guard fragments != nil else {
-                failed = true
                 return .failed(code: WebSocketCloseCode.protocolError, description: "A continuation frame without a message to continue")
             }
             fragments!.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[payload]))
@@ -163,15 +166,15 @@ public struct WebSocketFrameParser: Sendable {
             switch payload.count {
             case 0: return .close(code: nil)
             case 1:
-                failed = true
                 return .failed(code: WebSocketCloseCode.protocolError, description: "A close frame's status code is two bytes")
             default: return .close(code: UInt16(bytes[payload.lowerBound]) << 8 | UInt16(bytes[payload.lowerBound + 1]))
             }
         }
     }
 
-    /// XORs `payload` with the 4-byte masking `key` (RFC 6455 §5.3), eight bytes at a time.
-    public static func unmask(_ payload: UnsafeMutableBufferPointer<UInt8>, key: UnsafeBufferPointer<UInt8>) {
+    /// XORs `payload` with the 4-byte masking `key` (RFC 6455 §5.3), eight bytes at a time: masks
+    /// and unmasks alike.
+    public static func applyMask(_ payload: UnsafeMutableBufferPointer<UInt8>, key: UnsafeBufferPointer<UInt8>) {
         guard let base = payload.baseAddress, payload.count > 0 else { return }
         var wide: UInt64 = 0
         withUnsafeMutableBytes(of: &wide) { word in

@@ -30,7 +30,7 @@ public enum WebSocketFrameWriter {
         output.append(contentsOf: payload)
         output.withUnsafeMutableBufferPointer { all in
             withUnsafeBytes(of: &key) { keyBytes in
-                WebSocketFrameParser.unmask(
+                WebSocketFrameParser.applyMask(
                     UnsafeMutableBufferPointer(rebasing: all[start...]), key: keyBytes.assumingMemoryBound(to: UInt8.self))
             }
         }
