@@ -151,9 +151,9 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     // MARK: - Carrying out the machine's actions
 
     private func feed(context: ChannelHandlerContext, _ event: (inout LIMEServerSessionMachine) -> LIMEServerSessionMachine.Action) {
-        guard var machine else { return }
-        let action = event(&machine)
-        self.machine = machine
+        // Changed in place: a copy would retain the machine's fields once more per envelope.
+        guard machine != nil else { return }
+        let action = event(&machine!)
         execute(action, context: context)
     }
 
@@ -163,9 +163,9 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         routed.removeAll(keepingCapacity: true)
     }
 
-    private func execute(_ action: LIMEServerSessionMachine.Action, context: ChannelHandlerContext) {
+    private func execute(_ action: consuming LIMEServerSessionMachine.Action, context: ChannelHandlerContext) {
         if case .route = action {} else { routePending() }
-        switch action {
+        switch consume action {
         case .none:
             break
         case .send(let envelopes):

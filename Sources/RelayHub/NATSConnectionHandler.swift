@@ -13,8 +13,6 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var parser: NATSParser
     private var machine: NATSServerConnectionMachine?
     private var sessionID: SessionID?
-    /// The node the connection holds once registered: every publication carries it.
-    private var node: Node?
     private var pingTask: Scheduled<Void>?
     private var outlet: SessionOutlet?
     private var closing = false
@@ -22,6 +20,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     /// writes per subscriber) before anything else the connection asked for, and at the read's end.
     private var publications: [PublishedMessage] = []
     private var reading = false
+    /// The actions of the current read, kept to reuse the array's storage.
+    private var actions: [NATSServerConnectionMachine.Action] = []
 
     init(hub: Hub) {
         self.hub = hub
@@ -51,7 +51,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         var machine = NATSServerConnectionMachine(
             configuration: .init(
                 info: info, authRequired: hub.authenticator.requiresCredentials,
-                maximumPingsOutstanding: configuration.natsOptions.maxPingsOutstanding))
+                maximumPingsOutstanding: configuration.natsOptions.maxPingsOutstanding,
+                anonymousNode: Node(identity: Identity(name: "nats-\(id)", domain: configuration.domain), instance: String(id))))
         let actions = machine.connected()
         self.machine = machine
         execute(actions, context: context)
@@ -77,10 +78,20 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             reading = false
             publishPending()
         }
+        guard machine != nil else { return }
+        var actions = self.actions
+        self.actions = []
+        defer {
+            actions.removeAll(keepingCapacity: true)
+            self.actions = actions
+        }
         do {
-            let operations = try parser.bytesReceived(buffer.readableBytesView)
-            feed(context: context) { $0.operationsReceived(operations) }
+            // Each operation moves from the parser into the machine; their actions are carried
+            // out together once the read is parsed.
+            try parser.bytesReceived(buffer.readableBytesView) { machine!.operationReceived($0, into: &actions) }
+            execute(actions, context: context)
         } catch {
+            execute(actions, context: context)
             hub.logger.debug("NATS protocol error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
             feed(context: context) { $0.protocolErrorOccurred(error) }
         }
@@ -158,15 +169,14 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             outlet?.write([bytes])
         case .authenticate(let options):
             if hub.authenticator.acceptsNATS(options) {
-                feed(context: context) { $0.connectAccepted() }
+                let node = hub.authenticator.verifyNATS(options).map { Node(identity: $0, instance: String(sessionID)) }
+                feed(context: context) { $0.connectAccepted(as: node) }
             } else {
                 hub.logger.info("NATS authentication refused", metadata: ["user": "\(options.user ?? "-")"])
                 feed(context: context) { $0.connectRejected() }
             }
         case .register(let options):
-            let identity = hub.authenticator.verifyNATS(options) ?? Identity(name: "nats-\(sessionID)", domain: hub.configuration.domain)
-            let node = Node(identity: identity, instance: String(sessionID))
-            self.node = node
+            guard let node = machine?.publisher else { return }
             hub.registerNATS(sessionID, node: node, headers: options.headers)
         case .subscribe(let sid, let subject, _) where subject.hasPrefix(HubCore.queueSubjectPrefix):
             // A durable queue, consumed with acknowledgements (JetStream's MaxAckPending default as credit).
@@ -184,19 +194,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             }
         case .unsubscribe(let sid, let max):
             hub.natsUnsubscribe(sessionID, sid: sid, max: max)
-        case .publish(let subject, let replyTo, let headers, let payload):
-            var metadata: [String: String] = [:]
-            var type: MediaType?
-            for field in headers?.fields ?? [] {
-                if field.name.lowercased() == "content-type" {
-                    type = MediaType(field.value)
-                } else {
-                    metadata[field.name] = metadata[field.name].map { "\($0), \(field.value)" } ?? field.value
-                }
-            }
-            let message = PublishedMessage(
-                subject: subject, replyTo: replyTo, publisher: node, type: type, body: .bytes(payload),
-                metadata: metadata, status: headers?.status)
+        case .publish(let message):
             publications.append(message)
             if !reading { publishPending() }
         case .failAndClose(let error):

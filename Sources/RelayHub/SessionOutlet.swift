@@ -12,11 +12,13 @@ enum HubSessionEvent: Sendable {
 }
 
 /// One write for a session: an encoded envelope or NATS operation, and, for a subscription's
-/// delivery, its name and the bound on how many may wait.
+/// delivery, its name and the bound on how many may wait. The bytes are a slice of the batch they
+/// were rendered in: holding a delivery does not copy it (a lagging subscriber's deliveries are
+/// all held, one by one).
 struct OutletItem: Sendable {
     var token: String?
     var limit: DeliveryLimit?
-    var bytes: [UInt8]
+    var bytes: ArraySlice<UInt8>
 }
 
 /// The writes for one session from one pass of the hub, rendered one after another into one
@@ -42,7 +44,7 @@ struct OutletBatch: Sendable {
         var start = 0
         return entries.map { entry in
             defer { start = entry.end }
-            return OutletItem(token: entry.token, limit: entry.limit, bytes: Array(bytes[start..<entry.end]))
+            return OutletItem(token: entry.token, limit: entry.limit, bytes: bytes[start..<entry.end])
         }
     }
 }
@@ -134,6 +136,11 @@ final class SessionOutlet: Sendable {
     /// being ended instead).
     @discardableResult
     func write(_ messages: [[UInt8]]) -> Bool {
+        write(messages.map { $0[...] })
+    }
+
+    @discardableResult
+    func write(_ messages: [ArraySlice<UInt8>]) -> Bool {
         guard !messages.isEmpty else { return true }
         var size = 0
         for bytes in messages { size += bytes.count }
@@ -179,10 +186,9 @@ final class SessionOutlet: Sendable {
             }
             return (state.items, state.unreported)
         }
-        var messages: [[UInt8]] = []
-        for item in items { messages.append(item.bytes) }
+        var messages = items.map(\.bytes)
         if let dropReport {
-            for token in reports.keys.sorted() { if let report = dropReport(token, reports[token]!) { messages.append(report) } }
+            for token in reports.keys.sorted() { if let report = dropReport(token, reports[token]!) { messages.append(report[...]) } }
         }
         write(messages)
     }

@@ -60,6 +60,12 @@ package final class ChannelWriter: Sendable {
         append(messages)
     }
 
+    /// Queues messages in order, under one lock; returns the bytes now pending, these included.
+    @discardableResult
+    package func enqueue(_ messages: [ArraySlice<UInt8>]) -> Int {
+        append(messages)
+    }
+
     /// Queues messages laid out one after another in `bytes`, each ending where the next of `ends`
     /// says (a batch rendered into one array); returns the bytes now pending, these included.
     @discardableResult

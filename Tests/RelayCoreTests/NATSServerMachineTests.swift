@@ -106,6 +106,50 @@ import Testing
         #expect(error.kind == .parser)
     }
 
+    @Test func publicationsCarryTheRegisteredNodeAndTheirHeadersAsMetadata() {
+        let anonymous = Node(identity: Identity(name: "nats-7", domain: "relay.local"), instance: "7")
+        let named = Node(identity: Identity(name: "alice", domain: "relay.local"), instance: "7")
+        var machine = NATSServerConnectionMachine(configuration: .init(info: [:], anonymousNode: anonymous))
+        _ = machine.operationReceived(.connect(["headers": true]))
+        // Operations that come with CONNECT, before the verdict, are published as the accepted node.
+        _ = machine.operationReceived(.publish(subject: "a", replyTo: "r", headers: nil, payload: [1]))
+        var headers = NATSHeaders(status: 503)
+        headers.append("Content-Type", "application/json")
+        headers.append("X-Trace", "1")
+        headers.append("X-Trace", "2")
+        let actions = machine.connectAccepted(as: named)
+        #expect(machine.publisher == named)
+        #expect(actions.dropFirst() == [.publish(PublishedMessage(subject: "a", replyTo: "r", publisher: named, body: .bytes([1])))])
+        var withHeaders: [NATSServerConnectionMachine.Action] = []
+        machine.operationReceived(.publish(subject: "b", replyTo: nil, headers: headers, payload: [2]), into: &withHeaders)
+        #expect(
+            withHeaders == [
+                .publish(
+                    PublishedMessage(
+                        subject: "b", publisher: named, type: .applicationJSON, body: .bytes([2]), metadata: ["X-Trace": "1, 2"],
+                        status: 503))
+            ])
+        // Without credentials (or without CONNECT), the anonymous node publishes.
+        var guest = NATSServerConnectionMachine(configuration: .init(info: [:], anonymousNode: anonymous))
+        let guestActions = guest.operationReceived(.publish(subject: "a", replyTo: nil, headers: nil, payload: []))
+        #expect(guestActions == [.register(NATSConnectOptions()), .publish(PublishedMessage(subject: "a", publisher: anonymous, body: .bytes([])))])
+    }
+
+    @Test func everyInvalidPublishSubjectIsRefusedAfterValidOnes() {
+        // The machine remembers the last valid subject to skip checking it again: that must not
+        // let an invalid one through, the first time or any later time.
+        var machine = connected()
+        let error: [NATSServerConnectionMachine.Action] = [.send([.error("Invalid Publish Subject")])]
+        for subject in ["a.b", "a.>", "a.b", "a.>", "", "a.b", "a..b"] {
+            let actions = machine.operationReceived(.publish(subject: subject, replyTo: nil, headers: nil, payload: []))
+            if subject == "a.b" {
+                #expect(actions == [.publish(PublishedMessage(subject: subject, body: .bytes([])))])
+            } else {
+                #expect(actions == error, "\(subject)")
+            }
+        }
+    }
+
     @Test func anUnansweredPingMakesTheConnectionStale() {
         var machine = connected()
         #expect(machine.pingIntervalElapsed() == [.send([.ping])])

@@ -267,12 +267,22 @@ public enum Envelope: Sendable, Hashable {
             case .command(let value): value.header
             }
         }
-        set {
-            switch self {
-            case .session(var value): value.header = newValue; self = .session(value)
-            case .message(var value): value.header = newValue; self = .message(value)
-            case .notification(var value): value.header = newValue; self = .notification(value)
-            case .command(var value): value.header = newValue; self = .command(value)
+        // Changed in place: the hub sets `from` on every envelope it routes, and a get-then-set
+        // copied (retained and released) every field of the envelope to do it.
+        _modify {
+            switch consume self {
+            case .session(var value):
+                defer { self = .session(value) }
+                yield &value.header
+            case .message(var value):
+                defer { self = .message(value) }
+                yield &value.header
+            case .notification(var value):
+                defer { self = .notification(value) }
+                yield &value.header
+            case .command(var value):
+                defer { self = .command(value) }
+                yield &value.header
             }
         }
     }

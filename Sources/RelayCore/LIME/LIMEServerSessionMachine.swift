@@ -96,7 +96,7 @@ public struct LIMEServerSessionMachine: Sendable {
     // MARK: - Events
 
     /// An envelope arrived from the client.
-    public mutating func envelopeReceived(_ envelope: Envelope) -> Action {
+    public mutating func envelopeReceived(_ envelope: consuming Envelope) -> Action {
         switch state {
         case .finished, .failed:
             return .none
@@ -191,7 +191,7 @@ public struct LIMEServerSessionMachine: Sendable {
         return fail(reason)
     }
 
-    private mutating func establishedEnvelopeReceived(_ envelope: Envelope, node: Node) -> Action {
+    private mutating func establishedEnvelopeReceived(_ envelope: consuming Envelope, node: Node) -> Action {
         if case .session(let session) = envelope {
             if let id = session.header.id, id != configuration.sessionID {
                 return fail(Reason(code: ReasonCode.sessionError, description: "Invalid session id '\(id)'"))
@@ -205,7 +205,7 @@ public struct LIMEServerSessionMachine: Sendable {
             state = .finished
             return .unregisterSendAndClose(.session(sessionEnvelope(.finished, to: node)))
         }
-        var routed = envelope
+        var routed = consume envelope
         // The hub, not the client, says who sent it.
         routed.header.from = node
         return .route(routed)

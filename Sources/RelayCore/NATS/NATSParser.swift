@@ -46,26 +46,56 @@ public struct NATSParser: Sendable {
     /// Feeds received bytes; returns the operations they complete, in order. After an error the
     /// parser should not be fed again (the connection ends).
     public mutating func bytesReceived(_ bytes: some Sequence<UInt8>) throws(NATSProtocolError) -> [NATSOperation] {
-        buffer.append(contentsOf: bytes)
         var operations: [NATSOperation] = []
-        // Read through a pointer: slicing the array per line and per field retained its storage
-        // each time, the parser's largest cost.
-        var reader = Reader(
-            bytes: UnsafeBufferPointer(start: nil, count: 0), start: start, awaiting: awaiting, role: role,
-            maximumControlLine: maximumControlLine, maximumPayload: maximumPayload)
-        defer {
-            start = reader.start
-            awaiting = reader.awaiting
-            if start > 0 && (start == buffer.count || start > 65_536) {
-                buffer.removeSubrange(0..<start)
-                start = 0
-            }
-        }
-        try buffer.withUnsafeBufferPointer { bytes throws(NATSProtocolError) in
-            reader.bytes = bytes
-            while let operation = try reader.next() { operations.append(operation) }
-        }
+        try bytesReceived(bytes) { operations.append($0) }
         return operations
+    }
+
+    /// Feeds received bytes and hands each operation they complete to `body`, in order: each is
+    /// moved, not copied (a hub parses one PUB per message).
+    public mutating func bytesReceived(
+        _ bytes: some Sequence<UInt8>, _ body: (consuming NATSOperation) -> Void
+    ) throws(NATSProtocolError) {
+        // With nothing held, the read is parsed where it lies and only an incomplete tail is kept.
+        var failure: NATSProtocolError?
+        if start == buffer.count,
+            bytes.withContiguousStorageIfAvailable({ (bytes: UnsafeBufferPointer<UInt8>) -> Void in
+                var reader = reader(over: bytes, from: 0)
+                do throws(NATSProtocolError) {
+                    while let operation = try reader.next() { body(operation) }
+                } catch {
+                    failure = error
+                }
+                awaiting = reader.awaiting
+                buffer.removeAll(keepingCapacity: true)
+                buffer.append(contentsOf: bytes[reader.start...])
+                start = 0
+            }) != nil
+        {
+            if let failure { throw failure }
+            return
+        }
+        buffer.append(contentsOf: bytes)
+        try buffer.withUnsafeBufferPointer { bytes throws(NATSProtocolError) in
+            var reader = reader(over: bytes, from: start)
+            defer {
+                start = reader.start
+                awaiting = reader.awaiting
+            }
+            while let operation = try reader.next() { body(operation) }
+        }
+        if start > 0 && (start == buffer.count || start > 65_536) {
+            buffer.removeSubrange(0..<start)
+            start = 0
+        }
+    }
+
+    // Read through a pointer: slicing the array per line and per field retained its storage
+    // each time, the parser's largest cost.
+    private func reader(over bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Reader {
+        Reader(
+            bytes: bytes, start: start, awaiting: awaiting, role: role, maximumControlLine: maximumControlLine,
+            maximumPayload: maximumPayload)
     }
 
     private static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 }
@@ -163,15 +193,14 @@ public struct NATSParser: Sendable {
         let maximumPayload: Int
 
         mutating func next() throws(NATSProtocolError) -> NATSOperation? {
-            if let pending = awaiting {
-                let needed = pending.total + 2
-                guard bytes.count - start >= needed else { return nil }
-                let payloadEnd = start + pending.total
+            if let total = awaiting?.total {
+                guard bytes.count - start >= total + 2 else { return nil }
+                let payloadEnd = start + total
                 guard bytes[payloadEnd] == 0x0D, bytes[payloadEnd + 1] == 0x0A else {
                     throw NATSProtocolError(.parser, detail: "payload not followed by CRLF")
                 }
-                awaiting = nil
-                let operation = try complete(pending, body: start..<payloadEnd)
+                // Taken, not copied: a copy would retain the subject and reply strings once more.
+                let operation = try complete(awaiting.take()!, body: start..<payloadEnd)
                 start = payloadEnd + 2
                 return operation
             }
@@ -293,13 +322,13 @@ public struct NATSParser: Sendable {
             }
         }
 
-        func complete(_ pending: Awaiting, body: Range<Int>) throws(NATSProtocolError) -> NATSOperation {
+        func complete(_ pending: consuming Awaiting, body: Range<Int>) throws(NATSProtocolError) -> NATSOperation {
             func split(_ headerSize: Int?) throws(NATSProtocolError) -> (NATSHeaders?, [UInt8]) {
                 guard let headerSize else { return (nil, Array(bytes[body])) }
                 let headerEnd = body.lowerBound + headerSize
                 return (try NATSHeaders(parsing: Array(bytes[body.lowerBound..<headerEnd])[...]), Array(bytes[headerEnd..<body.upperBound]))
             }
-            switch pending {
+            switch consume pending {
             case .publish(let subject, let replyTo, let headerSize, _):
                 let (headers, payload) = try split(headerSize)
                 return .publish(subject: subject, replyTo: replyTo, headers: headers, payload: payload)

@@ -35,11 +35,14 @@ public struct NATSServerConnectionMachine: Sendable {
         public var authRequired: Bool
         /// Pings the client may leave unanswered before the connection is stale.
         public var maximumPingsOutstanding: Int
+        /// The node a connection is registered as when its CONNECT names nobody (or it sends none).
+        public var anonymousNode: Node?
 
-        public init(info: JSONObject, authRequired: Bool = false, maximumPingsOutstanding: Int = 2) {
+        public init(info: JSONObject, authRequired: Bool = false, maximumPingsOutstanding: Int = 2, anonymousNode: Node? = nil) {
             self.info = info
             self.authRequired = authRequired
             self.maximumPingsOutstanding = maximumPingsOutstanding
+            self.anonymousNode = anonymousNode
         }
     }
 
@@ -54,11 +57,12 @@ public struct NATSServerConnectionMachine: Sendable {
         case send([NATSOperation])
         /// Check the credentials of CONNECT, then report `connectAccepted` or `connectRejected`.
         case authenticate(NATSConnectOptions)
-        /// The connection is established with these options: register it with the hub.
+        /// The connection is established with these options: register it with the hub as `publisher`.
         case register(NATSConnectOptions)
         case subscribe(sid: String, subject: String, queue: String?)
         case unsubscribe(sid: String, max: Int?)
-        case publish(subject: String, replyTo: String?, headers: NATSHeaders?, payload: [UInt8])
+        /// Publish this message (headers already turned into metadata, type and status).
+        case publish(PublishedMessage)
         /// Send `-ERR` with the error's text, then close.
         case failAndClose(NATSProtocolError)
     }
@@ -73,6 +77,11 @@ public struct NATSServerConnectionMachine: Sendable {
     private var verbose = false
     private var headers = false
     private var pingsOutstanding = 0
+    /// The node the connection is registered as: the publisher of what it publishes.
+    public private(set) var publisher: Node?
+    /// The last subject published to that was valid: clients publish to few subjects, and checking
+    /// each one again was a visible part of the cost of a message.
+    private var lastValidSubject = ""
     /// Operations that arrived while credentials were being checked.
     private var deferred: [NATSOperation] = []
 
@@ -106,7 +115,9 @@ public struct NATSServerConnectionMachine: Sendable {
         return actions
     }
 
-    private mutating func operationReceived(_ operation: NATSOperation, into actions: inout [Action]) {
+    /// An operation arrived: its actions are appended to `actions` (one array for a whole read,
+    /// the operation moved in rather than copied).
+    public mutating func operationReceived(_ operation: consuming NATSOperation, into actions: inout [Action]) {
         switch state {
         case .closed:
             return
@@ -125,6 +136,7 @@ public struct NATSServerConnectionMachine: Sendable {
                 return
             }
             state = .connected(NATSConnectOptions())
+            publisher = configuration.anonymousNode
             actions.append(.register(NATSConnectOptions()))
             connectedOperation(operation, into: &actions)
         case .connected:
@@ -132,10 +144,11 @@ public struct NATSServerConnectionMachine: Sendable {
         }
     }
 
-    /// The hub accepted the credentials of CONNECT.
-    public mutating func connectAccepted() -> [Action] {
+    /// The hub accepted the credentials of CONNECT, as those of `node` (nil: the anonymous node).
+    public mutating func connectAccepted(as node: Node? = nil) -> [Action] {
         guard case .authenticating(let options) = state else { return [] }
         state = .connected(options)
+        publisher = node ?? configuration.anonymousNode
         var actions: [Action] = [.register(options)]
         if options.verbose { actions.append(.send([.ok])) }
         let waiting = deferred
@@ -150,8 +163,8 @@ public struct NATSServerConnectionMachine: Sendable {
         return fail(NATSProtocolError(.authorization))
     }
 
-    private mutating func connectedOperation(_ operation: NATSOperation, into actions: inout [Action]) {
-        switch operation {
+    private mutating func connectedOperation(_ operation: consuming NATSOperation, into actions: inout [Action]) {
+        switch consume operation {
         case .ping:
             actions.append(.send([.pong]))
             return
@@ -162,15 +175,18 @@ public struct NATSServerConnectionMachine: Sendable {
             // A second CONNECT changes nothing that matters here; nats-server accepts it.
             break
         case .publish(let subject, let replyTo, let headers, let payload):
-            if Subject.publishError(subject) != nil {
-                actions.append(.send([.error(NATSProtocolError(.invalidPublishSubject).errText)]))
-                return
+            if subject != lastValidSubject {
+                if Subject.publishError(subject) != nil {
+                    actions.append(.send([.error(NATSProtocolError(.invalidPublishSubject).errText)]))
+                    return
+                }
+                lastValidSubject = subject
             }
             if headers != nil && !self.headers {
                 actions += fail(NATSProtocolError(.parser, detail: "HPUB without headers enabled in CONNECT"))
                 return
             }
-            actions.append(.publish(subject: subject, replyTo: replyTo, headers: headers, payload: payload))
+            actions.append(.publish(publication(subject: subject, replyTo: replyTo, headers: headers, payload: payload)))
         case .subscribe(let subject, let queue, let sid):
             if Subject.filterError(subject) != nil || queue.map({ $0.isEmpty }) == true {
                 actions.append(.send([.error(NATSProtocolError(.invalidSubject).errText)]))
@@ -184,6 +200,24 @@ public struct NATSServerConnectionMachine: Sendable {
             return
         }
         if verbose { actions.append(.send([.ok])) }
+    }
+
+    /// A PUB or HPUB as the core's publication: `Content-Type` is its type, the status stays a
+    /// status, other headers are metadata (a repeated header's values joined with ", ").
+    private func publication(subject: String, replyTo: String?, headers: NATSHeaders?, payload: [UInt8]) -> PublishedMessage {
+        guard let headers else { return PublishedMessage(subject: subject, replyTo: replyTo, publisher: publisher, body: .bytes(payload)) }
+        var metadata: [String: String] = [:]
+        var type: MediaType?
+        for field in headers.fields {
+            if field.name.lowercased() == "content-type" {
+                type = MediaType(field.value)
+            } else {
+                metadata[field.name] = metadata[field.name].map { "\($0), \(field.value)" } ?? field.value
+            }
+        }
+        return PublishedMessage(
+            subject: subject, replyTo: replyTo, publisher: publisher, type: type, body: .bytes(payload), metadata: metadata,
+            status: headers.status)
     }
 
     /// The bytes could not be parsed.

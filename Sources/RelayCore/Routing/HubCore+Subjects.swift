@@ -99,7 +99,8 @@ extension HubCore {
             return 1
         }
         var delivered = 0
-        var groups: [String: [Int]] = [:]
+        // Usually none or one: a list, not a dictionary, per publication.
+        var groups: [(queue: String, members: [Int])] = []
         statistics.published += 1
         for slot in subjects.match(message.subject) {
             // Fields are read in place: copying a subscription would retain each of its strings.
@@ -107,20 +108,22 @@ extension HubCore {
             if subscriptionSlots[slot].session == session && !subscriptionSlots[slot].echo { continue }
             if let targets, !Self.node(subscriptionSlots[slot].node, isIn: targets) { continue }
             if let queue = subscriptionSlots[slot].queue {
-                groups[queue, default: []].append(slot)
+                if let group = groups.firstIndex(where: { $0.queue == queue }) {
+                    groups[group].members.append(slot)
+                } else {
+                    groups.append((queue, [slot]))
+                }
                 continue
             }
             outputs.append(deliver(message, toSlot: slot))
             delivered += 1
         }
         for (queue, members) in groups {
-            // Each group gets one copy, to its members in turn.
+            // Each group gets one copy, to its members in turn: in slot order, which stays the
+            // same while they are members, whatever subject (or wildcard) matched them.
             let turn = queueTurns[queue, default: 0]
             queueTurns[queue] = turn &+ 1
-            let ordered = members.sorted { left, right in
-                let (a, b) = (subscriptionSlots[left], subscriptionSlots[right])
-                return (a.session, a.token) < (b.session, b.token)
-            }
+            let ordered = members.count > 1 ? members.sorted() : members
             outputs.append(deliver(message, toSlot: ordered[turn % ordered.count]))
             delivered += 1
         }
