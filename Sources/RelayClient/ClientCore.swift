@@ -78,8 +78,8 @@ final class ClientCore: Sendable {
 
     /// Hands an envelope to whoever waits for it. Returns a subscription whose reader must be
     /// woken at the end of the read (deliveries of one read are taken together).
-    func deliver(_ envelope: Envelope) -> (any InboxWaking)? {
-        switch envelope {
+    func deliver(_ envelope: consuming Envelope) -> (any InboxWaking)? {
+        switch consume envelope {
         case .message(let message):
             if let token = message.header.metadata?["#subscription"], let inbox = state.withLock({ $0.subscriptions[token] }) {
                 return inbox.enqueue(message) ? inbox : nil

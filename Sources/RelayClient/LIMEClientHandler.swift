@@ -28,10 +28,8 @@ final class LIMEClientHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let batch = reader.read(unwrapInboundIn(data))
-        for envelope in batch.envelopes {
-            execute(machine.envelopeReceived(envelope), context: context)
-        }
+        var batch = reader.read(unwrapInboundIn(data))
+        batch.envelopes.drainInOrder { execute(machine.envelopeReceived($0), context: context) }
         if let reason = batch.error {
             execute(machine.invalidInputReceived(reason), context: context)
         }
@@ -67,8 +65,8 @@ final class LIMEClientHandler: ChannelInboundHandler {
         }
     }
 
-    private func execute(_ action: LIMEClientSessionMachine.Action, context: ChannelHandlerContext) {
-        switch action {
+    private func execute(_ action: consuming LIMEClientSessionMachine.Action, context: ChannelHandlerContext) {
+        switch consume action {
         case .none:
             break
         case .send(let envelope):

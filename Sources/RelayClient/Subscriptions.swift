@@ -15,8 +15,10 @@ public struct Publication: Sendable, Hashable {
     /// The publisher's metadata (Relay's own `#` keys removed).
     public var metadata: [String: String]
 
-    init(_ message: LIMEMessage) {
-        var metadata = message.header.metadata ?? [:]
+    /// The publication a delivery carries; the delivery is consumed so that its metadata is
+    /// changed in place, not copied.
+    init(_ message: consuming LIMEMessage) {
+        var metadata = message.header.metadata.take() ?? [:]
         subject = metadata.removeValue(forKey: "#subject") ?? ""
         metadata["#subscription"] = nil
         publisher = message.header.from
@@ -164,7 +166,7 @@ typealias SubscriptionInbox = BoundedInbox<Publication>
 
 extension BoundedInbox where Element == Publication {
     /// Adds a delivery; true when the reader must be woken (see `enqueue`).
-    func enqueue(_ message: LIMEMessage) -> Bool {
+    func enqueue(_ message: consuming LIMEMessage) -> Bool {
         // The hub reports what its overflow policy dropped while this subscriber lagged.
         if let count = message.header.metadata?["#dropped"].flatMap({ Int($0) }) {
             countDropped(count)

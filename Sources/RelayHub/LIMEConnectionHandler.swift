@@ -88,12 +88,15 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
-        let batch = reader.read(unwrapInboundIn(data))
+        var batch = reader.read(unwrapInboundIn(data))
         // Publications are routed together when the read cycle ends (over WebSocket each frame
         // is a read of its own here), unless the session does something else first.
         reading = true
-        for envelope in batch.envelopes where !closing {
-            feed(context: context) { $0.envelopeReceived(envelope) }
+        batch.envelopes.drainInOrder { envelope in
+            // Moved into the machine, which sets `from` in place.
+            guard !closing, machine != nil else { return }
+            let action = machine!.envelopeReceived(envelope)
+            execute(action, context: context)
         }
         if let reason = batch.error, !closing {
             logger.debug("invalid input", metadata: ["session": "\(sessionID ?? 0)", "reason": "\(reason.description)"])

@@ -97,6 +97,28 @@ let specificationExamples: [String] = [
         #expect(written["metadata"] == ["b": "true", "n": "42", "s": "x"])
     }
 
+    @Test(arguments: [
+        #"{"n":42,"b":false,"s":"x","o":{"k":[1,null]},"a":[true],"z":null}"#,
+        #"{"d":"first","d":"second","e":"gone","e":null}"#,
+        #"{}"#, "null", #""text""#, "[1]", "7",
+    ])
+    func readsMetadataFromBytesAsFromAValue(_ metadata: String) throws {
+        // The reader takes metadata straight into strings; reading the envelope as a JSON value
+        // first must give the same header, or the same error.
+        let text = #"{"type":"text/plain","content":"x","metadata":"# + metadata + "}"
+        let fromBytes = Result { () throws(Reason) in try LIMECodec.decode(Array(text.utf8)) }
+        let fromValue = Result { () throws(Reason) in try LIMECodec.decode(try! JSONParser.parse(Array(text.utf8))) }
+        #expect(fromBytes == fromValue)
+        if metadata.hasPrefix("{\"n\"") {
+            #expect(try fromBytes.get().header.metadata == ["n": "42", "b": "false", "s": "x", "o": #"{"k":[1,null]}"#, "a": "[true]"])
+        }
+        if metadata.hasPrefix("{\"d\"") { #expect(try fromBytes.get().header.metadata == ["d": "second"]) }
+        if ["null", "{}"].contains(metadata) { #expect(try fromBytes.get().header.metadata == (metadata == "{}" ? [:] : nil)) }
+        if ["[1]", "7", #""text""#].contains(metadata) {
+            #expect(throws: Reason.self) { try fromBytes.get() }
+        }
+    }
+
     @Test func readsReasonLeniently() throws {
         let asString = try LIMECodec.decode(Array(#"{"id":"1","event":"failed","reason":"it broke"}"#.utf8))
         guard case .notification(let notification) = asString else { Issue.record("not a notification"); return }

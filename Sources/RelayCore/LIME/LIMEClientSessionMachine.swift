@@ -69,7 +69,7 @@ public struct LIMEClientSessionMachine: Sendable {
     }
 
     /// An envelope arrived from the server.
-    public mutating func envelopeReceived(_ envelope: Envelope) -> Action {
+    public mutating func envelopeReceived(_ envelope: consuming Envelope) -> Action {
         switch state {
         case .idle, .finished, .failed:
             return .none

@@ -61,10 +61,14 @@ public enum LIMECodec {
         }
         let content = object["content"].map { JSONContent($0) }
         let resource = object["resource"].map { JSONContent($0) }
+        let metadata = Members.Metadata(object["metadata"])
         object["content"] = nil
         object["resource"] = nil
+        object["metadata"] = nil
         var nodes = NodeCache(capacity: 0)
-        return try decode(Members(object: object, content: content, resource: resource), nodes: &nodes)
+        var members = Members(object: object, content: content, resource: resource)
+        members.metadata = metadata
+        return try decode(members, nodes: &nodes)
     }
 
     /// An envelope's members: `content` and `resource` apart, since they may be kept as text.
@@ -74,6 +78,39 @@ public enum LIMECodec {
         var resource: JSONContent?
         /// Set when the document is valid JSON but not an object.
         var nonObject: JSONValue?
+        /// `metadata`, read straight into strings: every delivery has some, and building it as a
+        /// JSON object first, then converting it, was a good part of decoding one.
+        var metadata = Metadata.absent
+
+        enum Metadata {
+            /// Absent or null.
+            case absent
+            case strings([String: String])
+            /// Not an object: an error once the envelope is decoded.
+            case invalid
+
+            init(_ value: JSONValue?) {
+                switch value {
+                case nil, .null?: self = .absent
+                case .object(let object)?:
+                    var strings: [String: String] = [:]
+                    for member in object { if let text = Metadata.string(member.value) { strings[member.key] = text } }
+                    self = .strings(strings)
+                default: self = .invalid
+                }
+            }
+
+            /// A metadata value as text: strings as they are, other values as their JSON; null drops the key.
+            static func string(_ value: JSONValue) -> String? {
+                switch value {
+                case .string(let text): text
+                case .number(let number): number.literal
+                case .bool(let flag): flag ? "true" : "false"
+                case .null: nil
+                default: JSONWriter.string(value)
+                }
+            }
+        }
 
         init(object: JSONObject, content: JSONContent? = nil, resource: JSONContent? = nil, nonObject: JSONValue? = nil) {
             self.object = object
@@ -103,6 +140,18 @@ public enum LIMECodec {
                     try parser.skipValue(depth: 1)
                     let text = JSONContent(validatedText: Array(UnsafeBufferPointer(rebasing: buffer[start..<parser.index])))
                     if key == "content" { members.content = text } else { members.resource = text }
+                } else if key == "metadata" {
+                    guard parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: "{") else {
+                        members.metadata = Members.Metadata(try parser.parseValue(depth: 1))
+                        return
+                    }
+                    var strings: [String: String] = [:]
+                    try parser.walkObject(depth: 2) { (parser: inout JSONParser, name: String?) throws(JSONParseError) in
+                        // Parsed as `parseValue` would parse the object's members (same depth, same errors).
+                        let value = try parser.parseValue(depth: 2)
+                        strings[name!] = Members.Metadata.string(value)
+                    }
+                    members.metadata = .strings(strings)
                 } else {
                     members.object[key] = try parser.parseValue(depth: 1)
                 }
@@ -120,7 +169,7 @@ public enum LIMECodec {
             throw Reason(code: ReasonCode.validationError, description: "An envelope must be a JSON object")
         }
         let object = members.object
-        let header = try decodeHeader(object, nodes: &nodes)
+        let header = try decodeHeader(object, metadata: members.metadata, nodes: &nodes)
         if let content = members.content {
             return .message(try decodeMessage(object, content: content, header: header))
         }
@@ -348,7 +397,9 @@ public enum LIMECodec {
         return node
     }
 
-    private static func decodeHeader(_ object: JSONObject, nodes: inout NodeCache) throws(Reason) -> EnvelopeHeader {
+    private static func decodeHeader(_ object: JSONObject, metadata: Members.Metadata, nodes: inout NodeCache) throws(Reason)
+        -> EnvelopeHeader
+    {
         var header = EnvelopeHeader()
         switch object["id"] {
         case nil, .null?: break
@@ -359,21 +410,10 @@ public enum LIMECodec {
         header.from = try optionalNode(object, "from", nodes: &nodes)
         header.to = try optionalNode(object, "to", nodes: &nodes)
         header.pp = try optionalNode(object, "pp", nodes: &nodes)
-        switch object["metadata"] {
-        case nil, .null?: break
-        case .object(let members)?:
-            var metadata: [String: String] = [:]
-            for member in members {
-                switch member.value {
-                case .string(let text): metadata[member.key] = text
-                case .number(let number): metadata[member.key] = number.literal
-                case .bool(let flag): metadata[member.key] = flag ? "true" : "false"
-                case .null: continue
-                default: metadata[member.key] = JSONWriter.string(member.value)
-                }
-            }
-            header.metadata = metadata
-        default: throw invalid("metadata", "expected an object of strings")
+        switch metadata {
+        case .absent: break
+        case .strings(let strings): header.metadata = strings
+        case .invalid: throw invalid("metadata", "expected an object of strings")
         }
         return header
     }
