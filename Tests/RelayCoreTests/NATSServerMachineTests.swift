@@ -132,7 +132,10 @@ import Testing
         // Without credentials (or without CONNECT), the anonymous node publishes.
         var guest = NATSServerConnectionMachine(configuration: .init(info: [:], anonymousNode: anonymous))
         let guestActions = guest.operationReceived(.publish(subject: "a", replyTo: nil, headers: nil, payload: []))
-        #expect(guestActions == [.register(NATSConnectOptions()), .publish(PublishedMessage(subject: "a", publisher: anonymous, body: .bytes([])))])
+        #expect(
+            guestActions == [
+                .register(NATSConnectOptions()), .publish(PublishedMessage(subject: "a", publisher: anonymous, body: .bytes([]))),
+            ])
     }
 
     @Test func everyInvalidPublishSubjectIsRefusedAfterValidOnes() {
