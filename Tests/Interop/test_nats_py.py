@@ -174,6 +174,13 @@ def test_garbage_gets_err_and_others_carry_on(hub):
         too_big = raw_connection(hub)
         too_big.sendall(b"PUB x 99999999\r\n")
         assert read_until_closed(too_big) == b"-ERR 'Maximum Payload Violation'\r\n"
+        before = await nc.subscribe("before.error")
+        await nc.flush()
+        mixed = raw_connection(hub)
+        # What came before the bad operation, in the same send, is still published.
+        mixed.sendall(b"CONNECT {}\r\nPUB before.error 3\r\nyes\r\nHELLO\r\n")
+        assert read_until_closed(mixed).endswith(b"-ERR 'Unknown Protocol Operation'\r\n")
+        assert (await before.next_msg(timeout=5)).data == b"yes"
         invalid = raw_connection(hub)
         invalid.sendall(b"SUB a..b 1\r\nPING\r\n")
         assert invalid.recv(1024) == b"-ERR 'Invalid Subject'\r\nPONG\r\n"
