@@ -35,20 +35,23 @@ struct Authenticator: Sendable {
     /// Whether a client must present credentials (guest access is off).
     var requiresCredentials: Bool { !allowsGuests }
 
-    /// The identity NATS CONNECT credentials stand for, or nil when they are refused or absent.
-    /// `user` is an identity (`alice@relay.local`) or a name in the hub's domain (`alice`).
-    /// Without credentials, guests get nil and are let in when guest access is on.
-    func verifyNATS(_ options: NATSConnectOptions) -> Identity? {
-        guard let user = options.user, let password = options.password else { return nil }
-        let identity = Identity(user).flatMap { $0.name == nil ? nil : $0 } ?? Identity(name: user, domain: domain)
-        guard let hash = users[identity], hash.matches(password: Array(password.utf8)) else { return nil }
-        return identity
+    /// What NATS CONNECT options come to.
+    enum NATSVerdict: Equatable {
+        /// Valid credentials of this configured user.
+        case user(Identity)
+        /// No credentials, and guest access is on.
+        case guest
+        case refused
     }
 
-    /// Whether NATS CONNECT options may connect: valid credentials, or none while guests are allowed.
-    func acceptsNATS(_ options: NATSConnectOptions) -> Bool {
-        if verifyNATS(options) != nil { return true }
-        return allowsGuests && options.user == nil && options.token == nil
+    /// Checks NATS CONNECT credentials (once: the password hash is slow on purpose). `user` is an
+    /// identity (`alice@relay.local`) or a name in the hub's domain (`alice`).
+    func verifyNATS(_ options: NATSConnectOptions) -> NATSVerdict {
+        if let user = options.user, let password = options.password {
+            let identity = Identity(user).flatMap { $0.name == nil ? nil : $0 } ?? Identity(name: user, domain: domain)
+            if let hash = users[identity], hash.matches(password: Array(password.utf8)) { return .user(identity) }
+        }
+        return allowsGuests && options.user == nil && options.token == nil ? .guest : .refused
     }
 
     func verify(_ credentials: CredentialsPresented, fallbackName: String) -> Result<Identity, Reason> {

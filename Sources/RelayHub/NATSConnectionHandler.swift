@@ -168,10 +168,12 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             for operation in operations { NATSEncoder.encode(operation, into: &bytes) }
             outlet?.write([bytes])
         case .authenticate(let options):
-            if hub.authenticator.acceptsNATS(options) {
-                let node = hub.authenticator.verifyNATS(options).map { Node(identity: $0, instance: String(sessionID)) }
-                feed(context: context) { $0.connectAccepted(as: node) }
-            } else {
+            switch hub.authenticator.verifyNATS(options) {
+            case .user(let identity):
+                feed(context: context) { $0.connectAccepted(as: Node(identity: identity, instance: String(sessionID))) }
+            case .guest:
+                feed(context: context) { $0.connectAccepted() }
+            case .refused:
                 hub.logger.info("NATS authentication refused", metadata: ["user": "\(options.user ?? "-")"])
                 feed(context: context) { $0.connectRejected() }
             }

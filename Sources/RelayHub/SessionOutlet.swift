@@ -136,17 +136,16 @@ final class SessionOutlet: Sendable {
     /// being ended instead).
     @discardableResult
     func write(_ messages: [[UInt8]]) -> Bool {
-        write(messages.map { $0[...] })
-    }
-
-    @discardableResult
-    func write(_ messages: [ArraySlice<UInt8>]) -> Bool {
         guard !messages.isEmpty else { return true }
-        var size = 0
-        for bytes in messages { size += bytes.count }
-        guard admits(size) else { return false }
+        guard admits(messages.reduce(0) { $0 + $1.count }) else { return false }
         writer.enqueue(messages)
         return true
+    }
+
+    /// `write` for held deliveries, which are slices of their batches.
+    private func write(_ messages: [ArraySlice<UInt8>]) {
+        guard !messages.isEmpty, admits(messages.reduce(0) { $0 + $1.count }) else { return }
+        writer.enqueue(messages)
     }
 
     /// Whether `size` more bytes stay within the pending-bytes cap; past it the session is ended

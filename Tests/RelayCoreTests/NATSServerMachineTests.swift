@@ -16,8 +16,8 @@ import Testing
     }
 
     @Test func aReadsOperationsTogetherActAsOneByOne() {
-        // The handler hands the machine a read's operations at once; the actions must be those of
-        // feeding them one by one, including around CONNECT, errors and verbose +OKs.
+        // The handler collects a whole read's actions in one array; they must be those of feeding
+        // the operations one by one, including around CONNECT, errors and verbose +OKs.
         let reads: [[NATSOperation]] = [
             [.connect(["verbose": true]), .subscribe(subject: "a", queue: nil, sid: "1"), .ping],
             [
@@ -31,7 +31,9 @@ import Testing
             var batched = connected(options)
             var single = connected(options)
             for operations in reads {
-                #expect(batched.operationsReceived(operations) == operations.flatMap { single.operationReceived($0) })
+                var actions: [NATSServerConnectionMachine.Action] = []
+                for operation in operations { batched.operationReceived(operation, into: &actions) }
+                #expect(actions == operations.flatMap { single.operationReceived($0) })
                 #expect(batched.state == single.state)
             }
         }

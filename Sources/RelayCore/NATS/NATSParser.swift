@@ -57,23 +57,20 @@ public struct NATSParser: Sendable {
         _ bytes: some Sequence<UInt8>, _ body: (consuming NATSOperation) -> Void
     ) throws(NATSProtocolError) {
         // With nothing held, the read is parsed where it lies and only an incomplete tail is kept.
-        var failure: NATSProtocolError?
         if start == buffer.count,
-            bytes.withContiguousStorageIfAvailable({ (bytes: UnsafeBufferPointer<UInt8>) -> Void in
+            let parsed = bytes.withContiguousStorageIfAvailable({ bytes in
                 var reader = reader(over: bytes, from: 0)
-                do throws(NATSProtocolError) {
+                let parsed = Result { () throws(NATSProtocolError) in
                     while let operation = try reader.next() { body(operation) }
-                } catch {
-                    failure = error
                 }
                 awaiting = reader.awaiting
                 buffer.removeAll(keepingCapacity: true)
                 buffer.append(contentsOf: bytes[reader.start...])
                 start = 0
-            }) != nil
+                return parsed
+            })
         {
-            if let failure { throw failure }
-            return
+            return try parsed.get()
         }
         buffer.append(contentsOf: bytes)
         try buffer.withUnsafeBufferPointer { bytes throws(NATSProtocolError) in

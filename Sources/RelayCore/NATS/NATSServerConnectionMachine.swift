@@ -107,14 +107,6 @@ public struct NATSServerConnectionMachine: Sendable {
         return actions
     }
 
-    /// The operations of one read arrived, in order: their actions, in one array.
-    public mutating func operationsReceived(_ operations: [NATSOperation]) -> [Action] {
-        var actions: [Action] = []
-        actions.reserveCapacity(operations.count)
-        for operation in operations { operationReceived(operation, into: &actions) }
-        return actions
-    }
-
     /// An operation arrived: its actions are appended to `actions` (one array for a whole read,
     /// the operation moved in rather than copied).
     public mutating func operationReceived(_ operation: consuming NATSOperation, into actions: inout [Action]) {
