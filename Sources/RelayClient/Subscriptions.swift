@@ -10,10 +10,16 @@ public struct Publication: Sendable, Hashable {
     /// The publisher's node.
     public var publisher: Node?
     public var type: MediaType
-    /// A JSON value for JSON media types, a string otherwise.
-    public var content: JSONValue
+    /// The content as it arrived: its value is built only when asked for (`content`, `text`).
+    public var body: JSONContent
     /// The publisher's metadata (Relay's own `#` keys removed).
     public var metadata: [String: String]
+
+    /// A JSON value for JSON media types, a string otherwise.
+    public var content: JSONValue {
+        get { body.value }
+        set { body = JSONContent(newValue) }
+    }
 
     /// The publication a delivery carries; the delivery is consumed so that its metadata is
     /// changed in place, not copied.
@@ -23,13 +29,13 @@ public struct Publication: Sendable, Hashable {
         metadata["#subscription"] = nil
         publisher = message.header.from
         type = message.type
-        content = message.content
+        body = message.body
         self.metadata = metadata
     }
 
     /// The content as text: the string itself, or the JSON text of a JSON value.
     public var text: String {
-        content.stringValue ?? JSONWriter.string(content)
+        body.stringValue ?? JSONWriter.string(body.value)
     }
 }
 

@@ -27,11 +27,14 @@ package final class ChannelWriter: Sendable {
     private let unsent = Atomic<Int>(0)
 
     private struct State: @unchecked Sendable {
-        var stream: ByteBuffer
-        /// WebSocket frames, rendered where they are queued and written as one buffer.
-        var frames: [UInt8] = []
+        /// What is queued: bytes as they are, or WebSocket frames rendered where they are queued.
+        var queued: ByteBuffer
         var maskingKeys = MaskingKeys()
         var queuedBytes = 0
+        /// The size of the last drain, up to 256 KiB: the next buffer is made that large when
+        /// something is queued, so that a steady stream does not grow it from nothing (copying as
+        /// it grows) on every turn, and an idle connection holds none.
+        var lastDrainSize = 0
         var drainScheduled = false
         /// Promises completed when what was queued before them is on the wire.
         var waiters: [EventLoopPromise<Void>] = []
@@ -42,7 +45,7 @@ package final class ChannelWriter: Sendable {
     package init(channel: any Channel, framing: Framing) {
         self.channel = channel
         self.framing = framing
-        self.state = Mutex(State(stream: channel.allocator.buffer(capacity: 0)))
+        self.state = Mutex(State(queued: channel.allocator.buffer(capacity: 0)))
     }
 
     /// Bytes queued or written and not yet on the wire.
@@ -79,24 +82,20 @@ package final class ChannelWriter: Sendable {
     private func append<Messages: Collection>(_ messages: Messages) -> Int where Messages.Element: Collection<UInt8> {
         var size = 0
         let schedule = state.withLock { state -> Bool in
+            if state.queued.capacity == 0, state.lastDrainSize > 0 { state.queued.reserveCapacity(state.lastDrainSize) }
+            let before = state.queued.writerIndex
             switch framing {
             case .stream:
-                for bytes in messages {
-                    size += bytes.count
-                    state.stream.writeBytes(bytes)
-                }
+                for bytes in messages { state.queued.writeBytes(bytes) }
             case .webSocket(let masked):
-                let before = state.frames.count
                 for bytes in messages {
                     let key = masked ? state.maskingKeys.next() : nil
-                    if bytes.withContiguousStorageIfAvailable({
-                        WebSocketFrameWriter.append(.text, payload: $0, maskingKey: key, into: &state.frames)
-                    }) == nil {
-                        WebSocketFrameWriter.append(.text, payload: Array(bytes), maskingKey: key, into: &state.frames)
+                    if bytes.withContiguousStorageIfAvailable({ Self.writeFrame($0, maskingKey: key, into: &state.queued) }) == nil {
+                        Array(bytes).withUnsafeBufferPointer { Self.writeFrame($0, maskingKey: key, into: &state.queued) }
                     }
                 }
-                size = state.frames.count - before
             }
+            size = state.queued.writerIndex - before
             state.queuedBytes += size
             defer { state.drainScheduled = true }
             return !state.drainScheduled
@@ -129,12 +128,10 @@ package final class ChannelWriter: Sendable {
                 state.waiters.removeAll()
             }
             var queued: ByteBuffer?
-            if state.stream.readableBytes > 0 {
-                queued = state.stream
-                state.stream = channel.allocator.buffer(capacity: 0)
-            } else if !state.frames.isEmpty {
-                queued = channel.allocator.buffer(bytes: state.frames)
-                state.frames.removeAll(keepingCapacity: state.frames.capacity <= 1 << 20)
+            if state.queued.readableBytes > 0 {
+                state.lastDrainSize = min(state.queued.readableBytes, 256 << 10)
+                queued = state.queued
+                state.queued = channel.allocator.buffer(capacity: 0)
             }
             return (queued, state.queuedBytes, state.waiters, state.lastWrite)
         }
@@ -152,18 +149,30 @@ package final class ChannelWriter: Sendable {
         future.whenComplete { _ in self.unsent.subtract(size, ordering: .relaxed) }
         for waiter in waiters { future.cascade(to: waiter) }
     }
+
+    /// One text frame carrying `payload`, written (and masked) straight into `buffer`: the
+    /// payload is copied once.
+    private static func writeFrame(_ payload: UnsafeBufferPointer<UInt8>, maskingKey: UInt32?, into buffer: inout ByteBuffer) {
+        let size = WebSocketFrameWriter.frameSize(payloadCount: payload.count, masked: maskingKey != nil)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { output in
+            WebSocketFrameWriter.write(.text, payload: payload, maskingKey: maskingKey, to: output)
+        }
+    }
 }
 
 /// Masking keys for a client's WebSocket frames, drawn from the system's secure generator a few
-/// hundred at a time (RFC 6455 asks for unpredictable keys; one system call per frame was a
-/// visible part of a publishing client's time).
+/// thousand at a time (RFC 6455 asks for unpredictable keys; one system call per frame, or per
+/// 256 frames, was a visible part of a publishing client's time).
 struct MaskingKeys {
+    private static let batch = 4096
     private var keys: [UInt32] = []
 
     mutating func next() -> UInt32 {
         if keys.isEmpty {
-            let random = SymmetricKey(size: SymmetricKeySize(bitCount: 256 * 32))
-            keys = random.withUnsafeBytes { bytes in (0..<256).map { bytes.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self) } }
+            let random = SymmetricKey(size: SymmetricKeySize(bitCount: Self.batch * 32))
+            keys = random.withUnsafeBytes { bytes in
+                (0..<Self.batch).map { bytes.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self) }
+            }
         }
         return keys.removeLast()
     }

@@ -68,6 +68,17 @@ import Testing
         #"{"event":"nonsense"}"#,
         #"{"from":"not a node@","content":"x"}"#,
         "{\"content\":\"tab\there\"}",
+        // Member names are matched by their bytes: escaped, non-ASCII, repeated and misplaced ones.
+        #"{"\u0066rom":"a@b.c/d","c\u006Fntent":"x","typ\u0065":"text/plain"}"#,
+        #"{"fr\u00f6m":"x","fröm":"y","content":"z"}"#,
+        #"{"method":"get","uri":"/a","uri":"/b","id":"1","id":2,"from":"a@b","from":null}"#,
+        #"{"state":"authenticating","scheme":"plain","authentication":{"password":"cA=="},"encryptionOptions":["none"],"reason":"r"}"#,
+        #"{"state":"new","compression":5}"#,
+        #"{"to":5,"content":"x"}"#,
+        #"{"pp":"x@y/z","to":"caf\u00e9@x.y","content":"\u00e9l\u00e8ve"}"#,
+        #"{"event":"failed","reason":{"code":42,"description":"no"},"id":"n1"}"#,
+        #"{"method":"set","status":"SUCCESS","type":"application/json","metadata":{"k":1,"\u006b":"2"}}"#,
+        #"{"":1,"t":2,"typ":3,"types":4,"content":"x"}"#,
     ]
 
     @Test(arguments: edgeCases)

@@ -93,8 +93,8 @@ public struct JSONParser {
 
     private mutating func parseObject(depth: Int) throws(JSONParseError) -> JSONValue {
         var members: [(key: String, value: JSONValue)] = []
-        try walkObject(depth: depth) { (parser: inout JSONParser, name: String?) throws(JSONParseError) in
-            members.append((name!, try parser.parseValue(depth: depth)))
+        try walkObject(depth: depth) { (parser: inout JSONParser, name: MemberName) throws(JSONParseError) in
+            members.append((name.string, try parser.parseValue(depth: depth)))
         }
         return .object(JSONObject(members))
     }
@@ -107,11 +107,33 @@ public struct JSONParser {
         return .array(elements)
     }
 
+    /// A member's name as `walkObject` read it: the bytes where they lie when the name has no
+    /// escapes (the usual case), so that a reader looking for known names makes no string.
+    struct MemberName {
+        /// The name's UTF-8 bytes (validated), when it has no escapes.
+        fileprivate var bytes: UnsafeBufferPointer<UInt8>
+        /// The decoded name, when it has escapes.
+        fileprivate var unescaped: String?
+
+        /// The name as a string.
+        var string: String { unescaped ?? String(decoding: bytes, as: UTF8.self) }
+
+        /// Whether the name is `name`, compared byte by byte.
+        func `is`(_ name: StaticString) -> Bool {
+            if let unescaped {
+                return unescaped.utf8.elementsEqual(UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+            }
+            guard bytes.count == name.utf8CodeUnitCount else { return false }
+            for index in 0..<bytes.count where bytes[index] != name.utf8Start[index] { return false }
+            return true
+        }
+    }
+
     /// At `{`: the grammar of an object and its errors, shared by parsing, skipping and the LIME
-    /// scanner. `member` gets each member's name (nil with `readNames: false`, which only checks
+    /// scanner. `member` gets each member's name (empty with `readNames: false`, which only checks
     /// it) and the parser at the member's value, which it must read or skip.
     mutating func walkObject(
-        depth: Int, readNames: Bool = true, _ member: (inout JSONParser, String?) throws(JSONParseError) -> Void
+        depth: Int, readNames: Bool = true, _ member: (inout JSONParser, MemberName) throws(JSONParseError) -> Void
     ) throws(JSONParseError) {
         guard depth <= maximumDepth else { throw error("nesting deeper than \(maximumDepth)") }
         index += 1
@@ -123,8 +145,17 @@ public struct JSONParser {
         while true {
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a member name") }
-            var name: String?
-            if readNames { name = try parseString() } else { try skipString() }
+            var name = MemberName(bytes: UnsafeBufferPointer(start: nil, count: 0))
+            let start = index + 1
+            try skipString()
+            if readNames {
+                if bytes[start..<index - 1].contains(UInt8(ascii: "\\")) {
+                    index = start - 1
+                    name.unescaped = try parseString()
+                } else {
+                    name.bytes = UnsafeBufferPointer(rebasing: bytes[start..<index - 1])
+                }
+            }
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
@@ -199,16 +230,18 @@ public struct JSONParser {
     mutating func parseString() throws(JSONParseError) -> String {
         index += 1  // opening quote
         let start = index
-        // Fast path: no escapes.
+        // Fast path: no escapes. ASCII (every byte below 0x80, the usual case) needs no UTF-8 check.
+        var highBits: UInt8 = 0
         while index < bytes.count {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
                 let slice = UnsafeBufferPointer(rebasing: bytes[start..<index])
                 index += 1
-                return try string(slice)
+                return highBits < 0x80 ? String(decoding: slice, as: UTF8.self) : try string(slice)
             }
             if byte == UInt8(ascii: "\\") { break }
             if byte < 0x20 { throw error("control character in string") }
+            highBits |= byte
             index += 1
         }
         var scalars = Array(UnsafeBufferPointer(rebasing: bytes[start..<index]))
@@ -262,7 +295,7 @@ public struct JSONParser {
         guard index < bytes.count else { throw error("unexpected end of input") }
         switch bytes[index] {
         case UInt8(ascii: "{"):
-            try walkObject(depth: depth + 1, readNames: false) { (parser: inout JSONParser, _: String?) throws(JSONParseError) in
+            try walkObject(depth: depth + 1, readNames: false) { (parser: inout JSONParser, _: MemberName) throws(JSONParseError) in
                 try parser.skipValue(depth: depth + 1)
             }
         case UInt8(ascii: "["):
@@ -279,18 +312,20 @@ public struct JSONParser {
         index += 1  // opening quote
         var start = index
         var valid = true
+        // Every byte below 0x80 since `start`: the piece is ASCII and needs no UTF-8 check.
+        var highBits: UInt8 = 0
         while index < bytes.count {
             let byte = bytes[index]
             switch byte {
             case UInt8(ascii: "\""):
                 // A backslash never falls inside a valid multi-byte sequence, so checking the
                 // pieces between escapes is checking the whole.
-                valid = valid && UTF8Validation.isValid(UnsafeBufferPointer(rebasing: bytes[start..<index]))
+                valid = valid && (highBits < 0x80 || UTF8Validation.isValid(UnsafeBufferPointer(rebasing: bytes[start..<index])))
                 index += 1
                 guard valid else { throw error("invalid UTF-8 in string") }
                 return
             case UInt8(ascii: "\\"):
-                valid = valid && UTF8Validation.isValid(UnsafeBufferPointer(rebasing: bytes[start..<index]))
+                valid = valid && (highBits < 0x80 || UTF8Validation.isValid(UnsafeBufferPointer(rebasing: bytes[start..<index])))
                 index += 1
                 guard index < bytes.count else { throw error("unexpected end of input") }
                 let escaped = bytes[index]
@@ -305,8 +340,10 @@ public struct JSONParser {
                     throw error("invalid escape")
                 }
                 start = index
+                highBits = 0
             default:
                 if byte < 0x20 { throw error("control character in string") }
+                highBits |= byte
                 index += 1
             }
         }

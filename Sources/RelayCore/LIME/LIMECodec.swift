@@ -59,21 +59,36 @@ public enum LIMECodec {
         guard var object = value.objectValue else {
             throw Reason(code: ReasonCode.validationError, description: "An envelope must be a JSON object")
         }
-        let content = object["content"].map { JSONContent($0) }
-        let resource = object["resource"].map { JSONContent($0) }
-        let metadata = Members.Metadata(object["metadata"])
+        var members = Members()
+        members.content = object["content"].map { JSONContent($0) }
+        members.resource = object["resource"].map { JSONContent($0) }
+        members.metadata = Members.Metadata(object["metadata"])
         object["content"] = nil
         object["resource"] = nil
         object["metadata"] = nil
+        for member in object { members.set(member.key, member.value) }
         var nodes = NodeCache(capacity: 0)
-        var members = Members(object: object, content: content, resource: resource)
-        members.metadata = metadata
         return try decode(members, nodes: &nodes)
     }
 
-    /// An envelope's members: `content` and `resource` apart, since they may be kept as text.
+    /// An envelope's members. Those the decoder reads have their own slots, found by comparing
+    /// the name's bytes: no string is made for the name and no object is searched (an object's
+    /// lookups and string comparisons were a good part of decoding). `content` and `resource`
+    /// are kept as text.
     struct Members {
-        var object: JSONObject
+        var id: JSONValue?
+        var from: JSONValue?
+        var to: JSONValue?
+        var pp: JSONValue?
+        var type: JSONValue?
+        var method: JSONValue?
+        var uri: JSONValue?
+        var status: JSONValue?
+        var reason: JSONValue?
+        var event: JSONValue?
+        var state: JSONValue?
+        /// Every other member (a session's negotiation, members LIME does not define).
+        var others = JSONObject()
         var content: JSONContent?
         var resource: JSONContent?
         /// Set when the document is valid JSON but not an object.
@@ -81,6 +96,53 @@ public enum LIMECodec {
         /// `metadata`, read straight into strings: every delivery has some, and building it as a
         /// JSON object first, then converting it, was a good part of decoding one.
         var metadata = Metadata.absent
+
+        /// Puts a member in its slot; a member given twice keeps its last value.
+        mutating func set(_ name: JSONParser.MemberName, _ value: JSONValue) {
+            if name.is("type") {
+                type = value
+            } else if name.is("method") {
+                method = value
+            } else if name.is("uri") {
+                uri = value
+            } else if name.is("from") {
+                from = value
+            } else if name.is("to") {
+                to = value
+            } else if name.is("id") {
+                id = value
+            } else if name.is("status") {
+                status = value
+            } else if name.is("reason") {
+                reason = value
+            } else if name.is("event") {
+                event = value
+            } else if name.is("state") {
+                state = value
+            } else if name.is("pp") {
+                pp = value
+            } else {
+                others[name.string] = value
+            }
+        }
+
+        /// `set` for a name given as a string (an envelope built as a JSON value).
+        mutating func set(_ name: String, _ value: JSONValue) {
+            switch name {
+            case "type": type = value
+            case "method": method = value
+            case "uri": uri = value
+            case "from": from = value
+            case "to": to = value
+            case "id": id = value
+            case "status": status = value
+            case "reason": reason = value
+            case "event": event = value
+            case "state": state = value
+            case "pp": pp = value
+            default: others[name] = value
+            }
+        }
 
         enum Metadata {
             /// Absent or null.
@@ -112,48 +174,43 @@ public enum LIMECodec {
             }
         }
 
-        init(object: JSONObject, content: JSONContent? = nil, resource: JSONContent? = nil, nonObject: JSONValue? = nil) {
-            self.object = object
-            self.content = content
-            self.resource = resource
-            self.nonObject = nonObject
-        }
     }
 
-    /// Reads the top-level object of an envelope. Every member is parsed into `object` except
-    /// `content` and `resource`, which are only checked (`JSONParser.skipValue`: the same errors
-    /// as parsing) and copied. A member given twice counts once, with its last value, as in
-    /// `JSONObject`.
+    /// Reads the top-level object of an envelope. Every member is parsed into its slot (`Members`)
+    /// except `content` and `resource`, which are only checked (`JSONParser.skipValue`: the same
+    /// errors as parsing) and copied, and `metadata`, read into strings. A member given twice
+    /// counts once, with its last value, as in `JSONObject`.
     static func scan(_ buffer: UnsafeBufferPointer<UInt8>, maximumDepth: Int) -> Result<Members, JSONParseError> {
         var parser = JSONParser(bytes: buffer, maximumDepth: maximumDepth)
-        var members = Members(object: JSONObject())
+        var members = Members()
         do throws(JSONParseError) {
             parser.skipWhitespace()
             guard parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: "{") else {
                 // Not an object: parsed as any value, so the error (or the refusal) is the usual one.
-                return .success(Members(object: JSONObject(), nonObject: try JSONParser.parse(buffer, maximumDepth: maximumDepth)))
+                members.nonObject = try JSONParser.parse(buffer, maximumDepth: maximumDepth)
+                return .success(members)
             }
-            try parser.walkObject(depth: 1) { (parser: inout JSONParser, name: String?) throws(JSONParseError) in
-                let key = name!
-                if key == "content" || key == "resource" {
+            try parser.walkObject(depth: 1) { (parser: inout JSONParser, name: JSONParser.MemberName) throws(JSONParseError) in
+                let isContent = name.is("content")
+                if isContent || name.is("resource") {
                     let start = parser.index
                     try parser.skipValue(depth: 1)
                     let text = JSONContent(validatedText: Array(UnsafeBufferPointer(rebasing: buffer[start..<parser.index])))
-                    if key == "content" { members.content = text } else { members.resource = text }
-                } else if key == "metadata" {
+                    if isContent { members.content = text } else { members.resource = text }
+                } else if name.is("metadata") {
                     guard parser.index < buffer.count, buffer[parser.index] == UInt8(ascii: "{") else {
                         members.metadata = Members.Metadata(try parser.parseValue(depth: 1))
                         return
                     }
                     var strings: [String: String] = [:]
-                    try parser.walkObject(depth: 2) { (parser: inout JSONParser, name: String?) throws(JSONParseError) in
+                    try parser.walkObject(depth: 2) { (parser: inout JSONParser, name: JSONParser.MemberName) throws(JSONParseError) in
                         // Parsed as `parseValue` would parse the object's members (same depth, same errors).
                         let value = try parser.parseValue(depth: 2)
-                        strings[name!] = Members.Metadata.string(value)
+                        strings[name.string] = Members.Metadata.string(value)
                     }
                     members.metadata = .strings(strings)
                 } else {
-                    members.object[key] = try parser.parseValue(depth: 1)
+                    members.set(name, try parser.parseValue(depth: 1))
                 }
             }
             parser.skipWhitespace()
@@ -168,19 +225,18 @@ public enum LIMECodec {
         if members.nonObject != nil {
             throw Reason(code: ReasonCode.validationError, description: "An envelope must be a JSON object")
         }
-        let object = members.object
-        let header = try decodeHeader(object, metadata: members.metadata, nodes: &nodes)
+        let header = try decodeHeader(members, nodes: &nodes)
         if let content = members.content {
-            return .message(try decodeMessage(object, content: content, header: header))
+            return .message(try decodeMessage(members, content: content, header: header))
         }
-        if object["event"] != nil {
-            return .notification(try decodeNotification(object, header: header))
+        if members.event != nil {
+            return .notification(try decodeNotification(members, header: header))
         }
-        if object["method"] != nil {
-            return .command(try decodeCommand(object, resource: members.resource, header: header))
+        if members.method != nil {
+            return .command(try decodeCommand(members, header: header))
         }
-        if object["state"] != nil {
-            return .session(try decodeSession(object, header: header))
+        if members.state != nil {
+            return .session(try decodeSession(members, header: header))
         }
         throw Reason(
             code: ReasonCode.validationError,
@@ -380,16 +436,16 @@ public enum LIMECodec {
         Reason(code: ReasonCode.validationError, description: "Invalid '\(field)': \(expectation)")
     }
 
-    private static func optionalString(_ object: JSONObject, _ key: String) throws(Reason) -> String? {
-        switch object[key] {
+    private static func optionalString(_ value: JSONValue?, _ key: String) throws(Reason) -> String? {
+        switch value {
         case nil, .null?: return nil
         case .string(let text)?: return text
         default: throw invalid(key, "expected a string")
         }
     }
 
-    private static func optionalNode(_ object: JSONObject, _ key: String, nodes: inout NodeCache) throws(Reason) -> Node? {
-        guard let text = try optionalString(object, key) else { return nil }
+    private static func optionalNode(_ value: JSONValue?, _ key: String, nodes: inout NodeCache) throws(Reason) -> Node? {
+        guard let text = try optionalString(value, key) else { return nil }
         guard let node = nodes.node(text) else {
             throw Reason(
                 code: ReasonCode.validationInvalidIdentity, description: "Invalid '\(key)': '\(text)' is not a node (name@domain/instance)")
@@ -397,20 +453,18 @@ public enum LIMECodec {
         return node
     }
 
-    private static func decodeHeader(_ object: JSONObject, metadata: Members.Metadata, nodes: inout NodeCache) throws(Reason)
-        -> EnvelopeHeader
-    {
+    private static func decodeHeader(_ members: Members, nodes: inout NodeCache) throws(Reason) -> EnvelopeHeader {
         var header = EnvelopeHeader()
-        switch object["id"] {
+        switch members.id {
         case nil, .null?: break
         case .string(let id)?: header.id = id
         case .number(let number)?: header.id = number.literal
         default: throw invalid("id", "expected a string")
         }
-        header.from = try optionalNode(object, "from", nodes: &nodes)
-        header.to = try optionalNode(object, "to", nodes: &nodes)
-        header.pp = try optionalNode(object, "pp", nodes: &nodes)
-        switch metadata {
+        header.from = try optionalNode(members.from, "from", nodes: &nodes)
+        header.to = try optionalNode(members.to, "to", nodes: &nodes)
+        header.pp = try optionalNode(members.pp, "pp", nodes: &nodes)
+        switch members.metadata {
         case .absent: break
         case .strings(let strings): header.metadata = strings
         case .invalid: throw invalid("metadata", "expected an object of strings")
@@ -431,9 +485,9 @@ public enum LIMECodec {
         }
     }
 
-    private static func decodeMessage(_ object: JSONObject, content: JSONContent, header: EnvelopeHeader) throws(Reason) -> LIMEMessage {
+    private static func decodeMessage(_ members: Members, content: JSONContent, header: EnvelopeHeader) throws(Reason) -> LIMEMessage {
         let type: MediaType
-        if let text = try optionalString(object, "type") {
+        if let text = try optionalString(members.type, "type") {
             type = MediaType(text)
         } else {
             // LIME requires a type; infer the obvious one rather than refuse a usable message.
@@ -442,33 +496,32 @@ public enum LIMECodec {
         return LIMEMessage(header: header, type: type, body: content)
     }
 
-    private static func decodeNotification(_ object: JSONObject, header: EnvelopeHeader) throws(Reason) -> LIMENotification {
-        guard let text = object["event"]?.stringValue, let event = NotificationEvent(rawValue: text.lowercased()) else {
+    private static func decodeNotification(_ members: Members, header: EnvelopeHeader) throws(Reason) -> LIMENotification {
+        guard let text = members.event?.stringValue, let event = NotificationEvent(rawValue: text.lowercased()) else {
             throw invalid("event", "expected one of \(NotificationEvent.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        return LIMENotification(header: header, event: event, reason: try decodeReason(object["reason"]))
+        return LIMENotification(header: header, event: event, reason: try decodeReason(members.reason))
     }
 
-    private static func decodeCommand(_ object: JSONObject, resource: JSONContent?, header: EnvelopeHeader) throws(Reason)
-        -> LIMECommand
-    {
-        guard let text = object["method"]?.stringValue, let method = CommandMethod(rawValue: text.lowercased()) else {
+    private static func decodeCommand(_ members: Members, header: EnvelopeHeader) throws(Reason) -> LIMECommand {
+        guard let text = members.method?.stringValue, let method = CommandMethod(rawValue: text.lowercased()) else {
             throw Reason(
                 code: ReasonCode.validationInvalidMethod,
                 description: "Invalid 'method': expected one of \(CommandMethod.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         var status: CommandStatus?
-        if let text = try optionalString(object, "status") {
+        if let text = try optionalString(members.status, "status") {
             guard let value = CommandStatus(rawValue: text.lowercased()) else {
                 throw Reason(code: ReasonCode.validationInvalidStatus, description: "Invalid 'status': expected success or failure")
             }
             status = value
         }
+        let resource = members.resource
         return LIMECommand(
-            header: header, method: method, uri: try optionalString(object, "uri"),
-            type: try optionalString(object, "type").map { MediaType($0) }, resourceBody: resource?.isNull == true ? nil : resource,
+            header: header, method: method, uri: try optionalString(members.uri, "uri"),
+            type: try optionalString(members.type, "type").map { MediaType($0) }, resourceBody: resource?.isNull == true ? nil : resource,
             status: status,
-            reason: try decodeReason(object["reason"]))
+            reason: try decodeReason(members.reason))
     }
 
     private static func optionalStrings(_ object: JSONObject, _ key: String) throws(Reason) -> [String]? {
@@ -485,18 +538,19 @@ public enum LIMECodec {
         }
     }
 
-    private static func decodeSession(_ object: JSONObject, header: EnvelopeHeader) throws(Reason) -> LIMESession {
-        guard let text = object["state"]?.stringValue, let state = SessionState(rawValue: text.lowercased()) else {
+    private static func decodeSession(_ members: Members, header: EnvelopeHeader) throws(Reason) -> LIMESession {
+        guard let text = members.state?.stringValue, let state = SessionState(rawValue: text.lowercased()) else {
             throw invalid("state", "expected one of \(SessionState.allCases.map(\.rawValue).joined(separator: ", "))")
         }
+        let object = members.others
         var authentication = object["authentication"]
         if authentication == .null { authentication = nil }
         return LIMESession(
             header: header, state: state, encryptionOptions: try optionalStrings(object, "encryptionOptions"),
-            encryption: try optionalString(object, "encryption"),
+            encryption: try optionalString(object["encryption"], "encryption"),
             compressionOptions: try optionalStrings(object, "compressionOptions"),
-            compression: try optionalString(object, "compression"), scheme: try optionalString(object, "scheme"),
+            compression: try optionalString(object["compression"], "compression"), scheme: try optionalString(object["scheme"], "scheme"),
             schemeOptions: try optionalStrings(object, "schemeOptions"), authentication: authentication,
-            reason: try decodeReason(object["reason"]))
+            reason: try decodeReason(members.reason))
     }
 }

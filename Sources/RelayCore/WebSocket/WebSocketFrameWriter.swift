@@ -3,36 +3,57 @@ public enum WebSocketFrameWriter {
     /// The largest frame header: two bytes, a 64-bit length and a masking key.
     public static let maximumHeaderSize = 14
 
-    /// Appends one frame carrying `payload` to `output`. `maskingKey`, when given (a client must
-    /// mask every frame), is four bytes taken in memory order.
+    /// The size of the frame carrying `payloadCount` bytes, masked or not.
+    public static func frameSize(payloadCount: Int, masked: Bool) -> Int {
+        let length = payloadCount < 126 ? 0 : payloadCount <= 0xFFFF ? 2 : 8
+        return 2 + length + (masked ? 4 : 0) + payloadCount
+    }
+
+    /// Writes one frame carrying `payload` at the start of `output`, which must hold
+    /// `frameSize(payloadCount:masked:)` bytes; returns that size. `maskingKey`, when given (a
+    /// client must mask every frame), is four bytes taken in memory order. The payload is copied
+    /// once, and masked where it lands.
+    public static func write(
+        _ opcode: WebSocketOpcode, payload: UnsafeBufferPointer<UInt8>, maskingKey: UInt32? = nil, to output: UnsafeMutableRawBufferPointer
+    ) -> Int {
+        let length = payload.count
+        var index = 0
+        func put(_ byte: UInt8) {
+            output[index] = byte
+            index += 1
+        }
+        put(0x80 | opcode.rawValue)
+        let maskBit: UInt8 = maskingKey == nil ? 0 : 0x80
+        if length < 126 {
+            put(maskBit | UInt8(length))
+        } else if length <= 0xFFFF {
+            put(maskBit | 126)
+            put(UInt8(length >> 8))
+            put(UInt8(length & 0xFF))
+        } else {
+            put(maskBit | 127)
+            for shift in stride(from: 56, through: 0, by: -8) { put(UInt8((UInt64(length) >> UInt64(shift)) & 0xFF)) }
+        }
+        if var key = maskingKey {
+            withUnsafeBytes(of: &key) { for byte in $0 { put(byte) } }
+        }
+        let body = UnsafeMutableRawBufferPointer(rebasing: output[index..<index + length]).bindMemory(to: UInt8.self)
+        if let base = payload.baseAddress, length > 0 { body.baseAddress!.update(from: base, count: length) }
+        if var key = maskingKey {
+            withUnsafeBytes(of: &key) { WebSocketFrameParser.applyMask(body, key: $0.assumingMemoryBound(to: UInt8.self)) }
+        }
+        return index + length
+    }
+
+    /// Appends one frame carrying `payload` to `output` (see `write`).
     public static func append(
         _ opcode: WebSocketOpcode, payload: UnsafeBufferPointer<UInt8>, maskingKey: UInt32? = nil, into output: inout [UInt8]
     ) {
-        let length = payload.count
-        output.append(0x80 | opcode.rawValue)
-        let maskBit: UInt8 = maskingKey == nil ? 0 : 0x80
-        if length < 126 {
-            output.append(maskBit | UInt8(length))
-        } else if length <= 0xFFFF {
-            output.append(maskBit | 126)
-            output.append(UInt8(length >> 8))
-            output.append(UInt8(length & 0xFF))
-        } else {
-            output.append(maskBit | 127)
-            for shift in stride(from: 56, through: 0, by: -8) { output.append(UInt8((UInt64(length) >> UInt64(shift)) & 0xFF)) }
-        }
-        guard var key = maskingKey else {
-            output.append(contentsOf: payload)
-            return
-        }
-        withUnsafeBytes(of: &key) { output.append(contentsOf: $0) }
+        let size = frameSize(payloadCount: payload.count, masked: maskingKey != nil)
         let start = output.count
-        output.append(contentsOf: payload)
-        output.withUnsafeMutableBufferPointer { all in
-            withUnsafeBytes(of: &key) { keyBytes in
-                WebSocketFrameParser.applyMask(
-                    UnsafeMutableBufferPointer(rebasing: all[start...]), key: keyBytes.assumingMemoryBound(to: UInt8.self))
-            }
+        output.append(contentsOf: repeatElement(0, count: size))
+        output.withUnsafeMutableBytes { all in
+            _ = write(opcode, payload: payload, maskingKey: maskingKey, to: UnsafeMutableRawBufferPointer(rebasing: all[start...]))
         }
     }
 
