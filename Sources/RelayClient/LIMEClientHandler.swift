@@ -28,9 +28,8 @@ final class LIMEClientHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var batch = reader.read(unwrapInboundIn(data))
-        batch.envelopes.drainInOrder { execute(machine.envelopeReceived($0), context: context) }
-        if let reason = batch.error {
+        let error = reader.read(unwrapInboundIn(data)) { execute(machine.envelopeReceived($0), context: context) }
+        if let reason = error {
             execute(machine.invalidInputReceived(reason), context: context)
         }
     }

@@ -151,8 +151,16 @@ public final class Hub: Sendable {
     }
 
     /// Hands envelopes of an established session (those of one read, in order) to the core and carries out what it says.
-    func route(_ envelopes: [Envelope], from sender: SessionID) {
-        perform { core in envelopes.flatMap { core.envelopeReceived($0, from: sender) } }
+    /// Routes what a session sent, emptying `envelopes` (moved into the core, not copied).
+    func route(_ envelopes: inout [Envelope], from sender: SessionID) {
+        perform { core in
+            var outputs: [HubCore.Output] = []
+            envelopes.drainInOrder { envelope in
+                let more = core.envelopeReceived(envelope, from: sender)
+                if outputs.isEmpty { outputs = more } else { outputs += more }
+            }
+            return outputs
+        }
     }
 
     /// Carries out the core's outputs: writes (outside the lock) and timers.

@@ -88,17 +88,16 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
-        var batch = reader.read(unwrapInboundIn(data))
         // Publications are routed together when the read cycle ends (over WebSocket each frame
         // is a read of its own here), unless the session does something else first.
         reading = true
-        batch.envelopes.drainInOrder { envelope in
+        let error = reader.read(unwrapInboundIn(data)) { envelope in
             // Moved into the machine, which sets `from` in place.
             guard !closing, machine != nil else { return }
             let action = machine!.envelopeReceived(envelope)
             execute(action, context: context)
         }
-        if let reason = batch.error, !closing {
+        if let reason = error, !closing {
             logger.debug("invalid input", metadata: ["session": "\(sessionID ?? 0)", "reason": "\(reason.description)"])
             feed(context: context) { $0.invalidInputReceived(reason) }
         }
@@ -162,8 +161,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
 
     private func routePending() {
         guard !routed.isEmpty, let sessionID else { return }
-        hub.route(routed, from: sessionID)
-        routed.removeAll(keepingCapacity: true)
+        hub.route(&routed, from: sessionID)
     }
 
     private func execute(_ action: consuming LIMEServerSessionMachine.Action, context: ChannelHandlerContext) {

@@ -1,7 +1,12 @@
-import Crypto
 import NIOCore
 import RelayCore
 import Synchronization
+
+#if canImport(Darwin)
+    import Darwin
+#else
+    import Glibc
+#endif
 
 /// Coalesces writes to one channel, from any thread, into one flush per turn of its event loop.
 ///
@@ -161,19 +166,37 @@ package final class ChannelWriter: Sendable {
 }
 
 /// Masking keys for a client's WebSocket frames, drawn from the system's secure generator a few
-/// thousand at a time (RFC 6455 asks for unpredictable keys; one system call per frame, or per
-/// 256 frames, was a visible part of a publishing client's time).
+/// thousand at a time, in one call (RFC 6455 asks for unpredictable keys; a system call per
+/// frame, or per eight bytes as `SymmetricKey` draws them, was a visible part of a publishing
+/// client's time).
 struct MaskingKeys {
     private static let batch = 4096
     private var keys: [UInt32] = []
 
     mutating func next() -> UInt32 {
         if keys.isEmpty {
-            let random = SymmetricKey(size: SymmetricKeySize(bitCount: Self.batch * 32))
-            keys = random.withUnsafeBytes { bytes in
-                (0..<Self.batch).map { bytes.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self) }
-            }
+            keys = [UInt32](repeating: 0, count: Self.batch)
+            keys.withUnsafeMutableBytes { Self.fillRandom($0) }
         }
         return keys.removeLast()
+    }
+
+    private static func fillRandom(_ buffer: UnsafeMutableRawBufferPointer) {
+        #if canImport(Darwin)
+            arc4random_buf(buffer.baseAddress!, buffer.count)
+        #else
+            // getentropy gives at most 256 bytes a call: 64 calls for the whole batch.
+            var filled = 0
+            while filled < buffer.count {
+                let count = min(256, buffer.count - filled)
+                if getentropy(buffer.baseAddress! + filled, count) != 0 {
+                    // No kernel generator (it has been in Linux since 3.17): fall back to the standard one.
+                    var generator = SystemRandomNumberGenerator()
+                    for index in filled..<buffer.count { buffer[index] = generator.next() }
+                    return
+                }
+                filled += count
+            }
+        #endif
     }
 }

@@ -29,32 +29,41 @@ package struct LIMEEnvelopeReader {
         self.maximumDepth = maximumDepth
     }
 
-    package mutating func read(_ buffer: ByteBuffer) -> Batch {
-        var batch = Batch()
+    /// Decodes the envelopes in `buffer`, handing each to `body` as it is read (moved, not
+    /// collected: over WebSocket a buffer is one envelope, and an array for it cost an allocation
+    /// per message). Returns the error that stopped reading, if any; what was read before it has
+    /// been handed over.
+    package mutating func read(_ buffer: ByteBuffer, _ body: (consuming Envelope) -> Void) -> Reason? {
         guard var framer else {
-            guard buffer.readableBytes <= maximumEnvelopeSize else {
-                batch.error = tooLarge
-                return batch
-            }
-            decode(buffer.readableBytesView, into: &batch)
-            return batch
+            guard buffer.readableBytes <= maximumEnvelopeSize else { return tooLarge }
+            return decode(buffer.readableBytesView, body)
         }
         do {
             let pieces = try framer.bytesReceived(buffer.readableBytesView)
             self.framer = framer
-            for piece in pieces where batch.error == nil { decode(piece, into: &batch) }
+            for piece in pieces {
+                if let error = decode(piece, body) { return error }
+            }
+            return nil
         } catch {
             self.framer = framer
-            batch.error = tooLarge
+            return tooLarge
         }
+    }
+
+    /// `read`, collected into a batch.
+    package mutating func read(_ buffer: ByteBuffer) -> Batch {
+        var batch = Batch()
+        batch.error = read(buffer) { batch.envelopes.append($0) }
         return batch
     }
 
-    private mutating func decode(_ bytes: some Collection<UInt8>, into batch: inout Batch) {
+    private mutating func decode(_ bytes: some Collection<UInt8>, _ body: (consuming Envelope) -> Void) -> Reason? {
         do {
-            batch.envelopes.append(try LIMECodec.decode(bytes, maximumDepth: maximumDepth, nodes: &nodes))
+            body(try LIMECodec.decode(bytes, maximumDepth: maximumDepth, nodes: &nodes))
+            return nil
         } catch {
-            batch.error = error
+            return error
         }
     }
 

@@ -262,29 +262,43 @@ public struct HubCore: Sendable {
     // MARK: - Envelopes
 
     /// Handles an envelope of an established session (its `from` already set to the session's node).
-    public mutating func envelopeReceived(_ envelope: Envelope, from session: SessionID) -> [Output] {
-        if case .command(let command) = envelope {
-            if command.isResponse, let id = command.header.id, let (queue, delivery) = Self.parseQueueDeliveryID(id), queues[queue] != nil {
-                return durableResponse(command, queue: queue, delivery: delivery, from: session)
-            }
-            if command.isResponse, let id = command.header.id.flatMap(Self.requestID) {
-                if inFlight[id]?.instance == session { return responseReceived(command, request: id) }
-                if endedRequests[id] == session {
-                    statistics.lateResponses += 1
-                    return []
-                }
-            }
-            if !command.isResponse, isHub(command.header.to), let uri = command.uri,
-                let outputs = hubCommand(command, uri: uri, from: session)
-            {
-                return outputs
+    ///
+    /// The envelope is consumed: a publication's command is moved into the core's routing rather
+    /// than copied out of the enum (a retain and a release per field, per message).
+    public mutating func envelopeReceived(_ envelope: consuming Envelope, from session: SessionID) -> [Output] {
+        switch consume envelope {
+        case .command(let command):
+            if let outputs = commandReceived(command, from: session) { return outputs }
+            return route(.command(command), from: session)
+        case .notification(let notification):
+            if isHub(notification.header.to), let outputs = queueAnswer(notification, from: session) { return outputs }
+            return route(.notification(notification), from: session)
+        case let other:
+            return route(other, from: session)
+        }
+    }
+
+    /// A command for the hub itself (a publication, a subscription, a queue's or a service's
+    /// answer), or nil when the node router routes it.
+    private mutating func commandReceived(_ command: LIMECommand, from session: SessionID) -> [Output]? {
+        if command.isResponse, let id = command.header.id, let (queue, delivery) = Self.parseQueueDeliveryID(id), queues[queue] != nil {
+            return durableResponse(command, queue: queue, delivery: delivery, from: session)
+        }
+        if command.isResponse, let id = command.header.id.flatMap(Self.requestID) {
+            if inFlight[id]?.instance == session { return responseReceived(command, request: id) }
+            if endedRequests[id] == session {
+                statistics.lateResponses += 1
+                return []
             }
         }
-        if case .notification(let notification) = envelope, isHub(notification.header.to),
-            let outputs = queueAnswer(notification, from: session)
-        {
-            return outputs
+        if !command.isResponse, isHub(command.header.to), let uri = command.uri {
+            return hubCommand(command, uri: uri, from: session)
         }
+        return nil
+    }
+
+    /// Routes an envelope between nodes.
+    private mutating func route(_ envelope: Envelope, from session: SessionID) -> [Output] {
         let routing = router.route(envelope, from: session)
         var outputs: [Output] = []
         if let delivery = routing.delivery {
