@@ -485,6 +485,12 @@ public enum LIMECodec {
         }
     }
 
+    /// A case of a LIME enumeration, whatever the case of its letters. Read as it is first: it is
+    /// almost always lowercase already, and lowercasing makes a string.
+    private static func caseInsensitive<Value: RawRepresentable<String>>(_: Value.Type, _ text: String) -> Value? {
+        Value(rawValue: text) ?? Value(rawValue: text.lowercased())
+    }
+
     private static func decodeMessage(_ members: Members, content: JSONContent, header: EnvelopeHeader) throws(Reason) -> LIMEMessage {
         let type: MediaType
         if let text = try optionalString(members.type, "type") {
@@ -497,21 +503,21 @@ public enum LIMECodec {
     }
 
     private static func decodeNotification(_ members: Members, header: EnvelopeHeader) throws(Reason) -> LIMENotification {
-        guard let text = members.event?.stringValue, let event = NotificationEvent(rawValue: text.lowercased()) else {
+        guard let text = members.event?.stringValue, let event = caseInsensitive(NotificationEvent.self, text) else {
             throw invalid("event", "expected one of \(NotificationEvent.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         return LIMENotification(header: header, event: event, reason: try decodeReason(members.reason))
     }
 
     private static func decodeCommand(_ members: Members, header: EnvelopeHeader) throws(Reason) -> LIMECommand {
-        guard let text = members.method?.stringValue, let method = CommandMethod(rawValue: text.lowercased()) else {
+        guard let text = members.method?.stringValue, let method = caseInsensitive(CommandMethod.self, text) else {
             throw Reason(
                 code: ReasonCode.validationInvalidMethod,
                 description: "Invalid 'method': expected one of \(CommandMethod.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         var status: CommandStatus?
         if let text = try optionalString(members.status, "status") {
-            guard let value = CommandStatus(rawValue: text.lowercased()) else {
+            guard let value = caseInsensitive(CommandStatus.self, text) else {
                 throw Reason(code: ReasonCode.validationInvalidStatus, description: "Invalid 'status': expected success or failure")
             }
             status = value
@@ -539,7 +545,7 @@ public enum LIMECodec {
     }
 
     private static func decodeSession(_ members: Members, header: EnvelopeHeader) throws(Reason) -> LIMESession {
-        guard let text = members.state?.stringValue, let state = SessionState(rawValue: text.lowercased()) else {
+        guard let text = members.state?.stringValue, let state = caseInsensitive(SessionState.self, text) else {
             throw invalid("state", "expected one of \(SessionState.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         let object = members.others
