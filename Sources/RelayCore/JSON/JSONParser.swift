@@ -115,6 +115,9 @@ public struct JSONParser {
         /// The decoded name, when it has escapes.
         fileprivate var unescaped: String?
 
+        /// A name given by its bytes, which must be valid UTF-8 without escapes.
+        init(bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
+
         /// The name as a string.
         var string: String { unescaped ?? String(decoding: bytes, as: UTF8.self) }
 

@@ -128,20 +128,8 @@ public enum LIMECodec {
 
         /// `set` for a name given as a string (an envelope built as a JSON value).
         mutating func set(_ name: String, _ value: JSONValue) {
-            switch name {
-            case "type": type = value
-            case "method": method = value
-            case "uri": uri = value
-            case "from": from = value
-            case "to": to = value
-            case "id": id = value
-            case "status": status = value
-            case "reason": reason = value
-            case "event": event = value
-            case "state": state = value
-            case "pp": pp = value
-            default: others[name] = value
-            }
+            var name = name
+            name.withUTF8 { set(JSONParser.MemberName(bytes: $0), value) }
         }
 
         enum Metadata {
