@@ -88,12 +88,14 @@ final class SessionOutlet: Sendable {
     /// Writes (or holds) a batch's writes in order. Returns how many deliveries were dropped, or
     /// nil when the session is being ended as a slow consumer.
     func send(_ batch: OutletBatch) -> Int? {
-        var direct = false
+        var refused = false
         var dropped = 0
         var overflowed = false
         held.withLock { state in
             if state.writable && state.items.isEmpty {
-                direct = true
+                // Queued under the lock: what `writabilityChanged` releases is queued under it
+                // too, so a later delivery cannot overtake held ones.
+                if admits(batch.bytes.count) { writer.enqueue(batch.bytes, ends: batch.entries.map(\.end)) } else { refused = true }
                 return
             }
             for item in batch.items {
@@ -125,11 +127,7 @@ final class SessionOutlet: Sendable {
             slowConsumer()
             return nil
         }
-        if direct {
-            guard admits(batch.bytes.count) else { return nil }
-            writer.enqueue(batch.bytes, ends: batch.entries.map(\.end))
-        }
-        return dropped
+        return refused ? nil : dropped
     }
 
     /// Hands messages to the writer; false when the byte cap would be passed (the session is
@@ -174,22 +172,23 @@ final class SessionOutlet: Sendable {
     /// The connection's writability changed (called on its event loop): when it can take more,
     /// what was held goes out, followed by a report of what was dropped.
     func writabilityChanged(_ writable: Bool) {
-        let (items, reports) = held.withLock { state -> ([OutletItem], [String: Int]) in
+        held.withLock { state in
             state.writable = writable
-            guard writable else { return ([], [:]) }
-            defer {
-                state.items.removeAll()
-                state.perToken.removeAll()
-                state.bytes = 0
-                state.unreported.removeAll()
+            guard writable else { return }
+            // Queued before the lock is released: a delivery sent meanwhile finds nothing held
+            // and goes straight to the writer, so it must not get there first.
+            var messages = state.items.map(\.bytes)
+            if let dropReport {
+                for token in state.unreported.keys.sorted() {
+                    if let report = dropReport(token, state.unreported[token]!) { messages.append(report[...]) }
+                }
             }
-            return (state.items, state.unreported)
+            write(messages)
+            state.items.removeAll()
+            state.perToken.removeAll()
+            state.bytes = 0
+            state.unreported.removeAll()
         }
-        var messages = items.map(\.bytes)
-        if let dropReport {
-            for token in reports.keys.sorted() { if let report = dropReport(token, reports[token]!) { messages.append(report[...]) } }
-        }
-        write(messages)
     }
 
     private func slowConsumer() {

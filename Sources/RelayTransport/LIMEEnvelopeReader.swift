@@ -11,12 +11,6 @@ package struct LIMEEnvelopeReader {
         case messages
     }
 
-    /// The envelopes read from one buffer, and the error that stopped reading, if any.
-    package struct Batch {
-        package var envelopes: [Envelope] = []
-        package var error: Reason?
-    }
-
     private var framer: LIMEStreamFramer?
     private let maximumEnvelopeSize: Int
     private let maximumDepth: Int
@@ -49,13 +43,6 @@ package struct LIMEEnvelopeReader {
             self.framer = framer
             return tooLarge
         }
-    }
-
-    /// `read`, collected into a batch.
-    package mutating func read(_ buffer: ByteBuffer) -> Batch {
-        var batch = Batch()
-        batch.error = read(buffer) { batch.envelopes.append($0) }
-        return batch
     }
 
     private mutating func decode(_ bytes: some Collection<UInt8>, _ body: (consuming Envelope) -> Void) -> Reason? {

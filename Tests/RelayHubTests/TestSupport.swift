@@ -169,7 +169,8 @@ private final class CollectingHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        for envelope in reader.read(unwrapInboundIn(data)).envelopes { input.yield(envelope) }
+        // A decoding error would show in the test as an envelope that never arrives.
+        _ = reader.read(unwrapInboundIn(data)) { input.yield($0) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
