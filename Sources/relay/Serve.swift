@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import NIOPosix
 import RelayHub
 import RelayTransport
 import ServiceLifecycle
@@ -23,6 +24,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("config"), help: "A JSON configuration file (see the README).")
     var configFile: String?
 
+    @Option(name: .customLong("threads"), help: "Event-loop threads serving connections (default: one per core).")
+    var threads: Int?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -39,7 +43,9 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "relay")
-        let server = try HubServer(configuration: configuration, logger: logger)
+        if let threads, threads < 1 { throw ValidationError("--threads expects a positive number, got \(threads)") }
+        let loops = threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) } ?? .singleton
+        let server = try HubServer(configuration: configuration, group: loops, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: HubService(server: server))], gracefulShutdownSignals: [.sigterm, .sigint],
