@@ -187,7 +187,11 @@ public final class Hub: Sendable {
     private func resolve(_ outputs: [HubCore.Output], in state: inout State) -> Resolved {
         var resolved = Resolved()
         var batchIndex: [ObjectIdentifier: Int] = [:]
-        func add(_ outlet: SessionOutlet, token: String? = nil, limit: DeliveryLimit? = nil, _ render: (inout [UInt8]) -> Void) {
+        /// Adds a write to the outlet's batch; returns where it landed (batch, bytes).
+        @discardableResult
+        func add(
+            _ outlet: SessionOutlet, token: String? = nil, limit: DeliveryLimit? = nil, _ render: (inout [UInt8]) -> Void
+        ) -> (batch: Int, bytes: Range<Int>) {
             let index: Int
             if let last = resolved.batches.indices.last, resolved.batches[last].outlet === outlet {
                 index = last
@@ -196,19 +200,46 @@ public final class Hub: Sendable {
             } else {
                 index = resolved.batches.count
                 batchIndex[ObjectIdentifier(outlet)] = index
-                resolved.batches.append((outlet, OutletBatch()))
+                resolved.batches.append((outlet, OutletBatch(capacity: outlet.batchCapacity)))
             }
+            let start = resolved.batches[index].batch.bytes.count
             resolved.batches[index].batch.append(token: token, limit: limit, render)
+            return (index, start..<resolved.batches[index].batch.bytes.count)
         }
+        // A NATS message fanned out to several connections is rendered once and copied: the MSG
+        // is the same for each when their sids are (clients number their subscriptions from 1).
+        // (Kept as separate variables: checking an optional tuple copied it, retaining its fields.)
+        var lastMessage: PublishedMessage?
+        var lastSID = ""
+        var lastHeaders = false
+        var lastRendered = (batch: -1, bytes: 0..<0)
+        // Deliveries come in runs to one session (a read's publications to one subscriber): its
+        // lookup is kept for the next.
+        var lastID: SessionID = 0
+        var lastSession: OpenSession?
         for output in outputs {
             switch output {
             case .send(let session, let envelope):
                 if let outlet = state.sessions[session]?.outlet { add(outlet) { $0 += LIMECodec.encode(envelope) } }
             case .deliver(let session, let token, let message, let limit):
-                guard let recipient = state.sessions[session] else { continue }
+                if lastID != session || lastSession == nil {
+                    lastID = session
+                    lastSession = state.sessions[session]
+                }
+                guard let recipient = lastSession else { continue }
                 if let headers = recipient.natsHeaders {
-                    add(recipient.outlet, token: token, limit: limit) {
-                        NATSEncoder.encodeMessage(message, sid: token, headersEnabled: headers, into: &$0)
+                    if lastMessage?.isSame(as: message) == true, lastSID == token, lastHeaders == headers,
+                        resolved.batches[lastRendered.batch].outlet !== recipient.outlet
+                    {
+                        let bytes = resolved.batches[lastRendered.batch].batch.bytes[lastRendered.bytes]
+                        add(recipient.outlet, token: token, limit: limit) { $0 += bytes }
+                    } else {
+                        lastRendered = add(recipient.outlet, token: token, limit: limit) {
+                            NATSEncoder.encodeMessage(message, sid: token, headersEnabled: headers, into: &$0)
+                        }
+                        lastMessage = message
+                        lastSID = token
+                        lastHeaders = headers
                     }
                 } else {
                     add(recipient.outlet, token: token, limit: limit) {
@@ -234,6 +265,7 @@ public final class Hub: Sendable {
     private func dispatch(_ resolved: Resolved) {
         var dropped = 0
         for (outlet, batch) in resolved.batches {
+            outlet.batchCapacity = batch.bytes.count
             switch outlet.send(batch) {
             case nil: noteSlowConsumer()
             case let count?: dropped += count
@@ -373,6 +405,7 @@ public final class Hub: Sendable {
     func natsPublish(_ messages: [PublishedMessage], from id: SessionID, noResponders: Bool) {
         perform { core in
             var outputs: [HubCore.Output] = []
+            outputs.reserveCapacity(messages.count)
             for message in messages { core.publish(message, from: id, noResponders: noResponders, jetStream: true, into: &outputs) }
             return outputs
         }

@@ -53,9 +53,9 @@ final class NATSConnectionHandler: ChannelInboundHandler {
                 info: info, authRequired: hub.authenticator.requiresCredentials,
                 maximumPingsOutstanding: configuration.natsOptions.maxPingsOutstanding,
                 anonymousNode: Node(identity: Identity(name: "nats-\(id)", domain: configuration.domain), instance: String(id))))
-        let actions = machine.connected()
+        var actions = machine.connected()
         self.machine = machine
-        execute(actions, context: context)
+        execute(&actions, context: context)
         schedulePing(context: context)
         context.fireChannelActive()
     }
@@ -89,9 +89,9 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             // Each operation moves from the parser into the machine; their actions are carried
             // out together once the read is parsed.
             try parser.bytesReceived(buffer.readableBytesView) { machine!.operationReceived($0, into: &actions) }
-            execute(actions, context: context)
+            execute(&actions, context: context)
         } catch {
-            execute(actions, context: context)
+            execute(&actions, context: context)
             hub.logger.debug("NATS protocol error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
             feed(context: context) { $0.protocolErrorOccurred(error) }
         }
@@ -142,13 +142,15 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     {
         // Changed in place: a copy would share the machine's buffers and copy them on change.
         guard machine != nil else { return }
-        let actions = event(&machine!)
-        execute(actions, context: context)
+        var actions = event(&machine!)
+        execute(&actions, context: context)
     }
 
-    private func execute(_ actions: [NATSServerConnectionMachine.Action], context: ChannelHandlerContext) {
-        for action in actions where !closing {
-            execute(action, context: context)
+    /// Carries out the actions in order, emptying `actions`: each is moved out, not copied (a
+    /// copy would retain a publication once more).
+    private func execute(_ actions: inout [NATSServerConnectionMachine.Action], context: ChannelHandlerContext) {
+        actions.drainInOrder { action in
+            if !closing { execute(action, context: context) }
         }
     }
 
@@ -159,10 +161,10 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         publications.removeAll(keepingCapacity: true)
     }
 
-    private func execute(_ action: NATSServerConnectionMachine.Action, context: ChannelHandlerContext) {
+    private func execute(_ action: consuming NATSServerConnectionMachine.Action, context: ChannelHandlerContext) {
         guard let sessionID else { return }
         if case .publish = action {} else { publishPending() }
-        switch action {
+        switch consume action {
         case .send(let operations):
             var bytes: [UInt8] = []
             for operation in operations { NATSEncoder.encode(operation, into: &bytes) }

@@ -33,6 +33,11 @@ struct OutletBatch: Sendable {
     var bytes: [UInt8] = []
     var entries: [Entry] = []
 
+    /// A batch with room for `capacity` bytes.
+    init(capacity: Int = 0) {
+        bytes.reserveCapacity(capacity)
+    }
+
     /// Adds a write, rendered by `render` at the end of `bytes`.
     mutating func append(token: String? = nil, limit: DeliveryLimit? = nil, _ render: (inout [UInt8]) -> Void) {
         render(&bytes)
@@ -64,6 +69,7 @@ final class SessionOutlet: Sendable {
     var channel: any Channel { writer.channel }
     private let maximumPendingBytes: Int
     private let isTerminating = Atomic<Bool>(false)
+    private let lastBatchSize = Atomic<Int>(0)
     private let held = Mutex(Held())
     /// Renders "N deliveries of subscription T were dropped" for the subscriber, if its dialect can say it.
     private let dropReport: (@Sendable (String, Int) -> [UInt8]?)?
@@ -74,6 +80,13 @@ final class SessionOutlet: Sendable {
         var perToken: [String: Int] = [:]
         var bytes = 0
         var unreported: [String: Int] = [:]
+    }
+
+    /// The room to make for the session's next batch: the size of its last one, up to 128 KiB.
+    /// Growing each batch from nothing copied its bytes several times over.
+    var batchCapacity: Int {
+        get { lastBatchSize.load(ordering: .relaxed) }
+        set { lastBatchSize.store(min(newValue, 128 << 10), ordering: .relaxed) }
     }
 
     init(

@@ -192,6 +192,45 @@ def test_garbage_gets_err_and_others_carry_on(hub):
     run(scenario())
 
 
+def test_a_fanned_out_message_is_rendered_for_each_subscription(hub):
+    """The hub renders a message once for subscribers that would get the same bytes; each still
+    gets its own sid, and headers only where it enabled them."""
+    def subscriber(connect, subs):
+        sock = raw_connection(hub)
+        sock.sendall(connect + b"".join(subs) + b"PING\r\n")
+        assert sock.recv(1024) == b"PONG\r\n"
+        return sock
+
+    def read_exactly(sock, size):
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+        return data
+
+    with_headers = subscriber(b'CONNECT {"headers":true}\r\n', [b"SUB fan.x 1\r\n"])
+    plain = subscriber(b"CONNECT {}\r\n", [b"SUB fan.x 1\r\n"])
+    other_sid = subscriber(b"CONNECT {}\r\n", [b"SUB fan.x 7\r\n"])
+    twice = subscriber(b"CONNECT {}\r\n", [b"SUB fan.* 1\r\n", b"SUB fan.x 2\r\n"])
+    publisher = raw_connection(hub)
+    header = b"NATS/1.0\r\nK: v\r\n\r\n"
+    publisher.sendall(
+        b'CONNECT {"headers":true}\r\nPUB fan.x 2\r\nhi\r\n'
+        + b"HPUB fan.x %d %d\r\n" % (len(header), len(header) + 2) + header + b"yo\r\nPING\r\n")
+    assert publisher.recv(1024) == b"PONG\r\n"
+    hmsg = b"HMSG fan.x 1 %d %d\r\n" % (len(header), len(header) + 2) + header + b"yo\r\n"
+    assert read_exactly(with_headers, len(b"MSG fan.x 1 2\r\nhi\r\n") + len(hmsg)) == b"MSG fan.x 1 2\r\nhi\r\n" + hmsg
+    assert read_exactly(plain, 38) == b"MSG fan.x 1 2\r\nhi\r\nMSG fan.x 1 2\r\nyo\r\n"
+    assert read_exactly(other_sid, 38) == b"MSG fan.x 7 2\r\nhi\r\nMSG fan.x 7 2\r\nyo\r\n"
+    both = read_exactly(twice, 76)
+    assert sorted(both[i:i + 19] for i in range(0, 76, 19)) == sorted(
+        [b"MSG fan.x 1 2\r\nhi\r\n", b"MSG fan.x 2 2\r\nhi\r\n", b"MSG fan.x 1 2\r\nyo\r\n", b"MSG fan.x 2 2\r\nyo\r\n"])
+    assert both.index(b"hi") < both.rindex(b"hi") < both.index(b"yo")
+    for sock in (with_headers, plain, other_sid, twice, publisher):
+        sock.close()
+
+
 def test_nats_to_lime_and_back(hub):
     async def scenario():
         nc = await connect(hub)

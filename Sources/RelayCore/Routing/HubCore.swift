@@ -47,7 +47,9 @@ public struct HubCore: Sendable {
     }
 
     public enum Output: Sendable, Equatable {
-        case send(SessionID, Envelope)
+        // The large cases are boxed: outputs are put in arrays by the thousand (a fan-out's
+        // deliveries), and each takes as much room as the largest case: 304 bytes unboxed, 48 boxed.
+        indirect case send(SessionID, Envelope)
         /// A publication for one of a session's subscriptions (named by `token`); the session's
         /// dialect renders it. `limit` bounds how many may wait for a slow subscriber.
         case deliver(SessionID, token: String, PublishedMessage, limit: DeliveryLimit?)
@@ -61,7 +63,7 @@ public struct HubCore: Sendable {
         /// Record a stored message's delivery count.
         case recordDeliveries(queue: String, sequence: Int64, count: Int)
         /// Store a queue's configuration, or forget the queue and its messages.
-        case saveQueue(QueueConfiguration)
+        indirect case saveQueue(QueueConfiguration)
         case deleteQueue(String)
     }
 

@@ -108,6 +108,9 @@ public struct PublishedMessage: Sendable, Equatable {
             subject: subject, replyTo: replyTo, publisher: publisher, type: type, body: body, metadata: metadata, status: status)
     }
 
+    /// Whether both are the same publication (copies of one value, not just equal ones): cheap.
+    package func isSame(as other: PublishedMessage) -> Bool { storage === other.storage }
+
     public static func == (lhs: PublishedMessage, rhs: PublishedMessage) -> Bool {
         lhs.storage === rhs.storage
             || (lhs.subject == rhs.subject && lhs.replyTo == rhs.replyTo && lhs.publisher == rhs.publisher && lhs.type == rhs.type

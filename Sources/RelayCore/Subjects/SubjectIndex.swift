@@ -19,6 +19,9 @@ public struct SubjectIndex<Entry: Hashable & Sendable>: Sendable {
     private var levels: [Level] = [Level()]
     private var freeLevels: [Int] = []
     private var cache: [String: [Entry]] = [:]
+    /// The last subject matched and its result: a stream of publications on one subject is
+    /// answered by comparing strings rather than hashing one each time.
+    private var last: (subject: String, entries: [Entry])?
     /// How many subjects' results are cached at most.
     public let cacheCapacity: Int
     /// How many entries the index holds.
@@ -76,12 +79,17 @@ public struct SubjectIndex<Entry: Hashable & Sendable>: Sendable {
 
     /// Every entry whose filter matches `subject` (a valid publish subject).
     public mutating func match(_ subject: String) -> [Entry] {
-        if let cached = cache[subject] { return cached }
+        if let last, last.subject == subject { return last.entries }
+        if let cached = cache[subject] {
+            last = (subject, cached)
+            return cached
+        }
         var result: [Entry] = []
         let tokens = subject.split(separator: ".", omittingEmptySubsequences: false)
         collect(level: 0, tokens: tokens[...], into: &result)
         if cache.count >= cacheCapacity { cache.removeAll(keepingCapacity: true) }
         cache[subject] = result
+        last = (subject, result)
         return result
     }
 
@@ -136,6 +144,7 @@ public struct SubjectIndex<Entry: Hashable & Sendable>: Sendable {
     }
 
     private mutating func invalidate(_ filter: String) {
+        last = nil
         guard !cache.isEmpty else { return }
         for subject in cache.keys where Subject.matches(filter: filter, subject: subject) {
             cache[subject] = nil
