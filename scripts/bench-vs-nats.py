@@ -151,6 +151,8 @@ def main():
     parser.add_argument("--json", help="also write every run's summary to this file")
     parser.add_argument("--idle", type=int, default=10000,
                         help="idle sessions for the memory figure (0: skip it); hub over WebSocket, nats-server over NATS")
+    parser.add_argument("--relay-threads", type=int,
+                        help="event-loop threads for the hub (relay serve --threads); its default is one per core")
     options = parser.parse_args()
 
     workloads = WORKLOADS
@@ -173,14 +175,16 @@ def main():
         processes.append(nats)
         hub = subprocess.Popen(
             [options.relay, "serve", "--nats", f"127.0.0.1:{hub_nats}", "--ws", f"127.0.0.1:{hub_ws}", "--tcp",
-             f"127.0.0.1:{hub_tcp}", "--data", os.path.join(work, "relay"), "--log-level", "warning"],
+             f"127.0.0.1:{hub_tcp}", "--data", os.path.join(work, "relay"), "--log-level", "warning",
+             *(["--threads", str(options.relay_threads)] if options.relay_threads else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(hub)
         wait_for_port(nats_port, nats, "nats-server")
         wait_for_port(hub_nats, hub, "relay serve")
         wait_for_port(hub_ws, hub, "relay serve")
 
-        machine = machine_description()
+        threads = f"relay serve --threads {options.relay_threads}" if options.relay_threads else "relay serve's default threads"
+        machine = f"{machine_description()}; {threads}"
         print(f"machine: {machine}", file=sys.stderr)
         rows = []
         every_run = []
