@@ -477,3 +477,34 @@ def test_jetstream_publish_is_acknowledged_once_stored(hub):
         await nc.close()
 
     run(scenario())
+
+
+def test_a_hub_on_one_event_loop_serves_as_usual():
+    """`relay serve --threads 1`: every connection on one loop; `--threads 0` is refused."""
+    refused = relay("serve", "--threads", "0", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--nats", "127.0.0.1:0")
+    assert refused.returncode != 0 and "--threads expects a positive number" in refused.stderr
+    single = Hub("--threads", "1")
+    try:
+        async def scenario():
+            subscriber = await connect(single)
+            publisher = await connect(single)
+            received = []
+            done = asyncio.Event()
+
+            async def on_message(msg):
+                received.append(msg.data)
+                if len(received) == 500:
+                    done.set()
+
+            await subscriber.subscribe("one.loop", cb=on_message)
+            await subscriber.flush()
+            for n in range(500):
+                await publisher.publish("one.loop", str(n).encode())
+            await asyncio.wait_for(done.wait(), 20)
+            assert received == [str(n).encode() for n in range(500)]
+            await publisher.close()
+            await subscriber.close()
+
+        run(scenario())
+    finally:
+        assert single.stop() == 0
