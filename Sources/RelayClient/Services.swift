@@ -105,11 +105,13 @@ public final class ServiceRegistration: Sendable {
     public let name: String
     private let client: LIMEClient
     private let worker: Task<Void, Never>
+    private let running: RunningHandlers
 
-    init(name: String, client: LIMEClient, worker: Task<Void, Never>) {
+    init(name: String, client: LIMEClient, worker: Task<Void, Never>, running: RunningHandlers) {
         self.name = name
         self.client = client
         self.worker = worker
+        self.running = running
     }
 
     /// Reports an event of a method: callers subscribed to every N events of it are answered again.
@@ -117,11 +119,13 @@ public final class ServiceRegistration: Sendable {
         try await client.send(LIMECommand(method: .observe, uri: "/services/\(name)/\(method)/events"))
     }
 
-    /// Unregisters the service; requests in progress are still answered.
+    /// Unregisters the service; requests in progress are still answered, and it returns once
+    /// their answers are sent (so finishing the connection afterwards does not lose them).
     public func stop() async throws {
         client.core.removeService(name)
         worker.cancel()
         let response = try await client.request(LIMECommand(method: .delete, uri: "/services/\(name)"))
+        await running.waitUntilIdle()
         if response.status == .failure, let reason = response.reason { throw RelayError(reason) }
     }
 }
@@ -229,8 +233,8 @@ extension LIMEClient {
             core.removeService(definition.name)
             throw RelayError(response.reason ?? Reason(code: 1, description: "registration failed"))
         }
+        let running = RunningHandlers()
         let worker = Task { [self] in
-            let running = RunningHandlers()
             for await request in requests {
                 if request.method == .delete, let target = request.uri?.split(separator: "/").last.map(String.init) {
                     // The caller cancelled: stop the handler if it still runs.
@@ -241,7 +245,7 @@ extension LIMEClient {
                 running.start(id) { await self.handle(request, definition: definition) }
             }
         }
-        return ServiceRegistration(name: definition.name, client: self, worker: worker)
+        return ServiceRegistration(name: definition.name, client: self, worker: worker, running: running)
     }
 
     private func handle(_ request: LIMECommand, definition: ServiceDefinition) async {
@@ -272,7 +276,7 @@ extension LIMEClient {
 }
 
 /// The handler tasks of a served service, by request id, so a cancellation can stop one.
-private final class RunningHandlers: Sendable {
+final class RunningHandlers: Sendable {
     private let tasks = Mutex<[String: Task<Void, Never>]>([:])
 
     func start(_ id: String, _ body: @escaping @Sendable () async -> Void) {
@@ -290,6 +294,11 @@ private final class RunningHandlers: Sendable {
 
     func cancel(_ id: String) {
         tasks.withLock { $0.removeValue(forKey: id) }?.cancel()
+    }
+
+    /// Returns once no handler runs (each has sent its answer).
+    func waitUntilIdle() async {
+        while let task = tasks.withLock({ $0.values.first }) { await task.value }
     }
 }
 

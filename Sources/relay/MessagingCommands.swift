@@ -158,14 +158,16 @@ struct Reply: AsyncParsableCommand {
             answered.continuation.yield()
             return ["method": .string(context.method), "params": params ?? .null]
         }
-        _ = try await connection.serve(definition)
+        let registration = try await connection.serve(definition)
         printError("relay reply: serving \(service) as \(connection.localNode)")
         var total = 0
         for await _ in answered.stream {
             total += 1
             if let count, total >= count { break }
         }
-        // Let the last answer leave before finishing.
+        // A handler counts its request before its answer is sent: stopping waits for the answers,
+        // and the ping for the hub to have read them.
+        try await registration.stop()
         _ = try await connection.ping()
         try? await connection.finish()
     }
