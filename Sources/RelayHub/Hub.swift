@@ -30,7 +30,7 @@ public final class Hub: Sendable {
     /// delivery). A class, so that the lookup does not copy its fields; changed only under the
     /// hub's lock.
     private final class OpenSession: @unchecked Sendable {
-        var outlet: SessionOutlet
+        let outlet: SessionOutlet
         /// The node it holds, once established.
         var node: Node?
         /// For NATS connections, whether they enabled headers; nil for LIME sessions.
@@ -150,8 +150,8 @@ public final class Hub: Sendable {
         authenticator.verify(credentials, fallbackName: fallbackName)
     }
 
-    /// Hands envelopes of an established session (those of one read, in order) to the core and carries out what it says.
-    /// Routes what a session sent, emptying `envelopes` (moved into the core, not copied).
+    /// Hands the envelopes of an established session (those of one read cycle, in order) to the
+    /// core and carries out what it says, emptying `envelopes` (moved into the core, not copied).
     func route(_ envelopes: inout [Envelope], from sender: SessionID) {
         perform { core in
             var outputs: [HubCore.Output] = []
@@ -213,20 +213,12 @@ public final class Hub: Sendable {
         var lastSID = ""
         var lastHeaders = false
         var lastRendered = (batch: -1, bytes: 0..<0)
-        // Deliveries come in runs to one session (a read's publications to one subscriber): its
-        // lookup is kept for the next.
-        var lastID: SessionID = 0
-        var lastSession: OpenSession?
         for output in outputs {
             switch output {
             case .send(let session, let envelope):
                 if let outlet = state.sessions[session]?.outlet { add(outlet) { $0 += LIMECodec.encode(envelope) } }
             case .deliver(let session, let token, let message, let limit):
-                if lastID != session || lastSession == nil {
-                    lastID = session
-                    lastSession = state.sessions[session]
-                }
-                guard let recipient = lastSession else { continue }
+                guard let recipient = state.sessions[session] else { continue }
                 if let headers = recipient.natsHeaders {
                     if lastMessage?.isSame(as: message) == true, lastSID == token, lastHeaders == headers,
                         resolved.batches[lastRendered.batch].outlet !== recipient.outlet

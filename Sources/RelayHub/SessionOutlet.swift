@@ -44,8 +44,11 @@ struct OutletBatch: Sendable {
         entries.append(Entry(token: token, limit: limit, end: bytes.count))
     }
 
-    /// The writes one by one, for holding them.
+    /// The writes one by one, for holding them. They are slices of one array: if it was made
+    /// much larger than its bytes (room for a batch as large as the last), the bytes are copied
+    /// out first, so that held deliveries keep no more memory alive than the cap counts.
     var items: [OutletItem] {
+        let bytes = self.bytes.capacity > 2 * self.bytes.count + 4096 ? self.bytes.withUnsafeBufferPointer { Array($0) } : self.bytes
         var start = 0
         return entries.map { entry in
             defer { start = entry.end }

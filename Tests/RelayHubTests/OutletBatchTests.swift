@@ -19,4 +19,18 @@ import Testing
         #expect(items.map(\.token) == [nil, "sub", "sub"])
         #expect(items.map(\.limit) == [nil, limit, limit])
     }
+
+    /// A batch is made with room for one as large as the session's last; held deliveries are
+    /// slices, so a small batch in a large array is copied out rather than kept alive whole.
+    @Test func heldWritesOfAMostlyEmptyBatchDoNotKeepItsRoomAlive() {
+        func address(_ bytes: ArraySlice<UInt8>) -> UnsafePointer<UInt8>? { bytes.withUnsafeBufferPointer { $0.baseAddress } }
+        var roomy = OutletBatch(capacity: 128 << 10)
+        roomy.append { $0 += Array("small".utf8) }
+        let held = roomy.items
+        #expect(held.map { String(decoding: $0.bytes, as: UTF8.self) } == ["small"])
+        #expect(address(held[0].bytes) != address(roomy.bytes[...]))
+        var snug = OutletBatch()
+        snug.append { $0 += Array("small".utf8) }
+        #expect(address(snug.items[0].bytes) == address(snug.bytes[...]))
+    }
 }
