@@ -180,61 +180,96 @@ public final class Hub: Sendable {
     private struct Resolved {
         var batches: [(outlet: SessionOutlet, batch: OutletBatch)] = []
         var storage: [HubCore.Output] = []
+        private var batchIndex: [ObjectIdentifier: Int] = [:]
+        // A NATS message fanned out to several connections is rendered once and copied: the MSG
+        // is the same for each when their sids are (clients number their subscriptions from 1).
+        // (Kept as separate variables: checking an optional tuple copied it, retaining its fields.)
+        private var lastMessage: PublishedMessage?
+        private var lastInPlace = -1
+        private var lastSID = ""
+        private var lastHeaders = false
+        private var lastRendered = (batch: -1, bytes: 0..<0)
+
+        /// Adds a write to the outlet's batch; returns where it landed (batch, bytes).
+        @discardableResult
+        mutating func add(
+            _ outlet: SessionOutlet, token: String? = nil, limit: DeliveryLimit? = nil, _ render: (inout [UInt8]) -> Void
+        ) -> (batch: Int, bytes: Range<Int>) {
+            let index: Int
+            if let last = batches.indices.last, batches[last].outlet === outlet {
+                index = last
+            } else if let known = batchIndex[ObjectIdentifier(outlet)] {
+                index = known
+            } else {
+                index = batches.count
+                batchIndex[ObjectIdentifier(outlet)] = index
+                batches.append((outlet, OutletBatch(capacity: outlet.batchCapacity)))
+            }
+            let start = batches[index].batch.bytes.count
+            batches[index].batch.append(token: token, limit: limit, render)
+            return (index, start..<batches[index].batch.bytes.count)
+        }
+
+        /// A delivery to a NATS subscription: copied from the last one when it would be the same
+        /// bytes for another connection, rendered by `render` otherwise.
+        mutating func addNATS(
+            _ outlet: SessionOutlet, token: String, limit: DeliveryLimit?, headers: Bool, isLast: Bool,
+            _ render: (inout [UInt8]) -> Void
+        ) -> Bool {
+            if isLast, lastSID == token, lastHeaders == headers, batches[lastRendered.batch].outlet !== outlet {
+                let bytes = batches[lastRendered.batch].batch.bytes[lastRendered.bytes]
+                add(outlet, token: token, limit: limit) { $0 += bytes }
+                return false
+            }
+            lastRendered = add(outlet, token: token, limit: limit, render)
+            lastSID = token
+            lastHeaders = headers
+            return true
+        }
+
+        mutating func deliverNATS(_ message: PublishedMessage, to outlet: SessionOutlet, token: String, limit: DeliveryLimit?, headers: Bool) {
+            let isLast = lastMessage?.isSame(as: message) == true
+            if addNATS(outlet, token: token, limit: limit, headers: headers, isLast: isLast, { output in
+                NATSEncoder.encodeMessage(message, sid: token, headersEnabled: headers, into: &output)
+            }) {
+                lastMessage = message
+                lastInPlace = -1
+            }
+        }
+
+        /// A delivery of the `number`th publication of a read, forwarded from where it lies.
+        mutating func forwardNATS(
+            _ publication: NATSPublishInPlace, number: Int, payload: UnsafeRawBufferPointer, to outlet: SessionOutlet,
+            token: String, limit: DeliveryLimit?, headers: Bool
+        ) {
+            if addNATS(outlet, token: token, limit: limit, headers: headers, isLast: lastInPlace == number, { output in
+                NATSEncoder.encodeMessage(subject: publication.subject, sid: token, replyTo: publication.replyTo, payload: payload, into: &output)
+            }) {
+                lastMessage = nil
+                lastInPlace = number
+            }
+        }
     }
 
     /// Under the lock: renders each delivery for its session's dialect and groups the writes per
     /// session, in order, so each session's writes cross to its event loop once.
     private func resolve(_ outputs: [HubCore.Output], in state: inout State) -> Resolved {
         var resolved = Resolved()
-        var batchIndex: [ObjectIdentifier: Int] = [:]
-        /// Adds a write to the outlet's batch; returns where it landed (batch, bytes).
-        @discardableResult
-        func add(
-            _ outlet: SessionOutlet, token: String? = nil, limit: DeliveryLimit? = nil, _ render: (inout [UInt8]) -> Void
-        ) -> (batch: Int, bytes: Range<Int>) {
-            let index: Int
-            if let last = resolved.batches.indices.last, resolved.batches[last].outlet === outlet {
-                index = last
-            } else if let known = batchIndex[ObjectIdentifier(outlet)] {
-                index = known
-            } else {
-                index = resolved.batches.count
-                batchIndex[ObjectIdentifier(outlet)] = index
-                resolved.batches.append((outlet, OutletBatch(capacity: outlet.batchCapacity)))
-            }
-            let start = resolved.batches[index].batch.bytes.count
-            resolved.batches[index].batch.append(token: token, limit: limit, render)
-            return (index, start..<resolved.batches[index].batch.bytes.count)
-        }
-        // A NATS message fanned out to several connections is rendered once and copied: the MSG
-        // is the same for each when their sids are (clients number their subscriptions from 1).
-        // (Kept as separate variables: checking an optional tuple copied it, retaining its fields.)
-        var lastMessage: PublishedMessage?
-        var lastSID = ""
-        var lastHeaders = false
-        var lastRendered = (batch: -1, bytes: 0..<0)
+        resolve(outputs, into: &resolved, in: &state)
+        return resolved
+    }
+
+    private func resolve(_ outputs: [HubCore.Output], into resolved: inout Resolved, in state: inout State) {
         for output in outputs {
             switch output {
             case .send(let session, let envelope):
-                if let outlet = state.sessions[session]?.outlet { add(outlet) { $0 += LIMECodec.encode(envelope) } }
+                if let outlet = state.sessions[session]?.outlet { resolved.add(outlet) { $0 += LIMECodec.encode(envelope) } }
             case .deliver(let session, let token, let message, let limit):
                 guard let recipient = state.sessions[session] else { continue }
                 if let headers = recipient.natsHeaders {
-                    if lastMessage?.isSame(as: message) == true, lastSID == token, lastHeaders == headers,
-                        resolved.batches[lastRendered.batch].outlet !== recipient.outlet
-                    {
-                        let bytes = resolved.batches[lastRendered.batch].batch.bytes[lastRendered.bytes]
-                        add(recipient.outlet, token: token, limit: limit) { $0 += bytes }
-                    } else {
-                        lastRendered = add(recipient.outlet, token: token, limit: limit) {
-                            NATSEncoder.encodeMessage(message, sid: token, headersEnabled: headers, into: &$0)
-                        }
-                        lastMessage = message
-                        lastSID = token
-                        lastHeaders = headers
-                    }
+                    resolved.deliverNATS(message, to: recipient.outlet, token: token, limit: limit, headers: headers)
                 } else {
-                    add(recipient.outlet, token: token, limit: limit) {
+                    resolved.add(recipient.outlet, token: token, limit: limit) {
                         LIMECodec.encodeDelivery(message, token: token, to: recipient.node, into: &$0)
                     }
                 }
@@ -249,7 +284,6 @@ public final class Hub: Sendable {
                 resolved.storage.append(output)
             }
         }
-        return resolved
     }
 
     /// Outside the lock: hands each session its writes, counts drops and slow consumers, and
@@ -393,14 +427,46 @@ public final class Hub: Sendable {
         perform(outputs)
     }
 
-    /// Publishes what one read of a NATS connection brought, under one acquisition of the lock.
-    func natsPublish(_ messages: [PublishedMessage], from id: SessionID, noResponders: Bool) {
-        perform { core in
+    /// Publishes what one read of a NATS connection brought, in order, under one acquisition of
+    /// the lock. A PUB left in the read (`bytes`) is forwarded from there when it is only to be
+    /// delivered to NATS subscriptions (`HubCore.forward`); otherwise it is published as usual.
+    func natsPublish(_ publications: [NATSPublication], bytes: UnsafeRawBufferPointer, from id: SessionID, noResponders: Bool) {
+        let resolved = state.withLock { state in
+            var resolved = Resolved()
             var outputs: [HubCore.Output] = []
-            outputs.reserveCapacity(messages.count)
-            for message in messages { core.publish(message, from: id, noResponders: noResponders, jetStream: true, into: &outputs) }
-            return outputs
+            var recipients: [HubCore.Recipient] = []
+            for (number, publication) in publications.enumerated() {
+                let message: PublishedMessage
+                switch publication {
+                case .message(let published):
+                    message = published
+                case .inPlace(let publication):
+                    let payload = UnsafeRawBufferPointer(rebasing: bytes[publication.payload])
+                    let sessions = state.sessions
+                    if state.core.forward(
+                        subject: publication.subject, hasReplyTo: publication.replyTo != nil, from: id,
+                        accepts: { sessions[$0]?.natsHeaders != nil }, into: &recipients)
+                    {
+                        for recipient in recipients {
+                            let session = sessions[recipient.session]!
+                            resolved.forwardNATS(
+                                publication, number: number, payload: payload, to: session.outlet, token: recipient.token,
+                                limit: recipient.limit, headers: session.natsHeaders!)
+                        }
+                        recipients.removeAll(keepingCapacity: true)
+                        continue
+                    }
+                    message = PublishedMessage(
+                        subject: publication.subject, replyTo: publication.replyTo, publisher: sessions[id]?.node,
+                        body: .bytes(Array(payload)))
+                }
+                state.core.publish(message, from: id, noResponders: noResponders, jetStream: true, into: &outputs)
+                resolve(outputs, into: &resolved, in: &state)
+                outputs.removeAll(keepingCapacity: true)
+            }
+            return resolved
         }
+        dispatch(resolved)
     }
 
     private func timerFired(_ timer: HubCore.Timer) {
@@ -421,4 +487,12 @@ public final class Hub: Sendable {
         for outlet in outlets { outlet.post(.shutdown) }
         return outlets.map(\.channel)
     }
+}
+
+/// A publication of a NATS connection's read, as the hub receives it.
+enum NATSPublication {
+    /// Published by the connection's machine.
+    case message(PublishedMessage)
+    /// A PUB without headers still in the read's bytes.
+    case inPlace(NATSPublishInPlace)
 }

@@ -18,8 +18,10 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var closing = false
     /// Publications of the current read, handed to the hub together (one lock, one batch of
     /// writes per subscriber) before anything else the connection asked for, and at the read's end.
-    private var publications: [PublishedMessage] = []
+    private var publications: [NATSPublication] = []
     private var reading = false
+    /// The bytes of the current read: the PUBs forwarded from where they lie point into them.
+    private var currentRead: ByteBuffer?
     /// The actions of the current read, kept to reuse the array's storage.
     private var actions: [NATSServerConnectionMachine.Action] = []
 
@@ -74,9 +76,13 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         guard !closing else { return }
         let buffer = unwrapInboundIn(data)
         reading = true
+        currentRead = buffer
         defer {
             reading = false
             publishPending()
+            // Their payloads are in this read: none may outlive it.
+            publications.removeAll(keepingCapacity: true)
+            currentRead = nil
         }
         guard machine != nil else { return }
         var actions = self.actions
@@ -87,8 +93,10 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         }
         do {
             // Each operation moves from the parser into the machine; their actions are carried
-            // out together once the read is parsed.
-            try parser.bytesReceived(buffer.readableBytesView) { machine!.operationReceived($0, into: &actions) }
+            // out together once the read is parsed. A PUB without headers stays in the read.
+            try parser.bytesReceived(
+                buffer.readableBytesView, { machine!.operationReceived($0, into: &actions) },
+                publishInPlace: { machine!.publishInPlaceReceived($0, into: &actions) })
             execute(&actions, context: context)
         } catch {
             execute(&actions, context: context)
@@ -157,13 +165,21 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private func publishPending() {
         guard !publications.isEmpty, let sessionID else { return }
         let options = machine?.options
-        hub.natsPublish(publications, from: sessionID, noResponders: options?.noResponders == true && options?.headers == true)
+        let noResponders = options?.noResponders == true && options?.headers == true
+        if let currentRead {
+            currentRead.withUnsafeReadableBytes { hub.natsPublish(publications, bytes: $0, from: sessionID, noResponders: noResponders) }
+        } else {
+            hub.natsPublish(publications, bytes: UnsafeRawBufferPointer(start: nil, count: 0), from: sessionID, noResponders: noResponders)
+        }
         publications.removeAll(keepingCapacity: true)
     }
 
     private func execute(_ action: consuming NATSServerConnectionMachine.Action, context: ChannelHandlerContext) {
         guard let sessionID else { return }
-        if case .publish = action {} else { publishPending() }
+        switch action {
+        case .publish, .forward: break
+        default: publishPending()
+        }
         switch consume action {
         case .send(let operations):
             var bytes: [UInt8] = []
@@ -199,8 +215,10 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         case .unsubscribe(let sid, let max):
             hub.natsUnsubscribe(sessionID, sid: sid, max: max)
         case .publish(let message):
-            publications.append(message)
+            publications.append(.message(message))
             if !reading { publishPending() }
+        case .forward(let publication):
+            publications.append(.inPlace(publication))
         case .failAndClose(let error):
             fail(error, context: context)
         }

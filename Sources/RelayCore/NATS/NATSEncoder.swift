@@ -56,8 +56,14 @@ public enum NATSEncoder {
             encode(message.natsOperation(sid: sid, headersEnabled: headersEnabled), into: &output)
             return
         }
-        let subject = message.subject
-        let replyTo = message.replyTo
+        payload.withUnsafeBytes { encodeMessage(subject: message.subject, sid: sid, replyTo: message.replyTo, payload: $0, into: &output) }
+    }
+
+    /// A MSG without headers, its payload copied from where it lies (a hub forwarding a PUB from
+    /// the bytes it read).
+    public static func encodeMessage(
+        subject: String, sid: String, replyTo: String?, payload: UnsafeRawBufferPointer, into output: inout [UInt8]
+    ) {
         reserve(subject.utf8.count + sid.utf8.count + (replyTo?.utf8.count ?? 0) + payload.count + 40, in: &output)
         output.append(contentsOf: "MSG ".utf8)
         fields(subject, sid, replyTo, nil, payload.count, into: &output)

@@ -22,6 +22,9 @@ public struct NATSParser: Sendable {
     private var start = 0
     /// An operation whose control line is read and whose payload is awaited.
     private var awaiting: Awaiting?
+    /// The subject of the last PUB: a client publishes to few subjects, and reusing the string
+    /// saves allocating one per message.
+    private var lastSubject = ""
 
     private enum Awaiting: Sendable {
         case publish(subject: String, replyTo: String?, headerSize: Int?, total: Int)
@@ -56,14 +59,37 @@ public struct NATSParser: Sendable {
     public mutating func bytesReceived(
         _ bytes: some Sequence<UInt8>, _ body: (consuming NATSOperation) -> Void
     ) throws(NATSProtocolError) {
+        try bytesReceived(bytes, body, publishInPlace: { _ in false })
+    }
+
+    /// `bytesReceived`, offering each PUB without headers whose payload lies whole in `bytes` to
+    /// `publishInPlace` first, its payload left where it is (a hub forwards it from there). When
+    /// that returns false, or the PUB arrived in pieces, it comes to `body` as usual.
+    public mutating func bytesReceived(
+        _ bytes: some Sequence<UInt8>, _ body: (consuming NATSOperation) -> Void,
+        publishInPlace: (NATSPublishInPlace) -> Bool
+    ) throws(NATSProtocolError) {
         // With nothing held, the read is parsed where it lies and only an incomplete tail is kept.
         if start == buffer.count,
             let parsed = bytes.withContiguousStorageIfAvailable({ bytes in
                 var reader = reader(over: bytes, from: 0)
+                reader.inPlace = true
                 let parsed = Result { () throws(NATSProtocolError) in
-                    while let operation = try reader.next() { body(operation) }
+                    while let item = try reader.next() {
+                        switch consume item {
+                        case .operation(let operation): body(operation)
+                        case .publishInPlace(let publication):
+                            if !publishInPlace(publication) {
+                                body(
+                                    .publish(
+                                        subject: publication.subject, replyTo: publication.replyTo, headers: nil,
+                                        payload: Array(bytes[publication.payload])))
+                            }
+                        }
+                    }
                 }
                 awaiting = reader.awaiting
+                lastSubject = reader.lastSubject
                 buffer.removeAll(keepingCapacity: true)
                 buffer.append(contentsOf: bytes[reader.start...])
                 start = 0
@@ -78,8 +104,13 @@ public struct NATSParser: Sendable {
             defer {
                 start = reader.start
                 awaiting = reader.awaiting
+                lastSubject = reader.lastSubject
             }
-            while let operation = try reader.next() { body(operation) }
+            while let item = try reader.next() {
+                // Not in place: this buffer is the parser's own.
+                guard case .operation(let operation) = consume item else { continue }
+                body(operation)
+            }
         }
         if start > 0 && (start == buffer.count || start > 65_536) {
             buffer.removeSubrange(0..<start)
@@ -92,7 +123,7 @@ public struct NATSParser: Sendable {
     private func reader(over bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Reader {
         Reader(
             bytes: bytes, start: start, awaiting: awaiting, role: role, maximumControlLine: maximumControlLine,
-            maximumPayload: maximumPayload)
+            maximumPayload: maximumPayload, lastSubject: lastSubject)
     }
 
     private static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 }
@@ -188,18 +219,29 @@ public struct NATSParser: Sendable {
         let role: Role
         let maximumControlLine: Int
         let maximumPayload: Int
+        var lastSubject: String
+        /// Whether a PUB without headers may be handed over as `publishInPlace`.
+        var inPlace = false
 
-        mutating func next() throws(NATSProtocolError) -> NATSOperation? {
+        enum Item {
+            case operation(NATSOperation)
+            case publishInPlace(NATSPublishInPlace)
+        }
+
+        mutating func next() throws(NATSProtocolError) -> Item? {
             if let total = awaiting?.total {
                 guard bytes.count - start >= total + 2 else { return nil }
                 let payloadEnd = start + total
                 guard bytes[payloadEnd] == 0x0D, bytes[payloadEnd + 1] == 0x0A else {
                     throw NATSProtocolError(.parser, detail: "payload not followed by CRLF")
                 }
+                defer { start = payloadEnd + 2 }
+                if inPlace, case .publish(let subject, let replyTo, nil, _) = awaiting {
+                    awaiting = nil
+                    return .publishInPlace(NATSPublishInPlace(subject: subject, replyTo: replyTo, payload: start..<payloadEnd))
+                }
                 // Taken, not copied: a copy would retain the subject and reply strings once more.
-                let operation = try complete(awaiting.take()!, body: start..<payloadEnd)
-                start = payloadEnd + 2
-                return operation
+                return .operation(try complete(awaiting.take()!, body: start..<payloadEnd))
             }
             guard let newline = bytes[start...].firstIndex(of: 0x0A) else {
                 if bytes.count - start > maximumControlLine { throw NATSProtocolError(.maximumControlLine) }
@@ -229,7 +271,14 @@ public struct NATSParser: Sendable {
             return value
         }
 
-        mutating func controlLine(_ line: Range<Int>) throws(NATSProtocolError) -> NATSOperation? {
+        /// A PUB's subject: the last one again when the bytes are the same.
+        mutating func subject(_ range: Range<Int>) -> String {
+            let same = lastSubject.utf8.withContiguousStorageIfAvailable { $0.elementsEqual(bytes[range]) } ?? false
+            if !same { lastSubject = string(range) }
+            return lastSubject
+        }
+
+        mutating func controlLine(_ line: Range<Int>) throws(NATSProtocolError) -> Item? {
             var opEnd = line.lowerBound
             while opEnd < line.upperBound && !NATSParser.isSpace(bytes[opEnd]) { opEnd += 1 }
             let name = bytes[line.lowerBound..<opEnd]
@@ -239,16 +288,16 @@ public struct NATSParser: Sendable {
             let arguments = Arguments(bytes, rest)
             let count = arguments.count
             switch (role, Op(name)) {
-            case (_, .ping): return .ping
-            case (_, .pong): return .pong
-            case (.server, .connect): return .connect(try json(rest, "CONNECT"))
+            case (_, .ping): return .operation(.ping)
+            case (_, .pong): return .operation(.pong)
+            case (.server, .connect): return .operation(.connect(try json(rest, "CONNECT")))
             case (.server, .pub):
                 guard count == 2 || count == 3, let size = number(arguments.last) else {
                     throw NATSProtocolError(.parser, detail: "PUB expects: subject [reply] size")
                 }
                 try checkPayload(size)
                 awaiting = .publish(
-                    subject: string(arguments[0]), replyTo: count == 3 ? string(arguments[1]) : nil, headerSize: nil, total: size)
+                    subject: subject(arguments[0]), replyTo: count == 3 ? string(arguments[1]) : nil, headerSize: nil, total: size)
             case (.server, .hpub):
                 guard count == 3 || count == 4, let headerSize = number(arguments[count - 2]), let total = number(arguments.last),
                     total >= headerSize
@@ -260,8 +309,8 @@ public struct NATSParser: Sendable {
                 guard count == 2 || count == 3 else {
                     throw NATSProtocolError(.parser, detail: "SUB expects: subject [queue] sid")
                 }
-                return .subscribe(
-                    subject: string(arguments[0]), queue: count == 3 ? string(arguments[1]) : nil, sid: string(arguments.last))
+                return .operation(
+                    .subscribe(subject: string(arguments[0]), queue: count == 3 ? string(arguments[1]) : nil, sid: string(arguments.last)))
             case (.server, .unsub):
                 guard count == 1 || count == 2 else { throw NATSProtocolError(.parser, detail: "UNSUB expects: sid [max]") }
                 var max: Int?
@@ -271,8 +320,8 @@ public struct NATSParser: Sendable {
                     }
                     max = value
                 }
-                return .unsubscribe(sid: string(arguments[0]), max: max)
-            case (.client, .info): return .info(try json(rest, "INFO"))
+                return .operation(.unsubscribe(sid: string(arguments[0]), max: max))
+            case (.client, .info): return .operation(.info(try json(rest, "INFO")))
             case (.client, .msg):
                 guard count == 3 || count == 4, let size = number(arguments.last) else {
                     throw NATSProtocolError(.parser, detail: "MSG expects: subject sid [reply] size")
@@ -289,11 +338,11 @@ public struct NATSParser: Sendable {
                 awaiting = .message(
                     subject: string(arguments[0]), sid: string(arguments[1]), replyTo: count == 5 ? string(arguments[2]) : nil,
                     headerSize: headerSize, total: total)
-            case (.client, .ok): return .ok
+            case (.client, .ok): return .operation(.ok)
             case (.client, .err):
                 var text = string(rest)
                 if text.hasPrefix("'") && text.hasSuffix("'") && text.count >= 2 { text = String(text.dropFirst().dropLast()) }
-                return .error(text)
+                return .operation(.error(text))
             default:
                 throw NATSProtocolError(.unknownOperation, detail: "'\(String(decoding: name, as: UTF8.self).uppercased())'")
             }
@@ -335,5 +384,19 @@ public struct NATSParser: Sendable {
             }
         }
 
+    }
+}
+
+/// A PUB without headers whose payload was left in the bytes given to the parser.
+public struct NATSPublishInPlace: Sendable, Equatable {
+    public var subject: String
+    public var replyTo: String?
+    /// Where the payload lies in those bytes (offsets from their start).
+    public var payload: Range<Int>
+
+    public init(subject: String, replyTo: String?, payload: Range<Int>) {
+        self.subject = subject
+        self.replyTo = replyTo
+        self.payload = payload
     }
 }

@@ -63,6 +63,8 @@ public struct NATSServerConnectionMachine: Sendable {
         case unsubscribe(sid: String, max: Int?)
         /// Publish this message (headers already turned into metadata, type and status).
         case publish(PublishedMessage)
+        /// Publish a PUB whose payload is still where the parser found it, in the bytes it was given.
+        case forward(NATSPublishInPlace)
         /// Send `-ERR` with the error's text, then close.
         case failAndClose(NATSProtocolError)
     }
@@ -71,9 +73,14 @@ public struct NATSServerConnectionMachine: Sendable {
     public private(set) var state: State = .awaitingConnect {
         didSet {
             // Kept apart from `state`: reading them per operation would copy the options' strings.
-            if case .connected(let options) = state { (verbose, headers) = (options.verbose, options.headers) }
+            if case .connected(let options) = state {
+                (verbose, headers, isConnected) = (options.verbose, options.headers, true)
+            } else {
+                isConnected = false
+            }
         }
     }
+    private var isConnected = false
     private var verbose = false
     private var headers = false
     private var pingsOutstanding = 0
@@ -136,6 +143,29 @@ public struct NATSServerConnectionMachine: Sendable {
         }
     }
 
+    /// A PUB without headers arrived, its payload left in the parser's input (`NATSParser`'s
+    /// `publishInPlace`). Returns false when the machine needs it as an operation (before the
+    /// connection is established); otherwise its actions are appended: `.forward`, or an error.
+    public mutating func publishInPlaceReceived(_ publication: NATSPublishInPlace, into actions: inout [Action]) -> Bool {
+        guard isConnected else { return false }
+        guard checkPublishSubject(publication.subject, into: &actions) else { return true }
+        actions.append(.forward(publication))
+        if verbose { actions.append(.send([.ok])) }
+        return true
+    }
+
+    /// Whether a PUB's subject is valid; if not, the error is appended.
+    private mutating func checkPublishSubject(_ subject: String, into actions: inout [Action]) -> Bool {
+        if subject != lastValidSubject {
+            if Subject.publishError(subject) != nil {
+                actions.append(.send([.error(NATSProtocolError(.invalidPublishSubject).errText)]))
+                return false
+            }
+            lastValidSubject = subject
+        }
+        return true
+    }
+
     /// The hub accepted the credentials of CONNECT, as those of `node` (nil: the anonymous node).
     public mutating func connectAccepted(as node: Node? = nil) -> [Action] {
         guard case .authenticating(let options) = state else { return [] }
@@ -167,13 +197,7 @@ public struct NATSServerConnectionMachine: Sendable {
             // A second CONNECT changes nothing that matters here; nats-server accepts it.
             break
         case .publish(let subject, let replyTo, let headers, let payload):
-            if subject != lastValidSubject {
-                if Subject.publishError(subject) != nil {
-                    actions.append(.send([.error(NATSProtocolError(.invalidPublishSubject).errText)]))
-                    return
-                }
-                lastValidSubject = subject
-            }
+            guard checkPublishSubject(subject, into: &actions) else { return }
             if headers != nil && !self.headers {
                 actions += fail(NATSProtocolError(.parser, detail: "HPUB without headers enabled in CONNECT"))
                 return

@@ -151,6 +151,55 @@ extension HubCore {
         return delivered
     }
 
+    /// A subscription a forwarded publication goes to: its session, its name, and how many of its
+    /// deliveries may wait.
+    public struct Recipient: Sendable, Equatable {
+        public var session: SessionID
+        public var token: String
+        public var limit: DeliveryLimit?
+    }
+
+    /// The short way of a NATS PUB without headers, which the hub forwards as its bytes arrived.
+    ///
+    /// When the publication is only to be delivered, it is counted as `publish` counts it, its
+    /// recipients are appended to `recipients`, and the result is true. That is: it is not for the
+    /// hub itself (a reply to one of its inboxes, an acknowledgement, a JetStream or service
+    /// request); no durable queue keeps it; it matches no queue group and no subscription with an
+    /// auto-unsubscribe limit; and it has subscribers, each of which `accepts` (a NATS session).
+    /// Otherwise nothing changes and the result is false: the caller then calls `publish`.
+    public mutating func forward(
+        subject: String, hasReplyTo: Bool, from session: SessionID, accepts: (SessionID) -> Bool,
+        into recipients: inout [Recipient]
+    ) -> Bool {
+        if subject.utf8.first == UInt8(ascii: "$") { return false }
+        if !subjectRequestsByInbox.isEmpty, subjectRequestsByInbox[subject] != nil { return false }
+        if hasReplyTo, !services.isEmpty { return false }
+        // Which queues keep a subject is learnt by `publish`, on the subject's first publication.
+        if !queues.isEmpty, queuesBySubject[subject]?.isEmpty != true { return false }
+        let first = recipients.count
+        let slots = subjects.match(subject)
+        for slot in slots {
+            guard subscriptionSlots[slot].isLive else { continue }
+            if subscriptionSlots[slot].session == session && !subscriptionSlots[slot].echo { continue }
+            guard subscriptionSlots[slot].queue == nil, subscriptionSlots[slot].limit == nil, accepts(subscriptionSlots[slot].session)
+            else {
+                recipients.removeSubrange(first...)
+                return false
+            }
+            recipients.append(
+                Recipient(session: subscriptionSlots[slot].session, token: subscriptionSlots[slot].token, limit: subscriptionSlots[slot].overflow))
+        }
+        let delivered = recipients.count - first
+        guard delivered > 0 else { return false }
+        for slot in slots where subscriptionSlots[slot].isLive {
+            if subscriptionSlots[slot].session == session && !subscriptionSlots[slot].echo { continue }
+            subscriptionSlots[slot].delivered += 1
+        }
+        statistics.published += 1
+        statistics.publicationsDelivered += delivered
+        return true
+    }
+
     /// What the hub answers itself instead of publishing: replies to its inboxes, queue
     /// acknowledgements, JetStream stream creation, NATS requests to services. Nil for a publication.
     private mutating func specialPublication(_ message: PublishedMessage, from session: SessionID, jetStream: Bool) -> [Output]? {
