@@ -32,6 +32,9 @@ struct OutletBatch: Sendable {
 
     var bytes: [UInt8] = []
     var entries: [Entry] = []
+    /// Whether a delivery of the batch has a bound on how many may wait that the outlet must count
+    /// (a LIME subscription's `pending`); a NATS connection's are bounded only by its bytes.
+    private(set) var hasCountedDeliveries = false
 
     /// A batch with room for `capacity` bytes.
     init(capacity: Int = 0) {
@@ -42,6 +45,7 @@ struct OutletBatch: Sendable {
     mutating func append(token: String? = nil, limit: DeliveryLimit? = nil, _ render: (inout [UInt8]) -> Void) {
         render(&bytes)
         entries.append(Entry(token: token, limit: limit, end: bytes.count))
+        if let limit, limit.maximumHeld != .max || limit.policy != .disconnect { hasCountedDeliveries = true }
     }
 
     /// The writes one by one, for holding them. They are slices of one array: if it was made
@@ -62,7 +66,9 @@ struct OutletBatch: Sendable {
 /// Everything written to the connection, by the hub or by the session's own handler, goes through
 /// its `ChannelWriter`, which coalesces it into one flush per turn of the connection's event loop.
 /// While the connection can take more (NIO's writability), writes go straight to the writer. While
-/// it cannot, deliveries are held here, at most each subscription's `DeliveryLimit` of them; beyond
+/// it cannot, deliveries whose number is bounded (a LIME subscription's `pending`; a NATS
+/// subscription is bounded by bytes only, and goes to the writer) are held here, at most each
+/// subscription's `DeliveryLimit` of them; beyond
 /// that its `OverflowPolicy` drops the newest or the oldest (counted, and reported to the
 /// subscriber when the connection catches up) or ends the session. Independently, the bytes
 /// written but not yet on the wire are capped: past `maximumPendingBytes` the session is a slow
@@ -108,7 +114,10 @@ final class SessionOutlet: Sendable {
         var dropped = 0
         var overflowed = false
         held.withLock { state in
-            if state.writable && state.items.isEmpty {
+            // Writes nobody counts go to the writer even while the connection cannot take more
+            // (NIO keeps them, within the byte cap): holding them one by one only to write them
+            // later cost a copy and an item each, just when the subscriber lags.
+            if state.items.isEmpty && (state.writable || !batch.hasCountedDeliveries) {
                 // Queued under the lock: what `writabilityChanged` releases is queued under it
                 // too, so a later delivery cannot overtake held ones.
                 if admits(batch.bytes.count) { writer.enqueue(batch.bytes, ends: batch.entries.map(\.end)) } else { refused = true }

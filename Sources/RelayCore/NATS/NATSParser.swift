@@ -69,36 +69,59 @@ public struct NATSParser: Sendable {
         _ bytes: some Sequence<UInt8>, _ body: (consuming NATSOperation) -> Void,
         publishInPlace: (NATSPublishInPlace) -> Bool
     ) throws(NATSProtocolError) {
-        // With nothing held, the read is parsed where it lies and only an incomplete tail is kept.
-        if start == buffer.count,
-            let parsed = bytes.withContiguousStorageIfAvailable({ bytes in
-                var reader = reader(over: bytes, from: 0)
-                reader.inPlace = true
-                let parsed = Result { () throws(NATSProtocolError) in
-                    while let item = try reader.next() {
-                        switch consume item {
-                        case .operation(let operation): body(operation)
-                        case .publishInPlace(let publication):
-                            if !publishInPlace(publication) {
-                                body(
-                                    .publish(
-                                        subject: publication.subject, replyTo: publication.replyTo, headers: nil,
-                                        payload: Array(bytes[publication.payload])))
-                            }
-                        }
-                    }
-                }
-                awaiting = reader.awaiting
-                lastSubject = reader.lastSubject
-                buffer.removeAll(keepingCapacity: true)
-                buffer.append(contentsOf: bytes[reader.start...])
-                start = 0
-                return parsed
-            })
-        {
-            return try parsed.get()
+        let parsed = bytes.withContiguousStorageIfAvailable { bytes in
+            Result { () throws(NATSProtocolError) in try bytesReceived(contiguous: bytes, body, publishInPlace: publishInPlace) }
         }
+        if let parsed { return try parsed.get() }
         buffer.append(contentsOf: bytes)
+        try parseBuffered(body)
+    }
+
+    /// The bytes of a read are parsed where they lie, and only an incomplete tail is kept. An
+    /// operation begun in an earlier read is completed first, in the parser's buffer, with just
+    /// the bytes it needs: the rest of the read is then parsed in place as well.
+    private mutating func bytesReceived(
+        contiguous bytes: UnsafeBufferPointer<UInt8>, _ body: (consuming NATSOperation) -> Void,
+        publishInPlace: (NATSPublishInPlace) -> Bool
+    ) throws(NATSProtocolError) {
+        var offset = 0
+        while start < buffer.count, offset < bytes.count {
+            let end: Int
+            if let total = awaiting?.total {
+                end = min(offset + total + 2 - (buffer.count - start), bytes.count)
+            } else {
+                end = bytes[offset...].firstIndex(of: 0x0A).map { $0 + 1 } ?? bytes.count
+            }
+            buffer.append(contentsOf: bytes[offset..<end])
+            offset = end
+            try parseBuffered(body)
+        }
+        guard offset < bytes.count else { return }
+        var reader = reader(over: bytes, from: offset)
+        reader.inPlace = true
+        defer {
+            awaiting = reader.awaiting
+            lastSubject = reader.lastSubject
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+            buffer.append(contentsOf: bytes[reader.start...])
+        }
+        while let item = try reader.next() {
+            switch consume item {
+            case .operation(let operation): body(operation)
+            case .publishInPlace(let publication):
+                if !publishInPlace(publication) {
+                    body(
+                        .publish(
+                            subject: publication.subject, replyTo: publication.replyTo, headers: nil,
+                            payload: Array(bytes[publication.payload])))
+                }
+            }
+        }
+    }
+
+    /// Parses what the parser's buffer holds.
+    private mutating func parseBuffered(_ body: (consuming NATSOperation) -> Void) throws(NATSProtocolError) {
         try buffer.withUnsafeBufferPointer { bytes throws(NATSProtocolError) in
             var reader = reader(over: bytes, from: start)
             defer {
@@ -112,7 +135,10 @@ public struct NATSParser: Sendable {
                 body(operation)
             }
         }
-        if start > 0 && (start == buffer.count || start > 65_536) {
+        if start == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+        } else if start > 65_536 {
             buffer.removeSubrange(0..<start)
             start = 0
         }
