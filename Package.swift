@@ -77,6 +77,7 @@ let package = Package(
                 "RelayCore", "RelayHub", "RelayClient", "RelayTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -68,6 +68,55 @@ def test_pub_sub_in_order_with_wildcards(hub):
     run(scenario())
 
 
+def test_publications_cut_anywhere_across_reads_arrive_whole_and_in_order(hub):
+    """The hub forwards a PUB from the bytes it read, and completes one cut across reads first:
+    every payload, reply and header must come through exactly, whatever the cuts."""
+    expected, stream = [], b"CONNECT {\"headers\":true,\"verbose\":false}\r\n"
+    for n in range(1500):
+        size = 70_000 if n % 250 == 7 else (n * 37) % 3000
+        payload = bytes((n + i) % 251 for i in range(size))
+        subject = "flow.a" if n % 2 else f"flow.b.{n}"
+        reply = f"r.{n}" if n % 3 == 0 else None
+        if n % 10 == 5:
+            headers = f"NATS/1.0\r\nN: {n}\r\n\r\n".encode()
+            stream += f"HPUB {subject} {reply + ' ' if reply else ''}{len(headers)} {len(headers) + size}\r\n".encode() + headers + payload + b"\r\n"
+        else:
+            stream += f"PUB {subject} {reply + ' ' if reply else ''}{size}\r\n".encode() + payload + b"\r\n"
+        expected.append((subject, reply or "", payload))
+    stream += b"PING\r\n"
+
+    async def scenario():
+        nc = await connect(hub)
+        received = []
+        done = asyncio.Event()
+
+        async def on_message(msg):
+            received.append((msg.subject, msg.reply, msg.data))
+            if len(received) == len(expected):
+                done.set()
+
+        await nc.subscribe("flow.>", cb=on_message)
+        await nc.flush()
+        sock = raw_connection(hub)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the cuts reach the hub as sent
+        sizes, offset, turn = [1, 13, 4093, 65_537, 300, 2], 0, 0
+        while offset < len(stream):
+            sock.sendall(stream[offset:offset + sizes[turn % len(sizes)]])
+            offset += sizes[turn % len(sizes)]
+            turn += 1
+        answer = b""
+        while b"PONG" not in answer:
+            answer += await asyncio.get_running_loop().run_in_executor(None, sock.recv, 4096)
+        await asyncio.wait_for(done.wait(), 30)
+        assert len(received) == len(expected)
+        for n, (got, want) in enumerate(zip(received, expected)):
+            assert got == want, f"message {n}"
+        sock.close()
+        await nc.close()
+
+    run(scenario())
+
+
 def test_queue_groups_share_the_work(hub):
     async def scenario():
         nc = await connect(hub)

@@ -94,6 +94,64 @@ extension [HubCore.Output] {
         }
     }
 
+    /// `forward` (a NATS PUB left in the read) delivers exactly as `publish` would, or declines
+    /// and changes nothing.
+    @Test func forwardingAgreesWithPublishingOrDeclines() throws {
+        func core(keeping: String? = nil) throws -> HubCore {
+            var core = HubCore(configuration: .init(hubNode: Node("postmaster@relay.local/hub")!))
+            for session: SessionID in 1...4 { _ = core.register(session, node: Node("nats-\(session)@relay.local/\(session)")!) }
+            try core.subscribe(1, token: "1", filter: "orders.*", queue: nil, echo: true, overflow: DeliveryLimit(maximumHeld: .max, policy: .disconnect))
+            try core.subscribe(2, token: "1", filter: "orders.>", queue: nil, echo: true)
+            try core.subscribe(3, token: "7", filter: "orders.new", queue: nil, echo: false)
+            try core.subscribe(2, token: "2", filter: "work", queue: "workers", echo: true)
+            try core.subscribe(4, token: "1", filter: "limited", queue: nil, echo: true)
+            _ = core.unsubscribe(4, token: "1", after: 5)
+            if let keeping { _ = try core.createQueue(QueueConfiguration(name: "kept", subjects: [keeping])) }
+            return core
+        }
+        func published(_ core: inout HubCore, _ subject: String, from session: SessionID) -> [HubCore.Recipient] {
+            let message = PublishedMessage(subject: subject, body: .bytes([1]))
+            return core.publish(message, from: session, jetStream: true).outputs.compactMap { output in
+                guard case .deliver(let session, let token, _, let limit) = output else { return nil }
+                return HubCore.Recipient(session: session, token: token, limit: limit)
+            }
+        }
+        func forwards(_ core: inout HubCore, _ subject: String, from session: SessionID, accepts: Bool = true) -> [HubCore.Recipient]? {
+            var recipients: [HubCore.Recipient] = [HubCore.Recipient(session: 9, token: "x", limit: nil)]
+            let before = core.statistics
+            guard core.forward(subject: subject, hasReplyTo: false, from: session, accepts: { _ in accepts }, into: &recipients) else {
+                #expect(recipients.count == 1 && core.statistics == before, "declined, nothing changed")
+                return nil
+            }
+            return Array(recipients.dropFirst())
+        }
+        var forwarding = try core()
+        var publishing = try core()
+        // Plain: to every subscription but the publisher's own without echo, as publish does.
+        let recipients = forwards(&forwarding, "orders.new", from: 3)
+        #expect(recipients == published(&publishing, "orders.new", from: 3))
+        #expect(Set(recipients?.map(\.session) ?? []) == [1, 2])
+        #expect(forwarding.statistics == publishing.statistics)
+        // Declined: a queue group, an auto-unsubscribe limit, no subscriber, the hub's own
+        // subjects, a recipient the caller does not accept.
+        for subject in ["work", "limited", "nobody", "$RELAY.ACK.kept.1"] { #expect(forwards(&forwarding, subject, from: 1) == nil) }
+        #expect(forwards(&forwarding, "orders.new", from: 1, accepts: false) == nil)
+        // With durable queues: never a subject one keeps; another once `publish` has looked it up.
+        var keeping = try core(keeping: "orders.kept")
+        #expect(forwards(&keeping, "orders.kept", from: 4) == nil)
+        #expect(forwards(&keeping, "orders.eu", from: 4) == nil)
+        _ = published(&keeping, "orders.eu", from: 4)
+        #expect(forwards(&keeping, "orders.kept", from: 4) == nil)
+        #expect(forwards(&keeping, "orders.eu", from: 4)?.count == 2)
+        // Forwarded deliveries count towards a later `UNSUB sid max`: after three, `UNSUB 1 3` ends
+        // session 1's sid 1 at once.
+        _ = forwards(&forwarding, "orders.eu", from: 4)
+        _ = forwards(&forwarding, "orders.eu", from: 4)
+        let hadIt = forwarding.unsubscribe(1, token: "1", after: 3)
+        #expect(hadIt)
+        #expect(forwards(&forwarding, "orders.eu", from: 4)?.map(\.session) == [2])
+    }
+
     @Test func wildcardsReachTheirSubscribersWithSubjectAndPublisher() {
         var hub = CoreHarness()
         for session: SessionID in 1...4 { hub.connect(session, "user\(session)@relay.local/i") }

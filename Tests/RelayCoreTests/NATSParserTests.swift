@@ -40,6 +40,49 @@ import Testing
         }
     }
 
+    /// Parses `chunks` one read at a time, taking every PUB without headers in place; returns
+    /// what came, a PUB in place as an operation with its payload read from where it was left.
+    private static func parseInPlace(_ chunks: [[UInt8]], accept: Bool = true) throws -> (operations: [NATSOperation], inPlace: Int) {
+        var parser = NATSParser(role: .server)
+        var operations: [NATSOperation] = []
+        var inPlace = 0
+        for chunk in chunks {
+            try parser.bytesReceived(chunk, { operations.append($0) }) { publication in
+                guard accept else { return false }
+                inPlace += 1
+                operations.append(
+                    .publish(subject: publication.subject, replyTo: publication.replyTo, headers: nil, payload: Array(chunk[publication.payload])))
+                return true
+            }
+        }
+        #expect(parser.bufferedByteCount == 0)
+        return (operations, inPlace)
+    }
+
+    @Test func aPublishWholeInOneReadIsHandedOverInPlace() throws {
+        let stream = Self.clientOperations.flatMap(NATSEncoder.encode)
+        let (operations, inPlace) = try Self.parseInPlace([stream])
+        #expect(operations == Self.clientOperations)
+        #expect(inPlace == 2, "the two PUBs; the HPUB comes as an operation")
+        // Refused, it comes as an operation all the same.
+        let refused = try Self.parseInPlace([stream], accept: false)
+        #expect(refused.operations == Self.clientOperations && refused.inPlace == 0)
+    }
+
+    @Test func aReadAfterAnIncompleteOneIsParsedInPlaceOnceThatOperationIsComplete() throws {
+        let stream = Self.clientOperations.flatMap(NATSEncoder.encode)
+        for split in 1..<stream.count {
+            let (operations, inPlace) = try Self.parseInPlace([Array(stream[..<split]), Array(stream[split...])])
+            #expect(operations == Self.clientOperations, "split at \(split)")
+            // A PUB cut by the split is completed in the parser's buffer; any other is in place.
+            #expect(inPlace >= 1, "split at \(split)")
+        }
+        // Three PUBs after one cut in its payload: the cut one from the buffer, the rest in place.
+        let pub = NATSEncoder.encode(.publish(subject: "s", replyTo: nil, headers: nil, payload: Array("abcdef".utf8)))
+        let (operations, inPlace) = try Self.parseInPlace([Array(pub[..<10]), Array(pub[10...] + pub + pub)])
+        #expect(operations.count == 3 && inPlace == 2)
+    }
+
     @Test func readsByteByByte() throws {
         let stream = Self.clientOperations.flatMap(NATSEncoder.encode)
         var parser = NATSParser(role: .server)

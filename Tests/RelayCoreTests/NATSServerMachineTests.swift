@@ -39,6 +39,25 @@ import Testing
         }
     }
 
+    @Test func aPublishLeftInPlaceIsForwardedOnceConnected() {
+        let publication = NATSPublishInPlace(subject: "orders.new", replyTo: "r", payload: 10..<15)
+        var actions: [NATSServerConnectionMachine.Action] = []
+        // Before CONNECT is accepted the machine needs it as an operation (it may be deferred).
+        var waiting = machine(authRequired: true)
+        _ = waiting.connected()
+        #expect(!waiting.publishInPlaceReceived(publication, into: &actions) && actions.isEmpty)
+        var machine = connected()
+        #expect(machine.publishInPlaceReceived(publication, into: &actions))
+        #expect(actions == [.forward(publication)])
+        actions = []
+        #expect(machine.publishInPlaceReceived(NATSPublishInPlace(subject: "a..b", replyTo: nil, payload: 0..<0), into: &actions))
+        #expect(actions == [.send([.error("Invalid Publish Subject")])])
+        var verbose = connected(["verbose": true])
+        actions = []
+        #expect(verbose.publishInPlaceReceived(publication, into: &actions))
+        #expect(actions == [.forward(publication), .send([.ok])])
+    }
+
     @Test func sendsInfoThenChecksConnect() {
         var machine = machine()
         #expect(machine.connected() == [.send([.info(["server_id": "T", "headers": true])])])

@@ -1,3 +1,5 @@
+import NIOCore
+import NIOEmbedded
 import RelayCore
 import Testing
 
@@ -32,5 +34,42 @@ import Testing
         var snug = OutletBatch()
         snug.append { $0 += Array("small".utf8) }
         #expect(address(snug.items[0].bytes) == address(snug.bytes[...]))
+    }
+}
+
+/// While a connection cannot take more, deliveries counted per subscription (LIME's `pending`) are
+/// held one by one; those bounded by bytes alone (NATS) go to the writer, in order behind any held.
+@Suite struct SessionOutletTests {
+    private func batch(_ text: String, limit: DeliveryLimit?) -> OutletBatch {
+        var batch = OutletBatch()
+        batch.append(token: "t", limit: limit) { $0 += Array(text.utf8) }
+        return batch
+    }
+
+    private func written(_ channel: EmbeddedChannel) throws -> String {
+        channel.embeddedEventLoop.run()
+        var text = ""
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { text += String(buffer: buffer) }
+        return text
+    }
+
+    @Test func deliveriesBoundedByBytesAloneAreWrittenWhileTheConnectionLags() throws {
+        let channel = EmbeddedChannel()
+        let outlet = SessionOutlet(channel: channel, framing: .stream, maximumPendingBytes: 64)
+        let bytesOnly = DeliveryLimit(maximumHeld: .max, policy: .disconnect)
+        let counted = DeliveryLimit(maximumHeld: 1, policy: .dropNewest)
+        outlet.writabilityChanged(false)
+        #expect(outlet.send(batch("nats1 ", limit: bytesOnly)) == 0)
+        #expect(try written(channel) == "nats1 ")
+        // A counted delivery is held; what comes after it waits behind it, and its overflow drops.
+        #expect(outlet.send(batch("lime1 ", limit: counted)) == 0)
+        #expect(outlet.send(batch("lime2 ", limit: counted)) == 1)
+        #expect(outlet.send(batch("nats2 ", limit: bytesOnly)) == 0)
+        #expect(try written(channel) == "")
+        outlet.writabilityChanged(true)
+        #expect(try written(channel) == "lime1 nats2 ")
+        // The byte cap still holds: past it the session is a slow consumer.
+        outlet.writabilityChanged(false)
+        #expect(outlet.send(batch(String(repeating: "x", count: 65), limit: bytesOnly)) == nil)
     }
 }
