@@ -227,11 +227,16 @@ public final class Hub: Sendable {
             return true
         }
 
-        mutating func deliverNATS(_ message: PublishedMessage, to outlet: SessionOutlet, token: String, limit: DeliveryLimit?, headers: Bool) {
+        mutating func deliverNATS(
+            _ message: PublishedMessage, to outlet: SessionOutlet, token: String, limit: DeliveryLimit?, headers: Bool
+        ) {
             let isLast = lastMessage?.isSame(as: message) == true
-            if addNATS(outlet, token: token, limit: limit, headers: headers, isLast: isLast, { output in
-                NATSEncoder.encodeMessage(message, sid: token, headersEnabled: headers, into: &output)
-            }) {
+            if addNATS(
+                outlet, token: token, limit: limit, headers: headers, isLast: isLast,
+                { output in
+                    NATSEncoder.encodeMessage(message, sid: token, headersEnabled: headers, into: &output)
+                })
+            {
                 lastMessage = message
                 lastInPlace = -1
             }
@@ -242,9 +247,13 @@ public final class Hub: Sendable {
             _ publication: NATSPublishInPlace, number: Int, payload: UnsafeRawBufferPointer, to outlet: SessionOutlet,
             token: String, limit: DeliveryLimit?, headers: Bool
         ) {
-            if addNATS(outlet, token: token, limit: limit, headers: headers, isLast: lastInPlace == number, { output in
-                NATSEncoder.encodeMessage(subject: publication.subject, sid: token, replyTo: publication.replyTo, payload: payload, into: &output)
-            }) {
+            if addNATS(
+                outlet, token: token, limit: limit, headers: headers, isLast: lastInPlace == number,
+                { output in
+                    NATSEncoder.encodeMessage(
+                        subject: publication.subject, sid: token, replyTo: publication.replyTo, payload: payload, into: &output)
+                })
+            {
                 lastMessage = nil
                 lastInPlace = number
             }

@@ -2,6 +2,7 @@
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ class Hub:
     """A `relay serve` process on free loopback ports, and what it logged."""
 
     def __init__(self, *extra_args, data=None):
+        # A data directory made here is removed on stop; one passed in belongs to the test.
+        self._owns_data = data is None
         self.data = data or tempfile.mkdtemp(prefix="relay-data-")
         self.process = subprocess.Popen(
             [RELAY_BIN, "serve", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--data", self.data, *extra_args],
@@ -55,14 +58,18 @@ class Hub:
 
     def stop(self):
         """SIGTERM, as an operator would; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                raise
-        return self.process.returncode
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    return self.process.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    raise
+            return self.process.returncode
+        finally:
+            if self._owns_data and self.process.poll() is not None:
+                shutil.rmtree(self.data, ignore_errors=True)
 
 
 @pytest.fixture

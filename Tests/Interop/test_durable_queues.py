@@ -2,6 +2,7 @@
 import collections
 import json
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -62,7 +63,9 @@ def test_confirmed_messages_survive_kill_9():
         assert missing == [], f"{len(missing)} confirmed messages lost, first {missing[:5]}"
         assert max(seen.values()) <= 5
     finally:
-        assert second.stop() == 0
+        code = second.stop()
+        shutil.rmtree(data, ignore_errors=True)
+        assert code == 0
 
 
 def test_nats_clients_consume_and_acknowledge_with_jetstream_bodies(hub):

@@ -51,7 +51,9 @@ import Testing
                 guard accept else { return false }
                 inPlace += 1
                 operations.append(
-                    .publish(subject: publication.subject, replyTo: publication.replyTo, headers: nil, payload: Array(chunk[publication.payload])))
+                    .publish(
+                        subject: publication.subject, replyTo: publication.replyTo, headers: nil, payload: Array(chunk[publication.payload])
+                    ))
                 return true
             }
         }

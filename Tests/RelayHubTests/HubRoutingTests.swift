@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import RelayClient
 import RelayCore
@@ -187,6 +188,7 @@ import Testing
         configuration.tcp = HostAndPort(host: "127.0.0.1", port: 0)
         configuration.nats = nil
         configuration.data = temporaryDataDirectory()
+        defer { try? FileManager.default.removeItem(atPath: configuration.data) }
         let server = try HubServer(configuration: configuration)
         try await server.start()
         let hub = TestHub(server: server)

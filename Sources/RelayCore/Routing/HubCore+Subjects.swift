@@ -187,7 +187,9 @@ extension HubCore {
                 return false
             }
             recipients.append(
-                Recipient(session: subscriptionSlots[slot].session, token: subscriptionSlots[slot].token, limit: subscriptionSlots[slot].overflow))
+                Recipient(
+                    session: subscriptionSlots[slot].session, token: subscriptionSlots[slot].token, limit: subscriptionSlots[slot].overflow)
+            )
         }
         let delivered = recipients.count - first
         guard delivered > 0 else { return false }
