@@ -417,7 +417,7 @@ public final class Hub: Sendable {
             // the session's pending bytes wait for it (`maxPendingBytes`), not at a message count.
             try state.core.subscribe(
                 id, token: sid, filter: subject, queue: queue, echo: echo,
-                overflow: DeliveryLimit(maximumHeld: .max, policy: .disconnect))
+                overflow: .bytesOnly)
         }
     }
 
@@ -444,6 +444,10 @@ public final class Hub: Sendable {
             var resolved = Resolved()
             var outputs: [HubCore.Output] = []
             var recipients: [HubCore.Recipient] = []
+            // The recipients' sessions, in the same order, as `accepts` looks them up.
+            var recipientSessions: [OpenSession] = []
+            // Sessions do not change while the lock is held.
+            let sessions = state.sessions
             for (number, publication) in publications.enumerated() {
                 let message: PublishedMessage
                 switch publication {
@@ -451,13 +455,16 @@ public final class Hub: Sendable {
                     message = published
                 case .inPlace(let publication):
                     let payload = UnsafeRawBufferPointer(rebasing: bytes[publication.payload])
-                    let sessions = state.sessions
+                    recipientSessions.removeAll(keepingCapacity: true)
                     if state.core.forward(
                         subject: publication.subject, hasReplyTo: publication.replyTo != nil, from: id,
-                        accepts: { sessions[$0]?.natsHeaders != nil }, into: &recipients)
+                        accepts: { session in
+                            guard let open = sessions[session], open.natsHeaders != nil else { return false }
+                            recipientSessions.append(open)
+                            return true
+                        }, into: &recipients)
                     {
-                        for recipient in recipients {
-                            let session = sessions[recipient.session]!
+                        for (recipient, session) in zip(recipients, recipientSessions) {
                             resolved.forwardNATS(
                                 publication, number: number, payload: payload, to: session.outlet, token: recipient.token,
                                 limit: recipient.limit, headers: session.natsHeaders!)

@@ -45,7 +45,7 @@ struct OutletBatch: Sendable {
     mutating func append(token: String? = nil, limit: DeliveryLimit? = nil, _ render: (inout [UInt8]) -> Void) {
         render(&bytes)
         entries.append(Entry(token: token, limit: limit, end: bytes.count))
-        if let limit, limit.maximumHeld != .max || limit.policy != .disconnect { hasCountedDeliveries = true }
+        if let limit, limit != .bytesOnly { hasCountedDeliveries = true }
     }
 
     /// The writes one by one, for holding them. They are slices of one array: if it was made

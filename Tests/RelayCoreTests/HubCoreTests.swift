@@ -101,7 +101,7 @@ extension [HubCore.Output] {
             var core = HubCore(configuration: .init(hubNode: Node("postmaster@relay.local/hub")!))
             for session: SessionID in 1...4 { _ = core.register(session, node: Node("nats-\(session)@relay.local/\(session)")!) }
             try core.subscribe(
-                1, token: "1", filter: "orders.*", queue: nil, echo: true, overflow: DeliveryLimit(maximumHeld: .max, policy: .disconnect))
+                1, token: "1", filter: "orders.*", queue: nil, echo: true, overflow: .bytesOnly)
             try core.subscribe(2, token: "1", filter: "orders.>", queue: nil, echo: true)
             try core.subscribe(3, token: "7", filter: "orders.new", queue: nil, echo: false)
             try core.subscribe(2, token: "2", filter: "work", queue: "workers", echo: true)

@@ -56,7 +56,7 @@ import Testing
     @Test func deliveriesBoundedByBytesAloneAreWrittenWhileTheConnectionLags() throws {
         let channel = EmbeddedChannel()
         let outlet = SessionOutlet(channel: channel, framing: .stream, maximumPendingBytes: 64)
-        let bytesOnly = DeliveryLimit(maximumHeld: .max, policy: .disconnect)
+        let bytesOnly = DeliveryLimit.bytesOnly
         let counted = DeliveryLimit(maximumHeld: 1, policy: .dropNewest)
         outlet.writabilityChanged(false)
         #expect(outlet.send(batch("nats1 ", limit: bytesOnly)) == 0)

@@ -165,7 +165,9 @@ extension HubCore {
     /// recipients are appended to `recipients`, and the result is true. That is: it is not for the
     /// hub itself (a reply to one of its inboxes, an acknowledgement, a JetStream or service
     /// request); no durable queue keeps it; it matches no queue group and no subscription with an
-    /// auto-unsubscribe limit; and it has subscribers, each of which `accepts` (a NATS session).
+    /// auto-unsubscribe limit; and it has subscribers, each of which `accepts` (a NATS session;
+    /// asked once per recipient, just before it is appended, so the caller may keep what it
+    /// looked up alongside).
     /// Otherwise nothing changes and the result is false: the caller then calls `publish`.
     public mutating func forward(
         subject: String, hasReplyTo: Bool, from session: SessionID, accepts: (SessionID) -> Bool,

@@ -18,4 +18,8 @@ public struct DeliveryLimit: Sendable, Equatable {
         self.maximumHeld = maximumHeld
         self.policy = policy
     }
+
+    /// No count: only the session's pending bytes bound its deliveries, past which the session
+    /// ends (a NATS subscription, as in nats-server).
+    public static let bytesOnly = DeliveryLimit(maximumHeld: .max, policy: .disconnect)
 }
