@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import RelayCore
+import RelayTransport
 import Synchronization
 
 /// The hub's shared state: every open session and the router that decides where envelopes go.
@@ -32,7 +33,11 @@ public final class Hub: Sendable {
     private final class OpenSession: @unchecked Sendable {
         let outlet: SessionOutlet
         /// The node it holds, once established.
-        var node: Node?
+        var node: Node? {
+            didSet { quotedNode = node.map(LIMECodec.quoted) }
+        }
+        /// `node` as JSON text, for the deliveries the hub forwards to it or from it.
+        private(set) var quotedNode: [UInt8]?
         /// For NATS connections, whether they enabled headers; nil for LIME sessions.
         var natsHeaders: Bool?
 
@@ -150,17 +155,58 @@ public final class Hub: Sendable {
         authenticator.verify(credentials, fallbackName: fallbackName)
     }
 
-    /// Hands the envelopes of an established session (those of one read cycle, in order) to the
-    /// core and carries out what it says, emptying `envelopes` (moved into the core, not copied).
-    func route(_ envelopes: inout [Envelope], from sender: SessionID) {
-        perform { core in
+    /// Hands what an established session sent in one read cycle to the core, in order, and
+    /// carries out what it says, emptying `items` (envelopes are moved into the core, not copied).
+    /// A publication read in place is forwarded from its bytes when it is only to be delivered to
+    /// LIME subscriptions (`HubCore.forward`); otherwise it is published as usual.
+    func route(_ items: inout [LIMERouted], from sender: SessionID) {
+        let resolved = state.withLock { state in
+            var resolved = Resolved()
             var outputs: [HubCore.Output] = []
-            envelopes.drainInOrder { envelope in
-                let more = core.envelopeReceived(envelope, from: sender)
-                if outputs.isEmpty { outputs = more } else { outputs += more }
+            var recipients: [HubCore.Recipient] = []
+            // The recipients' sessions, in the same order, as `accepts` looks them up.
+            var recipientSessions: [OpenSession] = []
+            // Sessions do not change while the lock is held.
+            let sessions = state.sessions
+            items.drainInOrder { item in
+                switch item {
+                case .envelope(let envelope):
+                    outputs = state.core.envelopeReceived(envelope, from: sender)
+                case .publication(let publication, let bytes):
+                    let publisher = sessions[sender]
+                    bytes.withUnsafeBytes { envelope in
+                        recipientSessions.removeAll(keepingCapacity: true)
+                        guard
+                            state.core.forward(
+                                subject: publication.subject, hasReplyTo: false, from: sender,
+                                accepts: { session in
+                                    guard let open = sessions[session], open.natsHeaders == nil else { return false }
+                                    recipientSessions.append(open)
+                                    return true
+                                }, into: &recipients)
+                        else {
+                            outputs = state.core.envelopeReceived(
+                                .command(publication.command(from: publisher?.node, envelope: envelope)), from: sender)
+                            return
+                        }
+                        let content = UnsafeRawBufferPointer(rebasing: envelope[publication.resource])
+                        for (recipient, session) in zip(recipients, recipientSessions) {
+                            resolved.add(session.outlet, token: recipient.token, limit: recipient.limit) {
+                                LIMECodec.encodeDelivery(
+                                    publication, content: content, from: publisher?.quotedNode, token: recipient.token,
+                                    to: session.quotedNode,
+                                    into: &$0)
+                            }
+                        }
+                        recipients.removeAll(keepingCapacity: true)
+                    }
+                }
+                resolve(outputs, into: &resolved, in: &state)
+                outputs.removeAll(keepingCapacity: true)
             }
-            return outputs
+            return resolved
         }
+        dispatch(resolved)
     }
 
     /// Carries out the core's outputs: writes (outside the lock) and timers.
@@ -511,4 +557,12 @@ enum NATSPublication {
     case message(PublishedMessage)
     /// A PUB without headers still in the read's bytes.
     case inPlace(NATSPublishInPlace)
+}
+
+/// What a LIME session sent in one read cycle, as the hub receives it.
+enum LIMERouted {
+    /// Decoded, with `from` set by the session's machine.
+    case envelope(Envelope)
+    /// A fire-and-forget publication still in the bytes of its envelope.
+    case publication(LIMEPublishInPlace, LIMEEnvelopeBytes)
 }

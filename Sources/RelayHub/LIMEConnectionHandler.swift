@@ -23,7 +23,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     private var closing = false
     /// Envelopes of the current read cycle for the hub, handed over together (one lock, one batch
     /// of writes per recipient) before anything else the session does, and at the cycle's end.
-    private var routed: [Envelope] = []
+    private var routed: [LIMERouted] = []
     private var reading = false
 
     init(hub: Hub, framing: LIMEEnvelopeReader.Framing) {
@@ -91,7 +91,15 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         // Publications are routed together when the read cycle ends (over WebSocket each frame
         // is a read of its own here), unless the session does something else first.
         reading = true
-        let error = reader.read(unwrapInboundIn(data)) { envelope in
+        let error = reader.read(
+            unwrapInboundIn(data),
+            publishInPlace: { publication, bytes in
+                // Forwarded from its bytes when the hub can (`Hub.route`), published as usual otherwise.
+                guard !self.closing, self.machine?.routesPublicationsInPlace == true else { return false }
+                self.routed.append(.publication(publication, bytes))
+                return true
+            }
+        ) { envelope in
             // Moved into the machine, which sets `from` in place.
             guard !closing, machine != nil else { return }
             let action = machine!.envelopeReceived(envelope)
@@ -186,7 +194,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             if let sessionID { hub.register(sessionID, node: node) }
             write(reply, context: context)
         case .route(let envelope):
-            routed.append(envelope)
+            routed.append(.envelope(envelope))
             if !reading { routePending() }
         case .sendAndClose(let envelope):
             sendAndClose(envelope, context: context)

@@ -16,6 +16,7 @@ package struct LIMEEnvelopeReader {
     private let maximumDepth: Int
     /// The few nodes a connection's envelopes name, read once.
     private var nodes = LIMECodec.NodeCache()
+    private var publications = LIMEPublicationScanner()
 
     package init(framing: Framing, maximumEnvelopeSize: Int, maximumDepth: Int = JSONParser.defaultMaximumDepth) {
         self.framer = framing == .stream ? LIMEStreamFramer(maximumEnvelopeSize: maximumEnvelopeSize) : nil
@@ -28,14 +29,43 @@ package struct LIMEEnvelopeReader {
     /// per message). Returns the error that stopped reading, if any; what was read before it has
     /// been handed over.
     package mutating func read(_ buffer: ByteBuffer, _ body: (consuming Envelope) -> Void) -> Reason? {
+        read(buffer, scanning: false, publishInPlace: { _, _ in false }, body)
+    }
+
+    /// `read` for the hub: each plain fire-and-forget publication (`LIMEPublicationScanner`) is
+    /// offered to `publishInPlace` first, with the bytes it lies in; when that returns false the
+    /// envelope is decoded and handed to `body` as usual.
+    package mutating func read(
+        _ buffer: ByteBuffer, publishInPlace: (LIMEPublishInPlace, LIMEEnvelopeBytes) -> Bool, _ body: (consuming Envelope) -> Void
+    ) -> Reason? {
+        read(buffer, scanning: true, publishInPlace: publishInPlace, body)
+    }
+
+    private mutating func read(
+        _ buffer: ByteBuffer, scanning: Bool, publishInPlace: (LIMEPublishInPlace, LIMEEnvelopeBytes) -> Bool,
+        _ body: (consuming Envelope) -> Void
+    ) -> Reason? {
         guard var framer else {
             guard buffer.readableBytes <= maximumEnvelopeSize else { return tooLarge }
+            if scanning,
+                let publication = buffer.withUnsafeReadableBytes({
+                    publications.scan($0.assumingMemoryBound(to: UInt8.self), maximumDepth: maximumDepth)
+                }),
+                publishInPlace(publication, .buffer(buffer))
+            {
+                return nil
+            }
             return decode(buffer.readableBytesView, body)
         }
         do {
             let pieces = try framer.bytesReceived(buffer.readableBytesView)
             self.framer = framer
             for piece in pieces {
+                if scanning, let publication = piece.withUnsafeBufferPointer({ publications.scan($0, maximumDepth: maximumDepth) }),
+                    publishInPlace(publication, .array(piece))
+                {
+                    continue
+                }
                 if let error = decode(piece, body) { return error }
             }
             return nil
@@ -62,5 +92,19 @@ package struct LIMEEnvelopeReader {
     package func reason(for error: any Error) -> Reason? {
         if let failure = error as? WebSocketFailure, failure.code == WebSocketCloseCode.messageTooBig { return tooLarge }
         return nil
+    }
+}
+
+/// The bytes of one envelope as the reader got them: a WebSocket frame's payload (a slice of the
+/// read) or an envelope split from a TCP stream.
+package enum LIMEEnvelopeBytes {
+    case buffer(ByteBuffer)
+    case array([UInt8])
+
+    package func withUnsafeBytes<Result>(_ body: (UnsafeRawBufferPointer) throws -> Result) rethrows -> Result {
+        switch self {
+        case .buffer(let buffer): try buffer.withUnsafeReadableBytes(body)
+        case .array(let array): try array.withUnsafeBytes(body)
+        }
     }
 }

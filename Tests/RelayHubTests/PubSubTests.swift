@@ -25,6 +25,47 @@ import Testing
         }
     }
 
+    /// Plain publications are forwarded from the bytes they arrived in; those with metadata, or
+    /// with a NATS subscriber, go the usual way. Mixed in one stream, over either transport, they
+    /// all arrive whole, in order, with their type, publisher and metadata.
+    @Test(arguments: Transport.allCases)
+    func forwardedAndDecodedPublicationsArriveWholeAndInOrder(_ transport: Transport) async throws {
+        try await withHub { hub in
+            let publisher = try await hub.connect(transport, as: "pub@relay.local")
+            let subscriber = try await hub.connect(.ws, as: "sub@relay.local")
+            let subscription = try await subscriber.subscribe("feed.*")
+            let nats = try await NATSClient.connect(to: "nats://127.0.0.1:\(hub.natsPort)")
+            defer { Task { await nats.close() } }
+            let natsSubscription = try nats.subscribe("feed.nats")
+            try await nats.flush()
+            func publication(_ n: Int) -> (subject: String, content: JSONValue, metadata: [String: String]) {
+                switch n % 4 {
+                case 0: ("feed.a", .string("text \(n) \"quoted\" é"), [:])
+                case 1: ("feed.b", ["n": .number(JSONNumber(n)), "list": [true, .null]], [:])
+                case 2: ("feed.a", .string("\(n)"), ["n": "\(n)"])
+                default: ("feed.nats", .string("\(n)"), [:])
+                }
+            }
+            let count = 400
+            for n in 0..<count {
+                let (subject, content, metadata) = publication(n)
+                try await publisher.publish(subject, content, metadata: metadata)
+            }
+            var iterator = subscription.makeAsyncIterator()
+            for n in 0..<count {
+                let expected = publication(n)
+                let received = await iterator.next()
+                #expect(received?.subject == expected.subject, "publication \(n)")
+                #expect(received?.content == expected.content, "publication \(n)")
+                #expect(received?.metadata == expected.metadata, "publication \(n)")
+                #expect(received?.publisher == publisher.localNode)
+                #expect(received?.type == (expected.content.stringValue == nil ? .applicationJSON : .textPlain))
+            }
+            var natsIterator = natsSubscription.makeAsyncIterator()
+            for n in stride(from: 3, to: count, by: 4) { #expect(await natsIterator.next()?.text == "\(n)") }
+        }
+    }
+
     @Test func aQueueGroupSharesTheWorkAcrossTransports() async throws {
         try await withHub { hub in
             let publisher = try await hub.connect(.ws, as: "pub@relay.local")

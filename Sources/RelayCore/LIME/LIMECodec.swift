@@ -277,17 +277,70 @@ public enum LIMECodec {
             output += encode(message.limeEnvelope(token: token, to: node))
             return
         }
-        var writer = DirectWriter(header: EnvelopeHeader(from: message.publisher, to: node), appendingTo: consume output)
+        let (type, content) = message.limeContent
+        writeDelivery(
+            replyTo: message.replyTo, status: message.status, subject: message.subject, token: token, type: type, into: &output,
+            header: { $0.header(EnvelopeHeader(from: message.publisher, to: node)) }
+        ) { content.write(into: &$0) }
+    }
+
+    /// A node as JSON text (a quoted string), written once per session by the hub so deliveries
+    /// copy it rather than write each node's parts again.
+    public static func quoted(_ node: Node) -> [UInt8] {
+        var output: [UInt8] = []
+        writeNode(node, into: &output)
+        return output
+    }
+
+    /// A node as a JSON string of its `description`, written part by part rather than built first.
+    private static func writeNode(_ node: Node, into output: inout [UInt8]) {
+        output.append(UInt8(ascii: "\""))
+        if let name = node.name {
+            JSONWriter.writeEscaped(name, into: &output)
+            output.append(UInt8(ascii: "@"))
+        }
+        JSONWriter.writeEscaped(node.domain, into: &output)
+        if let instance = node.instance {
+            output.append(UInt8(ascii: "/"))
+            JSONWriter.writeEscaped(instance, into: &output)
+        }
+        output.append(UInt8(ascii: "\""))
+    }
+
+    /// The bytes of the delivery of a publication forwarded from where it lies
+    /// (`LIMEPublishInPlace`): the same as `encodeDelivery` writes for the publication the usual
+    /// path makes of it, with `content`, the resource's JSON text, copied as it arrived. The
+    /// publisher and the recipient are given as `quoted` nodes.
+    public static func encodeDelivery(
+        _ publication: LIMEPublishInPlace, content: UnsafeRawBufferPointer, from publisher: [UInt8]?, token: String,
+        to node: [UInt8]?, into output: inout [UInt8]
+    ) {
+        writeDelivery(
+            replyTo: nil, status: nil, subject: publication.subject, token: token, type: publication.deliveredType, into: &output,
+            header: { writer in
+                if let publisher { writer.member("from", quoted: publisher) }
+                if let node { writer.member("to", quoted: node) }
+            }
+        ) { $0.append(contentsOf: content) }
+    }
+
+    /// A delivery without the publisher's metadata, whose members and their order are known.
+    private static func writeDelivery(
+        replyTo: String?, status: Int?, subject: String, token: String, type: MediaType, into output: inout [UInt8],
+        header: (inout DirectWriter) -> Void, content: (inout [UInt8]) -> Void
+    ) {
+        var writer = DirectWriter(appendingTo: consume output)
+        header(&writer)
         writer.name("metadata")
         writer.output.append(UInt8(ascii: "{"))
-        if let replyTo = message.replyTo { writer.pair("#reply", replyTo) }
-        if let status = message.status { writer.pair("#status", String(status)) }
-        writer.pair("#subject", message.subject)
+        if let replyTo { writer.pair("#reply", replyTo) }
+        if let status { writer.pair("#status", String(status)) }
+        writer.pair("#subject", subject)
         writer.pair("#subscription", token, last: true)
         writer.output.append(UInt8(ascii: "}"))
-        let (type, content) = message.limeContent
         writer.member("type", string: type.rawValue)
-        writer.member("content", content)
+        writer.name("content")
+        content(&writer.output)
         output = writer.finish()
     }
 
@@ -296,12 +349,21 @@ public enum LIMECodec {
         var output: [UInt8] = []
         var first = true
 
-        /// Starts an envelope, at the end of `output` when given (moved in, not copied).
+        /// Starts an envelope with its header, at the end of `output` when given (moved in, not copied).
         init(header: EnvelopeHeader, appendingTo existing: [UInt8] = []) {
+            self.init(appendingTo: existing)
+            self.header(header)
+        }
+
+        /// Starts an envelope at the end of `existing` (moved in, not copied).
+        init(appendingTo existing: [UInt8]) {
             output = existing
             // Grown geometrically: many envelopes may be appended to one batch.
             if output.capacity - output.count < 256 { output.reserveCapacity(Swift.max(output.count + 256, output.capacity * 2)) }
             output.append(UInt8(ascii: "{"))
+        }
+
+        mutating func header(_ header: EnvelopeHeader) {
             if let id = header.id { member("id", string: id) }
             if let from = header.from { member("from", node: from) }
             if let to = header.to { member("to", node: to) }
@@ -332,20 +394,15 @@ public enum LIMECodec {
             JSONWriter.writeString(string, into: &output)
         }
 
-        /// A node as its `description` reads, written part by part rather than built first.
         mutating func member(_ name: StaticString, node: Node) {
             self.name(name)
-            output.append(UInt8(ascii: "\""))
-            if let name = node.name {
-                JSONWriter.writeEscaped(name, into: &output)
-                output.append(UInt8(ascii: "@"))
-            }
-            JSONWriter.writeEscaped(node.domain, into: &output)
-            if let instance = node.instance {
-                output.append(UInt8(ascii: "/"))
-                JSONWriter.writeEscaped(instance, into: &output)
-            }
-            output.append(UInt8(ascii: "\""))
+            LIMECodec.writeNode(node, into: &output)
+        }
+
+        /// A member whose value is JSON text already (a `quoted` node).
+        mutating func member(_ name: StaticString, quoted: [UInt8]) {
+            self.name(name)
+            output.append(contentsOf: quoted)
         }
 
         mutating func member(_ name: StaticString, _ value: JSONValue) {

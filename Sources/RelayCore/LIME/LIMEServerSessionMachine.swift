@@ -84,6 +84,14 @@ public struct LIMEServerSessionMachine: Sendable {
         return nil
     }
 
+    /// Whether a publication read in place (`LIMEPublishInPlace`) goes to the hub as it is: once
+    /// established, where any command is routed with `from` set to the session's node. Before, it
+    /// is decoded and received as an envelope, which answers it as the state requires.
+    public var routesPublicationsInPlace: Bool {
+        if case .established = state { return true }
+        return false
+    }
+
     private var needsNegotiation: Bool {
         configuration.compressionOptions.count > 1 || configuration.encryptionOptions.count > 1
     }
