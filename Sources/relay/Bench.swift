@@ -68,6 +68,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     func run() async throws {
+        MemoryTuning.apply()
         if workload == .idle { return try await holdIdleSessions() }
         let plan = Plan(
             total: duration == nil ? count ?? ([.reqrep, .confirmed].contains(workload) ? 10_000 : 100_000) : nil,

@@ -31,6 +31,7 @@ struct Serve: AsyncParsableCommand {
     var logLevel: String = "info"
 
     func run() async throws {
+        MemoryTuning.apply()
         var configuration = try configFile.map { try HubConfiguration.load(path: $0) } ?? HubConfiguration()
         if let webSocket { configuration.ws = try Self.address(webSocket, flag: "--ws") }
         if let tcp { configuration.tcp = try Self.address(tcp, flag: "--tcp") }

@@ -159,14 +159,15 @@ extension HubCore {
         public var limit: DeliveryLimit?
     }
 
-    /// The short way of a NATS PUB without headers, which the hub forwards as its bytes arrived.
+    /// The short way of a publication the hub forwards as its bytes arrived: a NATS PUB without
+    /// headers, or a plain LIME publication (`LIMEPublishInPlace`).
     ///
     /// When the publication is only to be delivered, it is counted as `publish` counts it, its
     /// recipients are appended to `recipients`, and the result is true. That is: it is not for the
     /// hub itself (a reply to one of its inboxes, an acknowledgement, a JetStream or service
     /// request); no durable queue keeps it; it matches no queue group and no subscription with an
-    /// auto-unsubscribe limit; and it has subscribers, each of which `accepts` (a NATS session;
-    /// asked once per recipient, just before it is appended, so the caller may keep what it
+    /// auto-unsubscribe limit; and it has subscribers, each of which `accepts` (a session of the
+    /// publication's dialect; asked once per recipient, just before it is appended, so the caller may keep what it
     /// looked up alongside).
     /// Otherwise nothing changes and the result is false: the caller then calls `publish`.
     public mutating func forward(
