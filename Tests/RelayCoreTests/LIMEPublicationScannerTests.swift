@@ -59,6 +59,8 @@ import Testing
             #"{"method":"observe","uri":"\/topics\/a","resource":"x"}"#,
             #"{"method":"observe","uri":"lime://relay.local/topics/a","resource":"x"}"#,
             #"{"method":"observe","uri":"/topics/","resource":"x"}"#,
+            #"{"method":"observe","uri":"/t","resource":"x"}"#,
+            #"{"method":"observe","uri":"","resource":"x"}"#,
             // Subjects a publication may not have: the usual path refuses them.
             #"{"method":"observe","uri":"/topics/a.*","resource":"x"}"#,
             #"{"method":"observe","uri":"/topics/a..b","resource":"x"}"#,

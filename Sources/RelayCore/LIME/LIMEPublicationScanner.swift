@@ -67,11 +67,13 @@ public struct LIMEPublicationScanner {
         }
         guard parser.index == bytes.count, found.isObserve, let uri = found.uri, let resource = found.resource else { return nil }
         let prefix: StaticString = "/topics/"
-        let subjectBytes = UnsafeBufferPointer(rebasing: bytes[uri.lowerBound + prefix.utf8CodeUnitCount..<uri.upperBound])
         guard uri.count > prefix.utf8CodeUnitCount,
-            bytes[uri].starts(with: UnsafeBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount)),
-            !subjectBytes.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "%") })
+            bytes[uri].starts(with: UnsafeBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount))
         else { return nil }
+        let subjectBytes = UnsafeBufferPointer(rebasing: bytes[uri.lowerBound + prefix.utf8CodeUnitCount..<uri.upperBound])
+        guard !subjectBytes.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "%") }) else {
+            return nil
+        }
         if !lastSubject.utf8.elementsEqual(subjectBytes) {
             let subject = String(decoding: subjectBytes, as: UTF8.self)
             guard Subject.publishError(subject) == nil else { return nil }
