@@ -163,42 +163,33 @@ public final class Hub: Sendable {
         let resolved = state.withLock { state in
             var resolved = Resolved()
             var outputs: [HubCore.Output] = []
-            var recipients: [HubCore.Recipient] = []
-            // The recipients' sessions, in the same order, as `accepts` looks them up.
-            var recipientSessions: [OpenSession] = []
+            var forwarding = Forwarding()
             // Sessions do not change while the lock is held.
             let sessions = state.sessions
+            let publisher = sessions[sender]
             items.drainInOrder { item in
                 switch item {
                 case .envelope(let envelope):
                     outputs = state.core.envelopeReceived(envelope, from: sender)
                 case .publication(let publication, let bytes):
-                    let publisher = sessions[sender]
                     bytes.withUnsafeBytes { envelope in
-                        recipientSessions.removeAll(keepingCapacity: true)
                         guard
-                            state.core.forward(
-                                subject: publication.subject, hasReplyTo: false, from: sender,
-                                accepts: { session in
-                                    guard let open = sessions[session], open.natsHeaders == nil else { return false }
-                                    recipientSessions.append(open)
-                                    return true
-                                }, into: &recipients)
+                            let recipients = forwarding.recipients(
+                                of: publication.subject, hasReplyTo: false, from: sender, toNATS: false, core: &state.core,
+                                among: sessions)
                         else {
                             outputs = state.core.envelopeReceived(
                                 .command(publication.command(from: publisher?.node, envelope: envelope)), from: sender)
                             return
                         }
                         let content = UnsafeRawBufferPointer(rebasing: envelope[publication.resource])
-                        for (recipient, session) in zip(recipients, recipientSessions) {
+                        for (recipient, session) in recipients {
                             resolved.add(session.outlet, token: recipient.token, limit: recipient.limit) {
                                 LIMECodec.encodeDelivery(
                                     publication, content: content, from: publisher?.quotedNode, token: recipient.token,
-                                    to: session.quotedNode,
-                                    into: &$0)
+                                    to: session.quotedNode, into: &$0)
                             }
                         }
-                        recipients.removeAll(keepingCapacity: true)
                     }
                 }
                 resolve(outputs, into: &resolved, in: &state)
@@ -207,6 +198,39 @@ public final class Hub: Sendable {
             return resolved
         }
         dispatch(resolved)
+    }
+
+    /// The recipients of a publication the core forwards (`HubCore.forward`), each with its
+    /// session, looked up once by `accepts`. Kept across a read's publications so its arrays keep
+    /// their capacity.
+    private struct Forwarding {
+        private var recipients: [HubCore.Recipient] = []
+        private var sessions: [OpenSession] = []
+
+        /// The recipients, or nil when the core does not forward the publication to sessions of
+        /// the dialect asked for (NATS when `toNATS`, LIME otherwise).
+        mutating func recipients(
+            of subject: String, hasReplyTo: Bool, from sender: SessionID, toNATS: Bool, core: inout HubCore,
+            among open: [SessionID: OpenSession]
+        ) -> Zip2Sequence<[HubCore.Recipient], [OpenSession]>? {
+            // Taken out of `self` so that `accepts` may append while `forward` appends too.
+            var recipients = self.recipients
+            var sessions = self.sessions
+            self.recipients = []
+            self.sessions = []
+            recipients.removeAll(keepingCapacity: true)
+            sessions.removeAll(keepingCapacity: true)
+            let forwards = core.forward(
+                subject: subject, hasReplyTo: hasReplyTo, from: sender,
+                accepts: { session in
+                    guard let session = open[session], (session.natsHeaders != nil) == toNATS else { return false }
+                    sessions.append(session)
+                    return true
+                }, into: &recipients)
+            self.recipients = recipients
+            self.sessions = sessions
+            return forwards ? zip(recipients, sessions) : nil
+        }
     }
 
     /// Carries out the core's outputs: writes (outside the lock) and timers.
@@ -489,9 +513,7 @@ public final class Hub: Sendable {
         let resolved = state.withLock { state in
             var resolved = Resolved()
             var outputs: [HubCore.Output] = []
-            var recipients: [HubCore.Recipient] = []
-            // The recipients' sessions, in the same order, as `accepts` looks them up.
-            var recipientSessions: [OpenSession] = []
+            var forwarding = Forwarding()
             // Sessions do not change while the lock is held.
             let sessions = state.sessions
             for (number, publication) in publications.enumerated() {
@@ -501,21 +523,15 @@ public final class Hub: Sendable {
                     message = published
                 case .inPlace(let publication):
                     let payload = UnsafeRawBufferPointer(rebasing: bytes[publication.payload])
-                    recipientSessions.removeAll(keepingCapacity: true)
-                    if state.core.forward(
-                        subject: publication.subject, hasReplyTo: publication.replyTo != nil, from: id,
-                        accepts: { session in
-                            guard let open = sessions[session], open.natsHeaders != nil else { return false }
-                            recipientSessions.append(open)
-                            return true
-                        }, into: &recipients)
+                    if let recipients = forwarding.recipients(
+                        of: publication.subject, hasReplyTo: publication.replyTo != nil, from: id, toNATS: true, core: &state.core,
+                        among: sessions)
                     {
-                        for (recipient, session) in zip(recipients, recipientSessions) {
+                        for (recipient, session) in recipients {
                             resolved.forwardNATS(
                                 publication, number: number, payload: payload, to: session.outlet, token: recipient.token,
                                 limit: recipient.limit, headers: session.natsHeaders!)
                         }
-                        recipients.removeAll(keepingCapacity: true)
                         continue
                     }
                     message = PublishedMessage(
