@@ -81,7 +81,7 @@ final class ClientCore: Sendable {
     func deliver(_ envelope: consuming Envelope) -> (any InboxWaking)? {
         switch consume envelope {
         case .message(let message):
-            if let token = message.header.metadata?["#subscription"], let inbox = state.withLock({ $0.subscriptions[token] }) {
+            if let token = message.header.metadata?["#subscription"], let inbox = subscription(token) {
                 return inbox.enqueue(message) ? inbox : nil
             }
             countDrop(messageInput.yield(message))
@@ -115,6 +115,11 @@ final class ClientCore: Sendable {
     private static func serviceName(of command: LIMECommand) -> String? {
         guard let uri = command.uri, uri.hasPrefix("/services/") else { return nil }
         return uri.dropFirst("/services/".count).split(separator: "/").first.map { $0.lowercased() }
+    }
+
+    /// The inbox of the subscription `token` names, if it is one of this connection's.
+    func subscription(_ token: String) -> SubscriptionInbox? {
+        state.withLock { $0.subscriptions[token] }
     }
 
     func addSubscription(_ token: String, _ inbox: SubscriptionInbox) {

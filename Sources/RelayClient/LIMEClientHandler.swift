@@ -28,7 +28,15 @@ final class LIMEClientHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let error = reader.read(unwrapInboundIn(data)) { execute(machine.envelopeReceived($0), context: context) }
+        let error = reader.read(
+            unwrapInboundIn(data),
+            deliverInPlace: { delivery, bytes in
+                // A subscription that has ended meanwhile: decoded and counted as the core counts it.
+                guard machine.deliversInPlace, let inbox = core.subscription(delivery.subscription) else { return false }
+                if inbox.enqueue(bytes.withUnsafeBytes { Publication(delivery, envelope: $0) }) { readers.add(inbox) }
+                return true
+            }
+        ) { execute(machine.envelopeReceived($0), context: context) }
         if let reason = error {
             execute(machine.invalidInputReceived(reason), context: context)
         }

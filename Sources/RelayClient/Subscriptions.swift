@@ -33,6 +33,16 @@ public struct Publication: Sendable, Hashable {
         self.metadata = metadata
     }
 
+    /// The publication a delivery read in place carries (`LIMEDeliveryScanner`): one without the
+    /// publisher's metadata, which is what `init(_:)` makes of the same delivery decoded.
+    init(_ delivery: LIMEDeliveryInPlace, envelope: UnsafeRawBufferPointer) {
+        subject = delivery.subject
+        publisher = delivery.publisher
+        type = delivery.type
+        body = JSONContent(validatedText: Array(envelope[delivery.content]))
+        metadata = [:]
+    }
+
     /// The content as text: the string itself, or the JSON text of a JSON value.
     public var text: String {
         body.stringValue ?? JSONWriter.string(body.value)

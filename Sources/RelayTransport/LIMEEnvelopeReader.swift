@@ -17,6 +17,7 @@ package struct LIMEEnvelopeReader {
     /// The few nodes a connection's envelopes name, read once.
     private var nodes = LIMECodec.NodeCache()
     private var publications = LIMEPublicationScanner()
+    private var deliveries = LIMEDeliveryScanner()
 
     package init(framing: Framing, maximumEnvelopeSize: Int, maximumDepth: Int = JSONParser.defaultMaximumDepth) {
         self.framer = framing == .stream ? LIMEStreamFramer(maximumEnvelopeSize: maximumEnvelopeSize) : nil
@@ -29,7 +30,7 @@ package struct LIMEEnvelopeReader {
     /// per message). Returns the error that stopped reading, if any; what was read before it has
     /// been handed over.
     package mutating func read(_ buffer: ByteBuffer, _ body: (consuming Envelope) -> Void) -> Reason? {
-        read(buffer, scanning: false, publishInPlace: { _, _ in false }, body)
+        read(buffer, offer: { _, _ in false }, body)
     }
 
     /// `read` for the hub: each plain fire-and-forget publication (`LIMEPublicationScanner`) is
@@ -38,21 +39,38 @@ package struct LIMEEnvelopeReader {
     package mutating func read(
         _ buffer: ByteBuffer, publishInPlace: (LIMEPublishInPlace, LIMEEnvelopeBytes) -> Bool, _ body: (consuming Envelope) -> Void
     ) -> Reason? {
-        read(buffer, scanning: true, publishInPlace: publishInPlace, body)
+        // Taken out for the read, which owns `self`; put back after.
+        var scanner = publications
+        defer { publications = scanner }
+        let maximumDepth = maximumDepth
+        return read(
+            buffer,
+            offer: { pointer, bytes in scanner.scan(pointer, maximumDepth: maximumDepth).map { publishInPlace($0, bytes) } ?? false },
+            body)
     }
 
+    /// `read` for the client: each subscription's delivery of the plain shape (`LIMEDeliveryScanner`)
+    /// is offered to `deliverInPlace` first, as `read(_:publishInPlace:_:)` offers publications.
+    package mutating func read(
+        _ buffer: ByteBuffer, deliverInPlace: (LIMEDeliveryInPlace, LIMEEnvelopeBytes) -> Bool, _ body: (consuming Envelope) -> Void
+    ) -> Reason? {
+        var scanner = deliveries
+        defer { deliveries = scanner }
+        let maximumDepth = maximumDepth
+        return read(
+            buffer,
+            offer: { pointer, bytes in scanner.scan(pointer, maximumDepth: maximumDepth).map { deliverInPlace($0, bytes) } ?? false },
+            body)
+    }
+
+    /// Reads each envelope in `buffer`: offered first, with its bytes, to `offer`, which returns
+    /// whether it took it; decoded and handed to `body` otherwise.
     private mutating func read(
-        _ buffer: ByteBuffer, scanning: Bool, publishInPlace: (LIMEPublishInPlace, LIMEEnvelopeBytes) -> Bool,
-        _ body: (consuming Envelope) -> Void
+        _ buffer: ByteBuffer, offer: (UnsafeBufferPointer<UInt8>, LIMEEnvelopeBytes) -> Bool, _ body: (consuming Envelope) -> Void
     ) -> Reason? {
         guard var framer else {
             guard buffer.readableBytes <= maximumEnvelopeSize else { return tooLarge }
-            if scanning,
-                let publication = buffer.withUnsafeReadableBytes({
-                    publications.scan($0.assumingMemoryBound(to: UInt8.self), maximumDepth: maximumDepth)
-                }),
-                publishInPlace(publication, .buffer(buffer))
-            {
+            if buffer.withUnsafeReadableBytes({ offer($0.assumingMemoryBound(to: UInt8.self), .buffer(buffer)) }) {
                 return nil
             }
             return decode(buffer.readableBytesView, body)
@@ -61,11 +79,7 @@ package struct LIMEEnvelopeReader {
             let pieces = try framer.bytesReceived(buffer.readableBytesView)
             self.framer = framer
             for piece in pieces {
-                if scanning, let publication = piece.withUnsafeBufferPointer({ publications.scan($0, maximumDepth: maximumDepth) }),
-                    publishInPlace(publication, .array(piece))
-                {
-                    continue
-                }
+                if piece.withUnsafeBufferPointer({ offer($0, .array(piece)) }) { continue }
                 if let error = decode(piece, body) { return error }
             }
             return nil

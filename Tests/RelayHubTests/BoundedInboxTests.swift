@@ -1,3 +1,4 @@
+import RelayCore
 import Testing
 
 @testable import RelayClient
@@ -58,5 +59,29 @@ import Testing
         reader.cancel()
         #expect(await reader.value == nil)
         #expect(await inbox.next() == nil)
+    }
+}
+
+/// A subscriber gets the same publication from a delivery read in place as from the delivery decoded.
+@Suite struct PublicationInPlaceTests {
+    @Test func aDeliveryReadInPlaceIsThePublicationTheDecoderGives() throws {
+        let alice = Node("alice@relay.local/phone")!
+        let messages = [
+            PublishedMessage(subject: "orders.eu", publisher: alice, type: .textPlain, body: .text("hello \"you\"")),
+            PublishedMessage(subject: "orders.eu", type: .applicationJSON, body: .json(["n": [1, 2.5, nil]])),
+            PublishedMessage(subject: "raw", body: .bytes(Array("from NATS".utf8))),
+        ]
+        var scanner = LIMEDeliveryScanner()
+        for message in messages {
+            let bytes = LIMECodec.encodeDelivery(message, token: "t", to: Node("bob@relay.local"))
+            let delivery = try #require(bytes.withUnsafeBufferPointer { scanner.scan($0) })
+            guard case .message(let decoded) = try LIMECodec.decode(bytes) else {
+                Issue.record("not a message")
+                continue
+            }
+            let publication = bytes.withUnsafeBytes { Publication(delivery, envelope: $0) }
+            #expect(publication == Publication(decoded))
+            #expect(publication.text == Publication(decoded).text)
+        }
     }
 }

@@ -16,7 +16,7 @@ public struct JSONContent: Sendable, Hashable {
     public init(_ value: JSONValue) { storage = .value(value) }
 
     /// Wraps text the scanner has validated as exactly one JSON value.
-    init(validatedText: [UInt8]) { storage = .text(validatedText) }
+    package init(validatedText: [UInt8]) { storage = .text(validatedText) }
 
     /// The value, parsed from the text if that is what is held.
     public var value: JSONValue {

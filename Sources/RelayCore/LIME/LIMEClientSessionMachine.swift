@@ -69,6 +69,16 @@ public struct LIMEClientSessionMachine: Sendable {
     }
 
     /// An envelope arrived from the server.
+    /// Whether a delivery read in place (`LIMEDeliveryInPlace`) goes to its subscription as it is:
+    /// in the states where `envelopeReceived` delivers a message. Before, it is decoded and received
+    /// as an envelope, which answers it as the state requires.
+    public var deliversInPlace: Bool {
+        switch state {
+        case .established, .finishing: true
+        default: false
+        }
+    }
+
     public mutating func envelopeReceived(_ envelope: consuming Envelope) -> Action {
         switch state {
         case .idle, .finished, .failed:

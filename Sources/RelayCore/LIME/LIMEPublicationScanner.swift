@@ -52,20 +52,11 @@ public struct LIMEPublicationScanner {
     public mutating func scan(_ bytes: UnsafeBufferPointer<UInt8>, maximumDepth: Int = JSONParser.defaultMaximumDepth)
         -> LIMEPublishInPlace?
     {
-        var parser = JSONParser(bytes: bytes, maximumDepth: maximumDepth)
-        parser.skipWhitespace()
-        guard parser.index < bytes.count, bytes[parser.index] == UInt8(ascii: "{") else { return nil }
         var found = Found()
-        do {
-            try parser.walkObject(depth: 1) { (parser: inout JSONParser, name: JSONParser.MemberName) throws(JSONParseError) in
-                try found.read(name, &parser)
-            }
-            parser.skipWhitespace()
-        } catch {
-            // Not the plain shape, or not valid JSON: the usual path reads it or reports why not.
-            return nil
+        let walked = JSONParser.walkEnvelope(bytes, maximumDepth: maximumDepth) {
+            (parser: inout JSONParser, name: JSONParser.MemberName) throws(JSONParseError) in try found.read(name, &parser)
         }
-        guard parser.index == bytes.count, found.isObserve, let uri = found.uri, let resource = found.resource else { return nil }
+        guard walked, found.isObserve, let uri = found.uri, let resource = found.resource else { return nil }
         let prefix: StaticString = "/topics/"
         guard uri.count > prefix.utf8CodeUnitCount,
             bytes[uri].starts(with: UnsafeBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount))
@@ -101,22 +92,20 @@ public struct LIMEPublicationScanner {
         var type: Range<Int>?
         var resource: Range<Int>?
 
-        static let notPlain = JSONParseError(message: "not a plain publication", offset: 0)
-
         mutating func read(_ name: JSONParser.MemberName, _ parser: inout JSONParser) throws(JSONParseError) {
             if name.is("method"), !hasMethod {
                 hasMethod = true
-                let method = try Self.plainString(&parser)
+                let method = try parser.plainString()
                 isObserve = parser.bytes[method].elementsEqual("observe".utf8)
             } else if name.is("uri"), uri == nil {
-                uri = try Self.plainString(&parser)
+                uri = try parser.plainString()
             } else if name.is("resource"), resource == nil {
-                guard parser.index < parser.bytes.count, parser.bytes[parser.index] != UInt8(ascii: "n") else { throw Self.notPlain }
+                guard parser.index < parser.bytes.count, parser.bytes[parser.index] != UInt8(ascii: "n") else { throw JSONParser.notPlain }
                 let start = parser.index
                 try parser.skipValue(depth: 1)
                 resource = start..<parser.index
             } else if name.is("type"), type == nil {
-                type = try Self.plainString(&parser)
+                type = try parser.plainString()
             } else if name.is("id"), !hasID {
                 hasID = true
                 // As the header reads it: a string, a number's literal, or null for none.
@@ -124,22 +113,45 @@ public struct LIMEPublicationScanner {
                 case .string(let text): id = text
                 case .number(let number): id = number.literal
                 case .null: id = nil
-                default: throw Self.notPlain
+                default: throw JSONParser.notPlain
                 }
             } else {
-                throw Self.notPlain
+                throw JSONParser.notPlain
             }
-            guard isObserve || !hasMethod else { throw Self.notPlain }
+            guard isObserve || !hasMethod else { throw JSONParser.notPlain }
         }
+    }
+}
 
-        /// A string member without escapes: where its text lies (checked as a string is).
-        static func plainString(_ parser: inout JSONParser) throws(JSONParseError) -> Range<Int> {
-            guard parser.index < parser.bytes.count, parser.bytes[parser.index] == UInt8(ascii: "\"") else { throw notPlain }
-            let start = parser.index + 1
-            try parser.skipString()
-            let text = start..<parser.index - 1
-            guard !parser.bytes[text].contains(UInt8(ascii: "\\")) else { throw notPlain }
-            return text
+extension JSONParser {
+    /// Walks `bytes` as one JSON object (and nothing else) with `member` reading each member; false
+    /// when they are not, or when `member` throws: not the shape a scanner reads, or not valid
+    /// JSON, which the usual path then reads or reports.
+    static func walkEnvelope(
+        _ bytes: UnsafeBufferPointer<UInt8>, maximumDepth: Int, _ member: (inout JSONParser, MemberName) throws(JSONParseError) -> Void
+    ) -> Bool {
+        var parser = JSONParser(bytes: bytes, maximumDepth: maximumDepth)
+        parser.skipWhitespace()
+        guard parser.index < bytes.count, bytes[parser.index] == UInt8(ascii: "{") else { return false }
+        do {
+            try parser.walkObject(depth: 1, member)
+            parser.skipWhitespace()
+        } catch {
+            return false
         }
+        return parser.index == bytes.count
+    }
+
+    /// Thrown by the in-place scanners to stop at the first thing outside the shape they read.
+    static let notPlain = JSONParseError(message: "not the plain shape", offset: 0)
+
+    /// At a string member without escapes: where its text lies (checked as a string is).
+    mutating func plainString() throws(JSONParseError) -> Range<Int> {
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw Self.notPlain }
+        let start = index + 1
+        try skipString()
+        let text = start..<index - 1
+        guard !bytes[text].contains(UInt8(ascii: "\\")) else { throw Self.notPlain }
+        return text
     }
 }
