@@ -55,4 +55,56 @@ import Testing
         #expect(try JSONParser.parse(#"{"a":1,"b":2}"#) == JSONParser.parse(#"{"b":2,"a":1}"#))
         #expect(try JSONParser.parse(#"{"a":1,"b":2}"#) != JSONParser.parse(#"{"a":1,"b":3}"#))
     }
+
+    /// Strings are read eight bytes a step where nothing in them needs a look: every byte that
+    /// does (quotes, escapes, control characters, bytes at either side of each threshold, UTF-8
+    /// sequences, invalid UTF-8) is still seen, at every position around the word boundaries, and
+    /// parsing and skipping agree on the value's end and on the error.
+    @Test func stringsReadAWordAtATimeStillSeeEveryByte() throws {
+        let inserts: [[UInt8]] = [
+            [0x1F], [0x20], [0x21], [0x01], [0x22, 0x22], [0x23], [0x5B], [0x5C, 0x6E], [0x5C, 0x5C], [0x5D], [0x7F],
+            Array("é".utf8), Array("😀".utf8), [0xFF], [0xC3], [0x5C, 0x78],
+        ]
+        for length in 0..<20 {
+            for position in 0...length {
+                for insert in inserts {
+                    var text: [UInt8] = [0x22] + [UInt8](repeating: UInt8(ascii: "a"), count: position) + insert
+                    text += [UInt8](repeating: UInt8(ascii: "b"), count: length - position) + [0x22]
+                    // What a byte-by-byte reading gives: the insert decides, the rest is plain.
+                    let plain = String(repeating: "a", count: position) + "%@" + String(repeating: "b", count: length - position)
+                    let expected: JSONValue?
+                    switch insert {
+                    case [0x1F], [0x01], [0xFF], [0xC3], [0x5C, 0x78]: expected = nil
+                    case [0x22, 0x22]: expected = nil  // a string, then another right after it
+                    case [0x5C, 0x6E]: expected = (.string(plain.replacingOccurrences("%@", "\n")))
+                    case [0x5C, 0x5C]: expected = (.string(plain.replacingOccurrences("%@", "\\")))
+                    default: expected = (.string(plain.replacingOccurrences("%@", String(decoding: insert, as: UTF8.self))))
+                    }
+                    let parsed = Result { () throws(JSONParseError) in try JSONParser.parse(text) }
+                    let skipped = text.withUnsafeBufferPointer { bytes in
+                        var parser = JSONParser(bytes: bytes, maximumDepth: 4)
+                        return Result { () throws(JSONParseError) in
+                            try parser.skipValue(depth: 0)
+                            parser.skipWhitespace()
+                            if parser.index != bytes.count { throw parser.error("unexpected data after the JSON value") }
+                        }
+                    }
+                    switch (expected, parsed, skipped) {
+                    case (let value?, .success(let got), .success):
+                        #expect(got == value, "\(text)")
+                    case (nil, .failure(let parseError), .failure(let skipError)):
+                        #expect(parseError == skipError, "\(text)")
+                    default:
+                        Issue.record("\(text): expected \(expected), parsed \(parsed), skipped \(skipped)")
+                    }
+                }
+            }
+        }
+    }
+}
+
+extension String {
+    fileprivate func replacingOccurrences(_ target: String, _ replacement: String) -> String {
+        split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+    }
 }

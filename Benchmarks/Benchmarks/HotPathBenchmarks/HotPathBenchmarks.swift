@@ -14,7 +14,8 @@ let limePublish = LIMECodec.encode(
 /// A publication with 1 KiB of JSON content: what the scanner passes over without building.
 let limeJSONPublish: [UInt8] = {
     let items = (0..<16).map { index in #"{"sku":"item-\#(index)","quantity":\#(index),"price":12.50,"tags":["a","b"]}"# }
-    let text = #"{"id":"p1","method":"observe","uri":"/topics/orders.created","type":"application/json","resource":{"order":7,"items":["#
+    let text =
+        #"{"id":"p1","method":"observe","uri":"/topics/orders.created","type":"application/json","resource":{"order":7,"items":["#
         + items.joined(separator: ",") + "]}}"
     return Array(text.utf8)
 }()
@@ -63,6 +64,25 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("LIME scanner: observe /topics/S, 1 KiB JSON") { benchmark in
         for _ in benchmark.scaledIterations {
             blackHole(try! LIMECodec.decode(limeJSONPublish))
+        }
+    }
+
+    Benchmark("LIME in place (hub): a publication, 128 B text") { benchmark in
+        var scanner = LIMEPublicationScanner()
+        for _ in benchmark.scaledIterations {
+            blackHole(limePublish.withUnsafeBufferPointer { scanner.scan($0) })
+        }
+    }
+
+    Benchmark("LIME in place (client): a delivery, 128 B text") { benchmark in
+        let delivery = LIMECodec.encodeDelivery(
+            PublishedMessage(
+                subject: "bench.pubsub", publisher: Node("publisher@relay.local/1"), type: .textPlain,
+                body: .text(String(repeating: "x", count: 128))),
+            token: "bench.pubsub", to: Node("subscriber@relay.local/1"))
+        var scanner = LIMEDeliveryScanner()
+        for _ in benchmark.scaledIterations {
+            blackHole(delivery.withUnsafeBufferPointer { scanner.scan($0) })
         }
     }
 

@@ -48,7 +48,7 @@ public struct LIMEDeliveryScanner {
         Self.reuse(&lastSubject, bytes[subject])
         var publisher: Node?
         if let from = found.from {
-            if !lastFrom.utf8.elementsEqual(bytes[from]) {
+            if !lastFrom.hasUTF8(bytes[from]) {
                 let text = String(decoding: bytes[from], as: UTF8.self)
                 // Not a node: the decoder refuses the envelope, and says why.
                 guard let node = Node(text) else { return nil }
@@ -57,14 +57,14 @@ public struct LIMEDeliveryScanner {
             }
             publisher = lastPublisher
         }
-        if let to = found.to, !lastTo.utf8.elementsEqual(bytes[to]) {
+        if let to = found.to, !lastTo.hasUTF8(bytes[to]) {
             let text = String(decoding: bytes[to], as: UTF8.self)
             guard Node(text) != nil else { return nil }
             lastTo = text
         }
         let type: MediaType
         if let range = found.type {
-            if !lastType.rawValue.utf8.elementsEqual(bytes[range]) { lastType = MediaType(String(decoding: bytes[range], as: UTF8.self)) }
+            if !lastType.rawValue.hasUTF8(bytes[range]) { lastType = MediaType(String(decoding: bytes[range], as: UTF8.self)) }
             type = lastType
         } else {
             type = bytes[content.lowerBound] == UInt8(ascii: "\"") ? .textPlain : .applicationJSON
@@ -74,7 +74,7 @@ public struct LIMEDeliveryScanner {
 
     /// Makes `string` the text of `bytes`, unless it already is.
     private static func reuse(_ string: inout String, _ bytes: Slice<UnsafeBufferPointer<UInt8>>) {
-        if !string.utf8.elementsEqual(bytes) { string = String(decoding: bytes, as: UTF8.self) }
+        if !string.hasUTF8(bytes) { string = String(decoding: bytes, as: UTF8.self) }
     }
 
     /// What the scan found so far; `read` throws to stop at the first member outside the shape.

@@ -65,7 +65,7 @@ public struct LIMEPublicationScanner {
         guard !subjectBytes.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "%") }) else {
             return nil
         }
-        if !lastSubject.utf8.elementsEqual(subjectBytes) {
+        if !lastSubject.hasUTF8(subjectBytes) {
             let subject = String(decoding: subjectBytes, as: UTF8.self)
             guard Subject.publishError(subject) == nil else { return nil }
             lastSubject = subject
@@ -73,7 +73,7 @@ public struct LIMEPublicationScanner {
         var type: MediaType?
         if let range = found.type {
             let typeBytes = UnsafeBufferPointer(rebasing: bytes[range])
-            if !lastType.rawValue.utf8.elementsEqual(typeBytes) { lastType = MediaType(String(decoding: typeBytes, as: UTF8.self)) }
+            if !lastType.rawValue.hasUTF8(typeBytes) { lastType = MediaType(String(decoding: typeBytes, as: UTF8.self)) }
             type = lastType
         }
         let resourceIsString = bytes[resource.lowerBound] == UInt8(ascii: "\"")
