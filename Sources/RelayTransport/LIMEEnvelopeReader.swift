@@ -39,14 +39,7 @@ package struct LIMEEnvelopeReader {
     package mutating func read(
         _ buffer: ByteBuffer, publishInPlace: (LIMEPublishInPlace, LIMEEnvelopeBytes) -> Bool, _ body: (consuming Envelope) -> Void
     ) -> Reason? {
-        // Taken out for the read, which owns `self`; put back after.
-        var scanner = publications
-        defer { publications = scanner }
-        let maximumDepth = maximumDepth
-        return read(
-            buffer,
-            offer: { pointer, bytes in scanner.scan(pointer, maximumDepth: maximumDepth).map { publishInPlace($0, bytes) } ?? false },
-            body)
+        read(buffer, scanning: \.publications, take: publishInPlace, body)
     }
 
     /// `read` for the client: each subscription's delivery of the plain shape (`LIMEDeliveryScanner`)
@@ -54,13 +47,20 @@ package struct LIMEEnvelopeReader {
     package mutating func read(
         _ buffer: ByteBuffer, deliverInPlace: (LIMEDeliveryInPlace, LIMEEnvelopeBytes) -> Bool, _ body: (consuming Envelope) -> Void
     ) -> Reason? {
-        var scanner = deliveries
-        defer { deliveries = scanner }
+        read(buffer, scanning: \.deliveries, take: deliverInPlace, body)
+    }
+
+    /// Reads with the scanner at `path`: what it recognises is offered to `take`.
+    private mutating func read<Scanner: LIMEInPlaceScanner>(
+        _ buffer: ByteBuffer, scanning path: WritableKeyPath<Self, Scanner>, take: (Scanner.Recognised, LIMEEnvelopeBytes) -> Bool,
+        _ body: (consuming Envelope) -> Void
+    ) -> Reason? {
+        // Taken out for the read, which owns `self`; put back after.
+        var scanner = self[keyPath: path]
+        defer { self[keyPath: path] = scanner }
         let maximumDepth = maximumDepth
         return read(
-            buffer,
-            offer: { pointer, bytes in scanner.scan(pointer, maximumDepth: maximumDepth).map { deliverInPlace($0, bytes) } ?? false },
-            body)
+            buffer, offer: { pointer, bytes in scanner.scan(pointer, maximumDepth: maximumDepth).map { take($0, bytes) } ?? false }, body)
     }
 
     /// Reads each envelope in `buffer`: offered first, with its bytes, to `offer`, which returns

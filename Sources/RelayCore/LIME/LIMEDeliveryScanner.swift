@@ -39,11 +39,9 @@ public struct LIMEDeliveryScanner {
     public mutating func scan(_ bytes: UnsafeBufferPointer<UInt8>, maximumDepth: Int = JSONParser.defaultMaximumDepth)
         -> LIMEDeliveryInPlace?
     {
-        var found = Found()
-        let walked = JSONParser.walkEnvelope(bytes, maximumDepth: maximumDepth) {
-            (parser: inout JSONParser, name: JSONParser.MemberName) throws(JSONParseError) in try found.read(name, &parser)
-        }
-        guard walked, let token = found.token, let subject = found.subject, let content = found.content else { return nil }
+        guard let found: Found = JSONParser.walkEnvelope(bytes, maximumDepth: maximumDepth), let token = found.token,
+            let subject = found.subject, let content = found.content
+        else { return nil }
         Self.reuse(&lastToken, bytes[token])
         Self.reuse(&lastSubject, bytes[subject])
         var publisher: Node?
@@ -78,7 +76,7 @@ public struct LIMEDeliveryScanner {
     }
 
     /// What the scan found so far; `read` throws to stop at the first member outside the shape.
-    private struct Found {
+    private struct Found: LIMEScannedMembers {
         var hasMetadata = false
         var token: Range<Int>?
         var subject: Range<Int>?

@@ -52,11 +52,9 @@ public struct LIMEPublicationScanner {
     public mutating func scan(_ bytes: UnsafeBufferPointer<UInt8>, maximumDepth: Int = JSONParser.defaultMaximumDepth)
         -> LIMEPublishInPlace?
     {
-        var found = Found()
-        let walked = JSONParser.walkEnvelope(bytes, maximumDepth: maximumDepth) {
-            (parser: inout JSONParser, name: JSONParser.MemberName) throws(JSONParseError) in try found.read(name, &parser)
-        }
-        guard walked, found.isObserve, let uri = found.uri, let resource = found.resource else { return nil }
+        guard let found: Found = JSONParser.walkEnvelope(bytes, maximumDepth: maximumDepth), found.isObserve, let uri = found.uri,
+            let resource = found.resource
+        else { return nil }
         let prefix: StaticString = "/topics/"
         guard uri.count > prefix.utf8CodeUnitCount,
             bytes[uri].starts(with: UnsafeBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount))
@@ -83,7 +81,7 @@ public struct LIMEPublicationScanner {
     }
 
     /// What the scan found so far; `read` throws to stop at the first member outside the plain shape.
-    private struct Found {
+    private struct Found: LIMEScannedMembers {
         var isObserve = false
         var hasMethod = false
         var hasID = false
@@ -123,23 +121,41 @@ public struct LIMEPublicationScanner {
     }
 }
 
+/// The members an in-place scanner reads from an envelope, one at a time (`read` throws to stop at
+/// the first outside the shape it reads).
+protocol LIMEScannedMembers {
+    init()
+    mutating func read(_ name: JSONParser.MemberName, _ parser: inout JSONParser) throws(JSONParseError)
+}
+
+/// A scanner of one envelope shape, read where it lies (the hub's publications, the client's
+/// deliveries); `LIMEEnvelopeReader` offers each envelope to one before decoding it.
+public protocol LIMEInPlaceScanner {
+    associatedtype Recognised
+    mutating func scan(_ bytes: UnsafeBufferPointer<UInt8>, maximumDepth: Int) -> Recognised?
+}
+
+extension LIMEPublicationScanner: LIMEInPlaceScanner {}
+extension LIMEDeliveryScanner: LIMEInPlaceScanner {}
+
 extension JSONParser {
-    /// Walks `bytes` as one JSON object (and nothing else) with `member` reading each member; false
-    /// when they are not, or when `member` throws: not the shape a scanner reads, or not valid
+    /// Walks `bytes` as one JSON object (and nothing else), each member read by `Members.read`;
+    /// nil when they are not, or when `read` throws: not the shape a scanner reads, or not valid
     /// JSON, which the usual path then reads or reports.
-    static func walkEnvelope(
-        _ bytes: UnsafeBufferPointer<UInt8>, maximumDepth: Int, _ member: (inout JSONParser, MemberName) throws(JSONParseError) -> Void
-    ) -> Bool {
+    static func walkEnvelope<Members: LIMEScannedMembers>(_ bytes: UnsafeBufferPointer<UInt8>, maximumDepth: Int) -> Members? {
         var parser = JSONParser(bytes: bytes, maximumDepth: maximumDepth)
         parser.skipWhitespace()
-        guard parser.index < bytes.count, bytes[parser.index] == UInt8(ascii: "{") else { return false }
+        guard parser.index < bytes.count, bytes[parser.index] == UInt8(ascii: "{") else { return nil }
+        var members = Members()
         do {
-            try parser.walkObject(depth: 1, member)
+            try parser.walkObject(depth: 1) { (parser: inout JSONParser, name: MemberName) throws(JSONParseError) in
+                try members.read(name, &parser)
+            }
             parser.skipWhitespace()
         } catch {
-            return false
+            return nil
         }
-        return parser.index == bytes.count
+        return parser.index == bytes.count ? members : nil
     }
 
     /// Thrown by the in-place scanners to stop at the first thing outside the shape they read.
