@@ -41,7 +41,8 @@ import Testing
             if index % 500 == 0 { await Task.yield() }
         }
         try await writer.flushed().get()
-        for await count in collector.bytes where count >= expected.count { break }
+        let total = expected.count
+        _ = try await firstElement(collector.bytes, where: { $0 >= total })
         #expect(collector.received.withLock { $0 } == expected)
         #expect(!writer.holdsSpareBuffer)
         try await client.close()

@@ -68,7 +68,6 @@ public struct LIMEClientSessionMachine: Sendable {
         return .send(.session(LIMESession(state: .new)))
     }
 
-    /// An envelope arrived from the server.
     /// Whether a delivery read in place (`LIMEDeliveryInPlace`) goes to its subscription as it is:
     /// in the states where `envelopeReceived` delivers a message. Before, it is decoded and received
     /// as an envelope, which answers it as the state requires.
@@ -79,6 +78,7 @@ public struct LIMEClientSessionMachine: Sendable {
         }
     }
 
+    /// An envelope arrived from the server.
     public mutating func envelopeReceived(_ envelope: consuming Envelope) -> Action {
         switch state {
         case .idle, .finished, .failed:

@@ -94,7 +94,7 @@ public struct LIMEPublicationScanner {
             if name.is("method"), !hasMethod {
                 hasMethod = true
                 let method = try parser.plainString()
-                isObserve = parser.bytes[method].elementsEqual("observe".utf8)
+                isObserve = "observe".hasUTF8(parser.bytes[method])
             } else if name.is("uri"), uri == nil {
                 uri = try parser.plainString()
             } else if name.is("resource"), resource == nil {
