@@ -361,8 +361,28 @@ public final class Hub: Sendable {
                 state.timers.removeValue(forKey: timer)?.cancel()
             case .persist, .unpersist, .recordDeliveries, .saveQueue, .deleteQueue:
                 resolved.storage.append(output)
+            case .refused(let session, let refusal):
+                guard let recipient = state.sessions[session] else { continue }
+                resolved.add(recipient.outlet) { bytes in
+                    if recipient.natsHeaders != nil {
+                        NATSEncoder.encode(.error(refusal.reason.description), into: &bytes)
+                    } else {
+                        bytes += LIMECodec.encode(.message(Self.refusalNotice(refusal, to: recipient.node, from: configuration.hubNode)))
+                    }
+                }
             }
         }
+    }
+
+    /// What a LIME session is told of something it sent without asking for an answer that its
+    /// permissions refused (NATS sessions get nats-server's `-ERR`).
+    static func refusalNotice(_ refusal: Refusal, to node: Node?, from hub: Node) -> LIMEMessage {
+        LIMEMessage(
+            header: EnvelopeHeader(from: hub, to: node), type: "application/vnd.relay.refused+json",
+            content: [
+                "operation": .string(refusal.operation.rawValue), "target": .string(refusal.target),
+                "reason": ["code": .number(JSONNumber(refusal.reason.code)), "description": .string(refusal.reason.description)],
+            ])
     }
 
     /// Outside the lock: hands each session its writes, counts drops and slow consumers, and
@@ -501,7 +521,7 @@ public final class Hub: Sendable {
     /// `SUB $RELAY.QUEUE.NAME sid`: a NATS consumer of a durable queue.
     func natsConsume(_ id: SessionID, sid: String, queue: String, credit: Int) throws(Reason) {
         let outputs = try state.withLock { state throws(Reason) in
-            try state.core.attachConsumer(id, token: sid, queue: queue, credit: credit)
+            try state.core.consume(id, token: sid, queue: queue, credit: credit)
         }
         perform(outputs)
     }
@@ -538,7 +558,7 @@ public final class Hub: Sendable {
                         subject: publication.subject, replyTo: publication.replyTo, publisher: sessions[id]?.node,
                         body: .bytes(Array(payload)))
                 }
-                state.core.publish(message, from: id, noResponders: noResponders, jetStream: true, into: &outputs)
+                state.core.clientPublished(message, from: id, noResponders: noResponders, into: &outputs)
                 resolve(outputs, into: &resolved, in: &state)
                 outputs.removeAll(keepingCapacity: true)
             }

@@ -203,14 +203,19 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             do {
                 try hub.natsConsume(sessionID, sid: sid, queue: String(subject.dropFirst(HubCore.queueSubjectPrefix.count)), credit: 1000)
             } catch {
-                write(.error("Invalid Subject"), context: context)
+                write(.error(error.code == RelayReasonCode.subscribeNotPermitted ? error.description : "Invalid Subject"), context: context)
             }
         case .subscribe(let sid, let subject, let queue):
             do {
                 try hub.natsSubscribe(sessionID, sid: sid, subject: subject, queue: queue, echo: machine?.options?.echo ?? true)
             } catch {
-                let kind: NATSProtocolError.Kind = error.code == RelayReasonCode.limitReached ? .maximumSubscriptions : .invalidSubject
-                write(.error(NATSProtocolError(kind).errText), context: context)
+                // A permission's refusal is worded as nats-server's ("Permissions Violation for Subscription to ...").
+                if error.code == RelayReasonCode.subscribeNotPermitted {
+                    write(.error(error.description), context: context)
+                } else {
+                    let kind: NATSProtocolError.Kind = error.code == RelayReasonCode.limitReached ? .maximumSubscriptions : .invalidSubject
+                    write(.error(NATSProtocolError(kind).errText), context: context)
+                }
             }
         case .unsubscribe(let sid, let max):
             hub.natsUnsubscribe(sessionID, sid: sid, max: max)

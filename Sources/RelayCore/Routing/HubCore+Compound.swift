@@ -8,6 +8,7 @@ extension HubCore {
             refuse(session, command, ReasonCode.commandInvalidArgument, "Invalid compound method: \(text)")
         }
         guard Self.isValidName(name) else { return invalid("'\(name)' is not a valid name") }
+        if let reason = serveRefusal("compound/\(name)", from: session) { return [reply(session, command.failure(reason))] }
         guard let object = command.resource?.objectValue, let list = object["methods"]?.arrayValue, !list.isEmpty else {
             return invalid("'methods' must be a non-empty array")
         }
@@ -51,6 +52,7 @@ extension HubCore {
         guard let compound = compounds[name.lowercased()] else {
             return refuse(session, command, ReasonCode.commandResourceNotFound, "No compound method '\(name)'")
         }
+        if let reason = callRefusal("compound", method: compound.name, from: session) { return [reply(session, command.failure(reason))] }
         guard command.resource == nil || command.resource?.objectValue != nil else {
             return refuse(session, command, ReasonCode.commandInvalidArgument, "Parameters must be a JSON object")
         }

@@ -338,6 +338,13 @@ extension HubCore {
         }
     }
 
+    /// A client's subscription to a durable queue (NATS `SUB $RELAY.QUEUE.NAME`): checked against its
+    /// permissions, then attached as `attachConsumer` does.
+    public mutating func consume(_ session: SessionID, token: String, queue name: String, credit: Int?) throws(Reason) -> [Output] {
+        if let reason = consumeRefusal(name, from: session) { throw reason }
+        return try attachConsumer(session, token: token, queue: name, credit: credit)
+    }
+
     /// Ends whatever consumer a session has under `token`, in any queue.
     public mutating func detachConsumer(_ session: SessionID, token: String) -> [Output] {
         queues.keys.sorted().flatMap { detachConsumer(session, token: token, queue: $0) }
@@ -371,6 +378,7 @@ extension HubCore {
             }
             return [reply(session, command.success(type: .applicationJSON, resource: .object(queueJSON(rest[0]))))]
         case (.set, 1):
+            if let reason = administrationRefusal("creating a queue", from: session) { return [reply(session, command.failure(reason))] }
             var object = command.resource?.objectValue ?? [:]
             object["name"] = .string(rest[0])
             do {
@@ -380,6 +388,7 @@ extension HubCore {
                 return [reply(session, command.failure(error))]
             }
         case (.delete, 1):
+            if let reason = administrationRefusal("deleting a queue", from: session) { return [reply(session, command.failure(reason))] }
             guard let queue = queues.removeValue(forKey: rest[0]) else {
                 return refuse(session, command, ReasonCode.commandResourceNotFound, "No queue '\(rest[0])'")
             }
@@ -387,6 +396,7 @@ extension HubCore {
             queuesBySubject.removeAll()
             return [.deleteQueue(rest[0]), reply(session, command.success())]
         case (.subscribe, 1):
+            if let reason = consumeRefusal(rest[0], from: session) { return [reply(session, command.failure(reason))] }
             let credit = query["credit"].flatMap { $0 == "unlimited" ? 0 : Int($0) }
             do {
                 return try attachConsumer(session, token: "queue:\(rest[0])", queue: rest[0], credit: credit == 0 ? Int.max : credit)

@@ -39,6 +39,7 @@ extension HubCore {
                 session, command, ReasonCode.validationInvalidResource,
                 "'\(name)' is not a valid service name (letters, digits, '-', '_', '.')")
         }
+        if let reason = serveRefusal(name, from: session) { return [reply(session, command.failure(reason))] }
         let description: ServiceDescription
         do {
             description = try ServiceDescription(name: name, json: command.resource)
@@ -105,6 +106,7 @@ extension HubCore {
         guard let entry = services[service] else {
             return Reason(code: ReasonCode.routingDestinationNotFound, description: "No instance of service '\(service)' is connected")
         }
+        if let refusal = callRefusal(service, method: method, from: session) { return refusal }
         guard let description = entry.description.method(method) else {
             return Reason(code: ReasonCode.commandMethodNotSupported, description: "Service '\(service)' has no method '\(method)'")
         }
@@ -119,7 +121,7 @@ extension HubCore {
                     description: "Method '\(method)' of '\(service)' is private to the service's own nodes")
             }
         case .admin:
-            if callerIdentity == nil || !configuration.admins.contains(callerIdentity!) {
+            if !mayCallAdminMethods(session) {
                 return Reason(code: ReasonCode.commandNotAllowed, description: "Method '\(method)' of '\(service)' is for administrators")
             }
         }
@@ -134,6 +136,7 @@ extension HubCore {
             return []  // a request nobody waits for cannot be answered; LIME requests carry an id
         }
         if let reason = checkCall(command, service: service, method: method, from: session) {
+            if reason.code == RelayReasonCode.serviceNotPermitted { statistics.permissionViolations += 1 }
             return [reply(session, command.failure(reason))]
         }
         if services[service]?.durable == true {
@@ -438,6 +441,9 @@ extension HubCore {
         guard let callerID = command.header.id else { return [] }
         if let error = Subject.publishError(subject) {
             return refuse(session, command, ReasonCode.validationInvalidResource, error)
+        }
+        if let reason = publishRefusal(subject, from: session) {
+            return [reply(session, command.failure(reason))]
         }
         let id = nextRequestID
         nextRequestID += 1

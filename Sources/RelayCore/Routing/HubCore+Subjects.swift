@@ -17,6 +17,7 @@ extension HubCore {
         if let queue, queue.isEmpty || queue.contains(where: { $0.isWhitespace }) {
             throw Reason(code: ReasonCode.validationInvalidResource, description: "Queue group '\(queue)' is empty or contains whitespace")
         }
+        if let refusal = subscribeRefusal(filter, queue: queue, from: session) { throw refusal }
         let key = SubscriptionKey(session: session, token: token)
         guard subscriptionSlotsByKey[key] == nil else { return }
         guard subscriptionCounts[session, default: 0] < configuration.maximumSubscriptionsPerSession else {
@@ -24,9 +25,10 @@ extension HubCore {
                 code: RelayReasonCode.limitReached,
                 description: "This session holds the maximum of \(configuration.maximumSubscriptionsPerSession) subscriptions")
         }
-        let subscription = Subscription(
+        var subscription = Subscription(
             session: session, node: router.node(of: session), filter: filter, queue: queue, echo: echo, token: token,
             overflow: overflow)
+        subscription.checksDelivery = permissions(of: session)?.subscriptionNeedsDeliveryCheck(filter, queue: queue) ?? false
         let slot: Int
         if let free = freeSubscriptionSlots.popLast() {
             slot = free
@@ -107,6 +109,7 @@ extension HubCore {
             guard subscriptionSlots[slot].isLive else { continue }
             if subscriptionSlots[slot].session == session && !subscriptionSlots[slot].echo { continue }
             if let targets, !Self.node(subscriptionSlots[slot].node, isIn: targets) { continue }
+            if subscriptionSlots[slot].checksDelivery, !deliveryAllowed(message.subject, toSlot: slot) { continue }
             if let queue = subscriptionSlots[slot].queue {
                 if let group = groups.firstIndex(where: { $0.queue == queue }) {
                     groups[group].members.append(slot)
@@ -175,6 +178,8 @@ extension HubCore {
         into recipients: inout [Recipient]
     ) -> Bool {
         if subject.utf8.first == UInt8(ascii: "$") { return false }
+        // A publisher with permissions is checked the usual way, which refuses what they deny.
+        if !permissions.isEmpty, permissions[session] != nil { return false }
         if !subjectRequestsByInbox.isEmpty, subjectRequestsByInbox[subject] != nil { return false }
         if hasReplyTo, !services.isEmpty { return false }
         // Which queues keep a subject is learnt by `publish`, on the subject's first publication.
@@ -184,7 +189,8 @@ extension HubCore {
         for slot in slots {
             guard subscriptionSlots[slot].isLive else { continue }
             if subscriptionSlots[slot].session == session && !subscriptionSlots[slot].echo { continue }
-            guard subscriptionSlots[slot].queue == nil, subscriptionSlots[slot].limit == nil, accepts(subscriptionSlots[slot].session)
+            guard subscriptionSlots[slot].queue == nil, subscriptionSlots[slot].limit == nil, !subscriptionSlots[slot].checksDelivery,
+                accepts(subscriptionSlots[slot].session)
             else {
                 recipients.removeSubrange(first...)
                 return false
@@ -210,8 +216,33 @@ extension HubCore {
     private mutating func specialPublication(_ message: PublishedMessage, from session: SessionID, jetStream: Bool) -> [Output]? {
         if let outputs = subjectReply(message) { return outputs }
         if let outputs = ackPublished(message) { return outputs }
+        if jetStream, message.subject.hasPrefix(Self.streamCreatePrefix),
+            let reason = administrationRefusal("creating a stream", from: session)
+        {
+            return [.refused(session, Refusal(operation: .publish, target: message.subject, reason: reason))]
+        }
         if jetStream, let outputs = streamCreate(message) { return outputs }
         return serviceRequest(message, from: session)
+    }
+
+    /// Whether the subscription in `slot`, which checks deliveries, may receive one on `subject`.
+    private func deliveryAllowed(_ subject: String, toSlot slot: Int) -> Bool {
+        guard let permissions = permissions(of: subscriptionSlots[slot].session) else { return true }
+        return permissions.allowsDelivery(of: subject, queue: subscriptionSlots[slot].queue)
+    }
+
+    /// A publication a client sent without asking for an answer (a NATS PUB or HPUB): refused,
+    /// with a `refused` output, when the session's permissions deny its subject; published
+    /// otherwise, with JetStream's conventions (see `publish`). Returns how many received it.
+    @discardableResult
+    public mutating func clientPublished(
+        _ message: PublishedMessage, from session: SessionID, noResponders: Bool = false, into outputs: inout [Output]
+    ) -> Int {
+        if let reason = publishRefusal(message.subject, from: session) {
+            outputs.append(.refused(session, Refusal(operation: .publish, target: message.subject, reason: reason)))
+            return 0
+        }
+        return publish(message, from: session, noResponders: noResponders, jetStream: true, into: &outputs)
     }
 
     /// Whether a subscriber's node is one of `targets` (a target without instance: any of its instances).
@@ -290,6 +321,10 @@ extension HubCore {
         let confirm = command.method == .set && command.header.id != nil
         if let error = Subject.publishError(subject) {
             return confirm ? refuse(session, command, ReasonCode.validationInvalidResource, error) : []
+        }
+        if let reason = publishRefusal(subject, from: session) {
+            if command.header.id != nil { return [reply(session, command.failure(reason))] }
+            return [.refused(session, Refusal(operation: .publish, target: subject, reason: reason))]
         }
         var command = command
         let replyTo = command.header.metadata?.removeValue(forKey: "#reply")

@@ -65,6 +65,9 @@ public struct HubCore: Sendable {
         /// Store a queue's configuration, or forget the queue and its messages.
         indirect case saveQueue(QueueConfiguration)
         case deleteQueue(String)
+        /// Tell a session that something it sent without asking for an answer was refused (a
+        /// publication or a message its permissions do not allow); its dialect says it its way.
+        indirect case refused(SessionID, Refusal)
     }
 
     /// The hub's id of a request it forwarded to an instance.
@@ -84,6 +87,8 @@ public struct HubCore: Sendable {
         public var requests = 0
         public var requestsTimedOut = 0
         public var lateResponses = 0
+        /// Operations refused by a session's permissions.
+        public var permissionViolations = 0
 
         public init() {}
     }
@@ -104,6 +109,9 @@ public struct HubCore: Sendable {
         /// How many deliveries may wait for a slow subscriber, and what happens beyond.
         var overflow: DeliveryLimit?
         var isLive = true
+        /// The subscriber's permissions deny some subjects within the filter: each delivery's
+        /// subject is checked (`Permissions.allowsDelivery`).
+        var checksDelivery = false
     }
 
     struct SubscriptionKey: Sendable, Hashable {
@@ -214,6 +222,9 @@ public struct HubCore: Sendable {
     /// Which queues keep a subject, by subject: filled on first use, emptied when queues come or
     /// go (so a publication does not match every queue's filters each time).
     var queuesBySubject: [String: [String]] = [:]
+    /// The permissions of the sessions that have some (see HubCore+Permissions); a session that
+    /// is not here may do everything but call `admin` methods.
+    var permissions: [SessionID: Permissions] = [:]
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -223,9 +234,11 @@ public struct HubCore: Sendable {
 
     // MARK: - Sessions
 
-    /// Registers an established session; returns the session it replaced, which the hub must end.
-    public mutating func register(_ session: SessionID, node: Node) -> SessionID? {
-        router.register(session, node: node)
+    /// Registers an established session, with its permissions if it has any; returns the session
+    /// it replaced, which the hub must end.
+    public mutating func register(_ session: SessionID, node: Node, permissions: Permissions? = nil) -> SessionID? {
+        self.permissions[session] = permissions
+        return router.register(session, node: node)
     }
 
     /// Forgets everything of a session that closed: its subscriptions, service instances, compound
@@ -233,6 +246,7 @@ public struct HubCore: Sendable {
     public mutating func sessionClosed(_ session: SessionID) -> [Output] {
         var outputs: [Output] = []
         router.unregister(session)
+        permissions[session] = nil
         for key in subscriptionSlotsByKey.keys.filter({ $0.session == session }) { removeSubscription(key) }
         subscriptionCounts[session] = nil
         for name in Array(services.keys) {
@@ -301,6 +315,7 @@ public struct HubCore: Sendable {
 
     /// Routes an envelope between nodes.
     private mutating func route(_ envelope: Envelope, from session: SessionID) -> [Output] {
+        if !permissions.isEmpty, let refusal = sendRefusal(envelope, from: session) { return refusal }
         let routing = router.route(envelope, from: session)
         var outputs: [Output] = []
         if let delivery = routing.delivery {

@@ -1,5 +1,15 @@
 /// Reason codes Relay adds to LIME's for what LIME has no code for (LIME's application range starts at 101).
 public enum RelayReasonCode {
+    // Within LIME's authorization range: 31 (`ReasonCode.authorizationError`) is a refused
+    // administration, 32 (`authorizationUnauthorizedSender`) a message or command to a node the
+    // sender may not reach; these say which other permission refused.
+    /// The session's permissions do not allow publishing to the subject.
+    public static let publishNotPermitted = 33
+    /// The session's permissions do not allow subscribing to the filter (or consuming the queue).
+    public static let subscribeNotPermitted = 34
+    /// The session's permissions do not allow serving the service or calling the method.
+    public static let serviceNotPermitted = 35
+
     /// An instance asks the hub to deliver the request once more (nuropb's call-again).
     public static let callAgain = 110
     /// The request's deadline passed before a response came.
