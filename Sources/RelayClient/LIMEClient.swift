@@ -20,6 +20,12 @@ public final class LIMEClient: Sendable {
         case guest
         /// A password checked by the hub (sent base64-encoded, as LIME's `plain` scheme says).
         case plain(password: String)
+        /// A per-identity key (`relay passwd --key` makes one; sent base64-encoded).
+        case key(String)
+        /// A token the hub checks, a JWT (LIME's `external` scheme; sent base64-encoded).
+        case external(token: String, issuer: String? = nil)
+        /// The TLS client certificate of `Options.tls` names the identity.
+        case transport
     }
 
     public struct Options: Sendable {
@@ -39,6 +45,9 @@ public final class LIMEClient: Sendable {
         public var bufferSize: Int
         /// Bytes sent and not yet written to the connection beyond which sending waits.
         public var maximumPendingBytes = 4 << 20
+        /// TLS: with options, a `tcp://` session insists on TLS (negotiated after `new`); `wss://`
+        /// is TLS anyway (the system's roots when nil).
+        public var tls: TLSClientOptions?
 
         public init(
             identity: Identity? = nil, instance: String? = nil, authentication: Authentication = .guest,
@@ -104,7 +113,8 @@ public final class LIMEClient: Sendable {
         return try await connect(to: url, options: options, group: group)
     }
 
-    /// Connects to `ws://HOST:PORT[/PATH]` or `tcp://HOST:PORT` (also `net.tcp://`) and establishes a session.
+    /// Connects to `ws://HOST:PORT[/PATH]`, `wss://HOST:PORT[/PATH]` or `tcp://HOST:PORT` (also
+    /// `net.tcp://`) and establishes a session.
     public static func connect(
         to url: String, options: Options, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> LIMEClient {
@@ -118,17 +128,29 @@ public final class LIMEClient: Sendable {
         case .plain(let password):
             scheme = "plain"
             authentication["password"] = .string(Data(password.utf8).base64EncodedString())
+        case .key(let key):
+            scheme = "key"
+            authentication["key"] = .string(Data(key.utf8).base64EncodedString())
+        case .external(let token, let issuer):
+            scheme = "external"
+            authentication["token"] = .string(Data(token.utf8).base64EncodedString())
+            if let issuer { authentication["issuer"] = .string(issuer) }
+        case .transport:
+            scheme = "transport"
         }
         let machine = LIMEClientSessionMachine(
             configuration: .init(
-                identity: options.identity, instance: options.instance, scheme: scheme, authentication: authentication))
+                identity: options.identity, instance: options.instance, scheme: scheme, authentication: authentication,
+                encryption: options.tls != nil ? "tls" : "none"))
+        let tls = options.tls ?? TLSClientOptions()
+        let host = endpoint.host
         let transport: LIMETransport
         do {
             transport = try await LIMETransportConnector.connect(
                 to: endpoint, group: group, connectTimeout: options.connectTimeout,
-                maximumEnvelopeBytes: options.maximumEnvelopeBytes
+                maximumEnvelopeBytes: options.maximumEnvelopeBytes, makeTLSHandler: { try tls.makeHandler(host: host) }
             ) { reader in
-                LIMEClientHandler(machine: machine, reader: reader, core: core)
+                LIMEClientHandler(machine: machine, reader: reader, core: core) { try tls.makeHandler(host: host) }
             }
         } catch LIMETransportError.upgradeRefused {
             throw LIMEClientError.upgradeRefused

@@ -1,4 +1,6 @@
 import NIOCore
+import NIOSSL
+import NIOTLS
 import RelayCore
 import RelayTransport
 
@@ -14,16 +16,26 @@ final class LIMEClientHandler: ChannelInboundHandler {
     /// Frames what the session sends for its transport; given when the transport is ready.
     private var writer: ChannelWriter?
     private var readers = ReadersToWake()
+    /// Makes the TLS handler when the session negotiates TLS over TCP.
+    private let makeTLSHandler: () throws -> NIOSSLClientHandler
 
-    init(machine: LIMEClientSessionMachine, reader: LIMEEnvelopeReader, core: ClientCore) {
+    init(
+        machine: LIMEClientSessionMachine, reader: LIMEEnvelopeReader, core: ClientCore,
+        makeTLSHandler: @escaping () throws -> NIOSSLClientHandler
+    ) {
         self.machine = machine
         self.reader = reader
         self.core = core
+        self.makeTLSHandler = makeTLSHandler
     }
 
     private func start(context: ChannelHandlerContext, writer: ChannelWriter) {
         guard self.writer == nil else { return }
         self.writer = writer
+        // `wss://`: the connection is TLS from the start.
+        if (try? context.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self)) != nil {
+            execute(machine.transportSecured(), context: context)
+        }
         execute(machine.connected(), context: context)
     }
 
@@ -62,7 +74,9 @@ final class LIMEClientHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let ready = event as? LIMETransportReady {
+        if case TLSUserEvent.handshakeCompleted = event {
+            execute(machine.transportSecured(), context: context)
+        } else if let ready = event as? LIMETransportReady {
             // Over WebSocket this comes once the upgrade is complete and the HTTP handlers are gone.
             start(context: context, writer: ready.writer)
         } else if event is ClientCore.FinishRequested {
@@ -78,6 +92,13 @@ final class LIMEClientHandler: ChannelInboundHandler {
             break
         case .send(let envelope):
             writer?.enqueue(LIMECodec.encode(envelope))
+        case .startTLS:
+            // The server confirmed TLS: the handshake starts now, before anything else is sent.
+            do {
+                try context.pipeline.syncOperations.addHandler(makeTLSHandler(), position: .first)
+            } catch {
+                execute(machine.invalidInputReceived(Reason(code: ReasonCode.sessionError, description: "TLS: \(error)")), context: context)
+            }
         case .established(let local, let remote):
             core.established(local: local, remote: remote)
         case .deliver(let envelope):

@@ -23,8 +23,14 @@ public final class Hub: Sendable {
         public var envelopesDelivered = 0
         public var envelopesUndeliverable = 0
         public var receiptsRouted = 0
-        /// Publications, requests and timeouts.
+        /// Publications, requests, timeouts and permission violations.
         public var core = HubCore.Statistics()
+        /// Credentials refused.
+        public var authenticationFailures = 0
+        /// Connections refused because their address had as many open as allowed.
+        public var connectionsRefusedPerAddress = 0
+        /// Connections refused because their address failed to authenticate too often.
+        public var connectionsRefusedAfterFailures = 0
     }
 
     /// An open session's outlet, with what rendering its deliveries needs (looked up once per
@@ -40,8 +46,13 @@ public final class Hub: Sendable {
         private(set) var quotedNode: [UInt8]?
         /// For NATS connections, whether they enabled headers; nil for LIME sessions.
         var natsHeaders: Bool?
+        /// The peer's IP address, for the per-address limits.
+        let address: String?
 
-        init(outlet: SessionOutlet) { self.outlet = outlet }
+        init(outlet: SessionOutlet, address: String?) {
+            self.outlet = outlet
+            self.address = address
+        }
     }
 
     private struct State {
@@ -54,10 +65,15 @@ public final class Hub: Sendable {
         var droppedDeliveries = 0
         var acceptingSessions = true
         var sweep: RepeatedTask?
+        var limiter: AddressLimiter
+        /// The pending-bytes groups of established identities.
+        var identityGroups: [Identity: IdentityPendingGroup] = [:]
     }
 
     public let configuration: HubConfiguration
     let authenticator: Authenticator
+    /// The TLS certificate every listener serves, when TLS is configured.
+    let tls: TLSContextStore?
     let logger: Logger
     /// The server id NATS clients see in INFO.
     let serverID = "RELAY" + String(UInt64.random(in: .min ... .max), radix: 36).uppercased()
@@ -71,6 +87,7 @@ public final class Hub: Sendable {
     ) throws {
         self.configuration = configuration
         self.authenticator = try Authenticator(configuration: configuration)
+        self.tls = try configuration.tls.map(TLSContextStore.init(settings:))
         self.logger = logger
         self.timerLoop = group.any()
         guard !authenticator.schemes.isEmpty else {
@@ -89,7 +106,12 @@ public final class Hub: Sendable {
                 maximumRequestsPerSession: limits.maxRequestsPerSession,
                 defaultDeadlineMilliseconds: Int(limits.defaultRequestTimeoutSeconds * 1000), admins: admins,
                 defaultDeliveryLimit: DeliveryLimit(maximumHeld: limits.maxHeldPerSubscription, policy: .dropNewest)))
-        self.state = Mutex(State(core: core))
+        self.state = Mutex(
+            State(
+                core: core,
+                limiter: AddressLimiter(
+                    maximumConnections: limits.maxConnectionsPerAddress, maximumFailures: limits.maxAuthFailuresPerAddress,
+                    windowSeconds: limits.authFailureWindowSeconds, appliesToLoopback: limits.addressLimitsOnLoopback)))
     }
 
     /// A snapshot of the counters.
@@ -101,38 +123,94 @@ public final class Hub: Sendable {
                 droppedDeliveries: state.droppedDeliveries,
                 envelopesRouted: state.core.router.statistics.routed, envelopesDelivered: state.core.router.statistics.delivered,
                 envelopesUndeliverable: state.core.router.statistics.undeliverable,
-                receiptsRouted: state.core.router.statistics.receiptsRouted, core: state.core.statistics)
+                receiptsRouted: state.core.router.statistics.receiptsRouted, core: state.core.statistics,
+                authenticationFailures: state.limiter.statistics.authenticationFailures,
+                connectionsRefusedPerAddress: state.limiter.statistics.connectionsRefusedPerAddress,
+                connectionsRefusedAfterFailures: state.limiter.statistics.connectionsRefusedAfterFailures)
         }
     }
 
-    /// Opens a session for a new connection; nil when the hub is full or shutting down.
-    func openSession(_ outlet: SessionOutlet) -> SessionID? {
+    /// Seconds on a monotonic clock, for the per-address limits.
+    private static func uptime() -> Double { Double(NIODeadline.now().uptimeNanoseconds) / 1e9 }
+
+    /// Reads the TLS certificate, key and CA again (SIGHUP): new connections get them, open
+    /// sessions keep going.
+    public func reloadCertificates() throws {
+        try tls?.reload()
+        if tls != nil { logger.info("TLS certificates reloaded") }
+    }
+
+    /// Why the hub does not open a session for a new connection.
+    enum OpeningRefusal: Error, Equatable {
+        /// The hub holds its maximum of sessions, or is shutting down.
+        case full
+        /// The address has as many connections open as allowed.
+        case tooManyFromAddress
+        /// The address failed to authenticate too often lately.
+        case tooManyFailures
+
+        /// What a LIME client is told.
+        var reason: Reason {
+            switch self {
+            case .full: Reason(code: ReasonCode.sessionError, description: "The hub is full or shutting down; try again later")
+            case .tooManyFromAddress: Reason(code: ReasonCode.sessionError, description: "Too many connections from this address")
+            case .tooManyFailures:
+                Reason(
+                    code: ReasonCode.sessionAuthenticationFailed,
+                    description: "Too many failed authentications from this address; try again later")
+            }
+        }
+
+        /// What a NATS client is told, as nats-server words it.
+        var natsError: NATSProtocolError.Kind {
+            self == .tooManyFailures ? .authorization : .maximumConnections
+        }
+    }
+
+    /// Opens a session for a new connection from `address` (its IP), or says why not.
+    func openSession(_ outlet: SessionOutlet, address: String?) -> Result<SessionID, OpeningRefusal> {
         state.withLock { state in
             guard state.acceptingSessions, state.sessions.count < configuration.limits.maxSessions else {
                 state.connectionsRefused += 1
-                return nil
+                return .failure(.full)
+            }
+            switch state.limiter.connectionOpened(from: address, now: Self.uptime()) {
+            case .tooManyConnections?:
+                state.connectionsRefused += 1
+                return .failure(.tooManyFromAddress)
+            case .tooManyFailures?:
+                state.connectionsRefused += 1
+                return .failure(.tooManyFailures)
+            case nil:
+                break
             }
             let id = state.nextSessionID
             state.nextSessionID += 1
-            state.sessions[id] = OpenSession(outlet: outlet)
-            return id
+            state.sessions[id] = OpenSession(outlet: outlet, address: address)
+            return .success(id)
         }
     }
 
     /// Forgets a session whose connection closed; its callers and its requests are dealt with.
     func closeSession(_ id: SessionID) {
         let outputs = state.withLock { state in
-            state.sessions[id] = nil
+            if let session = state.sessions.removeValue(forKey: id) {
+                state.limiter.connectionClosed(from: session.address)
+                leaveIdentityGroup(session, in: &state)
+            }
             return state.core.sessionClosed(id)
         }
         perform(outputs)
     }
 
-    /// Registers an authenticated session under its node; a session that held the node is ended.
-    func register(_ id: SessionID, node: Node) {
+    /// Registers an authenticated session under its node, with what it may do; a session that
+    /// held the node is ended.
+    func register(_ id: SessionID, node: Node, permissions: Permissions? = nil) {
         let replaced: SessionOutlet? = state.withLock { state in
-            state.sessions[id]?.node = node
-            guard let replacedID = state.core.register(id, node: node) else { return nil }
+            guard let session = state.sessions[id] else { return nil }
+            session.node = node
+            joinIdentityGroup(session, in: &state)
+            guard let replacedID = state.core.register(id, node: node, permissions: permissions) else { return nil }
             return state.sessions[replacedID]?.outlet
         }
         logger.debug("session established", metadata: ["session": "\(id)", "node": "\(node)"])
@@ -141,18 +219,44 @@ public final class Hub: Sendable {
 
     func unregister(_ id: SessionID) {
         let outputs = state.withLock { state in
+            if let session = state.sessions[id] { leaveIdentityGroup(session, in: &state) }
             state.sessions[id]?.node = nil
             return state.core.sessionClosed(id)
         }
         perform(outputs)
     }
 
+    /// Counts a session's pending bytes with its identity's other sessions.
+    private func joinIdentityGroup(_ session: OpenSession, in state: inout State) {
+        guard let identity = session.node?.identity else { return }
+        let group =
+            state.identityGroups[identity]
+            ?? {
+                let group = IdentityPendingGroup(maximum: configuration.limits.maxPendingBytesPerIdentity)
+                state.identityGroups[identity] = group
+                return group
+            }()
+        session.outlet.join(group)
+    }
+
+    private func leaveIdentityGroup(_ session: OpenSession, in state: inout State) {
+        session.outlet.leaveIdentityGroup()
+        if let identity = session.node?.identity, state.identityGroups[identity]?.isEmpty == true {
+            state.identityGroups[identity] = nil
+        }
+    }
+
+    /// A connection from `address` presented credentials the hub refused.
+    func authenticationFailed(from address: String?) {
+        state.withLock { $0.limiter.authenticationFailed(from: address, now: Self.uptime()) }
+    }
+
     func noteSlowConsumer() {
         state.withLock { $0.slowConsumers += 1 }
     }
 
-    func verify(_ credentials: CredentialsPresented, fallbackName: String) -> Result<Identity, Reason> {
-        authenticator.verify(credentials, fallbackName: fallbackName)
+    func verify(_ credentials: CredentialsPresented, fallbackName: String, transport: TransportFacts) async -> Result<Admission, Reason> {
+        await authenticator.verify(credentials, fallbackName: fallbackName, transport: transport)
     }
 
     /// Hands what an established session sent in one read cycle to the core, in order, and
@@ -492,12 +596,14 @@ public final class Hub: Sendable {
 
     // MARK: - NATS connections
 
-    /// Registers an established NATS connection under its node.
-    func registerNATS(_ id: SessionID, node: Node, headers: Bool) {
+    /// Registers an established NATS connection under its node, with what it may do.
+    func registerNATS(_ id: SessionID, node: Node, headers: Bool, permissions: Permissions?) {
         state.withLock { state in
-            state.sessions[id]?.node = node
-            state.sessions[id]?.natsHeaders = headers
-            _ = state.core.register(id, node: node)
+            guard let session = state.sessions[id] else { return }
+            session.node = node
+            session.natsHeaders = headers
+            joinIdentityGroup(session, in: &state)
+            _ = state.core.register(id, node: node, permissions: permissions)
         }
     }
 

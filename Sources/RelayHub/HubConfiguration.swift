@@ -8,7 +8,9 @@ import RelayTransport
 /// ```json
 /// { "domain": "relay.local", "ws": "127.0.0.1:8080", "tcp": "127.0.0.1:55321",
 ///   "guest": true,
-///   "users": [ { "identity": "alice@relay.local", "password": "pbkdf2-sha256$100000$...$..." } ],
+///   "users": [ { "identity": "alice@relay.local", "password": "pbkdf2-sha256$100000$...$...",
+///                "permissions": { "publish": ["orders.>"], "subscribe": ["orders.>"] } } ],
+///   "tls": { "cert": "hub.pem", "key": "hub.key" },
 ///   "limits": { "maxEnvelopeBytes": 1048576, "maxSessions": 65536 } }
 /// ```
 public struct HubConfiguration: Sendable, Codable {
@@ -34,10 +36,19 @@ public struct HubConfiguration: Sendable, Codable {
 
     /// Whether the `guest` scheme is offered (any identity, no password).
     public var guest: Bool = true
-    /// Users of the `plain` scheme, with salted password hashes (`relay passwd` makes them).
+    /// Users, with salted password hashes and key digests (`relay passwd` makes them), roles and
+    /// permissions.
     public var users: [User] = []
     /// Identities allowed to call `admin` methods of services.
     public var admins: [String] = []
+    /// Named sets of permissions users take by naming them.
+    public var roles: [String: PermissionSettings] = [:]
+    /// What guests (and NATS connections without credentials) may do; nil: everything.
+    public var guestPermissions: PermissionSettings?
+    /// TLS on every listener; nil: plaintext only.
+    public var tls: TLSSettings?
+    /// JWTs accepted by the `external` scheme and as NATS `auth_token`; nil: none.
+    public var jwt: JWTSettings?
     /// Where durable queues are kept (a SQLite file inside); `relay serve --data DIR`.
     public var data: String = ".relay-data"
     /// Durable queues created at start (more can be created at run time).
@@ -66,12 +77,23 @@ public struct HubConfiguration: Sendable, Codable {
 
     public struct User: Sendable, Codable {
         public var identity: String
-        /// A `PasswordHash` string; never the password itself.
-        public var password: String
+        /// A `PasswordHash` string (`plain` scheme, NATS user/pass); never the password itself.
+        public var password: String?
+        /// A `KeyDigest` string (`key` scheme, NATS `auth_token`); never the key itself.
+        public var key: String?
+        /// Roles whose permissions the user has as well as its own.
+        public var roles: [String]?
+        /// What the user may do; nil with no roles: everything.
+        public var permissions: PermissionSettings?
 
-        public init(identity: String, password: String) {
+        public init(
+            identity: String, password: String? = nil, key: String? = nil, roles: [String]? = nil, permissions: PermissionSettings? = nil
+        ) {
             self.identity = identity
             self.password = password
+            self.key = key
+            self.roles = roles
+            self.permissions = permissions
         }
     }
 
@@ -99,6 +121,22 @@ public struct HubConfiguration: Sendable, Codable {
         /// NATS subscriptions are bounded by `maxPendingBytes` alone, as with nats-server's
         /// `max_pending`: past it the connection is a slow consumer.
         public var maxHeldPerSubscription: Int = 10_000
+        /// Connections open at once from one IP address; more are refused.
+        public var maxConnectionsPerAddress: Int = 1_000
+        /// Failed authentications from one address within `authFailureWindowSeconds` after which
+        /// its new connections are refused until the window has passed.
+        public var maxAuthFailuresPerAddress: Int = 20
+        public var authFailureWindowSeconds: Double = 60
+        /// Whether the two per-address limits apply to loopback clients too (off: local tools and
+        /// benchmarks are not limited).
+        public var addressLimitsOnLoopback: Bool = false
+        /// Seconds a refused authentication waits before its answer (slows password guessing).
+        public var authFailureDelaySeconds: Double = 1
+        /// Subscriptions all sessions of one identity may hold together.
+        public var maxSubscriptionsPerIdentity: Int = 100_000
+        /// Bytes that may wait to be written to all sessions of one identity together; beyond it
+        /// the session being written to is a slow consumer.
+        public var maxPendingBytesPerIdentity: Int = 256 << 20
 
         public init() {}
     }
@@ -116,6 +154,10 @@ public struct HubConfiguration: Sendable, Codable {
         guest = try container.decodeIfPresent(Bool.self, forKey: .guest) ?? defaults.guest
         users = try container.decodeIfPresent([User].self, forKey: .users) ?? []
         admins = try container.decodeIfPresent([String].self, forKey: .admins) ?? []
+        roles = try container.decodeIfPresent([String: PermissionSettings].self, forKey: .roles) ?? [:]
+        guestPermissions = try container.decodeIfPresent(PermissionSettings.self, forKey: .guestPermissions)
+        tls = try container.decodeIfPresent(TLSSettings.self, forKey: .tls)
+        jwt = try container.decodeIfPresent(JWTSettings.self, forKey: .jwt)
         data = try container.decodeIfPresent(String.self, forKey: .data) ?? defaults.data
         queues = try container.decodeIfPresent([QueueSettings].self, forKey: .queues) ?? []
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()
@@ -154,6 +196,14 @@ extension HubConfiguration.Limits {
             try container.decodeIfPresent(Int.self, forKey: .maxSubscriptionsPerSession) ?? maxSubscriptionsPerSession
         maxRequestsPerSession = try container.decodeIfPresent(Int.self, forKey: .maxRequestsPerSession) ?? maxRequestsPerSession
         maxHeldPerSubscription = try container.decodeIfPresent(Int.self, forKey: .maxHeldPerSubscription) ?? maxHeldPerSubscription
+        maxConnectionsPerAddress = try container.decodeIfPresent(Int.self, forKey: .maxConnectionsPerAddress) ?? maxConnectionsPerAddress
+        maxAuthFailuresPerAddress = try container.decodeIfPresent(Int.self, forKey: .maxAuthFailuresPerAddress) ?? maxAuthFailuresPerAddress
+        authFailureWindowSeconds = try container.decodeIfPresent(Double.self, forKey: .authFailureWindowSeconds) ?? authFailureWindowSeconds
+        addressLimitsOnLoopback = try container.decodeIfPresent(Bool.self, forKey: .addressLimitsOnLoopback) ?? addressLimitsOnLoopback
+        authFailureDelaySeconds = try container.decodeIfPresent(Double.self, forKey: .authFailureDelaySeconds) ?? authFailureDelaySeconds
+        maxSubscriptionsPerIdentity =
+            try container.decodeIfPresent(Int.self, forKey: .maxSubscriptionsPerIdentity) ?? maxSubscriptionsPerIdentity
+        maxPendingBytesPerIdentity = try container.decodeIfPresent(Int.self, forKey: .maxPendingBytesPerIdentity) ?? maxPendingBytesPerIdentity
         defaultRequestTimeoutSeconds =
             try container.decodeIfPresent(Double.self, forKey: .defaultRequestTimeoutSeconds) ?? defaultRequestTimeoutSeconds
     }

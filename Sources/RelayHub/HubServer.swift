@@ -43,19 +43,23 @@ public final class HubServer: Sendable {
             let channel = try await bindWebSocket(address)
             listeners.withLock { $0.append(channel) }
             boundAddresses.webSocket = channel.localAddress
-            hub.logger.info("LIME over WebSocket listening on ws://\(Self.describe(channel.localAddress, fallback: address))")
+            let bound = Self.describe(channel.localAddress, fallback: address)
+            let urls = configuration.tls == nil ? "ws://\(bound)" : configuration.tls!.required ? "wss://\(bound)" : "ws://\(bound) and wss://\(bound)"
+            hub.logger.info("LIME over WebSocket listening on \(urls)")
         }
         if let address = configuration.nats {
             let channel = try await bindNATS(address)
             listeners.withLock { $0.append(channel) }
             boundAddresses.nats = channel.localAddress
-            hub.logger.info("NATS listening on nats://\(Self.describe(channel.localAddress, fallback: address))")
+            let tls = configuration.tls.map { $0.required ? " (TLS required)" : " (TLS available)" } ?? ""
+            hub.logger.info("NATS listening on nats://\(Self.describe(channel.localAddress, fallback: address))\(tls)")
         }
         if let address = configuration.tcp {
             let channel = try await bindTCP(address)
             listeners.withLock { $0.append(channel) }
             boundAddresses.tcp = channel.localAddress
-            hub.logger.info("LIME over TCP listening on tcp://\(Self.describe(channel.localAddress, fallback: address))")
+            let tls = configuration.tls.map { $0.required ? " (TLS required, negotiated in the session)" : " (TLS negotiated in the session)" } ?? ""
+            hub.logger.info("LIME over TCP listening on tcp://\(Self.describe(channel.localAddress, fallback: address))\(tls)")
         }
     }
 
@@ -96,17 +100,23 @@ public final class HubServer: Sendable {
 
     private func bindNATS(_ address: HostAndPort) async throws -> any Channel {
         let hub = self.hub
-        return try await bind(address) { NATSConnectionHandler(hub: hub) }
+        // The client's first bytes after INFO tell a TLS handshake from CONNECT.
+        return try await bind(address, sniffingTLS: true) { NATSConnectionHandler(hub: hub) }
     }
 
-    /// A plain TCP listener whose connections each get the handler `makeHandler` builds.
-    private func bind(_ address: HostAndPort, makeHandler: @escaping @Sendable () -> any ChannelHandler) async throws -> any Channel {
-        try await ServerBootstrap(group: group)
+    /// A plain TCP listener whose connections each get the handler `makeHandler` builds, behind a
+    /// `TLSSniffer` when `sniffingTLS` and TLS is configured.
+    private func bind(
+        _ address: HostAndPort, sniffingTLS: Bool = false, makeHandler: @escaping @Sendable () -> any ChannelHandler
+    ) async throws -> any Channel {
+        let tls = sniffingTLS ? hub.tls : nil
+        return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(TLSSniffer { tls.serverHandlers() }) }
                     try channel.pipeline.syncOperations.addHandler(makeHandler())
                 }
             }
@@ -119,12 +129,21 @@ public final class HubServer: Sendable {
         let upgrader = LIMEWebSocketServerUpgrader(maximumMessageBytes: maximum) {
             LIMEConnectionHandler(hub: hub, framing: .messages)
         }
+        // `ws://` and `wss://` on one port: a connection that opens with a TLS handshake gets TLS.
+        let tls = hub.tls
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 let fallback = HTTPUpgradeRequiredHandler()
+                if let tls {
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(TLSSniffer { tls.serverHandlers() })
+                    } catch {
+                        return channel.eventLoop.makeFailedFuture(error)
+                    }
+                }
                 return channel.pipeline.configureHTTPServerPipeline(
                     withServerUpgrade: (
                         upgraders: [upgrader],

@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOSSL
+import NIOTLS
 import RelayCore
 import RelayTransport
 
@@ -25,6 +27,12 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     /// of writes per recipient) before anything else the session does, and at the cycle's end.
     private var routed: [LIMERouted] = []
     private var reading = false
+    /// The peer's IP address, for the per-address limits.
+    private var address: String?
+    /// What the transport proved of the peer (TLS, its certificate's names).
+    private var transport = TransportFacts()
+    /// The permissions of the credentials accepted, until the session is registered with them.
+    private var admitted: Permissions?
 
     init(hub: Hub, framing: LIMEEnvelopeReader.Framing) {
         self.hub = hub
@@ -62,21 +70,29 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         }
         self.outlet = outlet
         let randomTag = String(UInt32.random(in: .min ... .max), radix: 16)
+        // Over TCP, TLS is negotiated in the session (LIME's `encryption`); over WebSocket it is
+        // the connection's (`wss://`), settled before this handler joins.
+        let tls = configuration.tls
+        let encryption = framing == .stream && tls != nil ? (tls!.required ? ["tls"] : ["none", "tls"]) : ["none"]
         var machine = LIMEServerSessionMachine(
             configuration: .init(
                 sessionID: UUID().uuidString.lowercased(), serverNode: configuration.hubNode, schemes: hub.authenticator.schemes,
-                assignedInstance: randomTag))
-        guard let id = hub.openSession(outlet) else {
-            logger.warning("connection refused: the hub holds its maximum of \(configuration.limits.maxSessions) sessions")
-            let action = machine.terminated(
-                Reason(
-                    code: ReasonCode.sessionError, description: "The hub is full or shutting down; try again later"))
+                encryptionOptions: encryption, assignedInstance: randomTag, requiresTLS: tls?.required ?? false,
+                offersTransportScheme: hub.authenticator.checksClientCertificates))
+        address = context.channel.remoteAddress?.ipAddress
+        switch hub.openSession(outlet, address: address) {
+        case .failure(let refusal):
+            logger.warning("connection refused", metadata: ["address": "\(address ?? "-")", "why": "\(refusal)"])
+            let action = machine.terminated(refusal.reason)
             self.machine = machine
             execute(action, context: context)
             return
+        case .success(let id):
+            sessionID = id
         }
+        transport = CertificateNames.transportFacts(of: context.channel)
+        if transport.secured { _ = machine.transportSecured(clientCertified: !transport.certificateNames.isEmpty) }
         self.machine = machine
-        sessionID = id
         let timeout = TimeAmount.nanoseconds(Int64(configuration.limits.establishTimeoutSeconds * 1_000_000_000))
         establishTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
             guard let self, var machine = self.machine else { return }
@@ -143,6 +159,10 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
+        case TLSUserEvent.handshakeCompleted:
+            // The upgrade the session negotiated is done: the machine offers its schemes now.
+            transport = CertificateNames.transportFacts(of: context.channel)
+            feed(context: context) { [transport] in $0.transportSecured(clientCertified: !transport.certificateNames.isEmpty) }
         case let event as HubSessionEvent:
             switch event {
             case .terminate(let reason):
@@ -179,19 +199,13 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             break
         case .send(let envelopes):
             for envelope in envelopes { write(envelope, context: context) }
+        case .sendAndStartTLS(let envelope):
+            startTLS(after: envelope, context: context)
         case .verifyCredentials(let credentials):
-            let fallbackName = machine?.configuration.assignedInstance ?? "guest"
-            switch hub.verify(credentials, fallbackName: fallbackName) {
-            case .success(let identity): feed(context: context) { $0.credentialsAccepted(identity: identity) }
-            case .failure(let reason):
-                logger.info(
-                    "authentication refused",
-                    metadata: ["identity": "\(credentials.identity?.description ?? "-")", "scheme": "\(credentials.scheme)"])
-                feed(context: context) { $0.credentialsRejected(reason) }
-            }
+            verify(credentials, context: context)
         case .establish(let node, let reply):
             establishTimer?.cancel()
-            if let sessionID { hub.register(sessionID, node: node) }
+            if let sessionID { hub.register(sessionID, node: node, permissions: admitted) }
             write(reply, context: context)
         case .route(let envelope):
             routed.append(.envelope(envelope))
@@ -205,6 +219,56 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             if let sessionID { hub.unregister(sessionID) }
         case .close:
             closing = true
+            context.close(promise: nil)
+        }
+    }
+
+    /// Checks credentials off the event loop (a password hash or a JWT takes time), then reports
+    /// back on it; a refusal is answered after `authFailureDelaySeconds` and counted for the address.
+    private func verify(_ credentials: CredentialsPresented, context: ChannelHandlerContext) {
+        let fallbackName = machine?.configuration.assignedInstance ?? "guest"
+        let (hub, transport, address) = (self.hub, self.transport, self.address)
+        let loop = context.eventLoop
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        Task {
+            let result = await hub.verify(credentials, fallbackName: fallbackName, transport: transport)
+            loop.execute {
+                let (handler, context) = bound.value
+                switch result {
+                case .success(let admission):
+                    handler.admitted = admission.permissions
+                    handler.feed(context: context) { $0.credentialsAccepted(identity: admission.identity) }
+                case .failure(let reason):
+                    hub.logger.info(
+                        "authentication refused",
+                        metadata: [
+                            "identity": "\(credentials.identity?.description ?? "-")", "scheme": "\(credentials.scheme)",
+                            "address": "\(address ?? "-")",
+                        ])
+                    hub.authenticationFailed(from: address)
+                    let delay = TimeAmount.nanoseconds(Int64(hub.configuration.limits.authFailureDelaySeconds * 1_000_000_000))
+                    loop.assumeIsolated().scheduleTask(in: delay) {
+                        handler.feed(context: context) { $0.credentialsRejected(reason) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the negotiation's confirmation in plaintext, then puts TLS in front of the session:
+    /// the client starts its handshake once it has read the confirmation.
+    private func startTLS(after envelope: Envelope, context: ChannelHandlerContext) {
+        guard let tls = hub.tls, let outlet else {
+            feed(context: context) { $0.invalidInputReceived(Reason(code: ReasonCode.sessionError, description: "TLS is not available")) }
+            return
+        }
+        write(envelope, context: context)
+        // Written through the pipeline now, before the TLS handler is in it.
+        outlet.writer.drain()
+        do {
+            try context.pipeline.syncOperations.addHandlers(tls.serverHandlers(), position: .first)
+        } catch {
+            logger.warning("TLS could not start", metadata: ["error": "\(error)"])
             context.close(promise: nil)
         }
     }

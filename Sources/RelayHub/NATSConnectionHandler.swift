@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOSSL
+import NIOTLS
 import RelayCore
 
 /// Runs one NATS client connection: parses with `NATSParser`, feeds `NATSServerConnectionMachine`,
@@ -24,6 +26,14 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var currentRead: ByteBuffer?
     /// The actions of the current read, kept to reuse the array's storage.
     private var actions: [NATSServerConnectionMachine.Action] = []
+    /// The peer's IP address, for the per-address limits.
+    private var address: String?
+    /// What the transport proved of the peer (TLS, its certificate's names).
+    private var transport = TransportFacts()
+    /// The permissions of the credentials accepted, until the connection is registered with them.
+    private var admitted: Permissions?
+    /// Ends a connection that does not CONNECT in time when credentials or TLS are required.
+    private var connectTimer: Scheduled<Void>?
 
     init(hub: Hub) {
         self.hub = hub
@@ -34,9 +44,15 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         let configuration = hub.configuration
         let outlet = SessionOutlet(channel: context.channel, framing: .stream, maximumPendingBytes: configuration.limits.maxPendingBytes)
         self.outlet = outlet
-        guard let id = hub.openSession(outlet) else {
-            fail(NATSProtocolError(.maximumConnections), context: context)
+        address = context.channel.remoteAddress?.ipAddress
+        let id: SessionID
+        switch hub.openSession(outlet, address: address) {
+        case .failure(let refusal):
+            hub.logger.warning("NATS connection refused", metadata: ["address": "\(address ?? "-")", "why": "\(refusal)"])
+            fail(NATSProtocolError(refusal.natsError), context: context)
             return
+        case .success(let opened):
+            id = opened
         }
         sessionID = id
         var info: JSONObject = [
@@ -50,15 +66,29 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         }
         if let remote = context.channel.remoteAddress?.ipAddress { info["client_ip"] = .string(remote) }
         if hub.authenticator.requiresCredentials { info["auth_required"] = true }
+        // As nats-server: the client upgrades right after INFO when TLS is required; when it is
+        // only available, a client that wants it upgrades and others go on in plaintext.
+        if let tls = configuration.tls {
+            info[tls.required ? "tls_required" : "tls_available"] = true
+            if tls.verify { info["tls_verify"] = true }
+        }
+        let tlsRequired = configuration.tls?.required ?? false
         var machine = NATSServerConnectionMachine(
             configuration: .init(
                 info: info, authRequired: hub.authenticator.requiresCredentials,
                 maximumPingsOutstanding: configuration.natsOptions.maxPingsOutstanding,
-                anonymousNode: Node(identity: Identity(name: "nats-\(id)", domain: configuration.domain), instance: String(id))))
+                anonymousNode: Node(identity: Identity(name: "nats-\(id)", domain: configuration.domain), instance: String(id)),
+                tlsRequired: tlsRequired))
         var actions = machine.connected()
         self.machine = machine
         execute(&actions, context: context)
         schedulePing(context: context)
+        if hub.authenticator.requiresCredentials || tlsRequired {
+            let timeout = TimeAmount.nanoseconds(Int64(configuration.limits.establishTimeoutSeconds * 1_000_000_000))
+            connectTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
+                self?.feed(context: context) { $0.connectTimedOut() }
+            }
+        }
         context.fireChannelActive()
     }
 
@@ -118,6 +148,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         pingTask?.cancel()
+        connectTimer?.cancel()
         machine?.peerClosed()
         if let sessionID { hub.closeSession(sessionID) }
         sessionID = nil
@@ -130,6 +161,11 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            transport = CertificateNames.transportFacts(of: context.channel)
+            machine?.transportSecured()
+            return
+        }
         guard let event = event as? HubSessionEvent else {
             context.fireUserInboundEventTriggered(event)
             return
@@ -186,18 +222,11 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             for operation in operations { NATSEncoder.encode(operation, into: &bytes) }
             outlet?.write([bytes])
         case .authenticate(let options):
-            switch hub.authenticator.verifyNATS(options) {
-            case .user(let identity):
-                feed(context: context) { $0.connectAccepted(as: Node(identity: identity, instance: String(sessionID))) }
-            case .guest:
-                feed(context: context) { $0.connectAccepted() }
-            case .refused:
-                hub.logger.info("NATS authentication refused", metadata: ["user": "\(options.user ?? "-")"])
-                feed(context: context) { $0.connectRejected() }
-            }
+            authenticate(options, session: sessionID, context: context)
         case .register(let options):
+            connectTimer?.cancel()
             guard let node = machine?.publisher else { return }
-            hub.registerNATS(sessionID, node: node, headers: options.headers)
+            hub.registerNATS(sessionID, node: node, headers: options.headers, permissions: admitted)
         case .subscribe(let sid, let subject, _) where subject.hasPrefix(HubCore.queueSubjectPrefix):
             // A durable queue, consumed with acknowledgements (JetStream's MaxAckPending default as credit).
             do {
@@ -229,6 +258,38 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// Checks CONNECT's credentials off the event loop, then reports back on it; a refusal is
+    /// answered after `authFailureDelaySeconds` and counted for the address. Operations that
+    /// arrive meanwhile wait in the machine.
+    private func authenticate(_ options: NATSConnectOptions, session: SessionID, context: ChannelHandlerContext) {
+        let (hub, transport, address) = (self.hub, self.transport, self.address)
+        let loop = context.eventLoop
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        Task {
+            let verdict = await hub.authenticator.verifyNATS(options, transport: transport)
+            loop.execute {
+                let (handler, context) = bound.value
+                switch verdict {
+                case .admitted(let admission):
+                    handler.admitted = admission.permissions
+                    handler.feed(context: context) { $0.connectAccepted(as: Node(identity: admission.identity, instance: String(session))) }
+                case .anonymous(let permissions):
+                    handler.admitted = permissions
+                    handler.feed(context: context) { $0.connectAccepted() }
+                case .refused(let reason):
+                    hub.logger.info(
+                        "NATS authentication refused",
+                        metadata: ["user": "\(options.user ?? "-")", "address": "\(address ?? "-")", "reason": "\(reason.description)"])
+                    hub.authenticationFailed(from: address)
+                    let delay = TimeAmount.nanoseconds(Int64(hub.configuration.limits.authFailureDelaySeconds * 1_000_000_000))
+                    loop.assumeIsolated().scheduleTask(in: delay) {
+                        handler.feed(context: context) { $0.connectRejected() }
+                    }
+                }
+            }
+        }
+    }
+
     private func write(_ operation: NATSOperation, context: ChannelHandlerContext) {
         outlet?.write([NATSEncoder.encode(operation)])
     }
@@ -236,6 +297,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private func fail(_ error: NATSProtocolError, context: ChannelHandlerContext) {
         closing = true
         pingTask?.cancel()
+        connectTimer?.cancel()
         let channel = context.channel
         guard let outlet else {
             channel.close(promise: nil)

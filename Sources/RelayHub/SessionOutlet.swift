@@ -80,6 +80,8 @@ final class SessionOutlet: Sendable {
     private let isTerminating = Atomic<Bool>(false)
     private let lastBatchSize = Atomic<Int>(0)
     private let held = Mutex(Held())
+    /// The sessions of the same identity, whose pending bytes are capped together.
+    private let identityGroup = Mutex<IdentityPendingGroup?>(nil)
     /// Renders "N deliveries of subscription T were dropped" for the subscriber, if its dialect can say it.
     private let dropReport: (@Sendable (String, Int) -> [UInt8]?)?
 
@@ -178,7 +180,22 @@ final class SessionOutlet: Sendable {
             slowConsumer()
             return false
         }
+        if let group = identityGroup.withLock({ $0 }), group.exceeds(adding: size) {
+            slowConsumer()
+            return false
+        }
         return true
+    }
+
+    /// Counts this session's pending bytes with the other sessions of its identity from now on.
+    func join(_ group: IdentityPendingGroup) {
+        group.add(writer)
+        identityGroup.withLock { $0 = group }
+    }
+
+    /// Stops counting this session with its identity's (it unregistered or closed).
+    func leaveIdentityGroup() {
+        identityGroup.withLock { $0.take() }?.remove(writer)
     }
 
     /// Writes a last message after everything queued (past the byte cap: it says why the session
@@ -232,5 +249,37 @@ final class SessionOutlet: Sendable {
         channel.eventLoop.execute {
             channel.pipeline.fireUserInboundEventTriggered(event)
         }
+    }
+}
+
+/// The sessions of one identity, whose bytes waiting to be written are capped together
+/// (`maxPendingBytesPerIdentity`): one user cannot make the hub hold more for it by opening more
+/// sessions.
+final class IdentityPendingGroup: Sendable {
+    let maximum: Int
+    private let writers = Mutex<[ChannelWriter]>([])
+
+    init(maximum: Int) {
+        self.maximum = maximum
+    }
+
+    func add(_ writer: ChannelWriter) {
+        writers.withLock { $0.append(writer) }
+    }
+
+    /// Removes a writer; returns whether the group is empty now.
+    @discardableResult
+    func remove(_ writer: ChannelWriter) -> Bool {
+        writers.withLock { writers in
+            writers.removeAll { $0 === writer }
+            return writers.isEmpty
+        }
+    }
+
+    var isEmpty: Bool { writers.withLock { $0.isEmpty } }
+
+    /// Whether `size` more bytes would take the identity's sessions past the cap together.
+    func exceeds(adding size: Int) -> Bool {
+        writers.withLock { writers in writers.reduce(size) { $0 + $1.pendingBytes } > maximum }
     }
 }

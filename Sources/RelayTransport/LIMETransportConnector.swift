@@ -3,7 +3,8 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// A LIME server address: `ws://HOST:PORT[/PATH]` or `tcp://HOST:PORT` (also `net.tcp://`).
+/// A LIME server address: `ws://HOST:PORT[/PATH]`, `wss://HOST:PORT[/PATH]` or `tcp://HOST:PORT`
+/// (also `net.tcp://`; TLS over TCP is negotiated in the session).
 package struct LIMEEndpoint: Sendable {
     package enum Transport: Sendable {
         case tcp
@@ -13,6 +14,8 @@ package struct LIMEEndpoint: Sendable {
     package var transport: Transport
     package var host: String
     package var port: Int
+    /// Whether the connection starts with TLS (`wss://`).
+    package var secure = false
 
     package init?(_ text: String) {
         guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
@@ -20,9 +23,10 @@ package struct LIMEEndpoint: Sendable {
         else { return nil }
         self.host = host
         switch scheme {
-        case "ws":
+        case "ws", "wss":
             transport = .webSocket(path: components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath)
             port = components.port ?? 8080
+            secure = scheme == "wss"
         case "tcp", "net.tcp":
             transport = .tcp
             port = components.port ?? 55321
@@ -53,8 +57,10 @@ package struct LIMETransport: Sendable {
 /// over TCP directly, over WebSocket after the upgrade (subprotocol `lime`, one envelope per frame).
 /// `LIMETransportReady` is fired through the pipeline once envelopes can be sent.
 package enum LIMETransportConnector {
+    /// `makeTLSHandler` gives the handler TLS runs in for `wss://`, first in the pipeline.
     package static func connect(
         to endpoint: LIMEEndpoint, group: any EventLoopGroup, connectTimeout: Duration, maximumEnvelopeBytes maximum: Int,
+        makeTLSHandler: (@Sendable () throws -> any ChannelHandler)? = nil,
         makeHandler: @escaping @Sendable (LIMEEnvelopeReader) -> any ChannelHandler
     ) async throws -> LIMETransport {
         let bootstrap = ClientBootstrap(group: group)
@@ -75,6 +81,7 @@ package enum LIMETransportConnector {
             do {
                 channel = try await bootstrap.channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if endpoint.secure, let makeTLSHandler { try channel.pipeline.syncOperations.addHandler(makeTLSHandler()) }
                         let upgrader = LIMEWebSocketClientUpgrader(maximumMessageBytes: maximum) {
                             makeHandler(LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum))
                         }

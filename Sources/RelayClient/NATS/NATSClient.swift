@@ -36,7 +36,7 @@ public enum NATSClientError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .invalidURL(let url): "Invalid NATS URL '\(url)': expected nats://HOST:PORT"
+        case .invalidURL(let url): "Invalid NATS URL '\(url)': expected nats://HOST:PORT or tls://HOST:PORT"
         case .connectionFailed(let text): "Could not connect: \(text)"
         case .noResponders: "No responders are available for the request"
         case .timedOut: "Timed out"
@@ -60,6 +60,11 @@ public final class NATSClient: Sendable {
         public var name: String?
         public var user: String?
         public var password: String?
+        /// A token for CONNECT's `auth_token` (a hub user's key, a JWT, nats-server's token).
+        public var token: String?
+        /// TLS: with options the client insists on TLS with every server (as with `tls://`
+        /// URLs); without, it upgrades when a server requires it, trusting the system's roots.
+        public var tls: TLSClientOptions?
         public var echo = true
         /// Reconnection attempts after a loss before giving up (nil: forever).
         public var maximumReconnectAttempts: Int? = 60
@@ -85,6 +90,8 @@ public final class NATSClient: Sendable {
         var port: Int
         var user: String?
         var password: String?
+        /// `tls://`: TLS is required with this server.
+        var tls = false
     }
 
     struct SubscriptionRecord: Sendable {
@@ -134,10 +141,13 @@ public final class NATSClient: Sendable {
     ) async throws -> NATSClient {
         var servers: [Server] = []
         for url in options.servers {
-            guard let components = URLComponents(string: url), components.scheme?.lowercased() == "nats", let host = components.host else {
+            guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
+                scheme == "nats" || scheme == "tls", let host = components.host
+            else {
                 throw NATSClientError.invalidURL(url)
             }
-            servers.append(Server(host: host, port: components.port ?? 4222, user: components.user, password: components.password))
+            servers.append(
+                Server(host: host, port: components.port ?? 4222, user: components.user, password: components.password, tls: scheme == "tls"))
         }
         guard !servers.isEmpty else { throw NATSClientError.invalidURL("") }
         let client = NATSClient(options: options, servers: servers, group: group)
@@ -212,8 +222,12 @@ public final class NATSClient: Sendable {
         if let name = options.name { connect["name"] = .string(name) }
         if let user = server.user ?? options.user { connect["user"] = .string(user) }
         if let password = server.password ?? options.password { connect["pass"] = .string(password) }
+        if let token = options.token { connect["auth_token"] = .string(token) }
         let machine = NATSClientConnectionMachine(
-            configuration: .init(connect: connect, maximumPingsOutstanding: options.maximumPingsOutstanding))
+            configuration: .init(
+                connect: connect, maximumPingsOutstanding: options.maximumPingsOutstanding, requiresTLS: server.tls || options.tls != nil))
+        let tls = options.tls ?? TLSClientOptions()
+        let host = server.host
         let maximumPayload = options.maximumPayload
         let pingInterval = TimeAmount(options.pingInterval)
         return try await ClientBootstrap(group: group)
@@ -222,7 +236,9 @@ public final class NATSClient: Sendable {
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        NATSClientHandler(machine: machine, maximumPayload: maximumPayload, pingInterval: pingInterval, client: self))
+                        NATSClientHandler(machine: machine, maximumPayload: maximumPayload, pingInterval: pingInterval, client: self) {
+                            try tls.makeHandler(host: host)
+                        })
                 }
             }
             .connect(host: server.host, port: server.port).get()

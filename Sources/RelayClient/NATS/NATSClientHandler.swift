@@ -1,4 +1,6 @@
 import NIOCore
+import NIOSSL
+import NIOTLS
 import RelayCore
 
 /// Runs one connection of a `NATSClient`: parses with `NATSParser`, feeds
@@ -13,12 +15,26 @@ final class NATSClientHandler: ChannelInboundHandler {
     private let pingInterval: TimeAmount
     private var pingTask: Scheduled<Void>?
     private var readers = ReadersToWake()
+    /// Makes the TLS handler when the connection upgrades after INFO.
+    private let makeTLSHandler: () throws -> NIOSSLClientHandler
 
-    init(machine: NATSClientConnectionMachine, maximumPayload: Int, pingInterval: TimeAmount, client: NATSClient) {
+    init(
+        machine: NATSClientConnectionMachine, maximumPayload: Int, pingInterval: TimeAmount, client: NATSClient,
+        makeTLSHandler: @escaping () throws -> NIOSSLClientHandler
+    ) {
         self.machine = machine
         self.parser = NATSParser(role: .client, maximumPayload: maximumPayload)
         self.pingInterval = pingInterval
         self.client = client
+        self.makeTLSHandler = makeTLSHandler
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            execute(machine.transportSecured(), context: context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -44,6 +60,8 @@ final class NATSClientHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A TLS failure (an untrusted certificate...) is worth saying: it will not go away by retrying.
+        if error is NIOSSLError || error is BoringSSLError { client.connectionFailed("TLS: \(error)") }
         context.close(promise: nil)
     }
 
@@ -64,6 +82,13 @@ final class NATSClientHandler: ChannelInboundHandler {
                 var bytes: [UInt8] = []
                 for operation in operations { NATSEncoder.encode(operation, into: &bytes) }
                 context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+            case .startTLS:
+                do {
+                    try context.pipeline.syncOperations.addHandler(makeTLSHandler(), position: .first)
+                } catch {
+                    client.connectionFailed("TLS: \(error)")
+                    context.close(promise: nil)
+                }
             case .connected(let info):
                 client.established(context.channel, info: info)
                 schedulePing(context: context)

@@ -12,7 +12,9 @@ public struct LIMEClientSessionMachine: Sendable {
         public var scheme: String
         /// The scheme's data, for example `{"password": "<base64>"}`.
         public var authentication: JSONObject
-        /// The compression and encryption chosen when the server negotiates.
+        /// The compression and encryption chosen when the server negotiates. With encryption
+        /// `tls` the client insists on TLS: it never sends credentials over a connection that the
+        /// server did not secure.
         public var compression: String
         public var encryption: String
 
@@ -33,6 +35,8 @@ public struct LIMEClientSessionMachine: Sendable {
         case idle
         case new
         case negotiating
+        /// The negotiation chose TLS: the connection is being upgraded.
+        case securingTransport
         case authenticating
         case established(local: Node, remote: Node?)
         case finishing
@@ -43,6 +47,8 @@ public struct LIMEClientSessionMachine: Sendable {
     public enum Action: Sendable, Hashable {
         case none
         case send(Envelope)
+        /// Start TLS on the connection as its client, then report `transportSecured`.
+        case startTLS
         /// The session is established: the server gave this node to the client.
         case established(local: Node, remote: Node?)
         /// Hand an envelope to the application.
@@ -56,6 +62,10 @@ public struct LIMEClientSessionMachine: Sendable {
     public let configuration: Configuration
     public private(set) var state: State = .idle
     private var sessionID: String?
+    /// Whether the connection runs over TLS (`wss://`, or once the negotiated upgrade is done).
+    public private(set) var isTransportSecured = false
+    /// The encryption the client chose when the server negotiated.
+    private var chosenEncryption = "none"
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -96,6 +106,8 @@ public struct LIMEClientSessionMachine: Sendable {
         case .finishing:
             if case .session(let session) = envelope { return sessionEnded(session) }
             return .deliver(envelope)
+        case .securingTransport:
+            return protocolViolation("the server sent a \(envelope.kind) before the TLS handshake")
         case .new, .negotiating, .authenticating:
             guard case .session(let session) = envelope else {
                 return protocolViolation("the server sent a \(envelope.kind) before the session was established")
@@ -104,22 +116,39 @@ public struct LIMEClientSessionMachine: Sendable {
         }
     }
 
+    /// The connection runs over TLS: from the start (`wss://`), or once the upgrade is done.
+    public mutating func transportSecured() -> Action {
+        isTransportSecured = true
+        if state == .securingTransport { state = .negotiating }
+        return .none
+    }
+
     private mutating func handshakeSessionReceived(_ session: LIMESession) -> Action {
         if let id = session.header.id { sessionID = id }
         switch session.state {
         case .negotiating:
             guard session.compressionOptions != nil || session.encryptionOptions != nil else {
-                // The server confirms the options; it will send `authenticating` next.
+                // The server confirms the options; it will send `authenticating` next, after the
+                // TLS handshake when TLS was chosen.
+                if (session.encryption ?? chosenEncryption) == "tls" && !isTransportSecured {
+                    state = .securingTransport
+                    return .startTLS
+                }
                 return .none
             }
             state = .negotiating
             let compression = pick(configuration.compression, from: session.compressionOptions)
-            let encryption = pick(configuration.encryption, from: session.encryptionOptions)
+            let encryption = isTransportSecured ? "none" : pick(configuration.encryption, from: session.encryptionOptions)
+            if configuration.encryption == "tls" && !isTransportSecured && encryption != "tls" {
+                return refuseInsecure()
+            }
+            chosenEncryption = encryption ?? "none"
             return .send(
                 .session(
                     LIMESession(
                         header: EnvelopeHeader(id: sessionID), state: .negotiating, encryption: encryption, compression: compression)))
         case .authenticating:
+            if configuration.encryption == "tls" && !isTransportSecured { return refuseInsecure() }
             if let offered = session.schemeOptions, !offered.contains(where: { $0.lowercased() == configuration.scheme.lowercased() }) {
                 state = .failed(
                     Reason(
@@ -146,6 +175,15 @@ public struct LIMEClientSessionMachine: Sendable {
         default:
             return protocolViolation("unexpected session state '\(session.state.rawValue)' during the handshake")
         }
+    }
+
+    /// The client asked for TLS and the server did not secure the connection: the credentials stay
+    /// unsent.
+    private mutating func refuseInsecure() -> Action {
+        let reason = Reason(
+            code: ReasonCode.sessionNegotiationInvalidOptions, description: "The server does not offer TLS; the credentials were not sent")
+        state = .failed(reason)
+        return .failed(reason)
     }
 
     private func pick(_ preferred: String, from options: [String]?) -> String? {

@@ -25,10 +25,16 @@ public struct LIMEServerSessionMachine: Sendable {
         public var encryptionOptions: [String]
         /// The instance given to a client that asks for none.
         public var assignedInstance: String
+        /// Whether a session must run over TLS: over TCP, `encryptionOptions` is then `["tls"]`;
+        /// over WebSocket, the connection itself must be `wss://` (`transportSecured` before `new`).
+        public var requiresTLS: Bool
+        /// Whether the `transport` scheme is offered to a client whose TLS certificate was verified.
+        public var offersTransportScheme: Bool
 
         public init(
             sessionID: String, serverNode: Node, schemes: [String] = ["guest"], compressionOptions: [String] = ["none"],
-            encryptionOptions: [String] = ["none"], assignedInstance: String
+            encryptionOptions: [String] = ["none"], assignedInstance: String, requiresTLS: Bool = false,
+            offersTransportScheme: Bool = false
         ) {
             self.sessionID = sessionID
             self.serverNode = serverNode
@@ -36,12 +42,16 @@ public struct LIMEServerSessionMachine: Sendable {
             self.compressionOptions = compressionOptions
             self.encryptionOptions = encryptionOptions
             self.assignedInstance = assignedInstance
+            self.requiresTLS = requiresTLS
+            self.offersTransportScheme = offersTransportScheme
         }
     }
 
     public enum State: Sendable, Hashable {
         case new
         case negotiating
+        /// The negotiation chose TLS: the connection is being upgraded (`transportSecured` next).
+        case securingTransport
         case authenticating
         /// Waiting for the hub to check the credentials of the node asked for.
         case verifyingCredentials(requestedInstance: String?)
@@ -55,6 +65,9 @@ public struct LIMEServerSessionMachine: Sendable {
         case none
         /// Send these envelopes, in order.
         case send([Envelope])
+        /// Send this envelope (the negotiation's confirmation, in plaintext), then start TLS on the
+        /// connection as its server and report `transportSecured` once the handshake is done.
+        case sendAndStartTLS(Envelope)
         /// Check these credentials and report back with `credentialsAccepted` or `credentialsRejected`.
         case verifyCredentials(CredentialsPresented)
         /// Register the session under this node, then send the reply (the `established` envelope).
@@ -73,6 +86,9 @@ public struct LIMEServerSessionMachine: Sendable {
 
     public let configuration: Configuration
     public private(set) var state: State = .new
+    /// Whether the connection runs over TLS, and whether the client's certificate was verified.
+    public private(set) var isTransportSecured = false
+    private var isClientCertified = false
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -93,7 +109,14 @@ public struct LIMEServerSessionMachine: Sendable {
     }
 
     private var needsNegotiation: Bool {
-        configuration.compressionOptions.count > 1 || configuration.encryptionOptions.count > 1
+        guard !isTransportSecured else { return configuration.compressionOptions.count > 1 }
+        // A single option other than `none` is negotiated too: the client must know to start TLS.
+        return configuration.compressionOptions.count > 1 || configuration.encryptionOptions.count > 1
+            || configuration.encryptionOptions != ["none"]
+    }
+
+    private var encryptionOptions: [String] {
+        isTransportSecured ? ["none"] : configuration.encryptionOptions
     }
 
     private func sessionEnvelope(_ state: SessionState, to: Node? = nil, reason: Reason? = nil) -> LIMESession {
@@ -110,6 +133,9 @@ public struct LIMEServerSessionMachine: Sendable {
             return .none
         case .established(let node):
             return establishedEnvelopeReceived(envelope, node: node)
+        case .securingTransport:
+            // Nothing but the TLS handshake may come before the upgrade is done.
+            return fail(Reason(code: ReasonCode.sessionInvalidActionForState, description: "An envelope arrived before the TLS handshake"))
         case .new, .negotiating, .authenticating, .verifyingCredentials:
             guard case .session(let session) = envelope else {
                 return fail(
@@ -127,26 +153,38 @@ public struct LIMEServerSessionMachine: Sendable {
         }
         switch (state, session.state) {
         case (.new, .new):
+            if configuration.requiresTLS && !isTransportSecured && !configuration.encryptionOptions.contains("tls") {
+                return fail(Reason(code: ReasonCode.sessionError, description: "TLS is required: connect with wss://"))
+            }
             if needsNegotiation {
                 state = .negotiating
                 var reply = sessionEnvelope(.negotiating)
                 reply.compressionOptions = configuration.compressionOptions
-                reply.encryptionOptions = configuration.encryptionOptions
+                reply.encryptionOptions = encryptionOptions
                 return .send([.session(reply)])
             }
             return startAuthenticating(prefix: [])
         case (.negotiating, .negotiating):
             let compression = session.compression ?? "none"
             let encryption = session.encryption ?? "none"
-            guard configuration.compressionOptions.contains(compression), configuration.encryptionOptions.contains(encryption) else {
+            guard encryptionOptions.contains(encryption) else {
                 return fail(
                     Reason(
                         code: ReasonCode.sessionNegotiationInvalidOptions,
-                        description: "Compression '\(compression)' or encryption '\(encryption)' was not offered"))
+                        description: configuration.requiresTLS
+                            ? "TLS is required: negotiate encryption 'tls'" : "Encryption '\(encryption)' was not offered"))
+            }
+            guard configuration.compressionOptions.contains(compression) else {
+                return fail(
+                    Reason(code: ReasonCode.sessionNegotiationInvalidOptions, description: "Compression '\(compression)' was not offered"))
             }
             var confirmation = sessionEnvelope(.negotiating)
             confirmation.compression = compression
             confirmation.encryption = encryption
+            if encryption == "tls" {
+                state = .securingTransport
+                return .sendAndStartTLS(.session(confirmation))
+            }
             return startAuthenticating(prefix: [.session(confirmation)])
         case (.authenticating, .authenticating):
             return credentialsReceived(session)
@@ -164,8 +202,23 @@ public struct LIMEServerSessionMachine: Sendable {
     private mutating func startAuthenticating(prefix: [Envelope]) -> Action {
         state = .authenticating
         var reply = sessionEnvelope(.authenticating)
-        reply.schemeOptions = configuration.schemes
+        reply.schemeOptions = schemes
         return .send(prefix + [.session(reply)])
+    }
+
+    /// The schemes offered: `transport` first when the client's certificate was verified.
+    private var schemes: [String] {
+        isClientCertified && configuration.offersTransportScheme ? ["transport"] + configuration.schemes : configuration.schemes
+    }
+
+    /// The connection runs over TLS now: from the start (`wss://`, before `new`), or once the
+    /// upgrade the negotiation asked for is done (then the server offers its schemes).
+    /// `clientCertified`: the client presented a certificate the hub verified.
+    public mutating func transportSecured(clientCertified: Bool) -> Action {
+        isTransportSecured = true
+        isClientCertified = clientCertified
+        guard state == .securingTransport else { return .none }
+        return startAuthenticating(prefix: [])
     }
 
     private mutating func credentialsReceived(_ session: LIMESession) -> Action {
@@ -174,11 +227,11 @@ public struct LIMEServerSessionMachine: Sendable {
         guard let scheme = (session.scheme ?? authentication["scheme"]?.stringValue)?.lowercased() else {
             return fail(Reason(code: ReasonCode.sessionAuthenticationFailed, description: "No authentication scheme given"))
         }
-        guard configuration.schemes.contains(scheme) else {
+        guard schemes.contains(scheme) else {
             return fail(
                 Reason(
                     code: ReasonCode.sessionAuthenticationFailed,
-                    description: "Scheme '\(scheme)' was not offered (offered: \(configuration.schemes.joined(separator: ", ")))"))
+                    description: "Scheme '\(scheme)' was not offered (offered: \(schemes.joined(separator: ", ")))"))
         }
         state = .verifyingCredentials(requestedInstance: session.header.from?.instance)
         return .verifyCredentials(
@@ -227,7 +280,7 @@ public struct LIMEServerSessionMachine: Sendable {
     /// The session did not reach `established` in the time the hub allows.
     public mutating func establishmentTimedOut() -> Action {
         switch state {
-        case .new, .negotiating, .authenticating, .verifyingCredentials:
+        case .new, .negotiating, .securingTransport, .authenticating, .verifyingCredentials:
             return fail(Reason(code: ReasonCode.sessionNegotiationTimeout, description: "The session was not established in time"))
         default:
             return .none
@@ -275,7 +328,7 @@ public struct LIMEServerSessionMachine: Sendable {
     private var stateName: String {
         switch state {
         case .new: "new"
-        case .negotiating: "negotiating"
+        case .negotiating, .securingTransport: "negotiating"
         case .authenticating, .verifyingCredentials: "authenticating"
         case .established: "established"
         case .finished: "finished"

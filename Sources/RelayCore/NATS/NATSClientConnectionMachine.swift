@@ -6,15 +6,22 @@ public struct NATSClientConnectionMachine: Sendable {
         public var connect: JSONObject
         /// Unanswered PINGs before the connection counts as stale.
         public var maximumPingsOutstanding: Int
+        /// Whether the client insists on TLS (a `tls://` URL, or TLS options): it upgrades after
+        /// INFO and never sends CONNECT in plaintext. Without it, it upgrades when the server
+        /// requires TLS (`tls_required`), as nats.go and nats-py do.
+        public var requiresTLS: Bool
 
-        public init(connect: JSONObject, maximumPingsOutstanding: Int = 2) {
+        public init(connect: JSONObject, maximumPingsOutstanding: Int = 2, requiresTLS: Bool = false) {
             self.connect = connect
             self.maximumPingsOutstanding = maximumPingsOutstanding
+            self.requiresTLS = requiresTLS
         }
     }
 
     public enum State: Sendable, Equatable {
         case awaitingInfo
+        /// INFO asked for TLS (or the client did): the connection is being upgraded.
+        case securingTransport
         case awaitingPong
         case connected
         case closed
@@ -22,6 +29,8 @@ public struct NATSClientConnectionMachine: Sendable {
 
     public enum Action: Sendable, Equatable {
         case send([NATSOperation])
+        /// Start TLS on the connection as its client, then report `transportSecured`.
+        case startTLS
         /// The handshake is done; `info` is what the server said about itself.
         case connected(info: JSONObject)
         /// A message for one of the client's subscriptions.
@@ -49,6 +58,13 @@ public struct NATSClientConnectionMachine: Sendable {
             return []
         case (.awaitingInfo, .info(let object)):
             info = object
+            let required = object["tls_required"]?.boolValue == true
+            let available = required || object["tls_available"]?.boolValue == true
+            if configuration.requiresTLS && !available { return fail("the server does not offer TLS") }
+            if required || configuration.requiresTLS {
+                state = .securingTransport
+                return [.startTLS]
+            }
             state = .awaitingPong
             // The PING proves the server accepted CONNECT: its PONG (or an -ERR) comes back first.
             return [.send([.connect(configuration.connect), .ping])]
@@ -75,6 +91,13 @@ public struct NATSClientConnectionMachine: Sendable {
         default:
             return fail("unexpected operation during the handshake")
         }
+    }
+
+    /// The TLS handshake the machine asked for is done: the handshake goes on, encrypted.
+    public mutating func transportSecured() -> [Action] {
+        guard state == .securingTransport else { return [] }
+        state = .awaitingPong
+        return [.send([.connect(configuration.connect), .ping])]
     }
 
     /// The keepalive interval passed.

@@ -100,6 +100,7 @@ public struct NATSProtocolError: Error, Sendable, Equatable, CustomStringConvert
     public enum Kind: Sendable, Equatable {
         case unknownOperation, maximumPayload, maximumControlLine, parser, invalidSubject, invalidPublishSubject
         case authorization, slowConsumer, staleConnection, maximumConnections, maximumSubscriptions
+        case tlsRequired, authenticationTimeout
     }
 
     public let kind: Kind
@@ -125,6 +126,8 @@ public struct NATSProtocolError: Error, Sendable, Equatable, CustomStringConvert
         case .staleConnection: "Stale Connection"
         case .maximumConnections: "Maximum Connections Exceeded"
         case .maximumSubscriptions: "Maximum Subscriptions Exceeded"
+        case .tlsRequired: "Secure Connection - TLS Required"
+        case .authenticationTimeout: "Authentication Timeout"
         }
     }
 

@@ -37,12 +37,18 @@ public struct NATSServerConnectionMachine: Sendable {
         public var maximumPingsOutstanding: Int
         /// The node a connection is registered as when its CONNECT names nobody (or it sends none).
         public var anonymousNode: Node?
+        /// Whether the client must upgrade to TLS after INFO before anything else (`tls_required`).
+        public var tlsRequired: Bool
 
-        public init(info: JSONObject, authRequired: Bool = false, maximumPingsOutstanding: Int = 2, anonymousNode: Node? = nil) {
+        public init(
+            info: JSONObject, authRequired: Bool = false, maximumPingsOutstanding: Int = 2, anonymousNode: Node? = nil,
+            tlsRequired: Bool = false
+        ) {
             self.info = info
             self.authRequired = authRequired
             self.maximumPingsOutstanding = maximumPingsOutstanding
             self.anonymousNode = anonymousNode
+            self.tlsRequired = tlsRequired
         }
     }
 
@@ -84,6 +90,8 @@ public struct NATSServerConnectionMachine: Sendable {
     private var verbose = false
     private var headers = false
     private var pingsOutstanding = 0
+    /// Whether the connection runs over TLS.
+    public private(set) var isTransportSecured = false
     /// The node the connection is registered as: the publisher of what it publishes.
     public private(set) var publisher: Node?
     /// The last subject published to that was valid: clients publish to few subjects, and checking
@@ -107,6 +115,19 @@ public struct NATSServerConnectionMachine: Sendable {
         [.send([.info(configuration.info)])]
     }
 
+    /// The client upgraded the connection to TLS after INFO.
+    public mutating func transportSecured() {
+        isTransportSecured = true
+    }
+
+    /// The client did not connect (CONNECT, or the TLS handshake) in the time the hub allows.
+    public mutating func connectTimedOut() -> [Action] {
+        switch state {
+        case .awaitingConnect, .authenticating: fail(NATSProtocolError(.authenticationTimeout))
+        default: []
+        }
+    }
+
     /// An operation arrived from the client.
     public mutating func operationReceived(_ operation: NATSOperation) -> [Action] {
         var actions: [Action] = []
@@ -123,6 +144,10 @@ public struct NATSServerConnectionMachine: Sendable {
         case .authenticating:
             deferred.append(operation)
         case .awaitingConnect:
+            if configuration.tlsRequired && !isTransportSecured {
+                actions += fail(NATSProtocolError(.tlsRequired))
+                return
+            }
             if case .connect(let object) = operation {
                 let options = NATSConnectOptions(object)
                 state = .authenticating(options)
@@ -147,6 +172,7 @@ public struct NATSServerConnectionMachine: Sendable {
     /// `publishInPlace`). Returns false when the machine needs it as an operation (before the
     /// connection is established); otherwise its actions are appended: `.forward`, or an error.
     public mutating func publishInPlaceReceived(_ publication: NATSPublishInPlace, into actions: inout [Action]) -> Bool {
+        // Before the connection is established it goes the usual way, which checks everything.
         guard isConnected else { return false }
         guard checkPublishSubject(publication.subject, into: &actions) else { return true }
         actions.append(.forward(publication))

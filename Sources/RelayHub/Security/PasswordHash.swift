@@ -50,3 +50,44 @@ public struct PasswordHash: Sendable, Hashable, CustomStringConvertible {
         "pbkdf2-sha256$\(rounds)$\(Data(salt).base64EncodedString())$\(Data(hash).base64EncodedString())"
     }
 }
+
+/// The stored form of a key or token (the `key` scheme, NATS `auth_token`): `sha256$HEX`.
+///
+/// Keys are long random strings (`relay passwd --key` makes them), so an unsalted digest keeps
+/// them safe at rest and lets the hub find the user a token belongs to without trying every hash.
+public struct KeyDigest: Sendable, Hashable, CustomStringConvertible {
+    public let digest: [UInt8]
+
+    /// The digest of a key's text.
+    public init(key: [UInt8]) {
+        digest = Array(SHA256.hash(data: key))
+    }
+
+    /// Parses the stored form.
+    public init?(_ text: String) {
+        let parts = text.split(separator: "$", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts[0] == "sha256", parts[1].utf8.count == 64 else { return nil }
+        var bytes: [UInt8] = []
+        var index = parts[1].startIndex
+        while index < parts[1].endIndex {
+            let next = parts[1].index(index, offsetBy: 2)
+            guard let byte = UInt8(parts[1][index..<next], radix: 16) else { return nil }
+            bytes.append(byte)
+            index = next
+        }
+        digest = bytes
+    }
+
+    /// A new random key (32 bytes, base64url without padding) and its digest.
+    public static func makeKey() -> (key: String, digest: KeyDigest) {
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+        let key = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+        return (key, KeyDigest(key: Array(key.utf8)))
+    }
+
+    public var description: String {
+        "sha256$" + digest.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+    }
+}
