@@ -64,18 +64,6 @@ import Testing
         #expect(throws: PermissionError.self) { try SubjectRule(allow: ["a..b"], deny: []) }
         #expect(throws: PermissionError.self) { try SubjectRule(allow: nil, deny: ["a b c"]) }
     }
-
-    @Test func combinedGrantsAllowWhatAnyAllowsAndDenyWhatAnyDenies() throws {
-        let reader = Permissions(subscribe: try SubjectRule(allow: ["orders.>"], deny: []))
-        let writer = Permissions(publish: try SubjectRule(allow: ["orders.>"], deny: ["orders.secret"]), subscribe: try SubjectRule(allow: ["jobs.>"], deny: []))
-        let both = Permissions.combining([reader, writer])
-        #expect(both.allowsSubscribe(to: "orders.x", queue: nil) && both.allowsSubscribe(to: "jobs.x", queue: nil))
-        #expect(!both.allowsSubscribe(to: "billing.x", queue: nil))
-        // The reader says nothing of publishing (everything), the writer denies one subject.
-        #expect(both.allowsPublish(to: "billing.x"))
-        #expect(!both.allowsPublish(to: "orders.secret"))
-        #expect(!both.admin && Permissions.combining([reader, .everything]).admin)
-    }
 }
 
 /// Every operation a permission governs, allowed and refused, with the exact reason, and a refused

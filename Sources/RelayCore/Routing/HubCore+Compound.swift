@@ -49,10 +49,10 @@ extension HubCore {
 
     mutating func callCompound(_ command: LIMECommand, name: String, from session: SessionID) -> [Output] {
         guard let callerID = command.header.id else { return [] }
+        if let reason = callRefusal("compound", method: name, from: session) { return [reply(session, command.failure(reason))] }
         guard let compound = compounds[name.lowercased()] else {
             return refuse(session, command, ReasonCode.commandResourceNotFound, "No compound method '\(name)'")
         }
-        if let reason = callRefusal("compound", method: compound.name, from: session) { return [reply(session, command.failure(reason))] }
         guard command.resource == nil || command.resource?.objectValue != nil else {
             return refuse(session, command, ReasonCode.commandInvalidArgument, "Parameters must be a JSON object")
         }

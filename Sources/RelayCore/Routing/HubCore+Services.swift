@@ -103,10 +103,11 @@ extension HubCore {
     }
 
     func checkCall(_ command: LIMECommand, service: String, method: String, from session: SessionID) -> Reason? {
+        // Before anything else: a caller may not learn which services exist that it may not call.
+        if let refusal = callRefusal(service, method: method, from: session) { return refusal }
         guard let entry = services[service] else {
             return Reason(code: ReasonCode.routingDestinationNotFound, description: "No instance of service '\(service)' is connected")
         }
-        if let refusal = callRefusal(service, method: method, from: session) { return refusal }
         guard let description = entry.description.method(method) else {
             return Reason(code: ReasonCode.commandMethodNotSupported, description: "Service '\(service)' has no method '\(method)'")
         }

@@ -33,21 +33,6 @@ public struct Permissions: Sendable, Hashable {
     /// Everything allowed, administration included.
     public static let everything = Permissions(admin: true)
 
-    /// The permissions of several grants together (a user's own and its roles'): what any of them
-    /// allows, unless one of them denies it.
-    public static func combining(_ grants: [Permissions]) -> Permissions {
-        guard var combined = grants.first else { return Permissions() }
-        for grant in grants.dropFirst() {
-            combined.publish = combined.publish.union(grant.publish)
-            combined.subscribe = combined.subscribe.union(grant.subscribe)
-            combined.serve = combined.serve.union(grant.serve)
-            combined.call = combined.call.union(grant.call)
-            combined.send = combined.send.union(grant.send)
-            combined.admin = combined.admin || grant.admin
-        }
-        return combined
-    }
-
     // MARK: - Checks
 
     /// Whether the session may publish to `subject` (a subject without wildcards).
@@ -120,14 +105,6 @@ public struct SubjectRule: Sendable, Hashable {
         return !deny.contains { $0.covers(filter: filter, queue: queue) }
     }
 
-    func union(_ other: SubjectRule) -> SubjectRule {
-        let allow: [SubjectPattern]? =
-            switch (self.allow, other.allow) {
-            case (nil, _), (_, nil): nil
-            case (let mine?, let theirs?): mine + theirs
-            }
-        return SubjectRule(allow: allow, deny: deny + other.deny)
-    }
 }
 
 /// A subject filter in a permission, optionally for one queue group (which may use `*` globs).
@@ -224,14 +201,6 @@ public struct NameRule: Sendable, Hashable {
         return !deny.contains { Glob.matches($0, name) }
     }
 
-    func union(_ other: NameRule) -> NameRule {
-        let allow: [String]? =
-            switch (self.allow, other.allow) {
-            case (nil, _), (_, nil): nil
-            case (let mine?, let theirs?): mine + theirs
-            }
-        return NameRule(allow: allow, deny: deny + other.deny)
-    }
 }
 
 /// A permission that cannot be read.

@@ -28,7 +28,7 @@ struct Authenticator: Sendable {
     private let accounts: [Identity: Account]
     private let identitiesByKey: [KeyDigest: Identity]
     private let guestPermissions: Permissions?
-    private let roles: [String: Permissions]
+    private let roles: [String: HubConfiguration.PermissionSettings]
     private let jwt: JWTVerifier?
     private let jwtPermissions: Permissions?
     /// Whether TLS client certificates are checked against a CA, so `transport` can be offered.
@@ -43,8 +43,9 @@ struct Authenticator: Sendable {
     init(configuration: HubConfiguration) throws {
         domain = configuration.domain
         allowsGuests = configuration.guest
-        var roles: [String: Permissions] = [:]
-        for (name, settings) in configuration.roles { roles[name] = try settings.permissions() }
+        // Checked now, so that a role with a filter that cannot be read stops the hub from starting.
+        for settings in configuration.roles.values { _ = try settings.permissions() }
+        let roles = configuration.roles
         self.roles = roles
         var accounts: [Identity: Account] = [:]
         var identitiesByKey: [KeyDigest: Identity] = [:]
@@ -85,15 +86,15 @@ struct Authenticator: Sendable {
 
     /// A user's own permissions combined with its roles'; nil when it has neither.
     private static func permissions(
-        _ own: HubConfiguration.PermissionSettings?, roles names: [String], from roles: [String: Permissions],
+        _ own: HubConfiguration.PermissionSettings?, roles names: [String], from roles: [String: HubConfiguration.PermissionSettings],
         unknown: (String) -> HubError
     ) throws -> Permissions? {
-        var grants = try own.map { [try $0.permissions()] } ?? []
+        var grants = own.map { [$0] } ?? []
         for name in names {
             guard let role = roles[name] else { throw unknown(name) }
             grants.append(role)
         }
-        return grants.isEmpty ? nil : Permissions.combining(grants)
+        return grants.isEmpty ? nil : try HubConfiguration.PermissionSettings.combining(grants).permissions()
     }
 
     /// The schemes offered to clients, in order of preference (`transport` is added per

@@ -100,6 +100,22 @@ extension HubConfiguration {
             self.admin = admin
         }
 
+        /// Several grants together (a user's own and its roles'): for each operation, what any
+        /// grant that speaks of it allows, less what any denies; an operation no grant speaks of
+        /// stays entirely allowed, and one grant's silence widens nothing.
+        public static func combining(_ grants: [PermissionSettings]) -> PermissionSettings {
+            func combine(_ rules: [RuleSettings]) -> RuleSettings? {
+                guard !rules.isEmpty else { return nil }
+                // A rule with only a deny list allows the rest: so does the combination.
+                let allow: [String]? = rules.contains { $0.allow == nil } ? nil : rules.flatMap { $0.allow ?? [] }
+                return RuleSettings(allow: allow, deny: rules.flatMap(\.deny))
+            }
+            return PermissionSettings(
+                publish: combine(grants.compactMap(\.publish)), subscribe: combine(grants.compactMap(\.subscribe)),
+                serve: combine(grants.compactMap(\.serve)), call: combine(grants.compactMap(\.call)),
+                send: combine(grants.compactMap(\.send)), admin: grants.contains { $0.admin == true } ? true : nil)
+        }
+
         /// The rules the core checks; throws on a subject filter that cannot be read.
         public func permissions() throws -> Permissions {
             do {
