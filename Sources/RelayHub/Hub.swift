@@ -105,7 +105,8 @@ public final class Hub: Sendable {
                 maximumSubscriptionsPerSession: limits.maxSubscriptionsPerSession,
                 maximumRequestsPerSession: limits.maxRequestsPerSession,
                 defaultDeadlineMilliseconds: Int(limits.defaultRequestTimeoutSeconds * 1000), admins: admins,
-                defaultDeliveryLimit: DeliveryLimit(maximumHeld: limits.maxHeldPerSubscription, policy: .dropNewest)))
+                defaultDeliveryLimit: DeliveryLimit(maximumHeld: limits.maxHeldPerSubscription, policy: .dropNewest),
+                maximumSubscriptionsPerIdentity: limits.maxSubscriptionsPerIdentity))
         self.state = Mutex(
             State(
                 core: core,

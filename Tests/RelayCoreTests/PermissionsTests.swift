@@ -208,3 +208,21 @@ import Testing
         #expect(harness.command(4, .get, "/services/inventory/audit").commands(to: 3).count == 1)
     }
 }
+
+@Suite struct IdentityLimitTests {
+    /// The sessions of one identity share a bound on subscriptions; another identity has its own.
+    @Test func subscriptionsAreBoundedPerIdentityAcrossSessions() throws {
+        var core = HubCore(configuration: .init(hubNode: Node("postmaster@relay.local/hub")!, maximumSubscriptionsPerIdentity: 3))
+        _ = core.register(1, node: Node("alice@relay.local/phone")!)
+        _ = core.register(2, node: Node("alice@relay.local/desk")!)
+        _ = core.register(3, node: Node("bob@relay.local/desk")!)
+        try core.subscribe(1, token: "a", filter: "a", queue: nil, echo: false)
+        try core.subscribe(2, token: "b", filter: "b", queue: nil, echo: false)
+        try core.subscribe(2, token: "c", filter: "c", queue: nil, echo: false)
+        #expect(throws: Reason.self) { try core.subscribe(1, token: "d", filter: "d", queue: nil, echo: false) }
+        try core.subscribe(3, token: "d", filter: "d", queue: nil, echo: false)
+        // Room again once a session of the identity goes.
+        _ = core.sessionClosed(2)
+        try core.subscribe(1, token: "d", filter: "d", queue: nil, echo: false)
+    }
+}

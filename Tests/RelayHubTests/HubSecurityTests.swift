@@ -197,4 +197,30 @@ import Testing
             #expect(try await sender.ping().status == .success)
         }
     }
+
+    /// The sessions of one identity share a cap on pending bytes: opening more sessions does not
+    /// make the hub hold more for one user. Each session's own cap (64 MiB) is never reached here.
+    @Test func pendingBytesAreCappedPerIdentity() async throws {
+        try await withHub({ $0.limits.maxPendingBytesPerIdentity = 1 << 20 }) { hub in
+            var stalled: [RawConnection] = []
+            for instance in ["one", "two"] {
+                let raw = try await RawConnection.connect(hub.tcp)
+                _ = try await raw.establish(as: "stalled@relay.local/\(instance)")
+                try await raw.channel.setOption(.autoRead, value: false)
+                stalled.append(raw)
+            }
+            let sender = try await hub.connect(.tcp, as: "sender@relay.local")
+            let chunk = String(repeating: "y", count: 900_000)
+            var sent = 0
+            // To the identity: every session of it gets each message.
+            while hub.server.hub.statistics.slowConsumers == 0, sent < 200 {
+                try await sender.send(LIMEMessage(to: Node("stalled@relay.local"), text: chunk))
+                sent += 1
+                if sent % 5 == 0 { _ = try await sender.ping() }
+            }
+            #expect(hub.server.hub.statistics.slowConsumers >= 1)
+            // Far less than one session's own cap went to each (the kernel's buffers hold some MiB).
+            #expect(sent * chunk.utf8.count < 48 << 20, "\(sent) messages before the identity's cap ended a session")
+        }
+    }
 }

@@ -25,9 +25,16 @@ extension HubCore {
                 code: RelayReasonCode.limitReached,
                 description: "This session holds the maximum of \(configuration.maximumSubscriptionsPerSession) subscriptions")
         }
+        let node = router.node(of: session)
+        if let identity = node?.identity,
+            subscriptionCountsByIdentity[identity, default: 0] >= configuration.maximumSubscriptionsPerIdentity
+        {
+            throw Reason(
+                code: RelayReasonCode.limitReached,
+                description: "Identity '\(identity)' holds the maximum of \(configuration.maximumSubscriptionsPerIdentity) subscriptions")
+        }
         var subscription = Subscription(
-            session: session, node: router.node(of: session), filter: filter, queue: queue, echo: echo, token: token,
-            overflow: overflow)
+            session: session, node: node, filter: filter, queue: queue, echo: echo, token: token, overflow: overflow)
         subscription.checksDelivery = permissions(of: session)?.subscriptionNeedsDeliveryCheck(filter, queue: queue) ?? false
         let slot: Int
         if let free = freeSubscriptionSlots.popLast() {
@@ -40,6 +47,7 @@ extension HubCore {
         subscriptionSlotsByKey[key] = slot
         subjects.insert(slot, filter: filter)
         subscriptionCounts[session, default: 0] += 1
+        if let identity = node?.identity { subscriptionCountsByIdentity[identity, default: 0] += 1 }
     }
 
     /// Ends a subscription now (`max` nil), or after `max` deliveries in all (NATS's `UNSUB sid max`).
@@ -69,6 +77,10 @@ extension HubCore {
         subjects.remove(slot, filter: subscription.filter)
         subscriptionCounts[subscription.session, default: 1] -= 1
         if subscriptionCounts[subscription.session] == 0 { subscriptionCounts[subscription.session] = nil }
+        if let identity = subscription.node?.identity {
+            subscriptionCountsByIdentity[identity, default: 1] -= 1
+            if subscriptionCountsByIdentity[identity] == 0 { subscriptionCountsByIdentity[identity] = nil }
+        }
     }
 
     /// Publishes a message from a session to every matching subscription: each plain subscription

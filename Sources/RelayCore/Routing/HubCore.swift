@@ -12,6 +12,8 @@ public struct HubCore: Sendable {
         public var maximumReceiptRoutes: Int
         /// Subscriptions one session may hold.
         public var maximumSubscriptionsPerSession: Int
+        /// Subscriptions all sessions of one identity may hold together.
+        public var maximumSubscriptionsPerIdentity: Int
         /// Requests one session may have in flight.
         public var maximumRequestsPerSession: Int
         /// The deadline of a request that gives none, in milliseconds.
@@ -24,8 +26,10 @@ public struct HubCore: Sendable {
         public init(
             hubNode: Node, maximumReceiptRoutes: Int = 10_000, maximumSubscriptionsPerSession: Int = 10_000,
             maximumRequestsPerSession: Int = 10_000, defaultDeadlineMilliseconds: Int = 30_000, admins: Set<Identity> = [],
-            defaultDeliveryLimit: DeliveryLimit = DeliveryLimit(maximumHeld: 10_000, policy: .dropNewest)
+            defaultDeliveryLimit: DeliveryLimit = DeliveryLimit(maximumHeld: 10_000, policy: .dropNewest),
+            maximumSubscriptionsPerIdentity: Int = 100_000
         ) {
+            self.maximumSubscriptionsPerIdentity = maximumSubscriptionsPerIdentity
             self.defaultDeliveryLimit = defaultDeliveryLimit
             self.hubNode = hubNode
             self.maximumReceiptRoutes = maximumReceiptRoutes
@@ -203,6 +207,8 @@ public struct HubCore: Sendable {
     var freeSubscriptionSlots: [Int] = []
     var subscriptionSlotsByKey: [SubscriptionKey: Int] = [:]
     var subscriptionCounts: [SessionID: Int] = [:]
+    /// Subscriptions of each identity's sessions together, for `maximumSubscriptionsPerIdentity`.
+    var subscriptionCountsByIdentity: [Identity: Int] = [:]
     var queueTurns: [String: Int] = [:]
     var services: [String: ServiceEntry] = [:]
     var compounds: [String: CompoundMethod] = [:]
