@@ -58,6 +58,7 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
             ]
         ),
@@ -85,7 +86,11 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
-        .testTarget(name: "RelayCoreTests", dependencies: ["RelayCore"]),
+        // Fuzz targets over the protocol core, run by `relay-fuzz` under libFuzzer (scripts/fuzz) and
+        // by the tests over the corpus kept in Fuzz/corpus.
+        .target(name: "RelayFuzzTargets", dependencies: ["RelayCore"]),
+        .executableTarget(name: "relay-fuzz", dependencies: ["RelayFuzzTargets"]),
+        .testTarget(name: "RelayCoreTests", dependencies: ["RelayCore", "RelayFuzzTargets"]),
         .testTarget(
             name: "RelayHubTests",
             dependencies: [

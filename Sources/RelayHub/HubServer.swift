@@ -6,6 +6,7 @@ import RelayCore
 import RelayTransport
 import ServiceLifecycle
 import Synchronization
+import UnixSignals
 
 /// The hub's listeners: LIME over WebSocket and over TCP, sharing one `Hub`.
 public final class HubServer: Sendable {
@@ -180,18 +181,38 @@ final class HTTPUpgradeRequiredHandler: ChannelInboundHandler, RemovableChannelH
     }
 }
 
-/// Runs a `HubServer` under swift-service-lifecycle: starts it, and on graceful shutdown
-/// (SIGINT/SIGTERM) finishes every session before returning.
+/// Runs a `HubServer` under swift-service-lifecycle: starts it, reloads its TLS certificates
+/// on SIGHUP, and on graceful shutdown (SIGINT/SIGTERM) finishes every session before returning.
 public struct HubService: Service {
     public let server: HubServer
+    /// Whether SIGHUP reloads the TLS certificate, key and CA files.
+    public var reloadsCertificatesOnSIGHUP: Bool
 
-    public init(server: HubServer) {
+    public init(server: HubServer, reloadsCertificatesOnSIGHUP: Bool = true) {
         self.server = server
+        self.reloadsCertificatesOnSIGHUP = reloadsCertificatesOnSIGHUP
     }
 
     public func run() async throws {
         try await server.start()
-        try? await gracefulShutdown()
+        let hub = server.hub
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await gracefulShutdown() }
+            if reloadsCertificatesOnSIGHUP && hub.tls != nil {
+                group.addTask {
+                    for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                        do {
+                            try hub.reloadCertificates()
+                        } catch {
+                            // The certificate in use stays: a bad file must not take the listeners down.
+                            hub.logger.error("TLS certificates not reloaded", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+            }
+            await group.next()
+            group.cancelAll()
+        }
         await server.shutdown()
     }
 }

@@ -5,7 +5,10 @@ import RelayCore
 
 /// The options every client command takes.
 struct ClientOptions: ParsableArguments {
-    @Option(help: "The hub, ws://HOST:PORT, tcp://HOST:PORT or nats://HOST:PORT (default: $RELAY_SERVER, or ws://127.0.0.1:8080).")
+    @Option(
+        help:
+            "The hub, ws://, wss://, tcp:// (TLS negotiated with --tls-ca), nats:// or tls:// HOST:PORT (default: $RELAY_SERVER, or ws://127.0.0.1:8080)."
+    )
     var server: String = ProcessInfo.processInfo.environment["RELAY_SERVER"] ?? "ws://127.0.0.1:8080"
 
     @Option(help: "Who to connect as, NAME@DOMAIN[/INSTANCE] (a guest identity is assigned when omitted).")
@@ -14,20 +17,48 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "A password for the plain scheme (or set RELAY_PASSWORD); guest access when absent.")
     var password: String?
 
+    @Option(help: "A key for the key scheme, or NATS auth_token (or set RELAY_KEY).")
+    var key: String?
+
+    @Option(help: "A JWT for the external scheme, or NATS auth_token (or set RELAY_TOKEN).")
+    var token: String?
+
+    @Option(name: .customLong("tls-ca"), help: "Trust the certificate authorities of this PEM file (and use TLS).")
+    var tlsCA: String?
+
+    @Option(name: .customLong("tls-cert"), help: "A client certificate (PEM), for the transport scheme or a hub that verifies clients.")
+    var tlsCertificate: String?
+
+    @Option(name: .customLong("tls-key"), help: "The key of --tls-cert (PEM).")
+    var tlsKey: String?
+
     /// Whether the server is spoken to over NATS (a hub's NATS port, or a nats-server).
-    var isNATS: Bool { server.lowercased().hasPrefix("nats://") }
+    var isNATS: Bool {
+        let server = self.server.lowercased()
+        return server.hasPrefix("nats://") || server.hasPrefix("tls://")
+    }
+
+    private var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+    /// TLS options when any TLS flag is given (`wss://` and `tls://` use TLS with the system's roots anyway).
+    var tls: TLSClientOptions? {
+        guard tlsCA != nil || tlsCertificate != nil else { return nil }
+        return TLSClientOptions(caFile: tlsCA, certificateFile: tlsCertificate, keyFile: tlsKey)
+    }
 
     func connectNATS() async throws -> NATSClient {
         var options = NATSClient.Options(servers: server.split(separator: ",").map(String.init))
         if let identity { options.user = identity }
-        if let password = password ?? ProcessInfo.processInfo.environment["RELAY_PASSWORD"] { options.password = password }
+        if let password = password ?? environment["RELAY_PASSWORD"] { options.password = password }
+        options.token = key ?? token ?? environment["RELAY_KEY"] ?? environment["RELAY_TOKEN"]
+        options.tls = tls
         options.name = "relay"
         return try await NATSClient.connect(options: options)
     }
 
     /// Refuses a command that exists only in LIME.
     func requireLIME(_ command: String) throws {
-        if isNATS { throw ValidationError("relay \(command) speaks LIME only: use a ws:// or tcp:// server") }
+        if isNATS { throw ValidationError("relay \(command) speaks LIME only: use a ws://, wss:// or tcp:// server") }
     }
 
     func connect() async throws -> LIMEClient {
@@ -37,9 +68,16 @@ struct ClientOptions: ParsableArguments {
             options.identity = node.identity
             options.instance = node.instance
         }
-        if let password = password ?? ProcessInfo.processInfo.environment["RELAY_PASSWORD"] {
+        if let password = password ?? environment["RELAY_PASSWORD"] {
             options.authentication = .plain(password: password)
+        } else if let key = key ?? environment["RELAY_KEY"] {
+            options.authentication = .key(key)
+        } else if let token = token ?? environment["RELAY_TOKEN"] {
+            options.authentication = .external(token: token)
+        } else if tlsCertificate != nil {
+            options.authentication = .transport
         }
+        options.tls = tls
         return try await LIMEClient.connect(to: server, options: options)
     }
 }

@@ -27,6 +27,21 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("threads"), help: "Event-loop threads serving connections (default: one per core).")
     var threads: Int?
 
+    @Option(name: .customLong("tls-cert"), help: "Serve TLS on every listener with this certificate chain (PEM); SIGHUP reloads it.")
+    var tlsCertificate: String?
+
+    @Option(name: .customLong("tls-key"), help: "The private key of --tls-cert (PEM).")
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-ca"), help: "Check client certificates against these authorities (PEM).")
+    var tlsCA: String?
+
+    @Flag(name: .customLong("tls-verify"), help: "Require a client certificate signed by --tls-ca.")
+    var tlsVerify = false
+
+    @Flag(name: .customLong("tls-required"), help: "Refuse plaintext clients.")
+    var tlsRequired = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -37,6 +52,21 @@ struct Serve: AsyncParsableCommand {
         if let tcp { configuration.tcp = try Self.address(tcp, flag: "--tcp") }
         if let nats { configuration.nats = try Self.address(nats, flag: "--nats") }
         if let data { configuration.data = data }
+        if let tlsCertificate {
+            guard let tlsKey else { throw ValidationError("--tls-cert needs --tls-key") }
+            var tls = configuration.tls ?? HubConfiguration.TLSSettings(cert: tlsCertificate, key: tlsKey)
+            (tls.cert, tls.key) = (tlsCertificate, tlsKey)
+            configuration.tls = tls
+        } else if tlsKey != nil {
+            throw ValidationError("--tls-key needs --tls-cert")
+        }
+        if tlsCA != nil || tlsVerify || tlsRequired {
+            guard var tls = configuration.tls else { throw ValidationError("--tls-ca, --tls-verify and --tls-required need --tls-cert") }
+            if let tlsCA { tls.ca = tlsCA }
+            if tlsVerify { tls.verify = true }
+            if tlsRequired { tls.required = true }
+            configuration.tls = tls
+        }
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -62,12 +92,21 @@ struct Serve: AsyncParsableCommand {
 
 struct Passwd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print the salted hash of a password, for a user entry of the configuration file.")
+        abstract: "Print the salted hash of a password for a user entry of the configuration file, or make a key and its digest.")
+
+    @Flag(help: "Make a random key (the key scheme, NATS auth_token): prints the key, then the digest for the configuration.")
+    var key = false
 
     @Argument(help: "The password; read from standard input when omitted.")
     var password: String?
 
     func run() async throws {
+        if key {
+            let made = KeyDigest.makeKey()
+            print(made.key)
+            print(made.digest)
+            return
+        }
         guard let password = password ?? readLine(strippingNewline: true), !password.isEmpty else {
             throw ValidationError("no password given")
         }
