@@ -31,6 +31,7 @@ class Hub:
         )
         self.log = []
         self.ws_url = None
+        self.wss_url = None
         self.tcp_url = None
         self.nats_url = None
         self._ready = threading.Event()
@@ -44,11 +45,13 @@ class Hub:
             self.log.append(line)
             if match := re.search(r"listening on (ws://\S+)", line):
                 self.ws_url = match.group(1)
+            if match := re.search(r"listening on (?:.* and )?(wss://\S+)", line):
+                self.wss_url = match.group(1)
             if match := re.search(r"listening on (tcp://\S+)", line):
                 self.tcp_url = match.group(1)
             if match := re.search(r"listening on (nats://\S+)", line):
                 self.nats_url = match.group(1)
-            if self.ws_url and self.tcp_url and self.nats_url:
+            if (self.ws_url or self.wss_url) and self.tcp_url and self.nats_url:
                 self._ready.set()
 
     @property
