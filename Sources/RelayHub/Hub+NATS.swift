@@ -1,0 +1,97 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import RelayCore
+import RelayTransport
+import Synchronization
+
+// The NATS connections' operations on the hub.
+extension Hub {
+    // MARK: - NATS connections
+
+    /// Registers an established NATS connection under its node, with what it may do.
+    func registerNATS(_ id: SessionID, node: Node, headers: Bool, permissions: Permissions?) {
+        state.withLock { state in
+            guard let session = state.sessions[id] else { return }
+            session.node = node
+            session.natsHeaders = headers
+            joinIdentityGroup(session, in: &state)
+            _ = state.core.register(id, node: node, permissions: permissions)
+        }
+    }
+
+    func natsSubscribe(_ id: SessionID, sid: String, subject: String, queue: String?, echo: Bool) throws(Reason) {
+        try state.withLock { state throws(Reason) in
+            // A NATS subscriber that lags is a slow consumer, as with nats-server: when more than
+            // the session's pending bytes wait for it (`maxPendingBytes`), not at a message count.
+            try state.core.subscribe(
+                id, token: sid, filter: subject, queue: queue, echo: echo,
+                overflow: .bytesOnly)
+        }
+    }
+
+    func natsUnsubscribe(_ id: SessionID, sid: String, max: Int?) {
+        let outputs = state.withLock { state in
+            state.core.unsubscribe(id, token: sid, after: max) ? [] : state.core.detachConsumer(id, token: sid)
+        }
+        perform(outputs)
+    }
+
+    /// `SUB $RELAY.QUEUE.NAME sid`: a NATS consumer of a durable queue.
+    func natsConsume(_ id: SessionID, sid: String, queue: String, credit: Int) throws(Reason) {
+        let outputs = try state.withLock { state throws(Reason) in
+            try state.core.consume(id, token: sid, queue: queue, credit: credit)
+        }
+        perform(outputs)
+    }
+
+    /// Publishes what one read of a NATS connection brought, in order, under one acquisition of
+    /// the lock. A PUB left in the read (`bytes`) is forwarded from there when it is only to be
+    /// delivered to NATS subscriptions (`HubCore.forward`); otherwise it is published as usual.
+    func natsPublish(_ publications: [NATSPublication], bytes: UnsafeRawBufferPointer, from id: SessionID, noResponders: Bool) {
+        let resolved = state.withLock { state in
+            var resolved = Resolved()
+            var outputs: [HubCore.Output] = []
+            var forwarding = Forwarding()
+            // Sessions do not change while the lock is held.
+            let sessions = state.sessions
+            for (number, publication) in publications.enumerated() {
+                let message: PublishedMessage
+                switch publication {
+                case .message(let published):
+                    message = published
+                case .inPlace(let publication):
+                    let payload = UnsafeRawBufferPointer(rebasing: bytes[publication.payload])
+                    if let recipients = forwarding.recipients(
+                        of: publication.subject, hasReplyTo: publication.replyTo != nil, from: id, toNATS: true, core: &state.core,
+                        among: sessions)
+                    {
+                        for (recipient, session) in recipients {
+                            resolved.forwardNATS(
+                                publication, number: number, payload: payload, to: session.outlet, token: recipient.token,
+                                limit: recipient.limit, headers: session.natsHeaders!)
+                        }
+                        continue
+                    }
+                    message = PublishedMessage(
+                        subject: publication.subject, replyTo: publication.replyTo, publisher: sessions[id]?.node,
+                        body: .bytes(Array(payload)))
+                }
+                state.core.clientPublished(message, from: id, noResponders: noResponders, into: &outputs)
+                resolve(outputs, into: &resolved, in: &state)
+                outputs.removeAll(keepingCapacity: true)
+            }
+            return resolved
+        }
+        dispatch(resolved)
+    }
+}
+
+/// A publication of a NATS connection's read, as the hub receives it.
+enum NATSPublication {
+    /// Published by the connection's machine.
+    case message(PublishedMessage)
+    /// A PUB without headers still in the read's bytes.
+    case inPlace(NATSPublishInPlace)
+}
