@@ -199,15 +199,20 @@ final class SessionOutlet: Sendable {
     }
 
     /// Writes a last message after everything queued (past the byte cap: it says why the session
-    /// ends), then closes the connection. A peer that reads nothing never lets it out; the
-    /// connection is closed anyway two seconds later.
+    /// ends), then closes the connection's output, so the peer reads the message and an end of
+    /// stream; the hub reads (and drops) what the peer still sends until it closes. Closing at
+    /// once would reset a connection whose peer had sent bytes the hub had not read (a `new`
+    /// right after connecting, refused by a limit), and a reset can discard the message before
+    /// the peer reads it. A peer that reads nothing, or never closes, is closed two seconds later.
     func writeLastAndClose(_ bytes: [UInt8]) {
         let channel = self.channel
         writer.enqueue(bytes)
         // Now, when on the loop: the transport may be closing the connection itself (a WebSocket
         // protocol error), and this message should go out before.
         if channel.eventLoop.inEventLoop { writer.drain() }
-        writer.flushed().whenComplete { _ in channel.close(promise: nil) }
+        writer.flushed().whenComplete { _ in
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+        }
         channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
     }
 

@@ -91,7 +91,12 @@ public struct LIMEClientSessionMachine: Sendable {
     /// An envelope arrived from the server.
     public mutating func envelopeReceived(_ envelope: consuming Envelope) -> Action {
         switch state {
-        case .idle, .finished, .failed:
+        case .idle:
+            // A server may refuse a connection before the client has asked for anything (a limit
+            // reached): its `failed` can arrive before the transport reports itself ready.
+            if case .session(let session) = envelope, session.state == .failed { return sessionEnded(session) }
+            return .none
+        case .finished, .failed:
             return .none
         case .established(let local, _):
             if case .session(let session) = envelope { return sessionEnded(session) }
