@@ -39,6 +39,15 @@ public final class HubServer: Sendable {
     /// Binds every configured listener.
     public func start() async throws {
         let configuration = hub.configuration
+        let exposed = [configuration.ws, configuration.tcp, configuration.nats].compactMap { $0 }.filter { !Self.isLoopback($0.host) }
+        if !exposed.isEmpty && configuration.guest {
+            hub.logger.warning(
+                "guest access is on and listeners are reachable from other machines: anyone there may connect (docs/SECURITY.md)",
+                metadata: ["listeners": "\(exposed.map(\.description).joined(separator: ", "))"])
+        }
+        if !exposed.isEmpty && configuration.tls == nil {
+            hub.logger.warning("listeners reachable from other machines speak plaintext: configure TLS (docs/SECURITY.md)")
+        }
         try await hub.openStore()
         if let address = configuration.ws {
             let channel = try await bindWebSocket(address)
@@ -62,6 +71,10 @@ public final class HubServer: Sendable {
             let tls = configuration.tls.map { $0.required ? " (TLS required, negotiated in the session)" : " (TLS negotiated in the session)" } ?? ""
             hub.logger.info("LIME over TCP listening on tcp://\(Self.describe(channel.localAddress, fallback: address))\(tls)")
         }
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || AddressLimiter.isLoopback(host)
     }
 
     static func describe(_ address: SocketAddress?, fallback: HostAndPort) -> String {
