@@ -118,6 +118,39 @@ extension Hub {
         }
     }
 
+    /// Checks credentials, then hands the verdict to `deliver` on `loop` (called on it): at once
+    /// when there is `immediate`ly one (a guest, a certificate: nothing slow to check), otherwise
+    /// off the event loop (a password hash takes tens of milliseconds on purpose; jwt-kit's keys are
+    /// an actor). A refusal (`isRefusal`) is counted for the address and delivered
+    /// `authFailureDelaySeconds` later, which slows guessing. Both dialects' handlers check this way.
+    func checkCredentials<Verdict: Sendable>(
+        on loop: any EventLoop, from address: String?, immediate: Verdict?, _ check: @escaping @Sendable () async -> Verdict,
+        isRefusal: @escaping @Sendable (Verdict) -> Bool, then deliver: @escaping (Verdict) -> Void
+    ) {
+        if let immediate, !isRefusal(immediate) {
+            deliver(immediate)
+            return
+        }
+        let bound = NIOLoopBound(deliver, eventLoop: loop)
+        let delay = TimeAmount.nanoseconds(Int64(configuration.limits.authFailureDelaySeconds * 1_000_000_000))
+        let refuse: @Sendable (Verdict) -> Void = { verdict in
+            self.authenticationFailed(from: address)
+            loop.scheduleTask(in: delay) { bound.value(verdict) }
+        }
+        if let immediate {
+            refuse(immediate)
+            return
+        }
+        Task {
+            let verdict = await check()
+            guard isRefusal(verdict) else {
+                loop.execute { bound.value(verdict) }
+                return
+            }
+            refuse(verdict)
+        }
+    }
+
     /// A connection from `address` presented credentials the hub refused.
     func authenticationFailed(from address: String?) {
         state.withLock { $0.limiter.authenticationFailed(from: address, now: Self.uptime()) }

@@ -223,34 +223,28 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    /// Checks credentials off the event loop (a password hash or a JWT takes time), then reports
-    /// back on it; a refusal is answered after `authFailureDelaySeconds` and counted for the address.
+    /// Checks credentials off the event loop (`Hub.checkCredentials`), then tells the machine.
     private func verify(_ credentials: CredentialsPresented, context: ChannelHandlerContext) {
         let fallbackName = machine?.configuration.assignedInstance ?? "guest"
-        let (hub, transport, address) = (self.hub, self.transport, self.address)
-        let loop = context.eventLoop
-        let bound = NIOLoopBound((self, context), eventLoop: loop)
-        Task {
-            let result = await hub.verify(credentials, fallbackName: fallbackName, transport: transport)
-            loop.execute {
-                let (handler, context) = bound.value
-                switch result {
-                case .success(let admission):
-                    handler.admitted = admission.permissions
-                    handler.feed(context: context) { $0.credentialsAccepted(identity: admission.identity) }
-                case .failure(let reason):
-                    hub.logger.info(
-                        "authentication refused",
-                        metadata: [
-                            "identity": "\(credentials.identity?.description ?? "-")", "scheme": "\(credentials.scheme)",
-                            "address": "\(address ?? "-")",
-                        ])
-                    hub.authenticationFailed(from: address)
-                    let delay = TimeAmount.nanoseconds(Int64(hub.configuration.limits.authFailureDelaySeconds * 1_000_000_000))
-                    loop.assumeIsolated().scheduleTask(in: delay) {
-                        handler.feed(context: context) { $0.credentialsRejected(reason) }
-                    }
-                }
+        let (hub, transport) = (self.hub, self.transport)
+        hub.checkCredentials(
+            on: context.eventLoop, from: address,
+            immediate: hub.authenticator.immediateVerdict(credentials, fallbackName: fallbackName, transport: transport),
+            { await hub.verify(credentials, fallbackName: fallbackName, transport: transport) },
+            isRefusal: { if case .failure = $0 { true } else { false } }
+        ) { [self] result in
+            switch result {
+            case .success(let admission):
+                admitted = admission.permissions
+                feed(context: context) { $0.credentialsAccepted(identity: admission.identity) }
+            case .failure(let reason):
+                logger.info(
+                    "authentication refused",
+                    metadata: [
+                        "identity": "\(credentials.identity?.description ?? "-")", "scheme": "\(credentials.scheme)",
+                        "address": "\(address ?? "-")",
+                    ])
+                feed(context: context) { $0.credentialsRejected(reason) }
             }
         }
     }

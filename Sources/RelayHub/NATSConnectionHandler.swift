@@ -34,6 +34,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var admitted: Permissions?
     /// Ends a connection that does not CONNECT in time when credentials or TLS are required.
     private var connectTimer: Scheduled<Void>?
+    /// The parser failed: nothing more is read (its error may wait for a credentials check).
+    private var inputEnded = false
 
     init(hub: Hub) {
         self.hub = hub
@@ -103,7 +105,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closing else { return }
+        guard !closing, !inputEnded else { return }
         let buffer = unwrapInboundIn(data)
         reading = true
         currentRead = buffer
@@ -130,6 +132,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             execute(&actions, context: context)
         } catch {
             execute(&actions, context: context)
+            inputEnded = true
             hub.logger.debug("NATS protocol error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
             feed(context: context) { $0.protocolErrorOccurred(error) }
         }
@@ -258,34 +261,27 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    /// Checks CONNECT's credentials off the event loop, then reports back on it; a refusal is
-    /// answered after `authFailureDelaySeconds` and counted for the address. Operations that
-    /// arrive meanwhile wait in the machine.
+    /// Checks CONNECT's credentials off the event loop (`Hub.checkCredentials`), then tells the
+    /// machine. Operations that arrive meanwhile wait in the machine.
     private func authenticate(_ options: NATSConnectOptions, session: SessionID, context: ChannelHandlerContext) {
-        let (hub, transport, address) = (self.hub, self.transport, self.address)
-        let loop = context.eventLoop
-        let bound = NIOLoopBound((self, context), eventLoop: loop)
-        Task {
-            let verdict = await hub.authenticator.verifyNATS(options, transport: transport)
-            loop.execute {
-                let (handler, context) = bound.value
-                switch verdict {
-                case .admitted(let admission):
-                    handler.admitted = admission.permissions
-                    handler.feed(context: context) { $0.connectAccepted(as: Node(identity: admission.identity, instance: String(session))) }
-                case .anonymous(let permissions):
-                    handler.admitted = permissions
-                    handler.feed(context: context) { $0.connectAccepted() }
-                case .refused(let reason):
-                    hub.logger.info(
-                        "NATS authentication refused",
-                        metadata: ["user": "\(options.user ?? "-")", "address": "\(address ?? "-")", "reason": "\(reason.description)"])
-                    hub.authenticationFailed(from: address)
-                    let delay = TimeAmount.nanoseconds(Int64(hub.configuration.limits.authFailureDelaySeconds * 1_000_000_000))
-                    loop.assumeIsolated().scheduleTask(in: delay) {
-                        handler.feed(context: context) { $0.connectRejected() }
-                    }
-                }
+        let (hub, transport) = (self.hub, self.transport)
+        hub.checkCredentials(
+            on: context.eventLoop, from: address, immediate: hub.authenticator.immediateNATSVerdict(options, transport: transport),
+            { await hub.authenticator.verifyNATS(options, transport: transport) },
+            isRefusal: { if case .refused = $0 { true } else { false } }
+        ) { [self] verdict in
+            switch verdict {
+            case .admitted(let admission):
+                admitted = admission.permissions
+                feed(context: context) { $0.connectAccepted(as: Node(identity: admission.identity, instance: String(session))) }
+            case .anonymous(let permissions):
+                admitted = permissions
+                feed(context: context) { $0.connectAccepted() }
+            case .refused(let reason):
+                hub.logger.info(
+                    "NATS authentication refused",
+                    metadata: ["user": "\(options.user ?? "-")", "address": "\(address ?? "-")", "reason": "\(reason.description)"])
+                feed(context: context) { $0.connectRejected() }
             }
         }
     }

@@ -159,3 +159,19 @@ import Testing
         #expect(plaintext.operationReceived(.info(["tls_available": true])) == [.send([.connect([:]), .ping])])
     }
 }
+
+@Suite struct NATSDeferredErrorTests {
+    /// A bad operation behind operations that wait for a credentials check is reported after
+    /// them, as nats-server carries out what came before it.
+    @Test func aProtocolErrorWaitsForTheOperationsBeforeIt() {
+        var machine = NATSServerConnectionMachine(configuration: .init(info: [:], authRequired: true))
+        _ = machine.connected()
+        #expect(machine.operationReceived(.connect(["user": "u", "pass": "p"])).count == 1)
+        #expect(machine.operationReceived(.publish(subject: "a", replyTo: nil, headers: nil, payload: [1])).isEmpty)
+        #expect(machine.protocolErrorOccurred(NATSProtocolError(.unknownOperation)).isEmpty)
+        let actions = machine.connectAccepted()
+        #expect(actions.count == 3)
+        if case .publish(let message) = actions[1] { #expect(message.subject == "a") } else { Issue.record("\(actions)") }
+        #expect(actions.last == .failAndClose(NATSProtocolError(.unknownOperation)))
+    }
+}

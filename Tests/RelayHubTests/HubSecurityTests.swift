@@ -186,13 +186,7 @@ import Testing
             _ = try await raw.establish(as: "stalled@relay.local")
             try await raw.channel.setOption(.autoRead, value: false)
             let sender = try await hub.connect(.tcp, as: "sender@relay.local")
-            let chunk = String(repeating: "y", count: 900_000)
-            var sent = 0
-            while hub.server.hub.statistics.slowConsumers == 0, sent < 2_000 {
-                try await sender.send(LIMEMessage(to: Node("stalled@relay.local"), text: chunk))
-                sent += 1
-                if sent % 5 == 0 { _ = try await sender.ping() }
-            }
+            _ = try await sendUntilASlowConsumer(hub, from: sender, to: "stalled@relay.local", atMost: 2_000)
             #expect(hub.server.hub.statistics.slowConsumers >= 1)
             #expect(try await sender.ping().status == .success)
         }
@@ -210,17 +204,24 @@ import Testing
                 stalled.append(raw)
             }
             let sender = try await hub.connect(.tcp, as: "sender@relay.local")
-            let chunk = String(repeating: "y", count: 900_000)
-            var sent = 0
             // To the identity: every session of it gets each message.
-            while hub.server.hub.statistics.slowConsumers == 0, sent < 200 {
-                try await sender.send(LIMEMessage(to: Node("stalled@relay.local"), text: chunk))
-                sent += 1
-                if sent % 5 == 0 { _ = try await sender.ping() }
-            }
+            let sent = try await sendUntilASlowConsumer(hub, from: sender, to: "stalled@relay.local", atMost: 200)
             #expect(hub.server.hub.statistics.slowConsumers >= 1)
             // Far less than one session's own cap went to each (the kernel's buffers hold some MiB).
-            #expect(sent * chunk.utf8.count < 48 << 20, "\(sent) messages before the identity's cap ended a session")
+            #expect(sent < 48 << 20, "\(sent) bytes before the identity's cap ended a session")
         }
     }
+}
+
+/// Sends 900 KB messages to `recipient` until the hub counts a slow consumer (or `atMost` were
+/// sent); returns the bytes sent. A ping every few messages lets the hub's writes pile up in order.
+private func sendUntilASlowConsumer(_ hub: TestHub, from sender: LIMEClient, to recipient: String, atMost: Int) async throws -> Int {
+    let chunk = String(repeating: "y", count: 900_000)
+    var sent = 0
+    while hub.server.hub.statistics.slowConsumers == 0, sent < atMost {
+        try await sender.send(LIMEMessage(to: Node(recipient), text: chunk))
+        sent += 1
+        if sent % 5 == 0 { _ = try await sender.ping() }
+    }
+    return sent * chunk.utf8.count
 }

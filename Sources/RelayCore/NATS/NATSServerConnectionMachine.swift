@@ -99,6 +99,9 @@ public struct NATSServerConnectionMachine: Sendable {
     private var lastValidSubject = ""
     /// Operations that arrived while credentials were being checked.
     private var deferred: [NATSOperation] = []
+    /// A protocol error that came after them: reported once they are carried out, as nats-server
+    /// carries out what a connection sent before its bad operation.
+    private var deferredError: NATSProtocolError?
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -202,6 +205,7 @@ public struct NATSServerConnectionMachine: Sendable {
         let waiting = deferred
         deferred = []
         for operation in waiting where state != .closed { operationReceived(operation, into: &actions) }
+        if let error = deferredError.take() { actions += fail(error) }
         return actions
     }
 
@@ -262,9 +266,14 @@ public struct NATSServerConnectionMachine: Sendable {
             status: headers.status)
     }
 
-    /// The bytes could not be parsed.
+    /// The bytes could not be parsed (the connection reads nothing more). While credentials are
+    /// being checked, the error waits for the operations before it.
     public mutating func protocolErrorOccurred(_ error: NATSProtocolError) -> [Action] {
-        fail(error)
+        if case .authenticating = state {
+            deferredError = deferredError ?? error
+            return []
+        }
+        return fail(error)
     }
 
     /// The keepalive interval passed: ping, or end a connection whose pings went unanswered.

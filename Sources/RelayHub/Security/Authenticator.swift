@@ -115,8 +115,8 @@ struct Authenticator: Sendable {
 
     // MARK: - LIME
 
-    /// Checks a LIME session's credentials. `fallbackName` names a guest that asks for no identity.
-    func verify(_ credentials: CredentialsPresented, fallbackName: String, transport: TransportFacts) async -> Result<Admission, Reason> {
+    /// The verdict on LIME credentials that need no slow check (`guest`, `transport`), or nil.
+    func immediateVerdict(_ credentials: CredentialsPresented, fallbackName: String, transport: TransportFacts) -> Result<Admission, Reason>? {
         switch credentials.scheme {
         case "guest":
             guard allowsGuests else { return .failure(Self.refused) }
@@ -129,6 +129,18 @@ struct Authenticator: Sendable {
                         description: "Identity '\(identity)' requires credentials"))
             }
             return .success(Admission(identity: identity, permissions: guestPermissions))
+        case "transport":
+            guard let identity = certificateIdentity(transport, asking: credentials.identity) else { return .failure(Self.refused) }
+            return .success(admission(identity))
+        default:
+            return nil
+        }
+    }
+
+    /// Checks a LIME session's credentials. `fallbackName` names a guest that asks for no identity.
+    func verify(_ credentials: CredentialsPresented, fallbackName: String, transport: TransportFacts) async -> Result<Admission, Reason> {
+        if let verdict = immediateVerdict(credentials, fallbackName: fallbackName, transport: transport) { return verdict }
+        switch credentials.scheme {
         case "plain":
             guard let identity = credentials.identity, let hash = accounts[identity]?.password,
                 let encoded = credentials.authentication["password"]?.stringValue,
@@ -147,9 +159,6 @@ struct Authenticator: Sendable {
                 JWTVerifier.looksLikeJWT($0) ? $0 : nil
             } ?? encoded
             return await verifyToken(token, asking: credentials.identity)
-        case "transport":
-            guard let identity = certificateIdentity(transport, asking: credentials.identity) else { return .failure(Self.refused) }
-            return .success(admission(identity))
         default:
             return .failure(Self.refused)
         }
@@ -217,6 +226,7 @@ struct Authenticator: Sendable {
     /// domain), `auth_token` (a user's key, or a JWT), or none (guests, or a TLS client
     /// certificate naming a configured user, as nats-server's `verify_and_map`).
     func verifyNATS(_ options: NATSConnectOptions, transport: TransportFacts) async -> NATSVerdict {
+        if let verdict = immediateNATSVerdict(options, transport: transport) { return verdict }
         if let user = options.user {
             let identity = Identity(user).flatMap { $0.name == nil ? nil : $0 } ?? Identity(name: user, domain: domain)
             guard let password = options.password, let hash = accounts[identity]?.password, await Self.matches(hash, Array(password.utf8))
@@ -233,6 +243,13 @@ struct Authenticator: Sendable {
             guard let identity = identitiesByKey[KeyDigest(key: Array(token.utf8))] else { return .refused(Self.refused) }
             return .admitted(admission(identity))
         }
+        return .refused(Self.refused)
+    }
+
+    /// The verdict on a CONNECT without credentials (a guest, or a client certificate), which
+    /// needs no slow check; nil when it carries credentials.
+    func immediateNATSVerdict(_ options: NATSConnectOptions, transport: TransportFacts) -> NATSVerdict? {
+        guard options.user == nil, options.token == nil else { return nil }
         if let identity = certificateIdentity(transport, asking: nil) { return .admitted(admission(identity)) }
         return allowsGuests ? .anonymous(guestPermissions) : .refused(Self.refused)
     }
