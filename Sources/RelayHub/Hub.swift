@@ -31,6 +31,8 @@ public final class Hub: Sendable {
         public var connectionsRefusedPerAddress = 0
         /// Connections refused because their address failed to authenticate too often.
         public var connectionsRefusedAfterFailures = 0
+        /// Connections closed because their TLS handshake did not finish in time.
+        public var tlsHandshakeTimeouts = 0
     }
 
     /// An open session's outlet, with what rendering its deliveries needs (looked up once per
@@ -127,7 +129,8 @@ public final class Hub: Sendable {
                 receiptsRouted: state.core.router.statistics.receiptsRouted, core: state.core.statistics,
                 authenticationFailures: state.limiter.statistics.authenticationFailures,
                 connectionsRefusedPerAddress: state.limiter.statistics.connectionsRefusedPerAddress,
-                connectionsRefusedAfterFailures: state.limiter.statistics.connectionsRefusedAfterFailures)
+                connectionsRefusedAfterFailures: state.limiter.statistics.connectionsRefusedAfterFailures,
+                tlsHandshakeTimeouts: tls?.handshakesTimedOut ?? 0)
         }
     }
 

@@ -220,6 +220,7 @@ import Testing
         try core.subscribe(2, token: "b", filter: "b", queue: nil, echo: false)
         try core.subscribe(2, token: "c", filter: "c", queue: nil, echo: false)
         #expect(throws: Reason.self) { try core.subscribe(1, token: "d", filter: "d", queue: nil, echo: false) }
+        #expect(core.statistics.subscriptionsRefusedByLimits == 1)
         try core.subscribe(3, token: "d", filter: "d", queue: nil, echo: false)
         // Room again once a session of the identity goes.
         _ = core.sessionClosed(2)

@@ -234,6 +234,26 @@ struct TokenIssuer {
         }
     }
 
+    /// nats-server's `verify_and_map`: a verified client certificate naming a configured user
+    /// admits a NATS connection that gives no credentials.
+    @Test func aNATSClientCertificateNamingAUserAdmitsItsConnection() async throws {
+        try await withTLSHub(required: true, clientCA: true, users(guest: false)) { hub, certificates in
+            var options = NATSClient.Options(servers: ["tls://127.0.0.1:\(hub.natsPort)"])
+            options.maximumReconnectAttempts = 0
+            options.tls = certificates.trust
+            await #expect(throws: NATSClientError.self) { _ = try await NATSClient.connect(options: options) }
+            let alice = try certificates.client("alice@relay.local")
+            options.tls?.certificateFile = alice.certificate
+            options.tls?.keyFile = alice.key
+            let client = try await NATSClient.connect(options: options)
+            await client.close()
+            let mallory = try certificates.client("mallory@relay.local")
+            options.tls?.certificateFile = mallory.certificate
+            options.tls?.keyFile = mallory.key
+            await #expect(throws: NATSClientError.self) { _ = try await NATSClient.connect(options: options) }
+        }
+    }
+
     @Test func guestAccessCanBeSwitchedOff() async throws {
         try await withHub(users(guest: false)) { hub in
             let guest = await refusal { try await hub.connect(.ws, as: "visitor@relay.local") }

@@ -18,7 +18,7 @@ import Testing
             .init(
                 identity: "worker@relay.local", password: hash, roles: ["ops"],
                 permissions: .init(
-                    publish: .init(allow: ["jobs.>", "_INBOX.>"], deny: ["jobs.secret"]),
+                    publish: .init(allow: ["jobs.>", "_INBOX.>", "inventory.>"], deny: ["jobs.secret"]),
                     subscribe: .init(allow: ["jobs.done", "jobs.* workers", "_INBOX.>"]), serve: .init(allow: ["pricing"]),
                     call: .init(allow: ["inventory/stock"]), send: .init(allow: ["boss@relay.local"]))),
             .init(identity: "boss@relay.local", password: hash),
@@ -102,7 +102,7 @@ import Testing
             let nats = try await RawNATSConnection.connect(port: hub.natsPort)
             _ = try await firstElement(nats.lines)
             var lines = nats.lines.makeAsyncIterator()
-            try await nats.send("CONNECT {\"user\":\"worker\",\"pass\":\"pw\",\"verbose\":false,\"echo\":false}\r\nPING\r\n")
+            try await nats.send("CONNECT {\"user\":\"worker\",\"pass\":\"pw\",\"verbose\":false,\"echo\":false,\"headers\":true}\r\nPING\r\n")
             #expect(await lines.next() == "PONG")
             let cases: [(String, String)] = [
                 ("PUB jobs.secret 1\r\nx\r\n", "-ERR 'Permissions Violation for Publish to \"jobs.secret\"'"),
@@ -116,10 +116,26 @@ import Testing
                 #expect(await lines.next() == error)
                 #expect(await lines.next() == "PONG", "the connection did not carry on after \(operation)")
             }
+            // A call the permissions deny is answered on the reply subject, as a service error.
+            let inventory: JSONValue = ["methods": [["name": "stock"], ["name": "audit"]]]
+            let boss2 = try await hub.connect(.tcp, as: "boss@relay.local/2", authentication: .plain(password: "pw"))
+            #expect(try await boss2.request(LIMECommand(method: .set, uri: "/services/inventory", resource: inventory)).status == .success)
+            try await nats.send("SUB _INBOX.w 9\r\nPUB inventory.audit _INBOX.w 2\r\n{}\r\n")
+            var answer: String?
+            while let line = await lines.next() {
+                if line.contains("Permissions Violation for Calling") {
+                    answer = line
+                    break
+                }
+            }
+            #expect(answer?.contains("inventory/audit") == true)
+            try await nats.send("UNSUB 9\r\nPING\r\n")
+            while let line = await lines.next(), line != "PONG" {}
             // Allowed operations work: a queue subscription in its group, and a publication.
             try await nats.send("SUB jobs.new workers 4\r\nPUB jobs.new 2\r\nok\r\nPING\r\n")
             #expect(await lines.next() == "PONG")
-            let first = try await firstElement(everything)
+            // (The hub's answer to the refused call went to the caller's inbox, which the boss sees too.)
+            let first = try await firstElement(everything) { !$0.subject.hasPrefix("_INBOX.") }
             #expect(first.subject == "jobs.new" && first.text == "ok", "a refused publication reached the boss first")
             await boss.close()
         }

@@ -21,6 +21,7 @@ extension HubCore {
         let key = SubscriptionKey(session: session, token: token)
         guard subscriptionSlotsByKey[key] == nil else { return }
         guard subscriptionCounts[session, default: 0] < configuration.maximumSubscriptionsPerSession else {
+            statistics.subscriptionsRefusedByLimits += 1
             throw Reason(
                 code: RelayReasonCode.limitReached,
                 description: "This session holds the maximum of \(configuration.maximumSubscriptionsPerSession) subscriptions")
@@ -29,6 +30,7 @@ extension HubCore {
         if let identity = node?.identity,
             subscriptionCountsByIdentity[identity, default: 0] >= configuration.maximumSubscriptionsPerIdentity
         {
+            statistics.subscriptionsRefusedByLimits += 1
             throw Reason(
                 code: RelayReasonCode.limitReached,
                 description: "Identity '\(identity)' holds the maximum of \(configuration.maximumSubscriptionsPerIdentity) subscriptions")

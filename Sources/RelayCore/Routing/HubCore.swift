@@ -93,6 +93,8 @@ public struct HubCore: Sendable {
         public var lateResponses = 0
         /// Operations refused by a session's permissions.
         public var permissionViolations = 0
+        /// Subscriptions refused by the per-session or per-identity bound.
+        public var subscriptionsRefusedByLimits = 0
 
         public init() {}
     }

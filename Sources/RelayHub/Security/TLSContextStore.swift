@@ -10,6 +10,10 @@ import X509
 final class TLSContextStore: Sendable {
     let settings: HubConfiguration.TLSSettings
     private let context: Mutex<NIOSSLContext>
+    private let handshakeTimeouts = Atomic<Int>(0)
+
+    /// Connections closed because their TLS handshake took longer than allowed.
+    var handshakesTimedOut: Int { handshakeTimeouts.load(ordering: .relaxed) }
 
     init(settings: HubConfiguration.TLSSettings) throws {
         self.settings = settings
@@ -29,7 +33,9 @@ final class TLSContextStore: Sendable {
     func serverHandlers() -> [any ChannelHandler] {
         [
             NIOSSLServerHandler(context: current),
-            TLSHandshakeDeadline(timeout: .nanoseconds(Int64(settings.handshakeTimeoutSeconds * 1_000_000_000))),
+            TLSHandshakeDeadline(timeout: .nanoseconds(Int64(settings.handshakeTimeoutSeconds * 1_000_000_000))) { [self] in
+                handshakeTimeouts.add(1, ordering: .relaxed)
+            },
         ]
     }
 

@@ -45,15 +45,22 @@ package final class TLSHandshakeDeadline: ChannelInboundHandler, RemovableChanne
     package typealias InboundIn = NIOAny
 
     private let timeout: TimeAmount
+    private let timedOut: @Sendable () -> Void
     private var task: Scheduled<Void>?
 
-    package init(timeout: TimeAmount) {
+    /// `timedOut` is told of each connection closed for it (the hub counts them).
+    package init(timeout: TimeAmount, timedOut: @escaping @Sendable () -> Void = {}) {
         self.timeout = timeout
+        self.timedOut = timedOut
     }
 
     package func handlerAdded(context: ChannelHandlerContext) {
         let channel = context.channel
-        task = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        let timedOut = self.timedOut
+        task = context.eventLoop.scheduleTask(in: timeout) {
+            timedOut()
+            channel.close(promise: nil)
+        }
     }
 
     package func handlerRemoved(context: ChannelHandlerContext) {
