@@ -251,7 +251,6 @@ public final class Hub: Sendable {
     }
 }
 
-
 /// What a LIME session sent in one read cycle, as the hub receives it.
 enum LIMERouted {
     /// Decoded, with `from` set by the session's machine.

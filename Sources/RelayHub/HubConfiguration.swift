@@ -203,7 +203,8 @@ extension HubConfiguration.Limits {
         authFailureDelaySeconds = try container.decodeIfPresent(Double.self, forKey: .authFailureDelaySeconds) ?? authFailureDelaySeconds
         maxSubscriptionsPerIdentity =
             try container.decodeIfPresent(Int.self, forKey: .maxSubscriptionsPerIdentity) ?? maxSubscriptionsPerIdentity
-        maxPendingBytesPerIdentity = try container.decodeIfPresent(Int.self, forKey: .maxPendingBytesPerIdentity) ?? maxPendingBytesPerIdentity
+        maxPendingBytesPerIdentity =
+            try container.decodeIfPresent(Int.self, forKey: .maxPendingBytesPerIdentity) ?? maxPendingBytesPerIdentity
         defaultRequestTimeoutSeconds =
             try container.decodeIfPresent(Double.self, forKey: .defaultRequestTimeoutSeconds) ?? defaultRequestTimeoutSeconds
     }

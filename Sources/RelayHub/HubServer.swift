@@ -54,7 +54,9 @@ public final class HubServer: Sendable {
             listeners.withLock { $0.append(channel) }
             boundAddresses.webSocket = channel.localAddress
             let bound = Self.describe(channel.localAddress, fallback: address)
-            let urls = configuration.tls == nil ? "ws://\(bound)" : configuration.tls!.required ? "wss://\(bound)" : "ws://\(bound) and wss://\(bound)"
+            let urls =
+                configuration.tls == nil
+                ? "ws://\(bound)" : configuration.tls!.required ? "wss://\(bound)" : "ws://\(bound) and wss://\(bound)"
             hub.logger.info("LIME over WebSocket listening on \(urls)")
         }
         if let address = configuration.nats {
@@ -68,7 +70,9 @@ public final class HubServer: Sendable {
             let channel = try await bindTCP(address)
             listeners.withLock { $0.append(channel) }
             boundAddresses.tcp = channel.localAddress
-            let tls = configuration.tls.map { $0.required ? " (TLS required, negotiated in the session)" : " (TLS negotiated in the session)" } ?? ""
+            let tls =
+                configuration.tls.map { $0.required ? " (TLS required, negotiated in the session)" : " (TLS negotiated in the session)" }
+                ?? ""
             hub.logger.info("LIME over TCP listening on tcp://\(Self.describe(channel.localAddress, fallback: address))\(tls)")
         }
     }

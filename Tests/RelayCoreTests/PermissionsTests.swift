@@ -108,7 +108,9 @@ import Testing
         Row(description: "serve allowed", method: .set, uri: "/services/pricing", resource: ["methods": [["name": "quote"]]], code: nil),
         Row(description: "serve not allowed", method: .set, uri: "/services/billing", resource: ["methods": [["name": "pay"]]], code: 35),
         Row(description: "call allowed", method: .get, uri: "/services/inventory/stock", resource: ["sku": "AB"], code: nil),
-        Row(description: "call not allowed", method: .set, uri: "/services/inventory/reserve", resource: ["sku": "AB", "count": 1], code: 35),
+        Row(
+            description: "call not allowed", method: .set, uri: "/services/inventory/reserve", resource: ["sku": "AB", "count": 1], code: 35
+        ),
         Row(description: "request on a subject not allowed", method: .get, uri: "/topics/billing.quote", code: 33),
         Row(description: "queue creation is administration", method: .set, uri: "/queues/q", resource: ["subjects": ["q.>"]], code: 31),
         Row(description: "consume not allowed", method: .subscribe, uri: "/queues/other", code: 34),
@@ -151,9 +153,17 @@ import Testing
     @Test func aFireAndForgetPublicationIsRefusedWithANoticeAndReachesNobody() {
         var harness = harness(Self.restricted)
         harness.command(2, .subscribe, "/topics/>")
-        let command = LIMECommand(header: EnvelopeHeader(from: Node("alice@relay.local/a")), method: .observe, uri: "/topics/orders.secret", resource: "x")
+        let command = LIMECommand(
+            header: EnvelopeHeader(from: Node("alice@relay.local/a")), method: .observe, uri: "/topics/orders.secret", resource: "x")
         let outputs = harness.core.envelopeReceived(.command(command), from: 1)
-        #expect(outputs == [.refused(1, Refusal(operation: .publish, target: "orders.secret", reason: Reason(code: 33, description: "Permissions Violation for Publish to \"orders.secret\"")))])
+        #expect(
+            outputs == [
+                .refused(
+                    1,
+                    Refusal(
+                        operation: .publish, target: "orders.secret",
+                        reason: Reason(code: 33, description: "Permissions Violation for Publish to \"orders.secret\"")))
+            ])
         // NATS publishers take the same path.
         var nats: [HubCore.Output] = []
         harness.core.clientPublished(PublishedMessage(subject: "billing.x", body: .bytes([1])), from: 1, into: &nats)
@@ -163,9 +173,13 @@ import Testing
 
     @Test func messagesAndCommandsReachOnlyNodesTheSenderMaySendTo() {
         var harness = harness(Self.restricted)
-        let toBob = LIMEMessage(header: EnvelopeHeader(id: "m1", from: Node("alice@relay.local/a"), to: Node("bob@relay.local")), type: .textPlain, content: "hi")
+        let toBob = LIMEMessage(
+            header: EnvelopeHeader(id: "m1", from: Node("alice@relay.local/a"), to: Node("bob@relay.local")), type: .textPlain,
+            content: "hi")
         #expect(harness.core.envelopeReceived(.message(toBob), from: 1).messages(to: 2).count == 1)
-        let toCarol = LIMEMessage(header: EnvelopeHeader(id: "m2", from: Node("alice@relay.local/a"), to: Node("carol@relay.local")), type: .textPlain, content: "hi")
+        let toCarol = LIMEMessage(
+            header: EnvelopeHeader(id: "m2", from: Node("alice@relay.local/a"), to: Node("carol@relay.local")), type: .textPlain,
+            content: "hi")
         let refused = harness.core.envelopeReceived(.message(toCarol), from: 1)
         #expect(refused.sent(to: 3).isEmpty)
         guard case .notification(let failed)? = refused.sent(to: 1).first else {
@@ -173,16 +187,29 @@ import Testing
             return
         }
         #expect(failed.event == .failed && failed.header.id == "m2" && failed.reason?.code == 32)
-        let command = LIMECommand(header: EnvelopeHeader(id: "c1", from: Node("alice@relay.local/a"), to: Node("carol@relay.local/c")), method: .get, uri: "/status")
+        let command = LIMECommand(
+            header: EnvelopeHeader(id: "c1", from: Node("alice@relay.local/a"), to: Node("carol@relay.local/c")), method: .get,
+            uri: "/status")
         let answer = harness.core.envelopeReceived(.command(command), from: 1)
         #expect(answer.sent(to: 3).isEmpty && answer.commands(to: 1).first?.reason?.code == 32)
         // Without an id, the sender is told with a notice.
-        let quiet = LIMEMessage(header: EnvelopeHeader(from: Node("alice@relay.local/a"), to: Node("carol@relay.local")), type: .textPlain, content: "hi")
-        #expect(harness.core.envelopeReceived(.message(quiet), from: 1) == [.refused(1, Refusal(operation: .send, target: "carol@relay.local", reason: Reason(code: 32, description: "Permissions Violation for Sending to \"carol@relay.local\"")))])
+        let quiet = LIMEMessage(
+            header: EnvelopeHeader(from: Node("alice@relay.local/a"), to: Node("carol@relay.local")), type: .textPlain, content: "hi")
+        #expect(
+            harness.core.envelopeReceived(.message(quiet), from: 1) == [
+                .refused(
+                    1,
+                    Refusal(
+                        operation: .send, target: "carol@relay.local",
+                        reason: Reason(code: 32, description: "Permissions Violation for Sending to \"carol@relay.local\"")))
+            ])
         // Answers always go back: carol's response to a request alice was allowed to make.
-        let fromCarol = LIMEMessage(header: EnvelopeHeader(id: "m3", from: Node("carol@relay.local/c"), to: Node("alice@relay.local/a")), type: .textPlain, content: "yo")
+        let fromCarol = LIMEMessage(
+            header: EnvelopeHeader(id: "m3", from: Node("carol@relay.local/c"), to: Node("alice@relay.local/a")), type: .textPlain,
+            content: "yo")
         #expect(harness.core.envelopeReceived(.message(fromCarol), from: 3).messages(to: 1).count == 1)
-        let receipt = LIMENotification(header: EnvelopeHeader(id: "m3", from: Node("alice@relay.local/a"), to: Node("carol@relay.local/c")), event: .received)
+        let receipt = LIMENotification(
+            header: EnvelopeHeader(id: "m3", from: Node("alice@relay.local/a"), to: Node("carol@relay.local/c")), event: .received)
         #expect(harness.core.envelopeReceived(.notification(receipt), from: 1).sent(to: 3).count == 1)
     }
 

@@ -47,7 +47,8 @@ import Testing
         var machine = server(encryption: ["none", "tls"])
         _ = machine.envelopeReceived(.session(LIMESession(state: .new)))
         _ = machine.envelopeReceived(choice("tls"))
-        let early = machine.envelopeReceived(.session(LIMESession(header: EnvelopeHeader(id: "s1"), state: .authenticating, scheme: "plain")))
+        let early = machine.envelopeReceived(
+            .session(LIMESession(header: EnvelopeHeader(id: "s1"), state: .authenticating, scheme: "plain")))
         #expect(sessionOf(early).first?.state == .failed)
     }
 
@@ -79,23 +80,28 @@ import Testing
 
     private func client(encryption: String) -> LIMEClientSessionMachine {
         var machine = LIMEClientSessionMachine(
-            configuration: .init(identity: Identity("alice@relay.local"), scheme: "plain", authentication: ["password": "cHc="], encryption: encryption))
+            configuration: .init(
+                identity: Identity("alice@relay.local"), scheme: "plain", authentication: ["password": "cHc="], encryption: encryption))
         _ = machine.connected()
         return machine
     }
 
     private let authenticating = Envelope.session(
-        LIMESession(header: EnvelopeHeader(id: "s1", from: Node("postmaster@relay.local/hub")), state: .authenticating, schemeOptions: ["plain"]))
+        LIMESession(
+            header: EnvelopeHeader(id: "s1", from: Node("postmaster@relay.local/hub")), state: .authenticating, schemeOptions: ["plain"]))
 
     @Test func aClientAskingForTLSUpgradesBeforeItSendsCredentials() {
         var machine = client(encryption: "tls")
-        let offer = LIMESession(header: EnvelopeHeader(id: "s1"), state: .negotiating, encryptionOptions: ["none", "tls"], compressionOptions: ["none"])
+        let offer = LIMESession(
+            header: EnvelopeHeader(id: "s1"), state: .negotiating, encryptionOptions: ["none", "tls"], compressionOptions: ["none"])
         guard case .send(.session(let chosen)) = machine.envelopeReceived(.session(offer)) else { Issue.record("no choice"); return }
         #expect(chosen.encryption == "tls")
         #expect(machine.envelopeReceived(choice("tls")) == .startTLS)
         #expect(machine.state == .securingTransport)
         #expect(machine.transportSecured() == .none)
-        guard case .send(.session(let credentials)) = machine.envelopeReceived(authenticating) else { Issue.record("no credentials"); return }
+        guard case .send(.session(let credentials)) = machine.envelopeReceived(authenticating) else {
+            Issue.record("no credentials"); return
+        }
         #expect(credentials.scheme == "plain")
     }
 
@@ -104,13 +110,15 @@ import Testing
         guard case .failed(let reason) = straight.envelopeReceived(authenticating) else { Issue.record("credentials sent"); return }
         #expect(reason.description.contains("does not offer TLS"))
         var noTLS = client(encryption: "tls")
-        let offer = LIMESession(header: EnvelopeHeader(id: "s1"), state: .negotiating, encryptionOptions: ["none"], compressionOptions: ["none"])
+        let offer = LIMESession(
+            header: EnvelopeHeader(id: "s1"), state: .negotiating, encryptionOptions: ["none"], compressionOptions: ["none"])
         guard case .failed = noTLS.envelopeReceived(.session(offer)) else { Issue.record("accepted plaintext"); return }
     }
 
     @Test func aClientThatDidNotAskStillUpgradesWhenTheServerOnlyOffersTLS() {
         var machine = client(encryption: "none")
-        let offer = LIMESession(header: EnvelopeHeader(id: "s1"), state: .negotiating, encryptionOptions: ["tls"], compressionOptions: ["none"])
+        let offer = LIMESession(
+            header: EnvelopeHeader(id: "s1"), state: .negotiating, encryptionOptions: ["tls"], compressionOptions: ["none"])
         guard case .send(.session(let chosen)) = machine.envelopeReceived(.session(offer)) else { Issue.record("no choice"); return }
         #expect(chosen.encryption == "tls")
         #expect(machine.envelopeReceived(choice("tls")) == .startTLS)

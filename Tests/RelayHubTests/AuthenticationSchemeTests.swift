@@ -115,7 +115,9 @@ struct TokenIssuer {
             options.token = Self.key.key
             let svc = try await NATSClient.connect(options: options)
             await svc.close()
-            for (user, password, token) in [("alice", "wrong", nil), (nil, nil, "not-a-key"), (nil, nil, nil)] as [(String?, String?, String?)] {
+            for (user, password, token) in [("alice", "wrong", nil), (nil, nil, "not-a-key"), (nil, nil, nil)]
+                as [(String?, String?, String?)]
+            {
                 options.user = user
                 options.password = password
                 options.token = token

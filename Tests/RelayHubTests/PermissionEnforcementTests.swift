@@ -42,7 +42,8 @@ import Testing
         Row(testDescription: "subscribe refused", method: .subscribe, uri: "/topics/billing.>", code: 34),
         Row(testDescription: "queue subscribe allowed", method: .subscribe, uri: "/topics/jobs.new?queue=workers", code: nil),
         Row(testDescription: "queue subscribe, other group", method: .subscribe, uri: "/topics/jobs.new?queue=thieves", code: 34),
-        Row(testDescription: "serve allowed", method: .set, uri: "/services/pricing", resource: ["methods": [["name": "quote"]]], code: nil),
+        Row(
+            testDescription: "serve allowed", method: .set, uri: "/services/pricing", resource: ["methods": [["name": "quote"]]], code: nil),
         Row(testDescription: "serve refused", method: .set, uri: "/services/payroll", resource: ["methods": [["name": "pay"]]], code: 35),
         Row(testDescription: "call refused", method: .get, uri: "/services/inventory/audit", code: 35),
         Row(testDescription: "queue creation refused", method: .set, uri: "/queues/q", resource: ["subjects": ["q.>"]], code: 31),
@@ -65,7 +66,10 @@ import Testing
             // Whatever was refused reached nobody: the boss's first publication is a marker.
             try await worker.request(LIMECommand(method: .set, uri: "/topics/jobs.marker", resource: "marker"))
             let first = try await firstElement(everything)
-            #expect(first.subject == (row.code == nil && row.uri.hasPrefix("/topics/") && row.method == .set ? String(row.uri.dropFirst(8)) : "jobs.marker"))
+            #expect(
+                first.subject
+                    == (row.code == nil && row.uri.hasPrefix("/topics/") && row.method == .set
+                        ? String(row.uri.dropFirst(8)) : "jobs.marker"))
         }
     }
 
@@ -102,7 +106,8 @@ import Testing
             let nats = try await RawNATSConnection.connect(port: hub.natsPort)
             _ = try await firstElement(nats.lines)
             var lines = nats.lines.makeAsyncIterator()
-            try await nats.send("CONNECT {\"user\":\"worker\",\"pass\":\"pw\",\"verbose\":false,\"echo\":false,\"headers\":true}\r\nPING\r\n")
+            try await nats.send(
+                "CONNECT {\"user\":\"worker\",\"pass\":\"pw\",\"verbose\":false,\"echo\":false,\"headers\":true}\r\nPING\r\n")
             #expect(await lines.next() == "PONG")
             let cases: [(String, String)] = [
                 ("PUB jobs.secret 1\r\nx\r\n", "-ERR 'Permissions Violation for Publish to \"jobs.secret\"'"),
@@ -164,7 +169,9 @@ import Testing
             let boss = try await hub.connect(.ws, as: "boss@relay.local", authentication: .plain(password: "pw"))
             for row in Self.limeRows {
                 let answer = try await boss.request(LIMECommand(method: row.method, uri: row.uri, resource: row.resource))
-                #expect(answer.reason.map { !(31...35).contains($0.code) } ?? true, "\(row.testDescription): \(answer.reason?.description ?? "")")
+                #expect(
+                    answer.reason.map { !(31...35).contains($0.code) } ?? true,
+                    "\(row.testDescription): \(answer.reason?.description ?? "")")
             }
         }
     }

@@ -147,7 +147,8 @@ public final class NATSClient: Sendable {
                 throw NATSClientError.invalidURL(url)
             }
             servers.append(
-                Server(host: host, port: components.port ?? 4222, user: components.user, password: components.password, tls: scheme == "tls"))
+                Server(
+                    host: host, port: components.port ?? 4222, user: components.user, password: components.password, tls: scheme == "tls"))
         }
         guard !servers.isEmpty else { throw NATSClientError.invalidURL("") }
         let client = NATSClient(options: options, servers: servers, group: group)

@@ -97,7 +97,8 @@ extension HubCore {
             code: ReasonCode.authorizationUnauthorizedSender, description: "Permissions Violation for Sending to \"\(to)\"")
         switch envelope {
         case .command(let command):
-            return command.header.id == nil ? [.refused(session, Refusal(operation: .send, target: to.description, reason: reason))]
+            return command.header.id == nil
+                ? [.refused(session, Refusal(operation: .send, target: to.description, reason: reason))]
                 : [reply(session, command.failure(reason))]
         case .message(let message):
             guard let id = message.header.id else {

@@ -63,7 +63,8 @@ struct Authenticator: Sendable {
             }
             if let text = user.key {
                 guard let digest = KeyDigest(text) else {
-                    throw HubError.invalidConfiguration("the key of '\(user.identity)' is not a digest made by 'relay passwd --key' (sha256$HEX)")
+                    throw HubError.invalidConfiguration(
+                        "the key of '\(user.identity)' is not a digest made by 'relay passwd --key' (sha256$HEX)")
                 }
                 guard identitiesByKey[digest] == nil else {
                     throw HubError.invalidConfiguration("the key of '\(user.identity)' is another user's key too")
@@ -116,7 +117,9 @@ struct Authenticator: Sendable {
     // MARK: - LIME
 
     /// The verdict on LIME credentials that need no slow check (`guest`, `transport`), or nil.
-    func immediateVerdict(_ credentials: CredentialsPresented, fallbackName: String, transport: TransportFacts) -> Result<Admission, Reason>? {
+    func immediateVerdict(_ credentials: CredentialsPresented, fallbackName: String, transport: TransportFacts) -> Result<
+        Admission, Reason
+    >? {
         switch credentials.scheme {
         case "guest":
             guard allowsGuests else { return .failure(Self.refused) }
@@ -155,9 +158,10 @@ struct Authenticator: Sendable {
         case "external":
             guard let encoded = credentials.authentication["token"]?.stringValue else { return .failure(Self.refused) }
             // The specification sends the token base64-encoded; a token sent as it is is read too.
-            let token = Data(base64Encoded: encoded).map { String(decoding: $0, as: UTF8.self) }.flatMap {
-                JWTVerifier.looksLikeJWT($0) ? $0 : nil
-            } ?? encoded
+            let token =
+                Data(base64Encoded: encoded).map { String(decoding: $0, as: UTF8.self) }.flatMap {
+                    JWTVerifier.looksLikeJWT($0) ? $0 : nil
+                } ?? encoded
             return await verifyToken(token, asking: credentials.identity)
         default:
             return .failure(Self.refused)
@@ -188,7 +192,8 @@ struct Authenticator: Sendable {
         case .failure(let reason):
             return .failure(reason)
         case .success(let claims):
-            let identity = Identity(claims.identity).flatMap { $0.name == nil ? nil : $0 } ?? Identity(name: claims.identity, domain: domain)
+            let identity =
+                Identity(claims.identity).flatMap { $0.name == nil ? nil : $0 } ?? Identity(name: claims.identity, domain: domain)
             if let requested, requested != identity {
                 return .failure(
                     Reason(code: ReasonCode.sessionAuthenticationFailed, description: "The token is not for identity '\(requested)'"))

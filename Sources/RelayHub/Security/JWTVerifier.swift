@@ -39,7 +39,8 @@ struct JWTVerifier: Sendable {
                     }
                     parsed.append((.hmac(HMACKey(from: secret), digest), key.kid.map(JWKIdentifier.init(string:))))
                 case "RS256", "RS384", "RS512":
-                    parsed.append((.rsa(try JWTKit.Insecure.RSA.PublicKey(pem: try Self.pem(key)), digest), key.kid.map(JWKIdentifier.init(string:))))
+                    parsed.append(
+                        (.rsa(try JWTKit.Insecure.RSA.PublicKey(pem: try Self.pem(key)), digest), key.kid.map(JWKIdentifier.init(string:))))
                 case "ES256":
                     parsed.append((.es256(try ES256PublicKey(pem: try Self.pem(key))), key.kid.map(JWKIdentifier.init(string:))))
                 default:
@@ -79,7 +80,10 @@ struct JWTVerifier: Sendable {
     static func looksLikeJWT(_ token: String) -> Bool {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         return parts.count == 3 && parts.allSatisfy { !$0.isEmpty }
-            && token.utf8.allSatisfy { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) }
+            && token.utf8.allSatisfy {
+                $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || (48...57).contains($0)
+                    || (65...90).contains($0) || (97...122).contains($0)
+            }
     }
 
     /// The token's claims once checked, or why it is refused (never the token itself).

@@ -1,6 +1,6 @@
 import Crypto
-import Foundation
 import CryptoExtras
+import Foundation
 
 /// A salted password hash as stored in the configuration: `pbkdf2-sha256$ROUNDS$SALT$HASH`
 /// (salt and hash in base64). Passwords themselves are never stored or logged.
