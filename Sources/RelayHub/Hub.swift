@@ -31,8 +31,8 @@ public final class Hub: Sendable {
         public var connectionsRefusedPerAddress = 0
         /// Connections refused because their address failed to authenticate too often.
         public var connectionsRefusedAfterFailures = 0
-        /// Connections closed because their TLS handshake did not finish in time.
-        public var tlsHandshakeTimeouts = 0
+        /// Connections closed because their TLS handshake or WebSocket upgrade did not finish in time.
+        public var handshakeTimeouts = 0
     }
 
     /// An open session's outlet, with what rendering its deliveries needs (looked up once per
@@ -76,6 +76,17 @@ public final class Hub: Sendable {
     let authenticator: Authenticator
     /// The TLS certificate every listener serves, when TLS is configured.
     let tls: TLSContextStore?
+    /// Connections closed because their TLS handshake or WebSocket upgrade did not finish in time.
+    private let handshakeTimeouts = Atomic<Int>(0)
+
+    /// The handlers that run TLS as the server of a new connection (the hub counts its timeouts).
+    func tlsServerHandlers() -> [any ChannelHandler] {
+        tls?.serverHandlers { [self] in noteHandshakeTimeout() } ?? []
+    }
+
+    func noteHandshakeTimeout() {
+        handshakeTimeouts.add(1, ordering: .relaxed)
+    }
     let logger: Logger
     /// The server id NATS clients see in INFO.
     let serverID = "RELAY" + String(UInt64.random(in: .min ... .max), radix: 36).uppercased()
@@ -130,7 +141,7 @@ public final class Hub: Sendable {
                 authenticationFailures: state.limiter.statistics.authenticationFailures,
                 connectionsRefusedPerAddress: state.limiter.statistics.connectionsRefusedPerAddress,
                 connectionsRefusedAfterFailures: state.limiter.statistics.connectionsRefusedAfterFailures,
-                tlsHandshakeTimeouts: tls?.handshakesTimedOut ?? 0)
+                handshakeTimeouts: handshakeTimeouts.load(ordering: .relaxed))
         }
     }
 

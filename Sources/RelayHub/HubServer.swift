@@ -127,14 +127,15 @@ public final class HubServer: Sendable {
     private func bind(
         _ address: HostAndPort, sniffingTLS: Bool = false, makeHandler: @escaping @Sendable () -> any ChannelHandler
     ) async throws -> any Channel {
-        let tls = sniffingTLS ? hub.tls : nil
+        let hub = self.hub
+        let sniffs = sniffingTLS && hub.tls != nil
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if let tls { try channel.pipeline.syncOperations.addHandler(TLSSniffer { tls.serverHandlers() }) }
+                    if sniffs { try channel.pipeline.syncOperations.addHandler(TLSSniffer { hub.tlsServerHandlers() }) }
                     try channel.pipeline.syncOperations.addHandler(makeHandler())
                 }
             }
@@ -148,25 +149,28 @@ public final class HubServer: Sendable {
             LIMEConnectionHandler(hub: hub, framing: .messages)
         }
         // `ws://` and `wss://` on one port: a connection that opens with a TLS handshake gets TLS.
-        let tls = hub.tls
+        let sniffs = hub.tls != nil
+        // The upgrade has the time a session has to establish; the session's own timer takes over after.
+        let upgradeTimeout = TimeAmount.nanoseconds(Int64(hub.configuration.limits.establishTimeoutSeconds * 1_000_000_000))
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 let fallback = HTTPUpgradeRequiredHandler()
-                if let tls {
-                    do {
-                        try channel.pipeline.syncOperations.addHandler(TLSSniffer { tls.serverHandlers() })
-                    } catch {
-                        return channel.eventLoop.makeFailedFuture(error)
-                    }
+                do {
+                    try channel.pipeline.syncOperations.addHandler(
+                        HandshakeDeadline(timeout: upgradeTimeout) { hub.noteHandshakeTimeout() }, name: Self.upgradeDeadline)
+                    if sniffs { try channel.pipeline.syncOperations.addHandler(TLSSniffer { hub.tlsServerHandlers() }) }
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
                 }
                 return channel.pipeline.configureHTTPServerPipeline(
                     withServerUpgrade: (
                         upgraders: [upgrader],
                         completionHandler: { context in
                             context.pipeline.removeHandler(fallback, promise: nil)
+                            context.pipeline.removeHandler(name: Self.upgradeDeadline, promise: nil)
                         }
                     )
                 ).flatMap {
@@ -175,6 +179,11 @@ public final class HubServer: Sendable {
             }
             .bind(host: address.host, port: address.port).get()
     }
+}
+
+extension HubServer {
+    /// The name of the WebSocket upgrade's deadline in a connection's pipeline.
+    static let upgradeDeadline = "relay.upgrade-deadline"
 }
 
 /// Answers plain HTTP requests on the WebSocket port: this port speaks LIME over WebSocket only.

@@ -252,7 +252,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     /// Sends the negotiation's confirmation in plaintext, then puts TLS in front of the session:
     /// the client starts its handshake once it has read the confirmation.
     private func startTLS(after envelope: Envelope, context: ChannelHandlerContext) {
-        guard let tls = hub.tls, let outlet else {
+        guard hub.tls != nil, let outlet else {
             feed(context: context) { $0.invalidInputReceived(Reason(code: ReasonCode.sessionError, description: "TLS is not available")) }
             return
         }
@@ -260,7 +260,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         // Written through the pipeline now, before the TLS handler is in it.
         outlet.writer.drain()
         do {
-            try context.pipeline.syncOperations.addHandlers(tls.serverHandlers(), position: .first)
+            try context.pipeline.syncOperations.addHandlers(hub.tlsServerHandlers(), position: .first)
         } catch {
             logger.warning("TLS could not start", metadata: ["error": "\(error)"])
             context.close(promise: nil)

@@ -192,6 +192,22 @@ import Testing
         }
     }
 
+    /// A WebSocket connection that never completes its upgrade is closed (and counted): it is not
+    /// a session yet, so nothing else would bound how long it stays.
+    @Test func anUnfinishedWebSocketUpgradeIsClosed() async throws {
+        try await withHub({ $0.limits.establishTimeoutSeconds = 0.3 }) { hub in
+            let raw = try await RawNATSConnection.connect(port: hub.server.boundAddresses.webSocket!.port!)
+            try await raw.send("GET / HTTP/1.1\r\nHost: x\r\n")
+            try await raw.channel.closeFuture.get()
+            #expect(hub.server.hub.statistics.handshakeTimeouts == 1)
+            // A completed upgrade is not closed by it: a session outlives the upgrade's deadline.
+            let client = try await hub.connect(.ws, as: "late@relay.local")
+            // Nothing to wait for but the deadline itself: past it, the session must still answer.
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await client.ping().status == .success)
+        }
+    }
+
     /// The sessions of one identity share a cap on pending bytes: opening more sessions does not
     /// make the hub hold more for one user. Each session's own cap (64 MiB) is never reached here.
     @Test func pendingBytesAreCappedPerIdentity() async throws {

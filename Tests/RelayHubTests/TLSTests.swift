@@ -193,7 +193,7 @@ extension TestCertificates {
                 try await group.next()
                 group.cancelAll()
             }
-            #expect(hub.server.hub.statistics.tlsHandshakeTimeouts == 1)
+            #expect(hub.server.hub.statistics.handshakeTimeouts == 1)
         }
     }
 }

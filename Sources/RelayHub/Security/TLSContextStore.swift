@@ -10,10 +10,6 @@ import X509
 final class TLSContextStore: Sendable {
     let settings: HubConfiguration.TLSSettings
     private let context: Mutex<NIOSSLContext>
-    private let handshakeTimeouts = Atomic<Int>(0)
-
-    /// Connections closed because their TLS handshake took longer than allowed.
-    var handshakesTimedOut: Int { handshakeTimeouts.load(ordering: .relaxed) }
 
     init(settings: HubConfiguration.TLSSettings) throws {
         self.settings = settings
@@ -29,13 +25,11 @@ final class TLSContextStore: Sendable {
     var current: NIOSSLContext { context.withLock { $0 } }
 
     /// The handlers that run TLS as the server of a new connection: NIO's TLS handler, and the
-    /// handshake's deadline.
-    func serverHandlers() -> [any ChannelHandler] {
+    /// handshake's deadline (`timedOut` is told when it passes).
+    func serverHandlers(timedOut: @escaping @Sendable () -> Void) -> [any ChannelHandler] {
         [
             NIOSSLServerHandler(context: current),
-            TLSHandshakeDeadline(timeout: .nanoseconds(Int64(settings.handshakeTimeoutSeconds * 1_000_000_000))) { [self] in
-                handshakeTimeouts.add(1, ordering: .relaxed)
-            },
+            HandshakeDeadline(timeout: .nanoseconds(Int64(settings.handshakeTimeoutSeconds * 1_000_000_000)), timedOut: timedOut),
         ]
     }
 

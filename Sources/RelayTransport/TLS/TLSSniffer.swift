@@ -39,9 +39,11 @@ package final class TLSSniffer: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// Closes a connection whose TLS handshake does not complete within `timeout`: a client that
-/// opens connections and never finishes the handshake holds no resources for long.
-package final class TLSHandshakeDeadline: ChannelInboundHandler, RemovableChannelHandler {
+/// Closes a connection whose handshake does not complete within `timeout`: a client that opens
+/// connections and never finishes holds no resources for long. It leaves the pipeline by itself
+/// when TLS's handshake completes; for another handshake (a WebSocket upgrade), whoever added it
+/// removes it when that is done.
+package final class HandshakeDeadline: ChannelInboundHandler, RemovableChannelHandler {
     package typealias InboundIn = NIOAny
 
     private let timeout: TimeAmount
