@@ -146,6 +146,20 @@ import Testing
         }
     }
 
+    /// Relay's NATS client hands the server's non-fatal errors to the application.
+    @Test func theNATSClientReportsPermissionViolations() async throws {
+        try await withHub(Self.configure) { hub in
+            var options = NATSClient.Options(servers: ["nats://127.0.0.1:\(hub.natsPort)"])
+            options.user = "worker"
+            options.password = "pw"
+            let worker = try await NATSClient.connect(options: options)
+            try worker.publish("billing.x", "no")
+            try await worker.flush()
+            #expect(try await firstElement(worker.errors) == "Permissions Violation for Publish to \"billing.x\"")
+            await worker.close()
+        }
+    }
+
     /// A role's silence about an operation widens nothing; what any grant allows is allowed
     /// unless one denies it.
     @Test func grantsCombinePerOperation() throws {

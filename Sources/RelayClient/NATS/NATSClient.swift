@@ -127,6 +127,12 @@ public final class NATSClient: Sendable {
     let inboxPrefix = "_INBOX." + String(UInt64.random(in: .min ... .max), radix: 36)
     private let firstConnection = Mutex<CheckedContinuation<Void, any Error>?>(nil)
     private let manager = Mutex<Task<Void, Never>?>(nil)
+    private let (serverErrors, serverErrorInput) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(100))
+
+    /// The server's errors that leave the connection open (`-ERR 'Permissions Violation for
+    /// Publish to "x"'`, `'Invalid Subject'`...), as nats.go's error handler sees them; the newest
+    /// 100 wait for a reader.
+    public var errors: AsyncStream<String> { serverErrors }
 
     init(options: Options, servers: [Server], group: any EventLoopGroup) {
         self.options = options
@@ -345,6 +351,10 @@ public final class NATSClient: Sendable {
         state.withLock { $0.lastFailure = reason }
     }
 
+    func serverErrorReceived(_ text: String) {
+        serverErrorInput.yield(text)
+    }
+
     func pongReceived() {
         let waiter = state.withLock { state in state.flushWaiters.isEmpty ? nil : state.flushWaiters.removeFirst() }
         waiter?.resume()
@@ -490,6 +500,7 @@ public final class NATSClient: Sendable {
         shutDown()
         task?.cancel()
         await task?.value
+        serverErrorInput.finish()
     }
 }
 

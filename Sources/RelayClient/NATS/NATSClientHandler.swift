@@ -97,8 +97,8 @@ final class NATSClientHandler: ChannelInboundHandler {
                 readers.add(client.deliver(sid: sid, message: message))
             case .pongReceived:
                 client.pongReceived()
-            case .serverError:
-                break
+            case .serverError(let text):
+                client.serverErrorReceived(text)
             case .fail(let reason):
                 client.connectionFailed(reason)
                 context.close(promise: nil)
