@@ -69,6 +69,18 @@ import Testing
         }
     }
 
+    /// Found by fuzzing (delivery-scanner): an empty `from` or `to` matched the scanner's memory of
+    /// the last node before it had read any, and passed for a node the decoder refuses.
+    @Test(arguments: [
+        ##"{"to":"","metadata":{"#subject":"s","#subscription":"t"},"content":"x"}"##,
+        ##"{"from":"","metadata":{"#subject":"s","#subscription":"t"},"content":"x"}"##,
+    ])
+    func anEmptyNodeIsNotANodeEvenOnTheFirstScan(_ text: String) {
+        var scanner = LIMEDeliveryScanner()
+        #expect(Array(text.utf8).withUnsafeBufferPointer { scanner.scan($0) } == nil)
+        #expect(throws: Reason.self) { try LIMECodec.decode(Array(text.utf8)) }
+    }
+
     @Test func anythingElseIsLeftToTheDecoder() {
         let declined = [
             // The publisher's metadata, a reply subject, a status, the hub's drop report.

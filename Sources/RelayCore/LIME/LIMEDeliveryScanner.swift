@@ -29,9 +29,11 @@ public struct LIMEDeliveryScanner {
     private var lastToken = ""
     private var lastSubject = ""
     private var lastType: MediaType = .textPlain
-    private var lastFrom = ""
+    /// The last `from` and `to` read and found to be nodes; nil before the first (an empty
+    /// string is no node, so it must not pass for one already checked).
+    private var lastFrom: String?
     private var lastPublisher: Node?
-    private var lastTo = ""
+    private var lastTo: String?
 
     public init() {}
 
@@ -46,7 +48,7 @@ public struct LIMEDeliveryScanner {
         Self.reuse(&lastSubject, bytes[subject])
         var publisher: Node?
         if let from = found.from {
-            if !lastFrom.hasUTF8(bytes[from]) {
+            if lastFrom?.hasUTF8(bytes[from]) != true {
                 let text = String(decoding: bytes[from], as: UTF8.self)
                 // Not a node: the decoder refuses the envelope, and says why.
                 guard let node = Node(text) else { return nil }
@@ -55,7 +57,7 @@ public struct LIMEDeliveryScanner {
             }
             publisher = lastPublisher
         }
-        if let to = found.to, !lastTo.hasUTF8(bytes[to]) {
+        if let to = found.to, lastTo?.hasUTF8(bytes[to]) != true {
             let text = String(decoding: bytes[to], as: UTF8.self)
             guard Node(text) != nil else { return nil }
             lastTo = text

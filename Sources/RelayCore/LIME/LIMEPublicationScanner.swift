@@ -43,7 +43,9 @@ public struct LIMEPublishInPlace: Sendable, Equatable {
 /// Keeps the last subject and type it read: a publisher's are mostly the same, and reusing them
 /// makes no string.
 public struct LIMEPublicationScanner {
-    private var lastSubject = ""
+    /// The last subject read and found valid; nil before the first (an empty subject is not
+    /// valid, so it must not pass for one already checked).
+    private var lastSubject: String?
     private var lastType: MediaType = .textPlain
 
     public init() {}
@@ -63,7 +65,7 @@ public struct LIMEPublicationScanner {
         guard !subjectBytes.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "%") }) else {
             return nil
         }
-        if !lastSubject.hasUTF8(subjectBytes) {
+        if lastSubject?.hasUTF8(subjectBytes) != true {
             let subject = String(decoding: subjectBytes, as: UTF8.self)
             guard Subject.publishError(subject) == nil else { return nil }
             lastSubject = subject
@@ -77,7 +79,7 @@ public struct LIMEPublicationScanner {
         let resourceIsString = bytes[resource.lowerBound] == UInt8(ascii: "\"")
         // A string of another type than text or JSON is base64 (binary content): the hub decodes it.
         if let type, resourceIsString, !type.isJSON, !type.rawValue.hasPrefix("text/") { return nil }
-        return LIMEPublishInPlace(id: found.id, subject: lastSubject, type: type, resource: resource, resourceIsString: resourceIsString)
+        return LIMEPublishInPlace(id: found.id, subject: lastSubject!, type: type, resource: resource, resourceIsString: resourceIsString)
     }
 
     /// What the scan found so far; `read` throws to stop at the first member outside the plain shape.
