@@ -61,6 +61,22 @@ import Testing
         return (operations, inPlace)
     }
 
+    /// Found by fuzzing (nats-server): a control line of exactly the maximum, cut between its CR
+    /// and its LF, was refused, though accepted whole. One byte more is refused either way.
+    @Test func aControlLineOfTheMaximumIsAcceptedWhereverItIsCut() throws {
+        let line = "SUB " + String(repeating: "a", count: 64 - 6) + " 1"
+        #expect(line.utf8.count == 64)
+        for cut in 0...(line.utf8.count + 2) {
+            var parser = NATSParser(role: .server, maximumControlLine: 64)
+            let bytes = Array((line + "\r\n").utf8)
+            var operations = try parser.bytesReceived(bytes[..<cut])
+            operations += try parser.bytesReceived(bytes[cut...])
+            #expect(operations.count == 1, "cut at \(cut)")
+        }
+        var parser = NATSParser(role: .server, maximumControlLine: 63)
+        #expect(throws: NATSProtocolError.self) { _ = try parser.bytesReceived(Array((line + "\r").utf8)) }
+    }
+
     @Test func aPublishWholeInOneReadIsHandedOverInPlace() throws {
         let stream = Self.clientOperations.flatMap(NATSEncoder.encode)
         let (operations, inPlace) = try Self.parseInPlace([stream])

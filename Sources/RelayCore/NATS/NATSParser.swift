@@ -270,7 +270,10 @@ public struct NATSParser: Sendable {
                 return .operation(try complete(awaiting.take()!, body: start..<payloadEnd))
             }
             guard let newline = bytes[start...].firstIndex(of: 0x0A) else {
-                if bytes.count - start > maximumControlLine { throw NATSProtocolError(.maximumControlLine) }
+                // A line of exactly the maximum may have its CR here and its LF in the next read
+                // (found by fuzzing: refused when cut there, accepted whole).
+                let carriageReturn = bytes.count > start && bytes[bytes.count - 1] == 0x0D ? 1 : 0
+                if bytes.count - start > maximumControlLine + carriageReturn { throw NATSProtocolError(.maximumControlLine) }
                 return nil
             }
             var lineEnd = newline
