@@ -165,6 +165,21 @@ struct TokenIssuer {
         }
     }
 
+    /// A token whose header names no key is checked against each configured key.
+    @Test func aTokenWithoutAKeyIDIsCheckedAgainstEveryKey() async throws {
+        let issuer = try await TokenIssuer()
+        try await withHub({ configuration in
+            self.users()(&configuration)
+            configuration.jwt = issuer.settings
+        }) { hub in
+            let signer = JWTKeyCollection()
+            await signer.add(ecdsa: issuer.ecdsa)
+            let token = try await signer.sign(TestClaims(sub: "dora@relay.local"))
+            let dora = try await LIMEClient.connect(to: hub.tcp, options: .init(identity: nil, authentication: .external(token: token)))
+            #expect(dora.localNode.identity == Identity("dora@relay.local"))
+        }
+    }
+
     @Test func badTokensAreRefused() async throws {
         let issuer = try await TokenIssuer()
         let stranger = try await TokenIssuer()

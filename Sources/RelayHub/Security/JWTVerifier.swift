@@ -93,7 +93,8 @@ struct JWTVerifier: Sendable {
         }
         let claims: RelayClaims
         do {
-            claims = try await keys.value.verify(token, as: RelayClaims.self)
+            // A token without `kid` is tried against every key (each checks its own algorithm).
+            claims = try await keys.value.verify(token, as: RelayClaims.self, iteratingKeys: true)
         } catch let error as JWTError {
             return refused(error.reason ?? "\(error.errorType)")
         } catch {
