@@ -175,7 +175,7 @@ def main():
         processes.append(nats)
         hub = subprocess.Popen(
             [options.relay, "serve", "--nats", f"127.0.0.1:{hub_nats}", "--ws", f"127.0.0.1:{hub_ws}", "--tcp",
-             f"127.0.0.1:{hub_tcp}", "--data", os.path.join(work, "relay"), "--log-level", "warning",
+             f"127.0.0.1:{hub_tcp}", "--http", "127.0.0.1:0", "--data", os.path.join(work, "relay"), "--log-level", "warning",
              *(["--threads", str(options.relay_threads)] if options.relay_threads else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(hub)

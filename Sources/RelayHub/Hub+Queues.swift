@@ -79,6 +79,7 @@ extension Hub {
     func persisted(_ job: QueuePersistence.Job, error: (any Error)?) {
         if let error {
             logger.error("storing a publication failed", metadata: ["error": "\(error)"])
+            state.withLock { $0.storageFailure = "storing a publication failed: \(error)" }
             // The message is not delivered, and a publisher waiting for confirmation learns why.
             let failures: [HubCore.Output] = job.then.compactMap { output in
                 guard case .send(let session, .command(var response)) = output else { return nil }

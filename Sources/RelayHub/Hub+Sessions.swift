@@ -39,8 +39,9 @@ extension Hub {
         }
     }
 
-    /// Opens a session for a new connection from `address` (its IP), or says why not.
-    func openSession(_ outlet: SessionOutlet, address: String?) -> Result<SessionID, OpeningRefusal> {
+    /// Opens a session for a new connection from `address` (its IP) over `transport` (`lime-ws`,
+    /// `lime-tcp`, `nats`), or says why not.
+    func openSession(_ outlet: SessionOutlet, address: String?, port: Int? = nil, transport: String) -> Result<SessionID, OpeningRefusal> {
         state.withLock { state in
             guard state.acceptingSessions, state.sessions.count < configuration.limits.maxSessions else {
                 state.connectionsRefused += 1
@@ -58,7 +59,8 @@ extension Hub {
             }
             let id = state.nextSessionID
             state.nextSessionID += 1
-            state.sessions[id] = OpenSession(outlet: outlet, address: address)
+            state.sessions[id] = OpenSession(outlet: outlet, address: address, port: port, transport: transport)
+            state.sessionsOpened += 1
             return .success(id)
         }
     }
@@ -149,6 +151,11 @@ extension Hub {
             }
             refuse(verdict)
         }
+    }
+
+    /// The session's connection runs over TLS now.
+    func noteSecured(_ id: SessionID) {
+        state.withLock { $0.sessions[id]?.secured = true }
     }
 
     /// A connection from `address` presented credentials the hub refused.

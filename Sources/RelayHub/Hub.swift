@@ -48,12 +48,20 @@ public final class Hub: Sendable {
         private(set) var quotedNode: [UInt8]?
         /// For NATS connections, whether they enabled headers; nil for LIME sessions.
         var natsHeaders: Bool?
-        /// The peer's IP address, for the per-address limits.
+        /// The peer's IP address and port, for the per-address limits and monitoring.
         let address: String?
+        let port: Int?
+        /// `lime-ws`, `lime-tcp` or `nats`.
+        let transport: String
+        /// Whether the connection runs over TLS.
+        var secured = false
+        let openedAt = ContinuousClock.now
 
-        init(outlet: SessionOutlet, address: String?) {
+        init(outlet: SessionOutlet, address: String?, port: Int?, transport: String) {
             self.outlet = outlet
             self.address = address
+            self.port = port
+            self.transport = transport
         }
     }
 
@@ -70,6 +78,10 @@ public final class Hub: Sendable {
         var limiter: AddressLimiter
         /// The pending-bytes groups of established identities.
         var identityGroups: [Identity: IdentityPendingGroup] = [:]
+        /// Sessions opened since the hub started.
+        var sessionsOpened = 0
+        /// The last failure to store durable messages, for `/healthz`.
+        var storageFailure: String?
     }
 
     public let configuration: HubConfiguration
@@ -78,6 +90,10 @@ public final class Hub: Sendable {
     let tls: TLSContextStore?
     /// Connections closed because their TLS handshake or WebSocket upgrade did not finish in time.
     private let handshakeTimeouts = Atomic<Int>(0)
+    /// Messages and bytes in and out of every session, closed ones included.
+    let traffic = TrafficCounters()
+    /// When the hub was made, for `uptime`.
+    let startedAt = ContinuousClock.now
 
     /// The handlers that run TLS as the server of a new connection (the hub counts its timeouts).
     func tlsServerHandlers() -> [any ChannelHandler] {

@@ -22,6 +22,8 @@ public struct HubConfiguration: Sendable, Codable {
     public var tcp: HostAndPort? = HostAndPort(host: "127.0.0.1", port: 55321)
     /// Where the NATS client protocol is served; nil turns the listener off.
     public var nats: HostAndPort? = HostAndPort(host: "127.0.0.1", port: 4222)
+    /// Where the HTTP monitoring endpoints are served (docs/OPERATIONS.md); nil turns them off.
+    public var http: HostAndPort? = HostAndPort(host: "127.0.0.1", port: 8222)
     /// NATS keepalive settings.
     public var natsOptions: NATSOptions = NATSOptions()
 
@@ -150,6 +152,7 @@ public struct HubConfiguration: Sendable, Codable {
         ws = container.contains(.ws) ? try container.decodeIfPresent(HostAndPort.self, forKey: .ws) : defaults.ws
         tcp = container.contains(.tcp) ? try container.decodeIfPresent(HostAndPort.self, forKey: .tcp) : defaults.tcp
         nats = container.contains(.nats) ? try container.decodeIfPresent(HostAndPort.self, forKey: .nats) : defaults.nats
+        http = container.contains(.http) ? try container.decodeIfPresent(HostAndPort.self, forKey: .http) : defaults.http
         natsOptions = try container.decodeIfPresent(NATSOptions.self, forKey: .natsOptions) ?? NATSOptions()
         guest = try container.decodeIfPresent(Bool.self, forKey: .guest) ?? defaults.guest
         users = try container.decodeIfPresent([User].self, forKey: .users) ?? []

@@ -34,6 +34,7 @@ public final class HubServer: Sendable {
         public var webSocket: SocketAddress?
         public var tcp: SocketAddress?
         public var nats: SocketAddress?
+        public var http: SocketAddress?
     }
 
     /// Binds every configured listener.
@@ -65,6 +66,12 @@ public final class HubServer: Sendable {
             boundAddresses.nats = channel.localAddress
             let tls = configuration.tls.map { $0.required ? " (TLS required)" : " (TLS available)" } ?? ""
             hub.logger.info("NATS listening on nats://\(Self.describe(channel.localAddress, fallback: address))\(tls)")
+        }
+        if let address = configuration.http {
+            let channel = try await bindMonitoring(address)
+            listeners.withLock { $0.append(channel) }
+            boundAddresses.http = channel.localAddress
+            hub.logger.info("monitoring listening on http://\(Self.describe(channel.localAddress, fallback: address))")
         }
         if let address = configuration.tcp {
             let channel = try await bindTCP(address)
@@ -184,6 +191,48 @@ public final class HubServer: Sendable {
 extension HubServer {
     /// The name of the WebSocket upgrade's deadline in a connection's pipeline.
     static let upgradeDeadline = "relay.upgrade-deadline"
+
+    /// The monitoring endpoints' HTTP/1.1 listener.
+    fileprivate func bindMonitoring(_ address: HostAndPort) async throws -> any Channel {
+        let routes = MonitoringRoutes(server: self)
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.pipeline.configureHTTPServerPipeline().flatMap {
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(MonitoringHandler(routes: routes))
+                    }
+                }
+            }
+            .bind(host: address.host, port: address.port).get()
+    }
+
+    /// Where each listener is, for `/varz`.
+    var listenerSummary: JSONObject {
+        let bound = boundAddresses
+        var summary: JSONObject = [:]
+        let tls = hub.configuration.tls
+        for (name, address, scheme) in [
+            ("ws", bound.webSocket, tls == nil ? "ws" : tls!.required ? "wss" : "ws+wss"), ("tcp", bound.tcp, "tcp"),
+            ("nats", bound.nats, "nats"), ("http", bound.http, "http"),
+        ] {
+            guard let address, let port = address.port else { continue }
+            summary[name] = .string("\(scheme)://\(address.ipAddress ?? "?"):\(port)")
+        }
+        return summary
+    }
+
+    /// Why the hub is not healthy: a listener that stopped accepting, a drain, failing storage.
+    var unhealthyReason: String? {
+        if let reason = hub.unhealthyReason { return reason }
+        let listening = listeners.withLock { $0 }
+        if listening.isEmpty { return "the listeners are not open" }
+        if let closed = listening.first(where: { !$0.isActive }) {
+            return "a listener stopped accepting (\(closed.localAddress?.description ?? "?"))"
+        }
+        return nil
+    }
 }
 
 /// Answers plain HTTP requests on the WebSocket port: this port speaks LIME over WebSocket only.

@@ -59,7 +59,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         let hubNode = configuration.hubNode
         let outlet = SessionOutlet(
             channel: context.channel, framing: framing == .stream ? .stream : .webSocket(masked: false),
-            maximumPendingBytes: configuration.limits.maxPendingBytes
+            maximumPendingBytes: configuration.limits.maxPendingBytes, totals: hub.traffic
         ) { token, count in
             // Tells the subscriber how many deliveries its overflow policy dropped while it lagged.
             let report = LIMEMessage(
@@ -80,7 +80,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
                 encryptionOptions: encryption, assignedInstance: randomTag, requiresTLS: tls?.required ?? false,
                 offersTransportScheme: hub.authenticator.checksClientCertificates))
         address = context.channel.remoteAddress?.ipAddress
-        switch hub.openSession(outlet, address: address) {
+        let remote = context.channel.remoteAddress
+        switch hub.openSession(outlet, address: address, port: remote?.port, transport: framing == .stream ? "lime-tcp" : "lime-ws") {
         case .failure(let refusal):
             logger.warning("connection refused", metadata: ["address": "\(address ?? "-")", "why": "\(refusal)"])
             let action = machine.terminated(refusal.reason)
@@ -91,7 +92,10 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             sessionID = id
         }
         transport = CertificateNames.transportFacts(of: context.channel)
-        if transport.secured { _ = machine.transportSecured(clientCertified: !transport.certificateNames.isEmpty) }
+        if transport.secured {
+            _ = machine.transportSecured(clientCertified: !transport.certificateNames.isEmpty)
+            if let sessionID { hub.noteSecured(sessionID) }
+        }
         self.machine = machine
         let timeout = TimeAmount.nanoseconds(Int64(configuration.limits.establishTimeoutSeconds * 1_000_000_000))
         establishTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
@@ -107,17 +111,22 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         // Publications are routed together when the read cycle ends (over WebSocket each frame
         // is a read of its own here), unless the session does something else first.
         reading = true
+        let buffer = unwrapInboundIn(data)
+        var envelopes = 0
+        defer { outlet?.traffic.received(messages: envelopes, bytes: buffer.readableBytes) }
         let error = reader.read(
-            unwrapInboundIn(data),
+            buffer,
             publishInPlace: { publication, bytes in
                 // Forwarded from its bytes when the hub can (`Hub.route`), published as usual otherwise.
                 guard !self.closing, self.machine?.routesPublicationsInPlace == true else { return false }
+                envelopes += 1
                 self.routed.append(.publication(publication, bytes))
                 return true
             }
         ) { envelope in
             // Moved into the machine, which sets `from` in place.
             guard !closing, machine != nil else { return }
+            envelopes += 1
             let action = machine!.envelopeReceived(envelope)
             execute(action, context: context)
         }
@@ -162,6 +171,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         case TLSUserEvent.handshakeCompleted:
             // The upgrade the session negotiated is done: the machine offers its schemes now.
             transport = CertificateNames.transportFacts(of: context.channel)
+            if let sessionID { hub.noteSecured(sessionID) }
             feed(context: context) { [transport] in $0.transportSecured(clientCertified: !transport.certificateNames.isEmpty) }
         case let event as HubSessionEvent:
             switch event {

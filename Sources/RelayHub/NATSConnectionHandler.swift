@@ -44,11 +44,12 @@ final class NATSConnectionHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         let configuration = hub.configuration
-        let outlet = SessionOutlet(channel: context.channel, framing: .stream, maximumPendingBytes: configuration.limits.maxPendingBytes)
+        let outlet = SessionOutlet(
+            channel: context.channel, framing: .stream, maximumPendingBytes: configuration.limits.maxPendingBytes, totals: hub.traffic)
         self.outlet = outlet
         address = context.channel.remoteAddress?.ipAddress
         let id: SessionID
-        switch hub.openSession(outlet, address: address) {
+        switch hub.openSession(outlet, address: address, port: context.channel.remoteAddress?.port, transport: "nats") {
         case .failure(let refusal):
             hub.logger.warning("NATS connection refused", metadata: ["address": "\(address ?? "-")", "why": "\(refusal)"])
             fail(NATSProtocolError(refusal.natsError), context: context)
@@ -107,6 +108,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing, !inputEnded else { return }
         let buffer = unwrapInboundIn(data)
+        outlet?.traffic.received(messages: 0, bytes: buffer.readableBytes)
         reading = true
         currentRead = buffer
         defer {
@@ -167,6 +169,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         if case TLSUserEvent.handshakeCompleted = event {
             transport = CertificateNames.transportFacts(of: context.channel)
             machine?.transportSecured()
+            if let sessionID { hub.noteSecured(sessionID) }
             return
         }
         guard let event = event as? HubSessionEvent else {
@@ -203,6 +206,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
 
     private func publishPending() {
         guard !publications.isEmpty, let sessionID else { return }
+        outlet?.traffic.received(messages: publications.count, bytes: 0)
         let options = machine?.options
         let noResponders = options?.noResponders == true && options?.headers == true
         if let currentRead {

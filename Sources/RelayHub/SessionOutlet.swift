@@ -100,10 +100,14 @@ final class SessionOutlet: Sendable {
         set { lastBatchSize.store(min(newValue, 128 << 10), ordering: .relaxed) }
     }
 
+    /// What went through this session, in and out (added to the hub's totals too).
+    let traffic: TrafficCounters
+
     init(
-        channel: any Channel, framing: ChannelWriter.Framing, maximumPendingBytes: Int,
+        channel: any Channel, framing: ChannelWriter.Framing, maximumPendingBytes: Int, totals: TrafficCounters? = nil,
         dropReport: (@Sendable (String, Int) -> [UInt8]?)? = nil
     ) {
+        self.traffic = TrafficCounters(totals: totals)
         self.writer = ChannelWriter(channel: channel, framing: framing)
         self.maximumPendingBytes = maximumPendingBytes
         self.dropReport = dropReport
@@ -112,6 +116,7 @@ final class SessionOutlet: Sendable {
     /// Writes (or holds) a batch's writes in order. Returns how many deliveries were dropped, or
     /// nil when the session is being ended as a slow consumer.
     func send(_ batch: OutletBatch) -> Int? {
+        traffic.sent(messages: batch.entries.count, bytes: batch.bytes.count)
         var refused = false
         var dropped = 0
         var overflowed = false
@@ -162,7 +167,9 @@ final class SessionOutlet: Sendable {
     @discardableResult
     func write(_ messages: [[UInt8]]) -> Bool {
         guard !messages.isEmpty else { return true }
-        guard admits(messages.reduce(0) { $0 + $1.count }) else { return false }
+        let size = messages.reduce(0) { $0 + $1.count }
+        guard admits(size) else { return false }
+        traffic.sent(messages: messages.count, bytes: size)
         writer.enqueue(messages)
         return true
     }

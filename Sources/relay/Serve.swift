@@ -18,6 +18,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("nats"), help: "Where the NATS client protocol listens, HOST:PORT (default 127.0.0.1:4222).")
     var nats: String?
 
+    @Option(name: .customLong("http"), help: "Where the monitoring endpoints listen, HOST:PORT (default 127.0.0.1:8222; 'off' turns them off).")
+    var http: String?
+
     @Option(name: .customLong("data"), help: "Where durable queues are kept (default .relay-data).")
     var data: String?
 
@@ -51,6 +54,7 @@ struct Serve: AsyncParsableCommand {
         if let webSocket { configuration.ws = try Self.address(webSocket, flag: "--ws") }
         if let tcp { configuration.tcp = try Self.address(tcp, flag: "--tcp") }
         if let nats { configuration.nats = try Self.address(nats, flag: "--nats") }
+        if let http { configuration.http = http == "off" ? nil : try Self.address(http, flag: "--http") }
         if let data { configuration.data = data }
         if let tlsCertificate {
             guard let tlsKey else { throw ValidationError("--tls-cert needs --tls-key") }

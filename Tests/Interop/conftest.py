@@ -24,7 +24,8 @@ class Hub:
         self._owns_data = data is None
         self.data = data or tempfile.mkdtemp(prefix="relay-data-")
         self.process = subprocess.Popen(
-            [RELAY_BIN, "serve", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--data", self.data, *extra_args],
+            [RELAY_BIN, "serve", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--http", "127.0.0.1:0",
+             "--data", self.data, *extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -34,6 +35,7 @@ class Hub:
         self.wss_url = None
         self.tcp_url = None
         self.nats_url = None
+        self.http_url = None
         self._ready = threading.Event()
         threading.Thread(target=self._read_log, daemon=True).start()
         if not self._ready.wait(30):
@@ -51,7 +53,9 @@ class Hub:
                 self.tcp_url = match.group(1)
             if match := re.search(r"listening on (nats://\S+)", line):
                 self.nats_url = match.group(1)
-            if (self.ws_url or self.wss_url) and self.tcp_url and self.nats_url:
+            if match := re.search(r"monitoring listening on (http://\S+)", line):
+                self.http_url = match.group(1)
+            if (self.ws_url or self.wss_url) and self.tcp_url and self.nats_url and self.http_url:
                 self._ready.set()
 
     @property

@@ -271,6 +271,13 @@ struct TokenIssuer {
         }
     }
 
+    /// A secret shorter than the hash is refused when the hub starts, with a clear line.
+    @Test func aShortHMACSecretIsAConfigurationError() {
+        var configuration = HubConfiguration()
+        configuration.jwt = .init(keys: [.init(algorithm: "HS256", secret: "short")])
+        #expect(throws: HubError.self) { try HubServer(configuration: configuration) }
+    }
+
     @Test func guestAccessCanBeSwitchedOff() async throws {
         try await withHub(users(guest: false)) { hub in
             let guest = await refusal { try await hub.connect(.ws, as: "visitor@relay.local") }

@@ -18,6 +18,7 @@ func withHub<T>(
     configuration.ws = HostAndPort(host: "127.0.0.1", port: 0)
     configuration.tcp = HostAndPort(host: "127.0.0.1", port: 0)
     configuration.nats = HostAndPort(host: "127.0.0.1", port: 0)
+    configuration.http = HostAndPort(host: "127.0.0.1", port: 0)
     let data = temporaryDataDirectory()
     configuration.data = data
     // Only the directory made here is removed; a test that names its own keeps it.

@@ -37,6 +37,12 @@ struct JWTVerifier: Sendable {
                     guard let secret = key.secret, !secret.isEmpty else {
                         throw HubError.invalidConfiguration("jwt: key \(key.kid ?? algorithm) needs a 'secret'")
                     }
+                    // As long as the hash at least (RFC 7518 §3.2); jwt-kit would trap on a shorter one.
+                    let minimum = algorithm == "HS256" ? 32 : algorithm == "HS384" ? 48 : 64
+                    guard secret.utf8.count >= minimum else {
+                        throw HubError.invalidConfiguration(
+                            "jwt: the secret of key \(key.kid ?? algorithm) must be at least \(minimum) bytes for \(algorithm)")
+                    }
                     parsed.append((.hmac(HMACKey(from: secret), digest), key.kid.map(JWKIdentifier.init(string:))))
                 case "RS256", "RS384", "RS512":
                     parsed.append(

@@ -1,0 +1,90 @@
+import Foundation
+import RelayClient
+import RelayCore
+import RelayHub
+import Testing
+
+/// Fetches a monitoring endpoint over a real socket; returns the status and the body.
+func httpGet(_ hub: TestHub, _ path: String) async throws -> (status: Int, body: String) {
+    let connection = try await RawNATSConnection.connect(port: hub.server.boundAddresses.http!.port!)
+    try await connection.send("GET \(path) HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+    var lines: [String] = []
+    for await line in connection.lines { lines.append(line) }
+    guard let statusLine = lines.first, let status = Int(statusLine.split(separator: " ")[1]),
+        let blank = lines.firstIndex(of: "")
+    else { throw TestFailure("not an HTTP response: \(lines)") }
+    return (status, lines[(blank + 1)...].joined(separator: "\n"))
+}
+
+func httpJSON(_ hub: TestHub, _ path: String) async throws -> JSONValue {
+    let (status, body) = try await httpGet(hub, path)
+    guard status == 200 else { throw TestFailure("\(path): \(status) \(body)") }
+    return try JSONParser.parse(body)
+}
+
+@Suite(.timeLimit(.minutes(1))) struct MonitoringTests {
+    /// Traffic over both dialects, then every endpoint tells what happened.
+    @Test func theEndpointsTellWhatTheTrafficDid() async throws {
+        try await withHub { hub in
+            let alice = try await hub.connect(.ws, as: "alice@relay.local/desk")
+            let orders = try await alice.subscribe("orders.*", queue: "workers")
+            _ = try await alice.request(LIMECommand(method: .set, uri: "/services/inventory", resource: ["methods": [["name": "stock"]]]))
+            _ = try await alice.request(LIMECommand(method: .set, uri: "/queues/audit", resource: ["subjects": ["audit.>"]]))
+            let nats = try await NATSClient.connect(to: "nats://127.0.0.1:\(hub.natsPort)")
+            for n in 1...10 { try nats.publish("orders.new", "order \(n)") }
+            try nats.publish("audit.login", "kept")
+            try await nats.flush()
+            var iterator = orders.makeAsyncIterator()
+            for _ in 1...10 { _ = try await iterator.next() }
+
+            let varz = try await httpJSON(hub, "/varz")
+            #expect(varz["server_name"] == "relay" && varz["connections"] == 2)
+            #expect((varz["in_msgs"]?.intValue ?? 0) >= 11 && (varz["out_msgs"]?.intValue ?? 0) >= 10)
+            #expect(varz["subscriptions"] == 1)
+            #expect(varz["listeners"]?["nats"]?.stringValue?.hasPrefix("nats://127.0.0.1:") == true)
+            #expect(varz["config"]?["users"] == 0 && varz["config"]?["limits"]?["maxSessions"] == 65_536)
+
+            let connz = try await httpJSON(hub, "/connz")
+            #expect(connz["total"] == 2)
+            let connections = connz["connections"]?.arrayValue ?? []
+            let publisher = connections.first { $0["kind"] == "nats" }
+            #expect(publisher?["in_msgs"] == 11, "the NATS session sent 11 PUBs")
+            let subscriber = connections.first { $0["kind"] == "lime-ws" }
+            #expect(subscriber?["node"] == "alice@relay.local/desk" && subscriber?["subscriptions"] == 1)
+            #expect((subscriber?["out_msgs"]?.intValue ?? 0) >= 10)
+            // Paging and sorting as nats-server's: the second of two, and the busiest sender first.
+            let second = try await httpJSON(hub, "/connz?limit=1&offset=1")
+            #expect(second["num_connections"] == 1 && second["connections"]?[0]?["cid"] == connections[1]["cid"])
+            let busiest = try await httpJSON(hub, "/connz?sort=msgs_from&limit=1")
+            #expect(busiest["connections"]?[0]?["kind"] == "nats")
+
+            let subsz = try await httpJSON(hub, "/subsz")
+            #expect(subsz["subscriptions"]?[0]?["subject"] == "orders.*" && subsz["subscriptions"]?[0]?["queue"] == "workers")
+            let queuez = try await httpJSON(hub, "/queuez")
+            #expect(queuez["queues"]?[0]?["name"] == "audit")
+            #expect(queuez["queues"]?[0]?["messages"] == 1)
+            let servicez = try await httpJSON(hub, "/servicez")
+            #expect(servicez["services"]?[0]?["name"] == "inventory" && servicez["services"]?[0]?["instances"] == 1)
+
+            #expect(try await httpGet(hub, "/healthz").status == 200)
+            #expect(try await httpGet(hub, "/readyz").status == 200)
+            #expect(try await httpGet(hub, "/nowhere").status == 404)
+            await nats.close()
+        }
+    }
+
+    /// No secret of the configuration is shown: no hash, no key digest, no JWT secret.
+    @Test func theConfigurationShownHasNoSecrets() async throws {
+        let hash = try PasswordHash.make(password: "pw", rounds: 1000).description
+        let key = KeyDigest.makeKey()
+        try await withHub({ configuration in
+            configuration.users = [.init(identity: "alice@relay.local", password: hash, key: key.digest.description)]
+            configuration.jwt = .init(keys: [.init(algorithm: "HS256", secret: "very-secret-jwt-key-of-thirty-two-bytes")])
+        }) { hub in
+            let (status, body) = try await httpGet(hub, "/varz")
+            #expect(status == 200)
+            for secret in [hash, key.digest.description, "very-secret-jwt-key", "pbkdf2"] { #expect(!body.contains(secret)) }
+            #expect(body.contains("\"users\":1"))
+        }
+    }
+}
