@@ -173,7 +173,11 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             }
             return tokens.joined(separator: ".")
         }
-        while let operation = bytes.next() {
+        // At most 128 operations an input: the model is checked by brute force, which longer inputs
+        // made slow without finding more (what a few hundred bytes cannot reach, many do not either).
+        var operations = 0
+        while let operation = bytes.next(), operations < 128 {
+            operations += 1
             switch operation % 3 {
             case 0:
                 guard let entry = bytes.next(), let filter = name(wildcards: true) else { return nil }
