@@ -92,6 +92,7 @@ extension Hub {
             perform(failures)
             return
         }
+        metrics.queueConfirmed(after: ContinuousClock.now - job.submittedAt)
         let now = Self.now()
         let outputs = state.withLock { state in
             job.copies.flatMap { state.core.persisted(queue: $0.queue, $0.queued, at: now) }

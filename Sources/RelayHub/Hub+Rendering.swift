@@ -117,11 +117,16 @@ extension Hub {
                     }
                 }
             case .startTimer(let timer, let milliseconds):
+                // Every request sent to an instance has a deadline: its latency runs from here.
+                if case .deadline(let id) = timer, state.requestStarts[id] == nil, let target = state.core.requestTarget(id) {
+                    state.requestStarts[id] = (ContinuousClock.now, target.service, target.method)
+                }
                 state.timers[timer]?.cancel()
                 state.timers[timer] = timerLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) { [weak self] in
                     self?.timerFired(timer)
                 }
             case .cancelTimer(let timer):
+                if case .deadline(let id) = timer { requestEnded(id, in: &state) }
                 state.timers.removeValue(forKey: timer)?.cancel()
             case .persist, .unpersist, .recordDeliveries, .saveQueue, .deleteQueue:
                 resolved.storage.append(output)
@@ -136,6 +141,14 @@ extension Hub {
                 }
             }
         }
+    }
+
+    /// A request's deadline was cancelled (it was answered or cancelled) or passed: its latency.
+    func requestEnded(_ id: HubCore.RequestID, in state: inout State) {
+        guard let start = state.requestStarts.removeValue(forKey: id) else { return }
+        let elapsed = ContinuousClock.now - start.at
+        metrics.requestEnded(service: start.service, method: start.method, after: elapsed)
+        state.latencies[start.service, default: [:]][start.method, default: LatencySample()].add(elapsed)
     }
 
     /// What a LIME session is told of something it sent without asking for an answer that its

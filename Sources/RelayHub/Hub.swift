@@ -82,6 +82,10 @@ public final class Hub: Sendable {
         var sessionsOpened = 0
         /// The last failure to store durable messages, for `/healthz`.
         var storageFailure: String?
+        /// When each request in flight was sent to its instance, for its latency.
+        var requestStarts: [HubCore.RequestID: (at: ContinuousClock.Instant, service: String, method: String)] = [:]
+        /// The latest latencies of each service's methods, for `/servicez`'s percentiles.
+        var latencies: [String: [String: LatencySample]] = [:]
     }
 
     public let configuration: HubConfiguration
@@ -92,6 +96,8 @@ public final class Hub: Sendable {
     private let handshakeTimeouts = Atomic<Int>(0)
     /// Messages and bytes in and out of every session, closed ones included.
     let traffic = TrafficCounters()
+    /// `/metrics`, and the latencies it records.
+    let metrics = HubMetrics()
     /// When the hub was made, for `uptime`.
     let startedAt = ContinuousClock.now
 
@@ -261,6 +267,7 @@ public final class Hub: Sendable {
     func timerFired(_ timer: HubCore.Timer) {
         let outputs = state.withLock { state in
             state.timers[timer] = nil
+            if case .deadline(let id) = timer { requestEnded(id, in: &state) }
             return state.core.timerFired(timer)
         }
         perform(outputs)

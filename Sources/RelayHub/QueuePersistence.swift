@@ -12,6 +12,8 @@ final class QueuePersistence: Sendable {
     struct Job: Sendable {
         var copies: [QueueCopy]
         var then: [HubCore.Output]
+        /// When it was handed over, for the confirmation latency (`relay_queue_confirmation_duration_seconds`).
+        var submittedAt = ContinuousClock.now
     }
 
     enum Operation: Sendable {

@@ -73,6 +73,46 @@ func httpJSON(_ hub: TestHub, _ path: String) async throws -> JSONValue {
         }
     }
 
+    struct Query: Codable, Sendable { var sku: String }
+    struct Level: Codable, Sendable { var count: Int }
+
+    /// `/metrics` in Prometheus's text format: counters equal to the traffic, request latencies
+    /// per service and method, queue gauges; `/servicez` with each method's percentiles.
+    @Test func metricsCountWhatHappened() async throws {
+        try await withHub { hub in
+            let instance = try await hub.connect(.tcp, as: "inventory@relay.local/1")
+            var inventory = ServiceDefinition("inventory", description: "Stock levels")
+            inventory.method("stock") { (query: Query, _) in Level(count: query.sku.count) }
+            let registration = try await instance.serve(inventory)
+            let caller = try await hub.connect(.ws, as: "caller@relay.local/1")
+            for _ in 1...5 { _ = try await caller.call("inventory", "stock", Query(sku: "ABC"), as: Level.self, timeout: .seconds(5)) }
+            _ = try await caller.request(LIMECommand(method: .set, uri: "/queues/audit", resource: ["subjects": ["audit.>"]]))
+            for n in 1...3 { _ = try await caller.request(LIMECommand(method: .set, uri: "/topics/audit.\(n)", resource: "x")) }
+
+            let (status, text) = try await httpGet(hub, "/metrics")
+            #expect(status == 200)
+            func value(_ series: String) -> Double? {
+                text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last!) }
+            }
+            #expect(value(#"relay_request_duration_seconds_count{service="inventory",method="stock"}"#) == 5)
+            #expect(value("relay_requests_total") == 5)
+            #expect(value("relay_connections") == 2)
+            #expect(value(#"relay_queue_messages{queue="audit"}"#) == 3)
+            #expect(value(#"relay_service_instances{service="inventory"}"#) == 1)
+            #expect(value("relay_queue_confirmation_duration_seconds_count").map { $0 >= 1 } == true)
+            #expect(text.contains("# TYPE relay_messages_received_total counter"))
+            // Counters only go up: a second scrape gives at least the first's values.
+            let (_, again) = try await httpGet(hub, "/metrics")
+            #expect(again.contains(#"relay_request_duration_seconds_count{service="inventory",method="stock"} 5"#))
+
+            let servicez = try await httpJSON(hub, "/servicez")
+            let latency = servicez["services"]?[0]?["latency"]?["stock"]
+            #expect(latency?["calls"] == 5)
+            #expect((latency?["p99_ms"]?.doubleValue ?? -1) >= (latency?["p50_ms"]?.doubleValue ?? 0))
+            try await registration.stop()
+        }
+    }
+
     /// No secret of the configuration is shown: no hash, no key digest, no JWT secret.
     @Test func theConfigurationShownHasNoSecrets() async throws {
         let hash = try PasswordHash.make(password: "pw", rounds: 1000).description

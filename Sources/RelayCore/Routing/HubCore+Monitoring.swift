@@ -48,3 +48,10 @@ extension HubCore {
     /// Requests in flight across all services.
     public var requestsInFlight: Int { inFlight.count }
 }
+
+extension HubCore {
+    /// The service and method a request in flight was sent to, for its latency.
+    public func requestTarget(_ id: RequestID) -> (service: String, method: String)? {
+        inFlight[id].map { ($0.service, $0.method) }
+    }
+}

@@ -160,10 +160,17 @@ extension Hub {
 
     /// `/servicez`: every service, its instances and its requests outstanding.
     func servicez() -> JSONObject {
-        let (services, inFlight) = state.withLock { ($0.core.serviceSummaries, $0.core.requestsInFlight) }
+        let (services, inFlight, latencies) = state.withLock { ($0.core.serviceSummaries, $0.core.requestsInFlight, $0.latencies) }
         return [
             "num_services": Self.number(services.count), "requests_in_flight": Self.number(inFlight),
-            "services": .array(services.map { .object($0) }),
+            "services": .array(
+                services.map { service in
+                    // Each method's latency over its latest calls (up to 1,024), from sending to the answer.
+                    var service = service
+                    let name = service["name"]?.stringValue?.lowercased() ?? ""
+                    service["latency"] = .object(JSONObject((latencies[name] ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, .object($0.value.summary)) }))
+                    return .object(service)
+                }),
         ]
     }
 

@@ -43,9 +43,12 @@ struct MonitoringRoutes: Sendable {
         case "/subsz": return .json(hub.subsz())
         case "/queuez": return .json(hub.queuez())
         case "/servicez": return .json(hub.servicez())
+        case "/metrics":
+            return MonitoringResponse(
+                status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(hub.metrics.scrape(hub).utf8))
         case "/":
             return .text(
-                "Relay hub monitoring: /healthz /readyz /varz /connz /subsz /queuez /servicez", status: .ok)
+                "Relay hub monitoring: /healthz /readyz /varz /connz /subsz /queuez /servicez /metrics", status: .ok)
         default:
             return .text("no such endpoint: \(path)", status: .notFound)
         }
