@@ -46,9 +46,8 @@ struct MonitoringRoutes: Sendable {
         case "/metrics":
             return MonitoringResponse(
                 status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(hub.metrics.scrape(hub).utf8))
-        case "/":
-            return .text(
-                "Relay hub monitoring: /healthz /readyz /varz /connz /subsz /queuez /servicez /metrics", status: .ok)
+        case "/", "/index.html":
+            return MonitoringResponse(status: .ok, contentType: "text/html; charset=utf-8", body: Array(StatusPage.html.utf8))
         default:
             return .text("no such endpoint: \(path)", status: .notFound)
         }
