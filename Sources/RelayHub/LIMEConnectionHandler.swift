@@ -39,9 +39,12 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         self.framing = framing
         let limits = hub.configuration.limits
         self.reader = LIMEEnvelopeReader(framing: framing, maximumEnvelopeSize: limits.maxEnvelopeBytes, maximumDepth: limits.maxJSONDepth)
+        self.logger = hub.logger
+        logger[metadataKey: "transport"] = .string(framing == .stream ? "lime-tcp" : "lime-ws")
     }
 
-    private var logger: Logger { hub.logger }
+    /// The hub's logger with this connection's session id, address and, once established, node.
+    private var logger: Logger
 
     func handlerAdded(context: ChannelHandlerContext) {
         // Over WebSocket the channel is already active when this handler joins after the upgrade.
@@ -80,16 +83,18 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
                 encryptionOptions: encryption, assignedInstance: randomTag, requiresTLS: tls?.required ?? false,
                 offersTransportScheme: hub.authenticator.checksClientCertificates))
         address = context.channel.remoteAddress?.ipAddress
+        logger[metadataKey: "address"] = .string(address ?? "-")
         let remote = context.channel.remoteAddress
         switch hub.openSession(outlet, address: address, port: remote?.port, transport: framing == .stream ? "lime-tcp" : "lime-ws") {
         case .failure(let refusal):
-            logger.warning("connection refused", metadata: ["address": "\(address ?? "-")", "why": "\(refusal)"])
+            logger.warning("connection refused", metadata: ["why": "\(refusal)"])
             let action = machine.terminated(refusal.reason)
             self.machine = machine
             execute(action, context: context)
             return
         case .success(let id):
             sessionID = id
+            logger[metadataKey: "session"] = .stringConvertible(id)
         }
         transport = CertificateNames.transportFacts(of: context.channel)
         if transport.secured {
@@ -131,7 +136,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             execute(action, context: context)
         }
         if let reason = error, !closing {
-            logger.debug("invalid input", metadata: ["session": "\(sessionID ?? 0)", "reason": "\(reason.description)"])
+            logger.debug("invalid input", metadata: ["reason": "\(reason.description)"])
             feed(context: context) { $0.invalidInputReceived(reason) }
         }
     }
@@ -162,7 +167,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             feed(context: context) { $0.invalidInputReceived(reason) }
             return
         }
-        logger.debug("connection error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
+        logger.debug("connection error", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }
 
@@ -177,7 +182,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             switch event {
             case .terminate(let reason):
                 if reason.code == ReasonCode.dispatchError {
-                    logger.info("slow consumer ended", metadata: ["session": "\(sessionID ?? 0)"])
+                    logger.info("slow consumer ended")
                 }
                 feed(context: context) { $0.terminated(reason) }
             case .shutdown:
@@ -215,6 +220,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             verify(credentials, context: context)
         case .establish(let node, let reply):
             establishTimer?.cancel()
+            logger[metadataKey: "identity"] = .string(node.description)
             if let sessionID { hub.register(sessionID, node: node, permissions: admitted) }
             write(reply, context: context)
         case .route(let envelope):
@@ -251,8 +257,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
                 logger.info(
                     "authentication refused",
                     metadata: [
-                        "identity": "\(credentials.identity?.description ?? "-")", "scheme": "\(credentials.scheme)",
-                        "address": "\(address ?? "-")",
+                        "requested": "\(credentials.identity?.description ?? "-")", "scheme": "\(credentials.scheme)",
                     ])
                 feed(context: context) { $0.credentialsRejected(reason) }
             }

@@ -37,8 +37,13 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     /// The parser failed: nothing more is read (its error may wait for a credentials check).
     private var inputEnded = false
 
+    /// The hub's logger with this connection's session id, address and, once connected, node.
+    private var logger: Logger
+
     init(hub: Hub) {
         self.hub = hub
+        self.logger = hub.logger
+        logger[metadataKey: "transport"] = "nats"
         self.parser = NATSParser(role: .server, maximumPayload: hub.configuration.limits.maxEnvelopeBytes)
     }
 
@@ -48,14 +53,16 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             channel: context.channel, framing: .stream, maximumPendingBytes: configuration.limits.maxPendingBytes, totals: hub.traffic)
         self.outlet = outlet
         address = context.channel.remoteAddress?.ipAddress
+        logger[metadataKey: "address"] = .string(address ?? "-")
         let id: SessionID
         switch hub.openSession(outlet, address: address, port: context.channel.remoteAddress?.port, transport: "nats") {
         case .failure(let refusal):
-            hub.logger.warning("NATS connection refused", metadata: ["address": "\(address ?? "-")", "why": "\(refusal)"])
+            logger.warning("NATS connection refused", metadata: ["why": "\(refusal)"])
             fail(NATSProtocolError(refusal.natsError), context: context)
             return
         case .success(let opened):
             id = opened
+            logger[metadataKey: "session"] = .stringConvertible(opened)
         }
         sessionID = id
         var info: JSONObject = [
@@ -135,7 +142,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         } catch {
             execute(&actions, context: context)
             inputEnded = true
-            hub.logger.debug("NATS protocol error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
+            logger.debug("NATS protocol error", metadata: ["error": "\(error)"])
             feed(context: context) { $0.protocolErrorOccurred(error) }
         }
     }
@@ -161,7 +168,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        hub.logger.debug("NATS connection error", metadata: ["session": "\(sessionID ?? 0)", "error": "\(error)"])
+        logger.debug("NATS connection error", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }
 
@@ -233,6 +240,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         case .register(let options):
             connectTimer?.cancel()
             guard let node = machine?.publisher else { return }
+            logger[metadataKey: "identity"] = .string(node.description)
             hub.registerNATS(sessionID, node: node, headers: options.headers, permissions: admitted)
         case .subscribe(let sid, let subject, _) where subject.hasPrefix(HubCore.queueSubjectPrefix):
             // A durable queue, consumed with acknowledgements (JetStream's MaxAckPending default as credit).
@@ -282,9 +290,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
                 admitted = permissions
                 feed(context: context) { $0.connectAccepted() }
             case .refused(let reason):
-                hub.logger.info(
-                    "NATS authentication refused",
-                    metadata: ["user": "\(options.user ?? "-")", "address": "\(address ?? "-")", "reason": "\(reason.description)"])
+                logger.info("NATS authentication refused", metadata: ["user": "\(options.user ?? "-")", "reason": "\(reason.description)"])
                 feed(context: context) { $0.connectRejected() }
             }
         }

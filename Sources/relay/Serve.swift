@@ -48,6 +48,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @Option(name: .customLong("log-format"), help: "logfmt or json: one line per event on standard error (default logfmt).")
+    var logFormat: String = "logfmt"
+
     func run() async throws {
         MemoryTuning.apply()
         var configuration = try configFile.map { try HubConfiguration.load(path: $0) } ?? HubConfiguration()
@@ -72,8 +75,11 @@ struct Serve: AsyncParsableCommand {
             configuration.tls = tls
         }
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
+        guard let format = LineLogHandler.Format(rawValue: logFormat) else {
+            throw ValidationError("--log-format expects logfmt or json, got '\(logFormat)'")
+        }
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = LineLogHandler(label: label, format: format)
             handler.logLevel = level
             return handler
         }

@@ -45,15 +45,15 @@ class Hub:
     def _read_log(self):
         for line in self.process.stderr:
             self.log.append(line)
-            if match := re.search(r"listening on (ws://\S+)", line):
+            if match := re.search(r"listening on (ws://[^\s\"]+)", line):
                 self.ws_url = match.group(1)
-            if match := re.search(r"listening on (?:.* and )?(wss://\S+)", line):
+            if match := re.search(r"listening on (?:\S+ and )?(wss://[^\s\"]+)", line):
                 self.wss_url = match.group(1)
-            if match := re.search(r"listening on (tcp://\S+)", line):
+            if match := re.search(r"listening on (tcp://[^\s\"]+)", line):
                 self.tcp_url = match.group(1)
-            if match := re.search(r"listening on (nats://\S+)", line):
+            if match := re.search(r"listening on (nats://[^\s\"]+)", line):
                 self.nats_url = match.group(1)
-            if match := re.search(r"monitoring listening on (http://\S+)", line):
+            if match := re.search(r"monitoring listening on (http://[^\s\"]+)", line):
                 self.http_url = match.group(1)
             if (self.ws_url or self.wss_url) and self.tcp_url and self.nats_url and self.http_url:
                 self._ready.set()

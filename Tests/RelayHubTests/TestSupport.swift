@@ -11,7 +11,7 @@ import Testing
 
 /// Runs `body` against a hub listening on free loopback ports, then shuts it down.
 func withHub<T>(
-    _ configure: (inout HubConfiguration) throws -> Void = { _ in },
+    _ configure: (inout HubConfiguration) throws -> Void = { _ in }, logger given: Logger? = nil,
     _ body: (TestHub) async throws -> T
 ) async throws -> T {
     var configuration = HubConfiguration()
@@ -24,8 +24,8 @@ func withHub<T>(
     // Only the directory made here is removed; a test that names its own keeps it.
     defer { try? FileManager.default.removeItem(atPath: data) }
     try configure(&configuration)
-    var logger = Logger(label: "relay.test")
-    logger.logLevel = .warning
+    var logger = given ?? Logger(label: "relay.test")
+    if given == nil { logger.logLevel = .warning }
     let server = try HubServer(configuration: configuration, logger: logger)
     try await server.start()
     let hub = TestHub(server: server)
