@@ -275,6 +275,20 @@ public final class Hub: Sendable {
 
     /// Stops accepting sessions and asks every open one to finish; returns their channels so the
     /// caller can wait for them to close.
+    /// Lame-duck mode: no new sessions, `/healthz` says draining, and NATS clients are told;
+    /// returns the requests still in flight.
+    func enterLameDuck() -> Int {
+        let (outlets, inFlight) = state.withLock { state in
+            state.acceptingSessions = false
+            return (state.sessions.values.filter { $0.natsHeaders != nil }.map(\.outlet), state.core.requestsInFlight)
+        }
+        for outlet in outlets { outlet.post(.lameDuck) }
+        return inFlight
+    }
+
+    /// Requests sent to instances and not answered yet.
+    var requestsInFlight: Int { state.withLock { $0.core.requestsInFlight } }
+
     func beginShutdown() -> [any Channel] {
         let outlets = state.withLock { state in
             state.acceptingSessions = false

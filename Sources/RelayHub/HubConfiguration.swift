@@ -51,6 +51,8 @@ public struct HubConfiguration: Sendable, Codable {
     public var tls: TLSSettings?
     /// JWTs accepted by the `external` scheme and as NATS `auth_token`; nil: none.
     public var jwt: JWTSettings?
+    /// Seconds a drain (SIGTERM) waits for the requests in flight before ending the sessions.
+    public var drainTimeoutSeconds: Double = 30
     /// Where durable queues are kept (a SQLite file inside); `relay serve --data DIR`.
     public var data: String = ".relay-data"
     /// Durable queues created at start (more can be created at run time).
@@ -162,6 +164,7 @@ public struct HubConfiguration: Sendable, Codable {
         tls = try container.decodeIfPresent(TLSSettings.self, forKey: .tls)
         jwt = try container.decodeIfPresent(JWTSettings.self, forKey: .jwt)
         data = try container.decodeIfPresent(String.self, forKey: .data) ?? defaults.data
+        drainTimeoutSeconds = try container.decodeIfPresent(Double.self, forKey: .drainTimeoutSeconds) ?? defaults.drainTimeoutSeconds
         queues = try container.decodeIfPresent([QueueSettings].self, forKey: .queues) ?? []
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()
     }

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -12,7 +13,10 @@ import UnixSignals
 public final class HubServer: Sendable {
     public let hub: Hub
     private let group: any EventLoopGroup
+    /// The session listeners (WebSocket, TCP, NATS); the monitoring one is kept apart, open
+    /// until the drain is over.
     private let listeners = Mutex<[any Channel]>([])
+    private let monitoring = Mutex<(any Channel)?>(nil)
 
     public init(
         configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -49,9 +53,45 @@ public final class HubServer: Sendable {
         if !exposed.isEmpty && configuration.tls == nil {
             hub.logger.warning("listeners reachable from other machines speak plaintext: configure TLS (docs/SECURITY.md)")
         }
-        try await hub.openStore()
+        do {
+            try await hub.openStore()
+        } catch let error as HubError {
+            throw error
+        } catch {
+            throw HubError.unusableDataDirectory("the data directory '\(configuration.data)' cannot be used: \(Self.reason(error))")
+        }
+        do {
+            try await bindListeners()
+        } catch {
+            // What did open is closed again: the hub does not run half its listeners.
+            for channel in listeners.withLock({ $0 }) { try? await channel.close() }
+            try? await monitoring.withLock({ $0 })?.close()
+            await hub.closeStore()
+            throw error
+        }
+    }
+
+    /// `error`'s reason in words: the system's for an I/O error (`Address already in use`).
+    static func reason(_ error: any Error) -> String {
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
+        // Foundation's file errors carry the system's in their underlying error.
+        let underlying = (error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError
+        if let underlying, underlying.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(underlying.code))) }
+        return (error as NSError).localizedDescription
+    }
+
+    private func bind(_ name: String, _ address: HostAndPort, _ open: (HostAndPort) async throws -> any Channel) async throws -> any Channel {
+        do {
+            return try await open(address)
+        } catch {
+            throw HubError.cannotListen("\(name) cannot listen on \(address): \(Self.reason(error))")
+        }
+    }
+
+    private func bindListeners() async throws {
+        let configuration = hub.configuration
         if let address = configuration.ws {
-            let channel = try await bindWebSocket(address)
+            let channel = try await bind("LIME over WebSocket", address, bindWebSocket)
             listeners.withLock { $0.append(channel) }
             boundAddresses.webSocket = channel.localAddress
             let bound = Self.describe(channel.localAddress, fallback: address)
@@ -61,20 +101,20 @@ public final class HubServer: Sendable {
             hub.logger.info("LIME over WebSocket listening on \(urls)")
         }
         if let address = configuration.nats {
-            let channel = try await bindNATS(address)
+            let channel = try await bind("NATS", address, bindNATS)
             listeners.withLock { $0.append(channel) }
             boundAddresses.nats = channel.localAddress
             let tls = configuration.tls.map { $0.required ? " (TLS required)" : " (TLS available)" } ?? ""
             hub.logger.info("NATS listening on nats://\(Self.describe(channel.localAddress, fallback: address))\(tls)")
         }
         if let address = configuration.http {
-            let channel = try await bindMonitoring(address)
-            listeners.withLock { $0.append(channel) }
+            let channel = try await bind("monitoring", address, bindMonitoring)
+            monitoring.withLock { $0 = channel }
             boundAddresses.http = channel.localAddress
             hub.logger.info("monitoring listening on http://\(Self.describe(channel.localAddress, fallback: address))")
         }
         if let address = configuration.tcp {
-            let channel = try await bindTCP(address)
+            let channel = try await bind("LIME over TCP", address, bindTCP)
             listeners.withLock { $0.append(channel) }
             boundAddresses.tcp = channel.localAddress
             let tls =
@@ -93,21 +133,34 @@ public final class HubServer: Sendable {
         return HostAndPort(host: address.ipAddress ?? fallback.host, port: port).description
     }
 
-    /// Stops listening, finishes every session, and waits (up to `timeout`) for their connections to close.
-    public func shutdown(timeout: TimeAmount = .seconds(5)) async {
+    /// Drains and stops (lame-duck mode, as nats-server): the session listeners stop accepting and
+    /// `/healthz` turns 503; NATS clients are told (INFO with `ldm`) so they reconnect elsewhere;
+    /// requests in flight get their answers, for up to `drainTimeout` (the configuration's
+    /// `drainTimeoutSeconds` when nil); then every session is finished and given `timeout` to
+    /// close, queued writes reach the disk, and the monitoring listener closes last.
+    public func shutdown(drainTimeout: Duration? = nil, timeout: TimeAmount = .seconds(5)) async {
         let listening = listeners.withLock { channels in
             defer { channels.removeAll() }
             return channels
         }
         for channel in listening { try? await channel.close() }
+        let drain = drainTimeout ?? .nanoseconds(Int64(hub.configuration.drainTimeoutSeconds * 1_000_000_000))
+        let waiting = hub.enterLameDuck()
+        if waiting > 0 {
+            hub.logger.info("draining: waiting for the requests in flight", metadata: ["requests": "\(waiting)", "timeout": "\(drain)"])
+        }
+        let deadline = ContinuousClock.now + drain
+        // Checked every 50 ms: answers come from other connections, on their own loops.
+        while hub.requestsInFlight > 0, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
         let sessions = hub.beginShutdown()
         let closed = EventLoopFuture.andAllComplete(sessions.map(\.closeFuture), on: group.any())
-        let deadline = group.any().scheduleTask(in: timeout) {
+        let closing = group.any().scheduleTask(in: timeout) {
             for channel in sessions { channel.close(promise: nil) }
         }
         try? await closed.get()
-        deadline.cancel()
+        closing.cancel()
         await hub.closeStore()
+        try? await monitoring.withLock({ $0 })?.close()
         let statistics = hub.statistics
         hub.logger.info(
             "hub stopped",
@@ -228,7 +281,7 @@ extension HubServer {
         if let reason = hub.unhealthyReason { return reason }
         let listening = listeners.withLock { $0 }
         if listening.isEmpty { return "the listeners are not open" }
-        if let closed = listening.first(where: { !$0.isActive }) {
+        if let closed = (listening + [monitoring.withLock { $0 }].compactMap { $0 }).first(where: { !$0.isActive }) {
             return "a listener stopped accepting (\(closed.localAddress?.description ?? "?"))"
         }
         return nil

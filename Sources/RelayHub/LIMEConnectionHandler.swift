@@ -187,6 +187,9 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
                 feed(context: context) { $0.terminated(reason) }
             case .shutdown:
                 feed(context: context) { $0.shutdownRequested() }
+            case .lameDuck:
+                // LIME has no way to say it: the session is finished when the drain ends.
+                break
             }
         default:
             context.fireUserInboundEventTriggered(event)

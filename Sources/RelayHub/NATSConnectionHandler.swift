@@ -190,6 +190,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         case .shutdown:
             closing = true
             context.close(promise: nil)
+        case .lameDuck:
+            feed(context: context) { $0.lameDuckEntered() }
         }
     }
 

@@ -9,6 +9,8 @@ enum HubSessionEvent: Sendable {
     case terminate(Reason)
     /// The hub is shutting down: finish the session.
     case shutdown
+    /// The hub is draining (lame-duck mode): tell a client that can hear it to go elsewhere.
+    case lameDuck
 }
 
 /// One write for a session: an encoded envelope or NATS operation, and, for a subscription's

@@ -21,6 +21,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("http"), help: "Where the monitoring endpoints listen, HOST:PORT (default 127.0.0.1:8222; 'off' turns them off).")
     var http: String?
 
+    @Option(name: .customLong("drain-timeout"), help: "Seconds SIGTERM's drain waits for requests in flight (default 30).")
+    var drainTimeout: Double?
+
     @Option(name: .customLong("data"), help: "Where durable queues are kept (default .relay-data).")
     var data: String?
 
@@ -59,6 +62,7 @@ struct Serve: AsyncParsableCommand {
         if let nats { configuration.nats = try Self.address(nats, flag: "--nats") }
         if let http { configuration.http = http == "off" ? nil : try Self.address(http, flag: "--http") }
         if let data { configuration.data = data }
+        if let drainTimeout { configuration.drainTimeoutSeconds = drainTimeout }
         if let tlsCertificate {
             guard let tlsKey else { throw ValidationError("--tls-cert needs --tls-key") }
             var tls = configuration.tls ?? HubConfiguration.TLSSettings(cert: tlsCertificate, key: tlsKey)

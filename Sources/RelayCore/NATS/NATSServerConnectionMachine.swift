@@ -118,6 +118,15 @@ public struct NATSServerConnectionMachine: Sendable {
         [.send([.info(configuration.info)])]
     }
 
+    /// The hub entered lame-duck mode: a connected client gets INFO again with `ldm`, as
+    /// nats-server sends it, so it reconnects to another server.
+    public mutating func lameDuckEntered() -> [Action] {
+        guard isConnected else { return [] }
+        var info = configuration.info
+        info["ldm"] = true
+        return [.send([.info(info)])]
+    }
+
     /// The client upgraded the connection to TLS after INFO.
     public mutating func transportSecured() {
         isTransportSecured = true

@@ -263,10 +263,15 @@ struct Authenticator: Sendable {
 /// Errors that stop the hub from starting.
 public enum HubError: Error, CustomStringConvertible {
     case invalidConfiguration(String)
+    /// A listener's address cannot be bound (taken, not this machine's, not allowed).
+    case cannotListen(String)
+    /// The data directory cannot be opened or written.
+    case unusableDataDirectory(String)
 
     public var description: String {
         switch self {
         case .invalidConfiguration(let text): "Invalid configuration: \(text)"
+        case .cannotListen(let text), .unusableDataDirectory(let text): text
         }
     }
 }
