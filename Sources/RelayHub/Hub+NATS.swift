@@ -11,10 +11,11 @@ extension Hub {
     // MARK: - NATS connections
 
     /// Registers an established NATS connection under its node, with what it may do.
-    func registerNATS(_ id: SessionID, node: Node, headers: Bool, permissions: Permissions?) {
+    func registerNATS(_ id: SessionID, node: Node, headers: Bool, permissions: Permissions?, source: Admission.Source) {
         state.withLock { state in
             guard let session = state.sessions[id] else { return }
             session.node = node
+            session.admission = source
             session.natsHeaders = headers
             joinIdentityGroup(session, in: &state)
             _ = state.core.register(id, node: node, permissions: permissions)

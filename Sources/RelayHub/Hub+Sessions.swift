@@ -79,10 +79,11 @@ extension Hub {
 
     /// Registers an authenticated session under its node, with what it may do; a session that
     /// held the node is ended.
-    func register(_ id: SessionID, node: Node, permissions: Permissions? = nil) {
+    func register(_ id: SessionID, node: Node, permissions: Permissions? = nil, source: Admission.Source = .guest) {
         let replaced: SessionOutlet? = state.withLock { state in
             guard let session = state.sessions[id] else { return nil }
             session.node = node
+            session.admission = source
             joinIdentityGroup(session, in: &state)
             guard let replacedID = state.core.register(id, node: node, permissions: permissions) else { return nil }
             return state.sessions[replacedID]?.outlet

@@ -55,6 +55,8 @@ public final class Hub: Sendable {
         let transport: String
         /// Whether the connection runs over TLS.
         var secured = false
+        /// Where its permissions came from, once established.
+        var admission: Admission.Source?
         let openedAt = ContinuousClock.now
 
         init(outlet: SessionOutlet, address: String?, port: Int?, transport: String) {
@@ -88,8 +90,11 @@ public final class Hub: Sendable {
         var latencies: [String: [String: LatencySample]] = [:]
     }
 
-    public let configuration: HubConfiguration
-    let authenticator: Authenticator
+    /// The configuration in force, and the authenticator made from it: both change on a reload
+    /// (SIGHUP), so they are read under their own lock.
+    let settings: Mutex<(configuration: HubConfiguration, authenticator: Authenticator)>
+    public var configuration: HubConfiguration { settings.withLock { $0.configuration } }
+    var authenticator: Authenticator { settings.withLock { $0.authenticator } }
     /// The TLS certificate every listener serves, when TLS is configured.
     let tls: TLSContextStore?
     /// Connections closed because their TLS handshake or WebSocket upgrade did not finish in time.
@@ -120,28 +125,13 @@ public final class Hub: Sendable {
         configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "relay.hub")
     ) throws {
-        self.configuration = configuration
-        self.authenticator = try Authenticator(configuration: configuration)
+        let authenticator = try Self.checkedAuthenticator(configuration)
+        self.settings = Mutex((configuration, authenticator))
         self.tls = try configuration.tls.map(TLSContextStore.init(settings:))
         self.logger = logger
         self.timerLoop = group.any()
-        guard !authenticator.schemes.isEmpty else {
-            throw HubError.invalidConfiguration("guest access is off and no users are configured: nobody could connect")
-        }
-        var admins = Set<Identity>()
-        for text in configuration.admins {
-            guard let identity = Identity(text) else { throw HubError.invalidConfiguration("admin '\(text)' is not name@domain") }
-            admins.insert(identity)
-        }
         let limits = configuration.limits
-        let core = HubCore(
-            configuration: .init(
-                hubNode: configuration.hubNode, maximumReceiptRoutes: limits.maxReceiptRoutes,
-                maximumSubscriptionsPerSession: limits.maxSubscriptionsPerSession,
-                maximumRequestsPerSession: limits.maxRequestsPerSession,
-                defaultDeadlineMilliseconds: Int(limits.defaultRequestTimeoutSeconds * 1000), admins: admins,
-                defaultDeliveryLimit: DeliveryLimit(maximumHeld: limits.maxHeldPerSubscription, policy: .dropNewest),
-                maximumSubscriptionsPerIdentity: limits.maxSubscriptionsPerIdentity))
+        let core = HubCore(configuration: try Self.coreConfiguration(configuration))
         self.state = Mutex(
             State(
                 core: core,

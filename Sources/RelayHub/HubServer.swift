@@ -309,16 +309,23 @@ final class HTTPUpgradeRequiredHandler: ChannelInboundHandler, RemovableChannelH
     }
 }
 
-/// Runs a `HubServer` under swift-service-lifecycle: starts it, reloads its TLS certificates
-/// on SIGHUP, and on graceful shutdown (SIGINT/SIGTERM) finishes every session before returning.
+/// Runs a `HubServer` under swift-service-lifecycle: starts it; on SIGHUP reads the
+/// configuration again (`configurationSource`, when given) and the TLS certificates; on graceful
+/// shutdown (SIGINT/SIGTERM) drains and finishes every session before returning.
 public struct HubService: Service {
     public let server: HubServer
     /// Whether SIGHUP reloads the TLS certificate, key and CA files.
     public var reloadsCertificatesOnSIGHUP: Bool
+    /// Reads the configuration again for SIGHUP (the file, with the command line's flags).
+    public var configurationSource: (@Sendable () throws -> HubConfiguration)?
 
-    public init(server: HubServer, reloadsCertificatesOnSIGHUP: Bool = true) {
+    public init(
+        server: HubServer, reloadsCertificatesOnSIGHUP: Bool = true,
+        configurationSource: (@Sendable () throws -> HubConfiguration)? = nil
+    ) {
         self.server = server
         self.reloadsCertificatesOnSIGHUP = reloadsCertificatesOnSIGHUP
+        self.configurationSource = configurationSource
     }
 
     public func run() async throws {
@@ -326,9 +333,20 @@ public struct HubService: Service {
         let hub = server.hub
         await withTaskGroup(of: Void.self) { group in
             group.addTask { try? await gracefulShutdown() }
-            if reloadsCertificatesOnSIGHUP && hub.tls != nil {
+            let source = configurationSource
+            if (reloadsCertificatesOnSIGHUP && hub.tls != nil) || source != nil {
+                let certificates = reloadsCertificatesOnSIGHUP && hub.tls != nil
                 group.addTask {
                     for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                        if let source {
+                            do {
+                                try hub.reload(try source())
+                            } catch {
+                                // The configuration in force stays: a bad file must not take the hub down.
+                                hub.logger.error("configuration not reloaded", metadata: ["error": "\(error)"])
+                            }
+                        }
+                        guard certificates else { continue }
                         do {
                             try hub.reloadCertificates()
                         } catch {

@@ -31,8 +31,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     private var address: String?
     /// What the transport proved of the peer (TLS, its certificate's names).
     private var transport = TransportFacts()
-    /// The permissions of the credentials accepted, until the session is registered with them.
-    private var admitted: Permissions?
+    /// The credentials accepted, until the session is registered with their permissions.
+    private var admitted: Admission?
 
     init(hub: Hub, framing: LIMEEnvelopeReader.Framing) {
         self.hub = hub
@@ -224,7 +224,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         case .establish(let node, let reply):
             establishTimer?.cancel()
             logger[metadataKey: "identity"] = .string(node.description)
-            if let sessionID { hub.register(sessionID, node: node, permissions: admitted) }
+            if let sessionID { hub.register(sessionID, node: node, permissions: admitted?.permissions, source: admitted?.source ?? .guest) }
             write(reply, context: context)
         case .route(let envelope):
             routed.append(.envelope(envelope))
@@ -254,7 +254,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         ) { [self] result in
             switch result {
             case .success(let admission):
-                admitted = admission.permissions
+                admitted = admission
                 feed(context: context) { $0.credentialsAccepted(identity: admission.identity) }
             case .failure(let reason):
                 logger.info(

@@ -30,8 +30,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var address: String?
     /// What the transport proved of the peer (TLS, its certificate's names).
     private var transport = TransportFacts()
-    /// The permissions of the credentials accepted, until the connection is registered with them.
-    private var admitted: Permissions?
+    /// The credentials accepted, until the connection is registered with their permissions.
+    private var admitted: Admission?
     /// Ends a connection that does not CONNECT in time when credentials or TLS are required.
     private var connectTimer: Scheduled<Void>?
     /// The parser failed: nothing more is read (its error may wait for a credentials check).
@@ -243,7 +243,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             connectTimer?.cancel()
             guard let node = machine?.publisher else { return }
             logger[metadataKey: "identity"] = .string(node.description)
-            hub.registerNATS(sessionID, node: node, headers: options.headers, permissions: admitted)
+            hub.registerNATS(
+                sessionID, node: node, headers: options.headers, permissions: admitted?.permissions, source: admitted?.source ?? .guest)
         case .subscribe(let sid, let subject, _) where subject.hasPrefix(HubCore.queueSubjectPrefix):
             // A durable queue, consumed with acknowledgements (JetStream's MaxAckPending default as credit).
             do {
@@ -286,10 +287,10 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         ) { [self] verdict in
             switch verdict {
             case .admitted(let admission):
-                admitted = admission.permissions
+                admitted = admission
                 feed(context: context) { $0.connectAccepted(as: Node(identity: admission.identity, instance: String(session))) }
             case .anonymous(let permissions):
-                admitted = permissions
+                admitted = Admission(identity: Identity(name: nil, domain: hub.configuration.domain), permissions: permissions, source: .guest)
                 feed(context: context) { $0.connectAccepted() }
             case .refused(let reason):
                 logger.info("NATS authentication refused", metadata: ["user": "\(options.user ?? "-")", "reason": "\(reason.description)"])

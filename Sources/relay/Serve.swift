@@ -56,6 +56,41 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.apply()
+        let configuration = try self.configuration()
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
+        guard let format = LineLogHandler.Format(rawValue: logFormat) else {
+            throw ValidationError("--log-format expects logfmt or json, got '\(logFormat)'")
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = LineLogHandler(label: label, format: format)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "relay")
+        if let threads, threads < 1 { throw ValidationError("--threads expects a positive number, got \(threads)") }
+        let loops = threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) } ?? .singleton
+        let server = try HubServer(configuration: configuration, group: loops, logger: logger)
+        // SIGHUP reads the file again. What the listener, data and TLS flags set cannot change
+        // without a restart anyway (the hub keeps it); the drain timeout's flag still wins.
+        var source: (@Sendable () throws -> HubConfiguration)?
+        if let path = configFile {
+            let drainTimeout = self.drainTimeout
+            source = { @Sendable () throws -> HubConfiguration in
+                var fresh = try HubConfiguration.load(path: path)
+                if let drainTimeout { fresh.drainTimeoutSeconds = drainTimeout }
+                return fresh
+            }
+        }
+        let service = HubService(server: server, configurationSource: source)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+
+    /// The configuration file (if any) with the flags applied over it.
+    func configuration() throws -> HubConfiguration {
         var configuration = try configFile.map { try HubConfiguration.load(path: $0) } ?? HubConfiguration()
         if let webSocket { configuration.ws = try Self.address(webSocket, flag: "--ws") }
         if let tcp { configuration.tcp = try Self.address(tcp, flag: "--tcp") }
@@ -78,24 +113,7 @@ struct Serve: AsyncParsableCommand {
             if tlsRequired { tls.required = true }
             configuration.tls = tls
         }
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
-        guard let format = LineLogHandler.Format(rawValue: logFormat) else {
-            throw ValidationError("--log-format expects logfmt or json, got '\(logFormat)'")
-        }
-        LoggingSystem.bootstrap { label in
-            var handler = LineLogHandler(label: label, format: format)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "relay")
-        if let threads, threads < 1 { throw ValidationError("--threads expects a positive number, got \(threads)") }
-        let loops = threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) } ?? .singleton
-        let server = try HubServer(configuration: configuration, group: loops, logger: logger)
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: HubService(server: server))], gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
-        try await group.run()
+        return configuration
     }
 
     static func address(_ text: String, flag: String) throws -> HostAndPort {

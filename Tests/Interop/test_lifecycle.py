@@ -61,3 +61,44 @@ def test_sigterm_drains_with_nats_py_and_lime_python_connected():
         run(scenario(), timeout=60)
     finally:
         hub.stop()
+
+
+def test_sighup_reloads_the_configuration_file_and_a_new_user_can_sign_in(tmp_path):
+    import os
+    import time
+    from conftest import relay
+
+    (password_hash,) = relay("passwd", "s3cret").stdout.split()
+    config = tmp_path / "relay.json"
+    config.write_text(json.dumps({"guest": False, "limits": {"authFailureDelaySeconds": 0},
+                                  "users": [{"identity": "alice@relay.local", "password": password_hash}]}))
+    hub = Hub("--config", str(config))
+
+    async def sign_in(user):
+        return await nats.connect(hub.nats_url, user=user, password="s3cret", allow_reconnect=False, max_reconnect_attempts=0)
+
+    async def scenario():
+        alice = await sign_in("alice")
+        try:
+            await sign_in("bob")
+            raise AssertionError("bob signed in before he was configured")
+        except Exception as error:
+            assert "authorization violation" in str(error).lower() or "Authorization" in repr(error), repr(error)
+        config.write_text(json.dumps({"guest": False, "limits": {"authFailureDelaySeconds": 0},
+                                      "users": [{"identity": "alice@relay.local", "password": password_hash},
+                                                {"identity": "bob@relay.local", "password": password_hash}]}))
+        hub.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not any("configuration reloaded" in line for line in hub.log):
+            assert time.monotonic() < deadline, "".join(hub.log)
+            await asyncio.sleep(0.05)
+        bob = await sign_in("bob")
+        # Alice's connection was not dropped.
+        await alice.flush(timeout=5)
+        await bob.close()
+        await alice.close()
+
+    try:
+        run(scenario())
+    finally:
+        assert hub.stop() == 0, "".join(hub.log)

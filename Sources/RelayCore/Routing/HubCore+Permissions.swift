@@ -112,3 +112,36 @@ extension HubCore {
         }
     }
 }
+
+extension HubCore {
+    /// A configuration read again (SIGHUP): the limits, administrators and default deadline
+    /// change for what comes next; the hub's node stays.
+    public mutating func reconfigure(_ fresh: Configuration) {
+        var fresh = fresh
+        fresh.hubNode = configuration.hubNode
+        configuration = fresh
+    }
+
+    /// A session's permissions changed (its user's configuration was read again): they apply
+    /// from now on, and its subscriptions they no longer allow end, as nats-server's reload ends
+    /// them. Returns the subscriptions (tokens) ended.
+    @discardableResult
+    public mutating func permissionsChanged(_ session: SessionID, to fresh: Permissions?) -> [String] {
+        permissions[session] = fresh
+        var ended: [String] = []
+        for (key, slot) in subscriptionSlotsByKey where key.session == session {
+            let subscription = subscriptionSlots[slot]
+            guard let fresh else {
+                subscriptionSlots[slot].checksDelivery = false
+                continue
+            }
+            if fresh.allowsSubscribe(to: subscription.filter, queue: subscription.queue) {
+                subscriptionSlots[slot].checksDelivery = fresh.subscriptionNeedsDeliveryCheck(subscription.filter, queue: subscription.queue)
+            } else {
+                removeSubscription(key)
+                ended.append(key.token)
+            }
+        }
+        return ended.sorted()
+    }
+}

@@ -199,7 +199,7 @@ public struct HubCore: Sendable {
         var deadline: Int
     }
 
-    public let configuration: Configuration
+    public internal(set) var configuration: Configuration
     public internal(set) var router: NodeRouter
     public internal(set) var statistics = Statistics()
     /// Subscriptions live in slots; the subject index holds slot numbers, so a publication reaches

@@ -6,6 +6,17 @@ import RelayCore
 struct Admission: Sendable, Equatable {
     var identity: Identity
     var permissions: Permissions?
+    /// Where the permissions come from, so a reload knows whose change.
+    var source: Source = .user
+
+    enum Source: Sendable, Equatable {
+        /// A configured user (password, key, certificate).
+        case user
+        /// A guest, or a NATS connection without credentials.
+        case guest
+        /// A JWT: its claims.
+        case token
+    }
 }
 
 /// What the transport knows of a connection that credentials may rest on.
@@ -131,7 +142,7 @@ struct Authenticator: Sendable {
                         code: ReasonCode.sessionAuthenticationFailed,
                         description: "Identity '\(identity)' requires credentials"))
             }
-            return .success(Admission(identity: identity, permissions: guestPermissions))
+            return .success(Admission(identity: identity, permissions: guestPermissions, source: .guest))
         case "transport":
             guard let identity = certificateIdentity(transport, asking: credentials.identity) else { return .failure(Self.refused) }
             return .success(admission(identity))
@@ -173,6 +184,14 @@ struct Authenticator: Sendable {
         Admission(identity: identity, permissions: accounts[identity]?.permissions)
     }
 
+    /// What a configured user may do now (nil: everything, or no such user any more).
+    func userPermissions(_ identity: Identity) -> Permissions? {
+        accounts[identity]?.permissions
+    }
+
+    /// What guests may do.
+    var guestsPermissions: Permissions? { guestPermissions }
+
     /// The identity a verified client certificate names, if it is a configured user's (and the one
     /// the client asked for, if it asked): the subject's CN or a SAN is the identity, or its name
     /// in the hub's domain.
@@ -202,7 +221,7 @@ struct Authenticator: Sendable {
                 let granted = try Self.permissions(claims.permissions, roles: claims.roles, from: roles) {
                     HubError.invalidConfiguration("unknown role '\($0)'")
                 }
-                return .success(Admission(identity: identity, permissions: granted ?? jwtPermissions))
+                return .success(Admission(identity: identity, permissions: granted ?? jwtPermissions, source: .token))
             } catch {
                 return .failure(Reason(code: ReasonCode.sessionAuthenticationFailed, description: "Invalid token: \(error)"))
             }
