@@ -173,10 +173,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             }
             return tokens.joined(separator: ".")
         }
-        // At most 128 operations an input: the model is checked by brute force, which longer inputs
+        // At most 32 operations an input: the model is checked by brute force, which longer inputs
         // made slow without finding more (what a few hundred bytes cannot reach, many do not either).
         var operations = 0
-        while let operation = bytes.next(), operations < 128 {
+        while let operation = bytes.next(), operations < 32 {
             operations += 1
             switch operation % 3 {
             case 0:
