@@ -60,7 +60,7 @@ extension HubCore {
             name: compound.name, steps: compound.steps, index: 0, params: command.resource?.objectValue ?? [:], results: [:])
         return compoundStep(
             progress, caller: CallerKey(session: session, id: callerID), callerNode: command.header.from ?? configuration.hubNode,
-            template: command)
+            template: tracedRequest(command))
     }
 
     /// Calls the next step of a compound method, or answers the caller when all are done.
@@ -69,7 +69,8 @@ extension HubCore {
             var answer = LIMECommand(
                 header: EnvelopeHeader(id: caller.id, from: configuration.hubNode, to: callerNode), method: template.method,
                 type: "application/json", resource: .object(progress.results), status: .success)
-            answer.header.metadata = nil
+            let trace = TraceContext.carried(in: template.header.metadata)
+            answer.header.metadata = trace.isEmpty ? nil : trace
             return [.send(caller.session, .command(answer))]
         }
         let step = progress.steps[progress.index]

@@ -136,7 +136,8 @@ extension HubCore {
                 continue
             }
             if fresh.allowsSubscribe(to: subscription.filter, queue: subscription.queue) {
-                subscriptionSlots[slot].checksDelivery = fresh.subscriptionNeedsDeliveryCheck(subscription.filter, queue: subscription.queue)
+                subscriptionSlots[slot].checksDelivery = fresh.subscriptionNeedsDeliveryCheck(
+                    subscription.filter, queue: subscription.queue)
             } else {
                 removeSubscription(key)
                 ended.append(key.token)

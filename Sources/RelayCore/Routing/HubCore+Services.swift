@@ -210,6 +210,7 @@ extension HubCore {
         let id = nextRequestID
         nextRequestID += 1
         statistics.requests += 1
+        let command = tracedRequest(command)
         let flight = InFlight(
             caller: caller, callerNode: command.header.from ?? configuration.hubNode, instance: instance, service: service, method: method,
             command: command, calledAgain: false, purpose: purpose, deadline: deadline)
@@ -269,12 +270,13 @@ extension HubCore {
             answer.header.from = router.node(of: flight.instance) ?? response.header.from
             answer.header.to = flight.callerNode
             answer.method = flight.command.method
+            answer.header.metadata = TraceContext.inherited(answer.header.metadata, from: flight.traceContext)
             outputs.append(.send(flight.caller.session, .command(answer)))
             if let subscription = methodSubscriptions[flight.caller], let period = subscription.periodMilliseconds {
                 outputs.append(.startTimer(.period(flight.caller), milliseconds: period))
             }
         case .natsReply(let replyTo):
-            outputs += publishReply(response, to: replyTo, from: flight.instance)
+            outputs += publishReply(response, to: replyTo, from: flight.instance, trace: flight.traceContext)
         case .compound(var progress):
             guard response.status == .success else {
                 var answer = response
@@ -282,6 +284,7 @@ extension HubCore {
                 answer.header.from = configuration.hubNode
                 answer.header.to = flight.callerNode
                 answer.method = flight.command.method
+                answer.header.metadata = TraceContext.inherited(answer.header.metadata, from: flight.traceContext)
                 answer.reason = Reason(
                     code: response.reason?.code ?? ReasonCode.generalError,
                     description:
@@ -403,7 +406,9 @@ extension HubCore {
             header: EnvelopeHeader(id: replyTo, from: message.publisher, metadata: metadata), method: .get,
             uri: "/services/\(service)/\(method)", resource: content == .null ? nil : content)
         if let reason = checkCall(command, service: service, method: method, from: session) {
-            return publishReply(LIMECommand(method: .get, status: .failure, reason: reason), to: replyTo, from: Self.hubSession)
+            return publishReply(
+                LIMECommand(method: .get, status: .failure, reason: reason), to: replyTo, from: Self.hubSession,
+                trace: TraceContext.carried(in: metadata))
         }
         let deadline = Int(metadata["#deadline"]!) ?? configuration.defaultDeadlineMilliseconds
         let outputs = dispatch(
@@ -411,15 +416,22 @@ extension HubCore {
             deadline: deadline)
         // dispatch answers a refused call with a LIME response; a NATS caller gets it on its reply subject.
         return outputs.flatMap { output -> [Output] in
-            if case .send(session, .command(let refusal)) = output { return publishReply(refusal, to: replyTo, from: Self.hubSession) }
+            if case .send(session, .command(let refusal)) = output {
+                return publishReply(refusal, to: replyTo, from: Self.hubSession, trace: TraceContext.carried(in: metadata))
+            }
             return [output]
         }
     }
 
     /// Publishes a service's response on a NATS reply subject: the result as JSON, or a failure as
-    /// the NATS micro headers `Nats-Service-Error` and `Nats-Service-Error-Code`.
-    mutating func publishReply(_ response: LIMECommand, to replyTo: String, from session: SessionID) -> [Output] {
-        var reply = PublishedMessage(subject: replyTo, publisher: router.node(of: session), body: .bytes([]))
+    /// the NATS micro headers `Nats-Service-Error` and `Nats-Service-Error-Code`; with the
+    /// response's trace context, or else its request's (`trace`).
+    mutating func publishReply(_ response: LIMECommand, to replyTo: String, from session: SessionID, trace: [String: String])
+        -> [Output]
+    {
+        let own = TraceContext.carried(in: response.header.metadata)
+        var reply = PublishedMessage(
+            subject: replyTo, publisher: router.node(of: session), body: .bytes([]), metadata: own.isEmpty ? trace : own)
         if response.status == .success {
             let resource = response.resource ?? .null
             if let text = resource.stringValue, response.type.map({ !$0.isJSON }) ?? true {
@@ -431,7 +443,8 @@ extension HubCore {
             }
         } else {
             let reason = response.reason ?? Reason(code: ReasonCode.generalError, description: "failure")
-            reply.metadata = ["Nats-Service-Error": reason.description, "Nats-Service-Error-Code": String(reason.code)]
+            reply.metadata["Nats-Service-Error"] = reason.description
+            reply.metadata["Nats-Service-Error-Code"] = String(reason.code)
         }
         return publish(reply, from: session).outputs
     }
@@ -450,9 +463,12 @@ extension HubCore {
         nextRequestID += 1
         let inbox = "_INBOX.relay.\(id)"
         let caller = CallerKey(session: session, id: callerID)
-        subjectRequests[id] = SubjectRequest(caller: caller, callerNode: command.header.from, method: command.method, inbox: inbox)
-        subjectRequestsByInbox[inbox] = id
         var metadata = command.header.metadata ?? [:]
+        startTrace(in: &metadata)
+        subjectRequests[id] = SubjectRequest(
+            caller: caller, callerNode: command.header.from, method: command.method, inbox: inbox,
+            traceContext: TraceContext.carried(in: metadata))
+        subjectRequestsByInbox[inbox] = id
         let deadline = metadata.removeValue(forKey: "#deadline").flatMap { Int($0) } ?? configuration.defaultDeadlineMilliseconds
         var publication = command
         publication.header.metadata = metadata
@@ -485,6 +501,8 @@ extension HubCore {
             response = LIMECommand(method: request.method, type: type, resourceBody: content, status: .success)
         }
         response.header.from = message.publisher
+        let trace = TraceContext.carried(in: message.metadata)
+        if !trace.isEmpty { response.header.metadata = trace }
         return endSubjectRequest(id, with: response) + [.cancelTimer(.deadline(id))]
     }
 
@@ -494,6 +512,7 @@ extension HubCore {
         var answer = response
         answer.header.id = request.caller.id
         answer.header.to = request.callerNode
+        answer.header.metadata = TraceContext.inherited(answer.header.metadata, from: request.traceContext)
         if answer.header.from == nil { answer.header.from = configuration.hubNode }
         return [.send(request.caller.session, .command(answer))]
     }

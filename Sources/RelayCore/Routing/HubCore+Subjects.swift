@@ -109,6 +109,8 @@ extension HubCore {
         _ message: PublishedMessage, from session: SessionID, targets: [Node]? = nil, noResponders: Bool = false,
         jetStream: Bool = false, into outputs: inout [Output]
     ) -> Int {
+        var message = message
+        if tracesPublication(message) { traceMessage(&message) }
         // Replies to the hub's own inboxes, and NATS requests to services, are not publications.
         if let special = specialPublication(message, from: session, jetStream: jetStream) {
             outputs += special
@@ -160,7 +162,8 @@ extension HubCore {
         if delivered == 0 {
             statistics.publicationsUnmatched += 1
             if noResponders, let replyTo = message.replyTo {
-                let status = PublishedMessage(subject: replyTo, body: .bytes([]), status: 503)
+                let status = PublishedMessage(
+                    subject: replyTo, body: .bytes([]), metadata: TraceContext.carried(in: message.metadata), status: 503)
                 deliver(status, toSubscribersOf: replyTo, of: session, into: &outputs)
             }
         }
@@ -195,6 +198,7 @@ extension HubCore {
         // A publisher with permissions is checked the usual way, which refuses what they deny.
         if !permissions.isEmpty, permissions[session] != nil { return false }
         if !subjectRequestsByInbox.isEmpty, subjectRequestsByInbox[subject] != nil { return false }
+        if tracingNeedsPublication(of: subject) { return false }
         if hasReplyTo, !services.isEmpty { return false }
         // Which queues keep a subject is learnt by `publish`, on the subject's first publication.
         if !queues.isEmpty, queuesBySubject[subject]?.isEmpty != true { return false }

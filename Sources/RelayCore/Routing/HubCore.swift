@@ -22,6 +22,9 @@ public struct HubCore: Sendable {
         public var admins: Set<Identity>
         /// The bound on deliveries held for a slow LIME subscriber, unless it asks otherwise.
         public var defaultDeliveryLimit: DeliveryLimit
+        /// When set, a message that comes without a valid W3C `traceparent` gets a new one, with
+        /// ids from this generator (see `TraceContext`); when nil, trace context is only carried.
+        public var traceIdentifiers: TraceIdentifierGenerator?
 
         public init(
             hubNode: Node, maximumReceiptRoutes: Int = 10_000, maximumSubscriptionsPerSession: Int = 10_000,
@@ -165,6 +168,8 @@ public struct HubCore: Sendable {
         var callerNode: Node?
         var method: CommandMethod
         var inbox: String
+        /// The request's trace context, for its answer.
+        var traceContext: [String: String]
     }
 
     struct CompoundProgress: Sendable {
@@ -185,6 +190,9 @@ public struct HubCore: Sendable {
         var calledAgain: Bool
         var purpose: Purpose
         var deadline: Int
+
+        /// The request's trace context, which its response gets when it carries none.
+        var traceContext: [String: String] { TraceContext.carried(in: command.header.metadata) }
     }
 
     /// A caller's standing request: answered again every period or every N events.
@@ -233,9 +241,15 @@ public struct HubCore: Sendable {
     /// The permissions of the sessions that have some (see HubCore+Permissions); a session that
     /// is not here may do everything but call `admin` methods.
     var permissions: [SessionID: Permissions] = [:]
+    /// Makes the trace context of messages that come without one, when the configuration asks.
+    var traceIdentifiers: TraceIdentifierGenerator?
+    /// The trace context of requests published with a reply subject, by that subject, so that a
+    /// reply that carries none gets its request's (see HubCore+Tracing).
+    var replyTraces = RecentMemory<String, [String: String]>(capacity: 10_000)
 
     public init(configuration: Configuration) {
         self.configuration = configuration
+        self.traceIdentifiers = configuration.traceIdentifiers
         self.router = NodeRouter(
             configuration: .init(hubNode: configuration.hubNode, maximumReceiptRoutes: configuration.maximumReceiptRoutes))
     }

@@ -14,6 +14,11 @@ struct RecentMemory<Key: Hashable & Sendable, Value: Sendable>: Sendable {
 
     subscript(key: Key) -> Value? { values[key] }
 
+    var isEmpty: Bool { values.isEmpty }
+
+    /// Forgets `key` now (its place in the order is reused in turn), returning what it held.
+    mutating func forget(_ key: Key) -> Value? { values.removeValue(forKey: key) }
+
     mutating func remember(_ value: Value, for key: Key) {
         guard capacity > 0 else { return }
         if values.updateValue(value, forKey: key) != nil { return }
