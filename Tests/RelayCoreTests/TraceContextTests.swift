@@ -168,6 +168,35 @@ import Testing
         #expect(answer.commands(to: 2).first?.header.metadata?["traceparent"] == started)
     }
 
+    /// Queued messages keep their context in the store and on every delivery, redeliveries too.
+    @Test(arguments: [false, true])
+    func aQueuedMessageKeepsItsContextThroughStoreAndRedelivery(creating: Bool) throws {
+        var hub = creating ? self.creating() : CoreHarness()
+        hub.connect(1, "p@relay.local/1")
+        hub.connect(2, "c@relay.local/1")
+        _ = try hub.core.createQueue(QueueConfiguration(name: "q", subjects: ["work"]))
+        let outputs = hub.command(1, .observe, "/topics/work", resource: "job", metadata: creating ? nil : Self.context)
+        var stored: [String: String] = [:]
+        for case .persist(let copies, _) in outputs {
+            for copy in copies {
+                stored = copy.queued.message.metadata
+                _ = hub.core.persisted(queue: copy.queue, copy.queued)
+            }
+        }
+        let parent = try #require(stored["traceparent"], "the stored copy carries the context")
+        #expect(creating ? TraceContext.isValidParent(parent) : parent == TraceContextTests.parent)
+        func delivered(_ outputs: [HubCore.Output]) -> PublishedMessage? {
+            for case .deliver(2, _, let message, _) in outputs { return message }
+            return nil
+        }
+        let first = try #require(delivered(try hub.core.attachConsumer(2, token: "queue:q", queue: "q", credit: 10)))
+        #expect(first.metadata["traceparent"] == parent)
+        let (_, delivery) = try #require(first.metadata["#delivery"].flatMap(HubCore.parseQueueDeliveryID))
+        let again = try #require(delivered(hub.core.answer(.nak(delayMilliseconds: nil), delivery: delivery, queue: "q")))
+        #expect(again.metadata["traceparent"] == parent, "a redelivery is the same message in the same trace")
+        #expect(again.metadata["tracestate"] == (creating ? nil : TraceContextTests.state))
+    }
+
     @Test func noContextIsMadeUnlessAsked() {
         var hub = CoreHarness()
         services(&hub)
