@@ -5,6 +5,7 @@ import NIOPosix
 import RelayCore
 import RelayTransport
 import Synchronization
+import Tracing
 
 // The NATS connections' operations on the hub.
 extension Hub {
@@ -58,15 +59,16 @@ extension Hub {
             // Sessions do not change while the lock is held.
             let sessions = state.sessions
             for (number, publication) in publications.enumerated() {
-                let message: PublishedMessage
+                var message: PublishedMessage
                 switch publication {
                 case .message(let published):
                     message = published
                 case .inPlace(let publication):
                     let payload = UnsafeRawBufferPointer(rebasing: bytes[publication.payload])
-                    if let recipients = forwarding.recipients(
-                        of: publication.subject, hasReplyTo: publication.replyTo != nil, from: id, toNATS: true, core: &state.core,
-                        among: sessions)
+                    if spans == nil,
+                        let recipients = forwarding.recipients(
+                            of: publication.subject, hasReplyTo: publication.replyTo != nil, from: id, toNATS: true, core: &state.core,
+                            among: sessions)
                     {
                         for (recipient, session) in recipients {
                             resolved.forwardNATS(
@@ -79,7 +81,10 @@ extension Hub {
                         subject: publication.subject, replyTo: publication.replyTo, publisher: sessions[id]?.node,
                         body: .bytes(Array(payload)))
                 }
+                let span = spans?.entered(
+                    "publish \(message.subject)", kind: .producer, subject: message.subject, dialect: "nats", metadata: &message.metadata)
                 state.core.clientPublished(message, from: id, noResponders: noResponders, into: &outputs)
+                span?.end()
                 resolve(outputs, into: &resolved, in: &state)
                 outputs.removeAll(keepingCapacity: true)
             }

@@ -5,6 +5,7 @@ import NIOPosix
 import RelayCore
 import RelayTransport
 import Synchronization
+import Tracing
 
 // Durable queues: the SQLite store behind the core's queue outputs.
 extension Hub {
@@ -64,7 +65,8 @@ extension Hub {
         }
         for output in outputs {
             switch output {
-            case .persist(let copies, let then): persistence.submit(.persist(.init(copies: copies, then: then)))
+            case .persist(let copies, let then):
+                persistence.submit(.persist(.init(copies: copies, then: then, span: spans?.storeStarted(copies))))
             case .unpersist(let queue, let sequence): persistence.submit(.write(.remove(queue: queue, sequence: sequence)))
             case .recordDeliveries(let queue, let sequence, let count):
                 persistence.submit(.write(.deliveries(queue: queue, sequence: sequence, count: count)))
@@ -77,6 +79,8 @@ extension Hub {
 
     /// A group of stored messages is on disk: deliver them and confirm their publishers.
     func persisted(_ job: QueuePersistence.Job, error: (any Error)?) {
+        if let error { job.span?.recordError(error) }
+        job.span?.end()
         if let error {
             logger.error("storing a publication failed", metadata: ["error": "\(error)"])
             state.withLock { $0.storageFailure = "storing a publication failed: \(error)" }

@@ -3,8 +3,8 @@ import Logging
 import RelayCore
 
 // Reading the configuration again (SIGHUP) without dropping sessions: users, roles, permissions,
-// JWT keys, guest access, limits, administrators and new durable queues take effect; what binds
-// sockets or files (listeners, the data directory, the domain, TLS settings) needs a restart.
+// JWT keys, guest access, limits, administrators, trace context creation and new durable queues
+// take effect; what binds sockets or files (listeners, the data directory, the domain, TLS settings) needs a restart.
 
 extension Hub {
     /// An authenticator for `configuration`, refused when nobody could connect with it.
@@ -29,7 +29,8 @@ extension Hub {
             maximumSubscriptionsPerSession: limits.maxSubscriptionsPerSession, maximumRequestsPerSession: limits.maxRequestsPerSession,
             defaultDeadlineMilliseconds: Int(limits.defaultRequestTimeoutSeconds * 1000), admins: admins,
             defaultDeliveryLimit: DeliveryLimit(maximumHeld: limits.maxHeldPerSubscription, policy: .dropNewest),
-            maximumSubscriptionsPerIdentity: limits.maxSubscriptionsPerIdentity)
+            maximumSubscriptionsPerIdentity: limits.maxSubscriptionsPerIdentity,
+            traceIdentifiers: configuration.tracing.createContext ? TraceIdentifierGenerator(seed: .random(in: .min ... .max)) : nil)
     }
 
     /// Takes a configuration read again. Throws, changing nothing, when it is invalid; returns

@@ -5,6 +5,7 @@ import NIOPosix
 import RelayCore
 import RelayTransport
 import Synchronization
+import Tracing
 
 // What the core's outputs come to: rendered for each session's dialect under the lock, grouped
 // per session, then handed to the sessions' outlets outside it.
@@ -109,6 +110,7 @@ extension Hub {
                 if let outlet = state.sessions[session]?.outlet { resolved.add(outlet) { $0 += LIMECodec.encode(envelope) } }
             case .deliver(let session, let token, let message, let limit):
                 guard let recipient = state.sessions[session] else { continue }
+                spans?.delivered(message, session: session)
                 if let headers = recipient.natsHeaders {
                     resolved.deliverNATS(message, to: recipient.outlet, token: token, limit: limit, headers: headers)
                 } else {
@@ -119,14 +121,15 @@ extension Hub {
             case .startTimer(let timer, let milliseconds):
                 // Every request sent to an instance has a deadline: its latency runs from here.
                 if case .deadline(let id) = timer, state.requestStarts[id] == nil, let target = state.core.requestTarget(id) {
-                    state.requestStarts[id] = (ContinuousClock.now, target.service, target.method)
+                    let span = spans?.requestStarted(service: target.service, method: target.method, metadata: target.metadata)
+                    state.requestStarts[id] = (ContinuousClock.now, target.service, target.method, span)
                 }
                 state.timers[timer]?.cancel()
                 state.timers[timer] = timerLoop.scheduleTask(in: .milliseconds(Int64(milliseconds))) { [weak self] in
                     self?.timerFired(timer)
                 }
             case .cancelTimer(let timer):
-                if case .deadline(let id) = timer { requestEnded(id, in: &state) }
+                if case .deadline(let id) = timer { requestEnded(id, timedOut: false, in: &state) }
                 state.timers.removeValue(forKey: timer)?.cancel()
             case .persist, .unpersist, .recordDeliveries, .saveQueue, .deleteQueue:
                 resolved.storage.append(output)
@@ -144,8 +147,12 @@ extension Hub {
     }
 
     /// A request's deadline was cancelled (it was answered or cancelled) or passed: its latency.
-    func requestEnded(_ id: HubCore.RequestID, in state: inout State) {
+    func requestEnded(_ id: HubCore.RequestID, timedOut: Bool, in state: inout State) {
         guard let start = state.requestStarts.removeValue(forKey: id) else { return }
+        if let span = start.span {
+            if timedOut { span.setStatus(SpanStatus(code: .error, message: "timed out")) }
+            span.end()
+        }
         let elapsed = ContinuousClock.now - start.at
         metrics.requestEnded(service: start.service, method: start.method, after: elapsed)
         state.latencies[start.service, default: [:]][start.method, default: LatencySample()].add(elapsed)

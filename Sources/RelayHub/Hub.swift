@@ -5,6 +5,7 @@ import NIOPosix
 import RelayCore
 import RelayTransport
 import Synchronization
+import Tracing
 
 /// The hub's shared state: every open session and the router that decides where envelopes go.
 ///
@@ -85,7 +86,7 @@ public final class Hub: Sendable {
         /// The last failure to store durable messages, for `/healthz`.
         var storageFailure: String?
         /// When each request in flight was sent to its instance, for its latency.
-        var requestStarts: [HubCore.RequestID: (at: ContinuousClock.Instant, service: String, method: String)] = [:]
+        var requestStarts: [HubCore.RequestID: (at: ContinuousClock.Instant, service: String, method: String, span: (any Span)?)] = [:]
         /// The latest latencies of each service's methods, for `/servicez`'s percentiles.
         var latencies: [String: [String: LatencySample]] = [:]
     }
@@ -120,11 +121,16 @@ public final class Hub: Sendable {
     let timerLoop: any EventLoop
     let state: Mutex<State>
     let persistence = Mutex<QueuePersistence?>(nil)
+    /// The hub's spans, when the process has a tracer.
+    let spans: HubSpans?
 
+    /// A hub on `configuration`. Its spans go to `tracer`, by default the one bootstrapped in
+    /// `InstrumentationSystem` (bootstrap it first); none are made for the no-op tracer.
     public init(
         configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "relay.hub")
+        logger: Logger = Logger(label: "relay.hub"), tracer: (any Tracer)? = nil
     ) throws {
+        self.spans = HubSpans(tracer: tracer ?? InstrumentationSystem.tracer)
         let authenticator = try Self.checkedAuthenticator(configuration)
         self.settings = Mutex((configuration, authenticator))
         self.tls = try configuration.tls.map(TLSContextStore.init(settings:))
@@ -179,16 +185,16 @@ public final class Hub: Sendable {
             items.drainInOrder { item in
                 switch item {
                 case .envelope(let envelope):
-                    outputs = state.core.envelopeReceived(envelope, from: sender)
+                    outputs = received(envelope, from: sender, core: &state.core)
                 case .publication(let publication, let bytes):
                     bytes.withUnsafeBytes { envelope in
-                        guard
+                        guard spans == nil,
                             let recipients = forwarding.recipients(
                                 of: publication.subject, hasReplyTo: false, from: sender, toNATS: false, core: &state.core,
                                 among: sessions)
                         else {
-                            outputs = state.core.envelopeReceived(
-                                .command(publication.command(from: publisher?.node, envelope: envelope)), from: sender)
+                            outputs = received(
+                                .command(publication.command(from: publisher?.node, envelope: envelope)), from: sender, core: &state.core)
                             return
                         }
                         let content = UnsafeRawBufferPointer(rebasing: envelope[publication.resource])
@@ -207,6 +213,16 @@ public final class Hub: Sendable {
             return resolved
         }
         dispatch(resolved)
+    }
+
+    /// Hands an envelope to the core, inside its entry span when the hub makes spans (which read
+    /// every publication whole: none is forwarded from its bytes then).
+    func received(_ envelope: consuming Envelope, from sender: SessionID, core: inout HubCore) -> [HubCore.Output] {
+        guard let spans else { return core.envelopeReceived(envelope, from: sender) }
+        var envelope = envelope
+        let span = spans.entered(&envelope)
+        defer { span?.end() }
+        return core.envelopeReceived(envelope, from: sender)
     }
 
     /// The recipients of a publication the core forwards (`HubCore.forward`), each with its
@@ -257,7 +273,7 @@ public final class Hub: Sendable {
     func timerFired(_ timer: HubCore.Timer) {
         let outputs = state.withLock { state in
             state.timers[timer] = nil
-            if case .deadline(let id) = timer { requestEnded(id, in: &state) }
+            if case .deadline(let id) = timer { requestEnded(id, timedOut: true, in: &state) }
             return state.core.timerFired(timer)
         }
         perform(outputs)

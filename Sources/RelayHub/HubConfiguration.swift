@@ -53,6 +53,23 @@ public struct HubConfiguration: Sendable, Codable {
     public var jwt: JWTSettings?
     /// Seconds a drain (SIGTERM) waits for the requests in flight before ending the sessions.
     public var drainTimeoutSeconds: Double = 30
+    /// W3C trace context (`traceparent`, `tracestate`), which the hub always carries.
+    public var tracing = TracingSettings()
+
+    /// What the hub does with trace context beyond carrying it.
+    public struct TracingSettings: Sendable, Codable, Equatable {
+        /// Start a trace for each message, request and queued message that arrives without a
+        /// valid `traceparent`. Off by default: it gives every NATS delivery headers (`HMSG`),
+        /// which costs bytes and the hub's fast path for plain messages.
+        public var createContext: Bool = false
+
+        public init(createContext: Bool = false) { self.createContext = createContext }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            createContext = try container.decodeIfPresent(Bool.self, forKey: .createContext) ?? false
+        }
+    }
     /// Where durable queues are kept (a SQLite file inside); `relay serve --data DIR`.
     public var data: String = ".relay-data"
     /// Durable queues created at start (more can be created at run time).
@@ -165,6 +182,7 @@ public struct HubConfiguration: Sendable, Codable {
         jwt = try container.decodeIfPresent(JWTSettings.self, forKey: .jwt)
         data = try container.decodeIfPresent(String.self, forKey: .data) ?? defaults.data
         drainTimeoutSeconds = try container.decodeIfPresent(Double.self, forKey: .drainTimeoutSeconds) ?? defaults.drainTimeoutSeconds
+        tracing = try container.decodeIfPresent(TracingSettings.self, forKey: .tracing) ?? defaults.tracing
         queues = try container.decodeIfPresent([QueueSettings].self, forKey: .queues) ?? []
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()
     }

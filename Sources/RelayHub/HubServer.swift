@@ -7,6 +7,7 @@ import RelayCore
 import RelayTransport
 import ServiceLifecycle
 import Synchronization
+import Tracing
 import UnixSignals
 
 /// The hub's listeners: LIME over WebSocket and over TCP, sharing one `Hub`.
@@ -20,9 +21,9 @@ public final class HubServer: Sendable {
 
     public init(
         configuration: HubConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "relay.hub")
+        logger: Logger = Logger(label: "relay.hub"), tracer: (any Tracer)? = nil
     ) throws {
-        self.hub = try Hub(configuration: configuration, group: group, logger: logger)
+        self.hub = try Hub(configuration: configuration, group: group, logger: logger, tracer: tracer)
         self.group = group
     }
 
@@ -80,7 +81,8 @@ public final class HubServer: Sendable {
         return (error as NSError).localizedDescription
     }
 
-    private func bind(_ name: String, _ address: HostAndPort, _ open: (HostAndPort) async throws -> any Channel) async throws -> any Channel {
+    private func bind(_ name: String, _ address: HostAndPort, _ open: (HostAndPort) async throws -> any Channel) async throws -> any Channel
+    {
         do {
             return try await open(address)
         } catch {

@@ -1,6 +1,7 @@
 import Foundation
 import RelayCore
 import Synchronization
+import Tracing
 
 /// Carries the core's storage outputs to the `QueueStore`, in order.
 ///
@@ -14,6 +15,8 @@ final class QueuePersistence: Sendable {
         var then: [HubCore.Output]
         /// When it was handed over, for the confirmation latency (`relay_queue_confirmation_duration_seconds`).
         var submittedAt = ContinuousClock.now
+        /// Its `queue store` span, when the hub makes spans.
+        var span: (any Span)?
     }
 
     enum Operation: Sendable {

@@ -18,7 +18,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("nats"), help: "Where the NATS client protocol listens, HOST:PORT (default 127.0.0.1:4222).")
     var nats: String?
 
-    @Option(name: .customLong("http"), help: "Where the monitoring endpoints listen, HOST:PORT (default 127.0.0.1:8222; 'off' turns them off).")
+    @Option(
+        name: .customLong("http"), help: "Where the monitoring endpoints listen, HOST:PORT (default 127.0.0.1:8222; 'off' turns them off).")
     var http: String?
 
     @Option(name: .customLong("drain-timeout"), help: "Seconds SIGTERM's drain waits for requests in flight (default 30).")
@@ -48,6 +49,9 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .customLong("tls-required"), help: "Refuse plaintext clients.")
     var tlsRequired = false
 
+    @Flag(name: .customLong("create-trace-context"), help: "Start a W3C trace for messages that come without a traceparent.")
+    var createTraceContext = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -74,10 +78,11 @@ struct Serve: AsyncParsableCommand {
         // without a restart anyway (the hub keeps it); the drain timeout's flag still wins.
         var source: (@Sendable () throws -> HubConfiguration)?
         if let path = configFile {
-            let drainTimeout = self.drainTimeout
+            let (drainTimeout, createTraceContext) = (self.drainTimeout, self.createTraceContext)
             source = { @Sendable () throws -> HubConfiguration in
                 var fresh = try HubConfiguration.load(path: path)
                 if let drainTimeout { fresh.drainTimeoutSeconds = drainTimeout }
+                if createTraceContext { fresh.tracing.createContext = true }
                 return fresh
             }
         }
@@ -98,6 +103,7 @@ struct Serve: AsyncParsableCommand {
         if let http { configuration.http = http == "off" ? nil : try Self.address(http, flag: "--http") }
         if let data { configuration.data = data }
         if let drainTimeout { configuration.drainTimeoutSeconds = drainTimeout }
+        if createTraceContext { configuration.tracing.createContext = true }
         if let tlsCertificate {
             guard let tlsKey else { throw ValidationError("--tls-cert needs --tls-key") }
             var tls = configuration.tls ?? HubConfiguration.TLSSettings(cert: tlsCertificate, key: tlsKey)

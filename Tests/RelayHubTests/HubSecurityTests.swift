@@ -195,7 +195,9 @@ import Testing
     /// A WebSocket connection that never completes its upgrade is closed (and counted): it is not
     /// a session yet, so nothing else would bound how long it stays.
     @Test func anUnfinishedWebSocketUpgradeIsClosed() async throws {
-        try await withHub({ $0.limits.establishTimeoutSeconds = 0.3 }) { hub in
+        // Long enough for a session to be established on a loaded machine (the whole suite runs
+        // in parallel), short enough for the test.
+        try await withHub({ $0.limits.establishTimeoutSeconds = 1.5 }) { hub in
             let raw = try await RawNATSConnection.connect(port: hub.server.boundAddresses.webSocket!.port!)
             try await raw.send("GET / HTTP/1.1\r\nHost: x\r\n")
             try await raw.channel.closeFuture.get()
@@ -203,7 +205,7 @@ import Testing
             // A completed upgrade is not closed by it: a session outlives the upgrade's deadline.
             let client = try await hub.connect(.ws, as: "late@relay.local")
             // Nothing to wait for but the deadline itself: past it, the session must still answer.
-            try await Task.sleep(for: .milliseconds(500))
+            try await Task.sleep(for: .milliseconds(2_000))
             #expect(try await client.ping().status == .success)
         }
     }

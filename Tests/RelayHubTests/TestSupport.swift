@@ -8,10 +8,11 @@ import RelayHub
 import RelayTransport
 import Synchronization
 import Testing
+import Tracing
 
 /// Runs `body` against a hub listening on free loopback ports, then shuts it down.
 func withHub<T>(
-    _ configure: (inout HubConfiguration) throws -> Void = { _ in }, logger given: Logger? = nil,
+    _ configure: (inout HubConfiguration) throws -> Void = { _ in }, logger given: Logger? = nil, tracer: (any Tracer)? = nil,
     _ body: (TestHub) async throws -> T
 ) async throws -> T {
     var configuration = HubConfiguration()
@@ -26,7 +27,7 @@ func withHub<T>(
     try configure(&configuration)
     var logger = given ?? Logger(label: "relay.test")
     if given == nil { logger.logLevel = .warning }
-    let server = try HubServer(configuration: configuration, logger: logger)
+    let server = try HubServer(configuration: configuration, logger: logger, tracer: tracer)
     try await server.start()
     let hub = TestHub(server: server)
     do {

@@ -51,7 +51,7 @@ extension HubCore {
 
 extension HubCore {
     /// The service and method a request in flight was sent to, for its latency.
-    public func requestTarget(_ id: RequestID) -> (service: String, method: String)? {
-        inFlight[id].map { ($0.service, $0.method) }
+    public func requestTarget(_ id: RequestID) -> (service: String, method: String, metadata: [String: String]?)? {
+        inFlight[id].map { ($0.service, $0.method, $0.command.header.metadata) }
     }
 }

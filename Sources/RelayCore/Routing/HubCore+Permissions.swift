@@ -119,6 +119,8 @@ extension HubCore {
     public mutating func reconfigure(_ fresh: Configuration) {
         var fresh = fresh
         fresh.hubNode = configuration.hubNode
+        // A generator already running keeps its sequence; creation switches on or off.
+        if (fresh.traceIdentifiers == nil) != (traceIdentifiers == nil) { traceIdentifiers = fresh.traceIdentifiers }
         configuration = fresh
     }
 

@@ -55,10 +55,4 @@ extension HubCore {
     func tracingNeedsPublication(of subject: String) -> Bool {
         traceIdentifiers != nil || (!replyTraces.isEmpty && replyTraces[subject] != nil)
     }
-
-    /// Switches the creation of trace context on (with ids from `generator`) or off: a reload.
-    public mutating func setTraceIdentifiers(_ generator: TraceIdentifierGenerator?) {
-        if (generator == nil) != (traceIdentifiers == nil) { traceIdentifiers = generator }
-        configuration.traceIdentifiers = generator
-    }
 }

@@ -30,8 +30,9 @@ public struct HubCore: Sendable {
             hubNode: Node, maximumReceiptRoutes: Int = 10_000, maximumSubscriptionsPerSession: Int = 10_000,
             maximumRequestsPerSession: Int = 10_000, defaultDeadlineMilliseconds: Int = 30_000, admins: Set<Identity> = [],
             defaultDeliveryLimit: DeliveryLimit = DeliveryLimit(maximumHeld: 10_000, policy: .dropNewest),
-            maximumSubscriptionsPerIdentity: Int = 100_000
+            maximumSubscriptionsPerIdentity: Int = 100_000, traceIdentifiers: TraceIdentifierGenerator? = nil
         ) {
+            self.traceIdentifiers = traceIdentifiers
             self.maximumSubscriptionsPerIdentity = maximumSubscriptionsPerIdentity
             self.defaultDeliveryLimit = defaultDeliveryLimit
             self.hubNode = hubNode
@@ -428,7 +429,7 @@ public struct HubCore: Sendable {
     /// Splits `/path?x=1&y=2` into the path and its query parameters.
     /// The subject of `/topics/SUBJECT` when it has no query, no further segment and no percent
     /// escape (what `split` and `percentDecoded` would give unchanged), or nil.
-    static func plainTopic(_ uri: String) -> String? {
+    public static func plainTopic(_ uri: String) -> String? {
         let bytes = uri.utf8
         let prefix = "/topics/".utf8
         guard bytes.count > prefix.count, bytes.starts(with: prefix) else { return nil }

@@ -36,9 +36,11 @@ extension Hub {
             "subscriptions": Self.number(subscriptions), "services": Self.number(services), "queues": Self.number(queues),
             "in_msgs": Self.number(traffic.messagesIn), "out_msgs": Self.number(traffic.messagesOut),
             "in_bytes": Self.number(traffic.bytesIn), "out_bytes": Self.number(traffic.bytesOut),
-            "published": Self.number(statistics.core.published), "publications_delivered": Self.number(statistics.core.publicationsDelivered),
+            "published": Self.number(statistics.core.published),
+            "publications_delivered": Self.number(statistics.core.publicationsDelivered),
             "publications_unmatched": Self.number(statistics.core.publicationsUnmatched),
-            "envelopes_routed": Self.number(statistics.envelopesRouted), "envelopes_undeliverable": Self.number(statistics.envelopesUndeliverable),
+            "envelopes_routed": Self.number(statistics.envelopesRouted),
+            "envelopes_undeliverable": Self.number(statistics.envelopesUndeliverable),
             "requests": Self.number(statistics.core.requests), "requests_timed_out": Self.number(statistics.core.requestsTimedOut),
             "slow_consumers": Self.number(statistics.slowConsumers), "dropped_deliveries": Self.number(statistics.droppedDeliveries),
             "permission_violations": Self.number(statistics.core.permissionViolations),
@@ -58,10 +60,12 @@ extension Hub {
             "guest": .bool(configuration.guest), "users": Self.number(configuration.users.count),
             "roles": .array(configuration.roles.keys.sorted().map { .string($0) }),
             "admins": .array(configuration.admins.map { .string($0) }), "data": .string(configuration.data),
+            "tracing": ["createContext": .bool(configuration.tracing.createContext)],
             "limits": [
                 "maxEnvelopeBytes": Self.number(limits.maxEnvelopeBytes), "maxSessions": Self.number(limits.maxSessions),
                 "establishTimeoutSeconds": .number(JSONNumber(limits.establishTimeoutSeconds)),
-                "maxPendingBytes": Self.number(limits.maxPendingBytes), "maxSubscriptionsPerSession": Self.number(limits.maxSubscriptionsPerSession),
+                "maxPendingBytes": Self.number(limits.maxPendingBytes),
+                "maxSubscriptionsPerSession": Self.number(limits.maxSubscriptionsPerSession),
                 "maxRequestsPerSession": Self.number(limits.maxRequestsPerSession),
                 "maxHeldPerSubscription": Self.number(limits.maxHeldPerSubscription),
                 "maxConnectionsPerAddress": Self.number(limits.maxConnectionsPerAddress),
@@ -168,7 +172,8 @@ extension Hub {
                     // Each method's latency over its latest calls (up to 1,024), from sending to the answer.
                     var service = service
                     let name = service["name"]?.stringValue?.lowercased() ?? ""
-                    service["latency"] = .object(JSONObject((latencies[name] ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, .object($0.value.summary)) }))
+                    service["latency"] = .object(
+                        JSONObject((latencies[name] ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, .object($0.value.summary)) }))
                     return .object(service)
                 }),
         ]
