@@ -86,6 +86,7 @@ extension Hub {
             }
         }
         settings.withLock { $0 = (taken, authenticator) }
+        monitoringAccess.accepted.withLock { $0.removeAll() }
         perform(creations)
         for (_, tokens) in ended {
             logger.info("subscriptions ended: no longer permitted", metadata: ["subscriptions": "\(tokens.joined(separator: ", "))"])

@@ -160,6 +160,10 @@ extension Hub {
     }
 
     /// A connection from `address` presented credentials the hub refused.
+    func hasFailedTooOften(_ address: String?) -> Bool {
+        state.withLock { $0.limiter.hasFailedTooOften(address, now: Self.uptime()) }
+    }
+
     func authenticationFailed(from address: String?) {
         state.withLock { $0.limiter.authenticationFailed(from: address, now: Self.uptime()) }
     }

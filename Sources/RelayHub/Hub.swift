@@ -104,6 +104,8 @@ public final class Hub: Sendable {
     let traffic = TrafficCounters()
     /// `/metrics`, and the latencies it records.
     let metrics = HubMetrics()
+    /// Who may read the monitoring endpoints.
+    let monitoringAccess = MonitoringAccess()
     /// When the hub was made, for `uptime`.
     let startedAt = ContinuousClock.now
 

@@ -53,6 +53,10 @@ public struct HubConfiguration: Sendable, Codable {
     public var jwt: JWTSettings?
     /// Seconds a drain (SIGTERM) waits for the requests in flight before ending the sessions.
     public var drainTimeoutSeconds: Double = 30
+    /// Whether the monitoring endpoints other than `/healthz` and `/readyz` need an
+    /// administrator's credentials (HTTP Basic with a user's password, or Bearer with a user's key
+    /// or a JWT; docs/OPERATIONS.md).
+    public var httpRequiresAdmin = false
     /// W3C trace context (`traceparent`, `tracestate`), which the hub always carries.
     public var tracing = TracingSettings()
 
@@ -183,6 +187,7 @@ public struct HubConfiguration: Sendable, Codable {
         data = try container.decodeIfPresent(String.self, forKey: .data) ?? defaults.data
         drainTimeoutSeconds = try container.decodeIfPresent(Double.self, forKey: .drainTimeoutSeconds) ?? defaults.drainTimeoutSeconds
         tracing = try container.decodeIfPresent(TracingSettings.self, forKey: .tracing) ?? defaults.tracing
+        httpRequiresAdmin = try container.decodeIfPresent(Bool.self, forKey: .httpRequiresAdmin) ?? defaults.httpRequiresAdmin
         queues = try container.decodeIfPresent([QueueSettings].self, forKey: .queues) ?? []
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()
     }

@@ -113,7 +113,8 @@ public final class HubServer: Sendable {
             let channel = try await bind("monitoring", address, bindMonitoring)
             monitoring.withLock { $0 = channel }
             boundAddresses.http = channel.localAddress
-            hub.logger.info("monitoring listening on http://\(Self.describe(channel.localAddress, fallback: address))")
+            let tls = configuration.tls.map { $0.required ? " (TLS required)" : " (TLS available)" } ?? ""
+            hub.logger.info("monitoring listening on http://\(Self.describe(channel.localAddress, fallback: address))\(tls)")
         }
         if let address = configuration.tcp {
             let channel = try await bind("LIME over TCP", address, bindTCP)
@@ -250,11 +251,21 @@ extension HubServer {
     /// The monitoring endpoints' HTTP/1.1 listener.
     fileprivate func bindMonitoring(_ address: HostAndPort) async throws -> any Channel {
         let routes = MonitoringRoutes(server: self)
+        let hub = self.hub
+        // `http://` and `https://` on one port when TLS is configured, as the WebSocket listener.
+        let sniffs = hub.tls != nil
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMap {
+                if sniffs {
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(TLSSniffer { hub.tlsServerHandlers() })
+                    } catch {
+                        return channel.eventLoop.makeFailedFuture(error)
+                    }
+                }
+                return channel.pipeline.configureHTTPServerPipeline().flatMap {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(MonitoringHandler(routes: routes))
                     }
@@ -270,7 +281,7 @@ extension HubServer {
         let tls = hub.configuration.tls
         for (name, address, scheme) in [
             ("ws", bound.webSocket, tls == nil ? "ws" : tls!.required ? "wss" : "ws+wss"), ("tcp", bound.tcp, "tcp"),
-            ("nats", bound.nats, "nats"), ("http", bound.http, "http"),
+            ("nats", bound.nats, "nats"), ("http", bound.http, tls == nil ? "http" : tls!.required ? "https" : "http+https"),
         ] {
             guard let address, let port = address.port else { continue }
             summary[name] = .string("\(scheme)://\(address.ipAddress ?? "?"):\(port)")

@@ -79,6 +79,8 @@ class SecureHub(Hub):
         with open(config, "w") as file:
             json.dump({
                 "guest": True,
+                "httpRequiresAdmin": True,
+                "admins": ["alice@relay.local"],
                 "limits": {"authFailureDelaySeconds": 0},
                 "users": [
                     {"identity": "alice@relay.local", "password": password_hash},
@@ -107,6 +109,34 @@ def secure_hub(pki):
     instance = SecureHub(pki)
     yield instance
     assert instance.stop() == 0, "".join(instance.log)
+
+
+def test_the_monitoring_endpoints_take_https_and_an_administrators_credentials(secure_hub, pki):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    https = secure_hub.http_url.replace("http://", "https://")
+
+    def get(url, user=None, context=None):
+        request = urllib.request.Request(url)
+        if user:
+            request.add_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    assert get(https + "/healthz", context=pki.context())[0] == 200, "the health check is open"
+    assert get(https + "/varz", context=pki.context())[0] == 401
+    assert get(https + "/varz", "reader:s3cret", pki.context())[0] == 403, "reader is no administrator"
+    status, body = get(https + "/varz", "alice:s3cret", pki.context())
+    assert status == 200
+    varz = json.loads(body)
+    assert varz["listeners"]["http"].startswith("https://") and varz["config"]["httpRequiresAdmin"] is True
+    status, body = get(secure_hub.http_url + "/healthz")
+    assert status == 403 and b"TLS required" in body
 
 
 def test_nats_py_publishes_subscribes_and_requests_over_tls(secure_hub, pki):

@@ -5,15 +5,22 @@ import RelayHub
 import Testing
 
 /// Fetches a monitoring endpoint over a real socket; returns the status and the body.
-func httpGet(_ hub: TestHub, _ path: String) async throws -> (status: Int, body: String) {
+func httpGet(_ hub: TestHub, _ path: String, headers: [String] = []) async throws -> (status: Int, body: String) {
+    let response = try await httpResponse(hub, path, headers: headers)
+    return (response.status, response.body)
+}
+
+/// The status, head lines and body of a monitoring endpoint's answer.
+func httpResponse(_ hub: TestHub, _ path: String, headers: [String] = []) async throws -> (status: Int, head: [String], body: String) {
     let connection = try await RawNATSConnection.connect(port: hub.server.boundAddresses.http!.port!)
-    try await connection.send("GET \(path) HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+    let extra = headers.map { $0 + "\r\n" }.joined()
+    try await connection.send("GET \(path) HTTP/1.1\r\nHost: relay\r\n\(extra)Connection: close\r\n\r\n")
     var lines: [String] = []
     for await line in connection.lines { lines.append(line) }
     guard let statusLine = lines.first, let status = Int(statusLine.split(separator: " ")[1]),
         let blank = lines.firstIndex(of: "")
     else { throw TestFailure("not an HTTP response: \(lines)") }
-    return (status, lines[(blank + 1)...].joined(separator: "\n"))
+    return (status, Array(lines[..<blank]), lines[(blank + 1)...].joined(separator: "\n"))
 }
 
 func httpJSON(_ hub: TestHub, _ path: String) async throws -> JSONValue {
@@ -125,6 +132,68 @@ func httpJSON(_ hub: TestHub, _ path: String) async throws -> JSONValue {
             #expect(status == 200)
             for secret in [hash, key.digest.description, "very-secret-jwt-key", "pbkdf2"] { #expect(!body.contains(secret)) }
             #expect(body.contains("\"users\":1"))
+        }
+    }
+
+    /// With `httpRequiresAdmin`, only an administrator's credentials open the endpoints (Basic
+    /// with a password, Bearer with a key); the health checks stay open.
+    @Test func theEndpointsCanBeForAdministratorsOnly() async throws {
+        let hash = try PasswordHash.make(password: "s3cret", rounds: 1000).description
+        let key = KeyDigest.makeKey()
+        try await withHub({ configuration in
+            configuration.httpRequiresAdmin = true
+            configuration.users = [
+                .init(identity: "alice@relay.local", password: hash, key: key.digest.description),
+                .init(
+                    identity: "bob@relay.local", password: hash,
+                    permissions: HubConfiguration.PermissionSettings(publish: .init(allow: ["x"]))),
+            ]
+            configuration.admins = ["alice@relay.local"]
+        }) { hub in
+            func basic(_ user: String, _ password: String) -> String {
+                "Authorization: Basic " + Data("\(user):\(password)".utf8).base64EncodedString()
+            }
+            #expect(try await httpGet(hub, "/healthz").status == 200)
+            #expect(try await httpGet(hub, "/readyz").status == 200)
+            let challenged = try await httpResponse(hub, "/varz")
+            #expect(challenged.status == 401)
+            #expect(challenged.head.contains { $0.lowercased().hasPrefix("www-authenticate: basic realm=\"relay\"") })
+            #expect(try await httpGet(hub, "/metrics", headers: [basic("alice", "wrong")]).status == 401)
+            #expect(try await httpGet(hub, "/connz", headers: [basic("bob", "s3cret")]).status == 403, "bob is no administrator")
+            let (status, body) = try await httpGet(hub, "/varz", headers: [basic("alice", "s3cret")])
+            #expect(status == 200 && body.contains("\"httpRequiresAdmin\":true"))
+            #expect(try await httpGet(hub, "/varz", headers: [basic("alice@relay.local", "s3cret")]).status == 200, "accepted again")
+            #expect(try await httpGet(hub, "/", headers: ["Authorization: Bearer \(key.key)"]).status == 200)
+            #expect(try await httpGet(hub, "/", headers: ["Authorization: Bearer nope"]).status == 401)
+            #expect(hub.server.hub.statistics.authenticationFailures == 2)
+        }
+    }
+
+    /// An address that guessed wrong too often is turned away before its credentials are checked,
+    /// as its sessions are.
+    @Test func guessingCredentialsIsLimitedPerAddress() async throws {
+        let hash = try PasswordHash.make(password: "s3cret", rounds: 1000).description
+        try await withHub({ configuration in
+            configuration.httpRequiresAdmin = true
+            configuration.users = [.init(identity: "alice@relay.local", password: hash)]
+            configuration.limits.addressLimitsOnLoopback = true
+            configuration.limits.maxAuthFailuresPerAddress = 2
+            configuration.limits.authFailureDelaySeconds = 0
+        }) { (hub: TestHub) async throws in
+            let wrong = "Authorization: Basic " + Data("alice:guess".utf8).base64EncodedString()
+            let right = "Authorization: Basic " + Data("alice:s3cret".utf8).base64EncodedString()
+            #expect(try await httpGet(hub, "/varz", headers: [wrong]).status == 401)
+            #expect(try await httpGet(hub, "/varz", headers: [wrong]).status == 401)
+            #expect(try await httpGet(hub, "/varz", headers: [right]).status == 429, "locked out for the window, right or wrong")
+            #expect(try await httpGet(hub, "/healthz").status == 200)
+        }
+    }
+
+    /// With TLS required, the monitoring listener refuses plaintext requests (health checks too).
+    @Test func plaintextIsRefusedWhenTLSIsRequired() async throws {
+        try await withTLSHub(required: true) { hub, _ in
+            let (status, body) = try await httpGet(hub, "/healthz")
+            #expect(status == 403 && body.contains("TLS required"))
         }
     }
 }

@@ -61,6 +61,7 @@ extension Hub {
             "roles": .array(configuration.roles.keys.sorted().map { .string($0) }),
             "admins": .array(configuration.admins.map { .string($0) }), "data": .string(configuration.data),
             "tracing": ["createContext": .bool(configuration.tracing.createContext)],
+            "httpRequiresAdmin": .bool(configuration.httpRequiresAdmin),
             "limits": [
                 "maxEnvelopeBytes": Self.number(limits.maxEnvelopeBytes), "maxSessions": Self.number(limits.maxSessions),
                 "establishTimeoutSeconds": .number(JSONNumber(limits.establishTimeoutSeconds)),

@@ -66,7 +66,8 @@ final class HubMetrics: Sendable {
             if delta > 0 { pushed[key] = total }
             return delta
         }
-        let counter = labels.isEmpty ? registry.makeCounter(name: name, help: help) : registry.makeCounter(name: name, labels: labels, help: help)
+        let counter =
+            labels.isEmpty ? registry.makeCounter(name: name, help: help) : registry.makeCounter(name: name, labels: labels, help: help)
         if !labels.isEmpty {
             touched.insert(key)
             labelled.withLock { $0[key] = .counter(counter) }
@@ -124,41 +125,64 @@ final class HubMetrics: Sendable {
         counter("relay_bytes_received_total", "Bytes received from clients", traffic.bytesIn, touched: &touched)
         counter("relay_bytes_sent_total", "Bytes written to clients", traffic.bytesOut, touched: &touched)
         counter("relay_publications_total", "Publications", statistics.core.published, touched: &touched)
-        counter("relay_publications_delivered_total", "Deliveries of publications", statistics.core.publicationsDelivered, touched: &touched)
-        counter("relay_publications_unmatched_total", "Publications nobody received", statistics.core.publicationsUnmatched, touched: &touched)
+        counter(
+            "relay_publications_delivered_total", "Deliveries of publications", statistics.core.publicationsDelivered, touched: &touched)
+        counter(
+            "relay_publications_unmatched_total", "Publications nobody received", statistics.core.publicationsUnmatched, touched: &touched)
         counter("relay_envelopes_routed_total", "Envelopes routed between nodes", statistics.envelopesRouted, touched: &touched)
-        counter("relay_envelopes_undeliverable_total", "Envelopes nobody could receive", statistics.envelopesUndeliverable, touched: &touched)
+        counter(
+            "relay_envelopes_undeliverable_total", "Envelopes nobody could receive", statistics.envelopesUndeliverable, touched: &touched)
         counter("relay_requests_total", "Service requests", statistics.core.requests, touched: &touched)
-        counter("relay_requests_timed_out_total", "Service requests past their deadline", statistics.core.requestsTimedOut, touched: &touched)
+        counter(
+            "relay_requests_timed_out_total", "Service requests past their deadline", statistics.core.requestsTimedOut, touched: &touched)
         counter("relay_slow_consumers_total", "Sessions ended as slow consumers", statistics.slowConsumers, touched: &touched)
-        counter("relay_dropped_deliveries_total", "Deliveries dropped by overflow policies", statistics.droppedDeliveries, touched: &touched)
-        counter("relay_permission_violations_total", "Operations refused by permissions", statistics.core.permissionViolations, touched: &touched)
+        counter(
+            "relay_dropped_deliveries_total", "Deliveries dropped by overflow policies", statistics.droppedDeliveries, touched: &touched)
+        counter(
+            "relay_permission_violations_total", "Operations refused by permissions", statistics.core.permissionViolations,
+            touched: &touched)
         counter("relay_authentication_failures_total", "Credentials refused", statistics.authenticationFailures, touched: &touched)
-        counter("relay_handshake_timeouts_total", "TLS handshakes or WebSocket upgrades not finished in time", statistics.handshakeTimeouts, touched: &touched)
+        counter(
+            "relay_handshake_timeouts_total", "TLS handshakes or WebSocket upgrades not finished in time", statistics.handshakeTimeouts,
+            touched: &touched)
         counter(
             "relay_subscriptions_refused_total", "Subscriptions refused by the per-session or per-identity bound",
             statistics.core.subscriptionsRefusedByLimits, touched: &touched)
         for queue in queues {
             guard let name = queue["name"]?.stringValue else { continue }
             let labels = [("queue", name)]
-            gauge("relay_queue_messages", "Messages a durable queue holds", Double(queue["messages"]?.intValue ?? 0), labels: labels, touched: &touched)
-            gauge("relay_queue_bytes", "Bytes a durable queue holds", Double(queue["bytes"]?.intValue ?? 0), labels: labels, touched: &touched)
-            gauge("relay_queue_consumers", "Consumers of a durable queue", Double(queue["consumers"]?.intValue ?? 0), labels: labels, touched: &touched)
-            counter("relay_queue_delivered_total", "Deliveries of a durable queue", queue["delivered"]?.intValue ?? 0, labels: labels, touched: &touched)
-            counter("relay_queue_redelivered_total", "Redeliveries of a durable queue", queue["redelivered"]?.intValue ?? 0, labels: labels, touched: &touched)
+            gauge(
+                "relay_queue_messages", "Messages a durable queue holds", Double(queue["messages"]?.intValue ?? 0), labels: labels,
+                touched: &touched)
+            gauge(
+                "relay_queue_bytes", "Bytes a durable queue holds", Double(queue["bytes"]?.intValue ?? 0), labels: labels, touched: &touched
+            )
+            gauge(
+                "relay_queue_consumers", "Consumers of a durable queue", Double(queue["consumers"]?.intValue ?? 0), labels: labels,
+                touched: &touched)
+            counter(
+                "relay_queue_delivered_total", "Deliveries of a durable queue", queue["delivered"]?.intValue ?? 0, labels: labels,
+                touched: &touched)
+            counter(
+                "relay_queue_redelivered_total", "Redeliveries of a durable queue", queue["redelivered"]?.intValue ?? 0, labels: labels,
+                touched: &touched)
             counter(
                 "relay_queue_acknowledged_total", "Acknowledged messages of a durable queue", queue["acknowledged"]?.intValue ?? 0,
                 labels: labels, touched: &touched)
             counter(
-                "relay_queue_dead_lettered_total", "Messages a durable queue sent to its dead letters", queue["deadLettered"]?.intValue ?? 0,
+                "relay_queue_dead_lettered_total", "Messages a durable queue sent to its dead letters",
+                queue["deadLettered"]?.intValue ?? 0,
                 labels: labels, touched: &touched)
         }
         for service in services {
             guard let name = service["name"]?.stringValue else { continue }
             let labels = [("service", name.lowercased())]
-            gauge("relay_service_instances", "Instances serving a service", Double(service["instances"]?.intValue ?? 0), labels: labels, touched: &touched)
             gauge(
-                "relay_service_outstanding_requests", "Requests a service has not answered yet", Double(service["outstanding"]?.intValue ?? 0),
+                "relay_service_instances", "Instances serving a service", Double(service["instances"]?.intValue ?? 0), labels: labels,
+                touched: &touched)
+            gauge(
+                "relay_service_outstanding_requests", "Requests a service has not answered yet",
+                Double(service["outstanding"]?.intValue ?? 0),
                 labels: labels, touched: &touched)
         }
 

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import RelayCore
 
 /// What the monitoring listener answers a request with.
@@ -8,6 +9,8 @@ struct MonitoringResponse: Sendable, Equatable {
     var status: HTTPResponseStatus
     var contentType: String
     var body: [UInt8]
+    /// Headers beyond the content's and the connection's.
+    var headers: [String: String] = [:]
 
     static func json(_ object: JSONObject, status: HTTPResponseStatus = .ok) -> MonitoringResponse {
         var body = JSONWriter.bytes(.object(object))
@@ -24,6 +27,8 @@ struct MonitoringResponse: Sendable, Equatable {
 struct MonitoringRoutes: Sendable {
     let server: HubServer
 
+    static func path(of uri: String) -> String { URLComponents(string: uri)?.path ?? uri }
+
     func respond(method: HTTPMethod, uri: String) -> MonitoringResponse {
         guard method == .GET || method == .HEAD else { return .text("only GET and HEAD are served here", status: .methodNotAllowed) }
         let components = URLComponents(string: uri)
@@ -33,7 +38,9 @@ struct MonitoringRoutes: Sendable {
         let hub = server.hub
         switch path {
         case "/healthz", "/readyz":
-            if let reason = server.unhealthyReason { return .json(["status": "unavailable", "reason": .string(reason)], status: .serviceUnavailable) }
+            if let reason = server.unhealthyReason {
+                return .json(["status": "unavailable", "reason": .string(reason)], status: .serviceUnavailable)
+            }
             return .json(["status": "ok"])
         case "/varz": return .json(hub.varz(listeners: server.listenerSummary))
         case "/connz":
@@ -72,22 +79,60 @@ final class MonitoringHandler: ChannelInboundHandler {
         case .body: break
         case .end:
             guard let head = head.take() else { return }
-            let response = routes.respond(method: head.method, uri: head.uri)
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: response.contentType)
-            headers.add(name: "Content-Length", value: "\(response.body.count)")
-            headers.add(name: "Cache-Control", value: "no-store")
-            if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
-            context.write(
-                wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))), promise: nil)
-            if head.method != .HEAD {
-                context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: response.body)))), promise: nil)
+            let hub = routes.server.hub
+            let secured = (try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)) != nil
+            let step = hub.monitoringAccess.step(
+                path: MonitoringRoutes.path(of: head.uri), authorization: head.headers.first(name: "Authorization"), secured: secured,
+                configuration: hub.configuration)
+            switch step {
+            case .allowed:
+                write(routes.respond(method: head.method, uri: head.uri), to: head, context: context)
+            case .refused(let response):
+                write(response, to: head, context: context)
+            case .verify(let authorization):
+                // Answered on this loop once checked; the HTTP pipeline holds later requests until then.
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                let (routes, loop, address) = (routes, context.eventLoop, context.channel.remoteAddress?.ipAddress)
+                let delay = TimeAmount.nanoseconds(Int64(hub.configuration.limits.authFailureDelaySeconds * 1_000_000_000))
+                Task {
+                    var refusal: MonitoringResponse?
+                    var after = TimeAmount.zero
+                    if hub.hasFailedTooOften(address) {
+                        refusal = .text("too many failed authentications from this address", status: .tooManyRequests)
+                    } else {
+                        refusal = await hub.monitoringAccess.verify(authorization, hub: hub, secured: secured)
+                    }
+                    if refusal?.status == .unauthorized {
+                        // As for sessions: counted, and answered late, so guessing is slow.
+                        hub.authenticationFailed(from: address)
+                        after = delay
+                    }
+                    let response = refusal
+                    loop.scheduleTask(in: after) {
+                        let (handler, context) = bound.value
+                        handler.write(response ?? routes.respond(method: head.method, uri: head.uri), to: head, context: context)
+                    }
+                }
             }
-            let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-            if !head.isKeepAlive {
-                let channel = context.channel
-                done.whenComplete { _ in channel.close(promise: nil) }
-            }
+        }
+    }
+
+    private func write(_ response: MonitoringResponse, to head: HTTPRequestHead, context: ChannelHandlerContext) {
+        var headers = HTTPHeaders()
+        for (name, value) in response.headers { headers.add(name: name, value: value) }
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Content-Length", value: "\(response.body.count)")
+        headers.add(name: "Cache-Control", value: "no-store")
+        if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))), promise: nil)
+        if head.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: response.body)))), promise: nil)
+        }
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !head.isKeepAlive {
+            let channel = context.channel
+            done.whenComplete { _ in channel.close(promise: nil) }
         }
     }
 

@@ -65,6 +65,14 @@ struct AddressLimiter: Sendable {
         return nil
     }
 
+    /// Whether `address` failed to authenticate `maximumFailures` times within the window (what
+    /// refuses its new connections), for requests that carry credentials on a connection of their
+    /// own kind (the monitoring endpoints').
+    func hasFailedTooOften(_ address: String?, now: Double) -> Bool {
+        guard !exempt(address), let address, let entry = failures[address] else { return false }
+        return now - entry.since < windowSeconds && entry.count >= maximumFailures
+    }
+
     /// A connection counted by `connectionOpened` closed.
     mutating func connectionClosed(from address: String?) {
         guard let address, !exempt(address), let count = connections[address] else { return }
