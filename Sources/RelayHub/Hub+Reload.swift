@@ -3,8 +3,9 @@ import Logging
 import RelayCore
 
 // Reading the configuration again (SIGHUP) without dropping sessions: users, roles, permissions,
-// JWT keys, guest access, limits, administrators, trace context creation and new durable queues
-// take effect; what binds sockets or files (listeners, the data directory, the domain, TLS settings) needs a restart.
+// JWT keys, guest access, limits, administrators, trace context creation, the monitoring
+// listener's credential rule and new durable queues take effect; what binds sockets or files
+// (listeners, the data directory, the domain, TLS settings) needs a restart.
 
 extension Hub {
     /// An authenticator for `configuration`, refused when nobody could connect with it.

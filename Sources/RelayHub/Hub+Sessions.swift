@@ -159,11 +159,12 @@ extension Hub {
         state.withLock { $0.sessions[id]?.secured = true }
     }
 
-    /// A connection from `address` presented credentials the hub refused.
+    /// Whether `address` failed to authenticate too often lately (see `AddressLimiter`).
     func hasFailedTooOften(_ address: String?) -> Bool {
         state.withLock { $0.limiter.hasFailedTooOften(address, now: Self.uptime()) }
     }
 
+    /// A connection from `address` presented credentials the hub refused.
     func authenticationFailed(from address: String?) {
         state.withLock { $0.limiter.authenticationFailed(from: address, now: Self.uptime()) }
     }

@@ -33,6 +33,21 @@ import Testing
         #expect(made.allSatisfy { $0.hasPrefix("00-") && $0.hasSuffix("-01") })
     }
 
+    /// A key forgotten and remembered again keeps its newer entry when its old place is reused.
+    @Test func aMemoryForgetsByPlaceWithoutLosingANewerEntry() {
+        var memory = RecentMemory<String, Int>(capacity: 3)
+        memory.remember(1, for: "a")
+        memory.remember(2, for: "b")
+        #expect(memory.forget("a") == 1)
+        memory.remember(3, for: "a")  // a new place; "a"'s first one is still in the order
+        memory.remember(4, for: "c")  // reuses that first place
+        #expect(memory["a"] == 3 && memory["b"] == 2 && memory["c"] == 4)
+        memory.remember(5, for: "d")  // the oldest live entry goes, as before
+        #expect(memory["b"] == nil && memory["a"] == 3)
+        memory.remember(6, for: "e")
+        #expect(memory["a"] == nil && memory["c"] == 4 && memory["d"] == 5 && memory["e"] == 6)
+    }
+
     @Test func theContextIsFoundWhateverTheKeysCase() {
         #expect(
             TraceContext.carried(in: ["Traceparent": Self.parent, "TraceState": "a=1", "x": "y"]) == [

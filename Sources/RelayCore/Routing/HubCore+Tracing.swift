@@ -16,13 +16,7 @@ extension HubCore {
             message.metadata.merge(request) { own, _ in own }
             context = request
         }
-        if traceIdentifiers != nil {
-            var metadata = message.metadata
-            if startTrace(in: &metadata) {
-                message.metadata = metadata
-                context = TraceContext.carried(in: metadata)
-            }
-        }
+        if startTrace(in: &message.metadata) { context = TraceContext.carried(in: message.metadata) }
         if let replyTo = message.replyTo, !context.isEmpty { replyTraces.remember(context, for: replyTo) }
     }
 

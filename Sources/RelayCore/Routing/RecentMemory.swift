@@ -4,7 +4,9 @@
 /// message's receipts, which requests ended recently).
 struct RecentMemory<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     let capacity: Int
-    private var values: [Key: Value] = [:]
+    /// Each value with the place in `order` it was remembered at: a place reused after its key was
+    /// forgotten and remembered again elsewhere must not forget the newer entry.
+    private var values: [Key: (value: Value, place: Int)] = [:]
     private var order: [Key] = []
     private var oldest = 0
 
@@ -12,21 +14,27 @@ struct RecentMemory<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         self.capacity = capacity
     }
 
-    subscript(key: Key) -> Value? { values[key] }
+    subscript(key: Key) -> Value? { values[key]?.value }
 
     var isEmpty: Bool { values.isEmpty }
 
-    /// Forgets `key` now (its place in the order is reused in turn), returning what it held.
-    mutating func forget(_ key: Key) -> Value? { values.removeValue(forKey: key) }
+    /// Forgets `key` now, returning what it held (its place in the order is reused in turn).
+    mutating func forget(_ key: Key) -> Value? { values.removeValue(forKey: key)?.value }
 
     mutating func remember(_ value: Value, for key: Key) {
         guard capacity > 0 else { return }
-        if values.updateValue(value, forKey: key) != nil { return }
+        if let place = values[key]?.place {
+            values[key] = (value, place)
+            return
+        }
         if order.count < capacity {
+            values[key] = (value, order.count)
             order.append(key)
         } else {
-            values[order[oldest]] = nil
+            let evicted = order[oldest]
+            if values[evicted]?.place == oldest { values[evicted] = nil }
             order[oldest] = key
+            values[key] = (value, oldest)
             oldest = (oldest + 1) % order.count
         }
     }

@@ -3,7 +3,7 @@
 ///
 /// The hub keeps both as they arrive on every hop (publications, requests, queued messages and
 /// their redeliveries), gives a response the context of its request when it carries none of its
-/// own, and, when asked to (`HubCore.Configuration.createsTraceContext`), starts a trace for a
+/// own, and, when asked to (`HubCore.Configuration.traceIdentifiers`), starts a trace for a
 /// message that comes without a valid one.
 public enum TraceContext {
     public static let parentKey = "traceparent"
