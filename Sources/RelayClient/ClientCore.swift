@@ -20,6 +20,26 @@ final class ClientCore: Sendable {
         var services: [String: AsyncStream<LIMECommand>.Continuation] = [:]
         var endReason: Reason??
         var endWaiters: [CheckedContinuation<Reason?, Never>] = []
+        /// The number of the connection in use; what an older one reports is ignored.
+        var generation = 0
+        /// Why the current connection was lost, until the next one begins.
+        var lost: Reason?
+        var lossWaiter: CheckedContinuation<Reason?, Never>?
+        /// The next loss ends the client: the application finished or closed it, or it does not
+        /// reconnect.
+        var final = false
+        /// What re-creates, on a new connection, what the application set up, in its order.
+        var restorations: [Restoration] = []
+    }
+
+    /// A command that re-creates something on a new connection: a subscription, a consumer, a
+    /// served service, a standing request.
+    struct Restoration: Sendable {
+        /// What it restores (a subscription's token, `service:NAME`, `watch:ID`).
+        let key: String
+        let command: LIMECommand
+        /// Whether the hub answers it (a standing request's answers go to its stream instead).
+        let awaitsResponse: Bool
     }
 
     private let state = Mutex(State())
@@ -31,7 +51,8 @@ final class ClientCore: Sendable {
     private let commandInput: AsyncStream<LIMECommand>.Continuation
     private let dropped = Atomic<Int>(0)
 
-    init(bufferSize: Int) {
+    init(bufferSize: Int, reconnects: Bool) {
+        state.withLock { $0.final = !reconnects }
         (messages, messageInput) = AsyncStream.makeStream(of: LIMEMessage.self, bufferingPolicy: .bufferingOldest(bufferSize))
         (notifications, notificationInput) = AsyncStream.makeStream(
             of: LIMENotification.self, bufferingPolicy: .bufferingOldest(bufferSize))
@@ -56,6 +77,7 @@ final class ClientCore: Sendable {
         try await withCheckedThrowingContinuation { continuation in
             let result: Result<(Node, Node?), any Error>? = state.withLock { state in
                 if let session = state.session { return .success(session) }
+                if let lost = state.lost { return .failure(LIMEClientError.sessionFailed(lost)) }
                 if let ended = state.endReason {
                     return .failure(
                         LIMEClientError.sessionFailed(ended ?? Reason(code: ReasonCode.sessionError, description: "The session ended")))
@@ -172,9 +194,11 @@ final class ClientCore: Sendable {
 
     /// The session ended: nil reason for a clean finish.
     func ended(_ reason: Reason?) {
-        let (connectWaiter, pending, endWaiters, streams, inboxes, services) = state.withLock { state in
+        let (connectWaiter, pending, endWaiters, streams, inboxes, services, lossWaiter) = state.withLock { state in
             if state.endReason == nil { state.endReason = .some(reason) }
             defer {
+                state.lossWaiter = nil
+                state.restorations.removeAll()
                 state.connectWaiter = nil
                 state.pending.removeAll()
                 state.endWaiters.removeAll()
@@ -184,9 +208,10 @@ final class ClientCore: Sendable {
             }
             return (
                 state.connectWaiter, Array(state.pending.values), state.endWaiters, Array(state.responseStreams.values),
-                Array(state.subscriptions.values), Array(state.services.values)
+                Array(state.subscriptions.values), Array(state.services.values), state.lossWaiter
             )
         }
+        lossWaiter?.resume(returning: nil)
         for stream in streams { stream.finish() }
         for inbox in inboxes { inbox.finish() }
         for service in services { service.finish() }
@@ -199,9 +224,94 @@ final class ClientCore: Sendable {
         commandInput.finish()
     }
 
-    func connectionClosed() {
-        ended(Reason(code: ReasonCode.sessionError, description: "The connection closed"))
+    // MARK: - Connections coming and going
+
+    /// A new connection begins; returns its number, which its handler reports with.
+    func beginConnection() -> Int {
+        state.withLock { state in
+            state.generation += 1
+            state.lost = nil
+            state.session = nil
+            return state.generation
+        }
     }
+
+    /// Connection `generation` ended: the session finished (nil) or failed, or the connection
+    /// closed. The first report counts. The client ends if it is not to reconnect; otherwise the
+    /// requests waiting for responses fail with `disconnected` and the reconnection is woken.
+    func connectionEnded(_ generation: Int, reason: Reason?) {
+        let outcome = state.withLock {
+            state -> (
+                waiters: [CheckedContinuation<LIMECommand, any Error>], connect: CheckedContinuation<(Node, Node?), any Error>?,
+                loss: CheckedContinuation<Reason?, Never>?, lost: Reason
+            )? in
+            // Replaced by a session of the same node: reconnecting would replace that one in turn.
+            if reason?.isSessionReplacement == true { state.final = true }
+            guard generation == state.generation, state.lost == nil, state.endReason == nil, !state.final else { return nil }
+            let lost = reason ?? Reason(code: ReasonCode.sessionError, description: "The hub finished the session")
+            state.lost = lost
+            defer {
+                state.pending.removeAll()
+                state.connectWaiter = nil
+                state.lossWaiter = nil
+            }
+            return (Array(state.pending.values), state.connectWaiter, state.lossWaiter, lost)
+        }
+        guard let outcome else {
+            let ends = state.withLock { $0.generation == generation && $0.endReason == nil && $0.final }
+            if ends { ended(reason) }
+            return
+        }
+        for waiter in outcome.waiters { waiter.resume(throwing: LIMEClientError.disconnected) }
+        outcome.connect?.resume(throwing: LIMEClientError.sessionFailed(outcome.lost))
+        outcome.loss?.resume(returning: outcome.lost)
+    }
+
+    /// Waits until the current connection is lost; returns why, or nil once the client has ended
+    /// or is to end.
+    func waitForLoss() async -> Reason? {
+        await withCheckedContinuation { continuation in
+            let now: Reason?? = state.withLock { state in
+                if state.endReason != nil || state.final { return .some(nil) }
+                if let lost = state.lost { return .some(lost) }
+                state.lossWaiter = continuation
+                return nil
+            }
+            if let now { continuation.resume(returning: now) }
+        }
+    }
+
+    /// Whether the connection is lost and not yet replaced.
+    var isDisconnected: Bool { state.withLock { $0.lost != nil && $0.endReason == nil } }
+
+    /// The application finishes or closes the client: the next loss ends it, and a reconnection
+    /// waiting for a loss stops waiting.
+    func becomeFinal() {
+        let waiter = state.withLock { state in
+            state.final = true
+            defer { state.lossWaiter = nil }
+            return state.lossWaiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    /// Whether the client ends at the next loss instead of reconnecting.
+    var isFinal: Bool { state.withLock { $0.final } }
+
+    // MARK: - Restorations
+
+    func addRestoration(_ restoration: Restoration) {
+        state.withLock { state in
+            state.restorations.removeAll { $0.key == restoration.key }
+            state.restorations.append(restoration)
+        }
+    }
+
+    func removeRestoration(_ key: String) {
+        state.withLock { $0.restorations.removeAll { $0.key == key } }
+    }
+
+    var restorations: [Restoration] { state.withLock { $0.restorations } }
 
     /// Waits until the session ends; returns the failure reason, or nil for a clean finish.
     func waitForEnd() async -> Reason? {
@@ -226,6 +336,14 @@ public enum LIMEClientError: Error, CustomStringConvertible, Equatable {
     case timedOut(String)
     /// The WebSocket upgrade was refused.
     case upgradeRefused
+    /// The connection was lost while the request waited for its response (the client
+    /// reconnects; a request sent again may be carried out twice).
+    case disconnected
+    /// Envelopes wait while the client reconnects, up to `ReconnectPolicy.bufferBytes`; this one
+    /// did not fit.
+    case reconnectBufferFull
+    /// The server's protocol cannot express this (a NATS server has no services, for one).
+    case unsupported(String)
 
     public var description: String {
         switch self {
@@ -233,6 +351,9 @@ public enum LIMEClientError: Error, CustomStringConvertible, Equatable {
         case .sessionFailed(let reason): "Session failed: \(reason.description) (code \(reason.code))"
         case .timedOut(let what): "Timed out: \(what)"
         case .upgradeRefused: "The server refused the WebSocket upgrade"
+        case .disconnected: "Disconnected: the connection was lost before the response came"
+        case .reconnectBufferFull: "The reconnect buffer is full"
+        case .unsupported(let what): "Not supported: \(what)"
         }
     }
 }

@@ -26,8 +26,23 @@ public final class LIMEClient: Sendable {
         case external(token: String, issuer: String? = nil)
         /// The TLS client certificate of `Options.tls` names the identity.
         case transport
+
+        /// The scheme and the `authentication` object of the session's `authenticating` envelope.
+        var sessionFields: (scheme: String, authentication: JSONObject) {
+            switch self {
+            case .guest: return ("guest", [:])
+            case .plain(let password): return ("plain", ["password": .string(Data(password.utf8).base64EncodedString())])
+            case .key(let key): return ("key", ["key": .string(Data(key.utf8).base64EncodedString())])
+            case .external(let token, let issuer):
+                var fields: JSONObject = ["token": .string(Data(token.utf8).base64EncodedString())]
+                if let issuer { fields["issuer"] = .string(issuer) }
+                return ("external", fields)
+            case .transport: return ("transport", [:])
+            }
+        }
     }
 
+    /// What the client is given at connect time and keeps for every reconnection.
     public struct Options: Sendable {
         /// The identity to authenticate as (`name@domain`); nil lets a guest hub pick one.
         public var identity: Identity?
@@ -48,6 +63,8 @@ public final class LIMEClient: Sendable {
         /// TLS: with options, a `tcp://` session insists on TLS (negotiated after `new`); `wss://`
         /// is TLS anyway (the system's roots when nil).
         public var tls: TLSClientOptions?
+        /// How the client reconnects when the connection is lost (`.never` to end instead).
+        public var reconnect = ReconnectPolicy()
 
         public init(
             identity: Identity? = nil, instance: String? = nil, authentication: Authentication = .guest,
@@ -64,17 +81,40 @@ public final class LIMEClient: Sendable {
         }
     }
 
-    private let channel: any Channel
-    /// Coalesces what the client sends into one flush per turn of the connection's event loop (the
-    /// session handler's own envelopes go through it too, so the order is kept).
-    private let writer: ChannelWriter
+    /// The connection in use, or what waits for the next one.
+    struct Link: Sendable {
+        /// The connection while it is up and restored.
+        var transport: LIMETransport?
+        /// Envelopes sent while reconnecting, in order, with their size in all.
+        var held: [[UInt8]] = []
+        var heldBytes = 0
+        var session: (local: Node, remote: Node?)
+        var server: String
+        var reconnects = 0
+    }
+
     let core: ClientCore
     let options: Options
+    let link: Mutex<Link>
+    let servers: [String]
+    let group: any EventLoopGroup
+    let connectionEvents = ConnectionEvents()
+    let supervisor = Mutex<Task<Void, Never>?>(nil)
 
-    /// The node the hub gave this client.
-    public let localNode: Node
+    /// The node the hub gave this client (on the connection in use).
+    public var localNode: Node { link.withLock { $0.session.local } }
     /// The hub's node.
-    public let remoteNode: Node?
+    public var remoteNode: Node? { link.withLock { $0.session.remote } }
+    /// The server of the connection in use (or the last one).
+    public var connectedServer: String { link.withLock { $0.server } }
+    /// How many times the client has reconnected.
+    public var reconnectCount: Int { link.withLock { $0.reconnects } }
+    /// Whether a connection is up (and what was set up on it restored).
+    public var isConnected: Bool { link.withLock { $0.transport != nil } }
+
+    /// What happens to the connection: `disconnected`, `reconnected`, `slowConsumer`... (the newest
+    /// 100 wait for a reader).
+    public var events: AsyncStream<ConnectionEvent> { connectionEvents.stream }
 
     /// Messages addressed to this client, in arrival order.
     public var messages: AsyncStream<LIMEMessage> { core.messages }
@@ -85,15 +125,12 @@ public final class LIMEClient: Sendable {
     /// Envelopes dropped because a stream's buffer was full.
     public var droppedCount: Int { core.droppedCount }
 
-    private init(
-        transport: LIMETransport, core: ClientCore, options: Options, localNode: Node, remoteNode: Node?
-    ) {
-        self.channel = transport.channel
-        self.writer = transport.writer
+    private init(core: ClientCore, options: Options, servers: [String], group: any EventLoopGroup, first: Connection) {
         self.core = core
         self.options = options
-        self.localNode = localNode
-        self.remoteNode = remoteNode
+        self.servers = servers
+        self.group = group
+        self.link = Mutex(Link(transport: first.transport, session: first.session, server: first.server))
     }
 
     /// Connects with an identity given as text (`name@domain`).
@@ -118,48 +155,72 @@ public final class LIMEClient: Sendable {
     public static func connect(
         to url: String, options: Options, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> LIMEClient {
-        guard let endpoint = LIMEEndpoint(url) else { throw LIMEClientError.invalidURL(url) }
-        let core = ClientCore(bufferSize: options.bufferSize)
-        var authentication = JSONObject()
-        let scheme: String
-        switch options.authentication {
-        case .guest:
-            scheme = "guest"
-        case .plain(let password):
-            scheme = "plain"
-            authentication["password"] = .string(Data(password.utf8).base64EncodedString())
-        case .key(let key):
-            scheme = "key"
-            authentication["key"] = .string(Data(key.utf8).base64EncodedString())
-        case .external(let token, let issuer):
-            scheme = "external"
-            authentication["token"] = .string(Data(token.utf8).base64EncodedString())
-            if let issuer { authentication["issuer"] = .string(issuer) }
-        case .transport:
-            scheme = "transport"
+        try await connect(to: [url], options: options, group: group)
+    }
+
+    /// Connects to the first of `urls` that establishes a session (each is tried once, in the
+    /// order `ReconnectPolicy.shuffleServers` gives), and reconnects over them when the
+    /// connection is lost, as `Options.reconnect` says.
+    public static func connect(
+        to urls: [String], options: Options, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> LIMEClient {
+        guard !urls.isEmpty else { throw LIMEClientError.invalidURL("") }
+        for url in urls where LIMEEndpoint(url) == nil { throw LIMEClientError.invalidURL(url) }
+        var rotation = ServerRotation(urls, shuffled: options.reconnect.shuffleServers)
+        let core = ClientCore(bufferSize: options.bufferSize, reconnects: options.reconnect.maximumAttempts != 0)
+        var lastError: any Error = LIMEClientError.invalidURL("")
+        for _ in 0..<rotation.count {
+            let url = rotation.next()
+            do {
+                let first = try await openSession(to: url, core: core, options: options, instance: options.instance, group: group)
+                let client = LIMEClient(core: core, options: options, servers: rotation.servers, group: group, first: first)
+                client.startSupervising(after: rotation)
+                return client
+            } catch {
+                lastError = error
+            }
         }
+        core.ended(Reason(code: ReasonCode.sessionError, description: "\(lastError)"))
+        throw lastError
+    }
+
+    /// An established session on a new connection.
+    struct Connection: Sendable {
+        let transport: LIMETransport
+        let session: (local: Node, remote: Node?)
+        let server: String
+    }
+
+    /// Opens a connection to `url` and establishes a session on it with the options' identity and
+    /// credentials (asking for `instance`).
+    static func openSession(
+        to url: String, core: ClientCore, options: Options, instance: String?, group: any EventLoopGroup
+    ) async throws -> Connection {
+        guard let endpoint = LIMEEndpoint(url) else { throw LIMEClientError.invalidURL(url) }
+        let (scheme, authentication) = options.authentication.sessionFields
         let machine = LIMEClientSessionMachine(
             configuration: .init(
-                identity: options.identity, instance: options.instance, scheme: scheme, authentication: authentication,
+                identity: options.identity, instance: instance, scheme: scheme, authentication: authentication,
                 encryption: options.tls != nil ? "tls" : "none"))
         let tls = options.tls ?? TLSClientOptions()
         let host = endpoint.host
+        let generation = core.beginConnection()
         let transport: LIMETransport
         do {
             transport = try await LIMETransportConnector.connect(
                 to: endpoint, group: group, connectTimeout: options.connectTimeout,
                 maximumEnvelopeBytes: options.maximumEnvelopeBytes, makeTLSHandler: { try tls.makeHandler(host: host) }
             ) { reader in
-                LIMEClientHandler(machine: machine, reader: reader, core: core) { try tls.makeHandler(host: host) }
+                LIMEClientHandler(machine: machine, reader: reader, core: core, generation: generation) { try tls.makeHandler(host: host) }
             }
         } catch LIMETransportError.upgradeRefused {
             throw LIMEClientError.upgradeRefused
         }
         do {
-            let (local, remote) = try await withDeadline(options.connectTimeout, what: "establishing the session") {
+            let session = try await withDeadline(options.connectTimeout, what: "establishing the session") {
                 try await core.waitForEstablishment()
             }
-            return LIMEClient(transport: transport, core: core, options: options, localNode: local, remoteNode: remote)
+            return Connection(transport: transport, session: session, server: url)
         } catch {
             transport.channel.close(promise: nil)
             throw error
@@ -185,26 +246,59 @@ public final class LIMEClient: Sendable {
 
     /// Queues an envelope; waits for the connection to take it only when more than
     /// `Options.maximumPendingBytes` are waiting, so a fast publisher is held back instead of
-    /// filling memory.
+    /// filling memory. While reconnecting it is held, in order, up to the reconnect buffer.
     private func write(_ envelope: Envelope) async throws {
-        if let reason = core.endReason { throw LIMEClientError.sessionFailed(reason) }
-        if writer.enqueue(LIMECodec.encode(envelope)) > options.maximumPendingBytes {
+        if let writer = try enqueue(LIMECodec.encode(envelope)), writer.pendingBytes > options.maximumPendingBytes {
             try await writer.flushed().get()
+        }
+    }
+
+    /// Hands bytes to the connection, or holds them while there is none; returns the writer that
+    /// took them. Under the link's lock, so that nothing overtakes what is held.
+    @discardableResult
+    func enqueue(_ bytes: [UInt8]) throws -> ChannelWriter? {
+        if let reason = core.endReason { throw LIMEClientError.sessionFailed(reason) }
+        return try link.withLock { link in
+            if let writer = link.transport?.writer {
+                writer.enqueue(bytes)
+                return writer
+            }
+            guard link.heldBytes + bytes.count <= options.reconnect.bufferBytes else { throw LIMEClientError.reconnectBufferFull }
+            link.held.append(bytes)
+            link.heldBytes += bytes.count
+            return nil
         }
     }
 
     /// Sends a command request and waits for its response, at most `timeout` (default: the options'
     /// request timeout). The response is returned whatever its status; a failure response carries
     /// the reason. Cancelling the calling task abandons the wait; a late response is discarded.
-    public func request(_ command: LIMECommand, timeout: Duration? = nil) async throws -> LIMECommand {
+    ///
+    /// If the connection is lost before the response comes, the request fails with
+    /// `LIMEClientError.disconnected`; with `retry`, it is sent again once reconnected (within the
+    /// same deadline), which may carry it out twice. One made while reconnecting is held and
+    /// sent once reconnected.
+    public func request(_ command: LIMECommand, timeout: Duration? = nil, retry: Bool = false) async throws -> LIMECommand {
+        let deadline = ContinuousClock.now + (timeout ?? options.requestTimeout)
+        while true {
+            do {
+                return try await request(command, until: deadline) { try self.enqueue($0) }
+            } catch LIMEClientError.disconnected where retry && ContinuousClock.now < deadline {
+                continue
+            }
+        }
+    }
+
+    /// One attempt of a request, sent by `send` (the link, or a connection being restored).
+    func request(
+        _ command: LIMECommand, until deadline: ContinuousClock.Instant, send: @escaping @Sendable ([UInt8]) throws -> Void
+    ) async throws -> LIMECommand {
         var command = command
         let id = command.header.id ?? UUID().uuidString.lowercased()
         command.header.id = id
-        let deadline = timeout ?? options.requestTimeout
         let bytes = LIMECodec.encode(.command(command))
-        let writer = self.writer
-        let channel = self.channel
         let core = self.core
+        let eventLoop = group.any()
         let what = "\(command.method.rawValue) \(command.uri ?? "") (id \(id))"
         // The deadline's timer is cancelled as soon as the answer is in: at thousands of requests
         // a second, timers left to expire would pile up for the whole timeout.
@@ -219,10 +313,14 @@ public final class LIMEClient: Sendable {
                     return
                 }
                 deadlineTimer.set(
-                    channel.eventLoop.scheduleTask(in: TimeAmount(deadline)) {
+                    eventLoop.scheduleTask(deadline: NIODeadline.now() + TimeAmount(deadline - ContinuousClock.now)) {
                         core.removePending(id)?.resume(throwing: LIMEClientError.timedOut(what))
                     })
-                writer.enqueue(bytes)
+                do {
+                    try send(bytes)
+                } catch {
+                    core.removePending(id)?.resume(throwing: error)
+                }
             }
         } onCancel: {
             core.removePending(id)?.resume(throwing: CancellationError())
@@ -236,21 +334,35 @@ public final class LIMEClient: Sendable {
 
     // MARK: - Ending
 
-    /// Finishes the session cleanly (`finishing` → `finished`) and closes the connection.
+    /// Finishes the session cleanly (`finishing` → `finished`) and closes the connection; the
+    /// client does not reconnect afterwards.
     public func finish() async throws {
-        let channel = self.channel
+        core.becomeFinal()
+        await stopSupervising()
+        defer { connectionEvents.post(.closed) }
+        guard let channel = link.withLock({ $0.transport?.channel }), channel.isActive, !core.isDisconnected else {
+            core.ended(nil)
+            return
+        }
         channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ClientCore.FinishRequested()) }
         _ = try await withDeadline(options.connectTimeout, what: "finishing the session") { await self.core.waitForEnd() }
         try? await channel.closeFuture.get()
     }
 
-    /// Closes the connection without finishing the session.
+    /// Closes the connection without finishing the session; the client does not reconnect.
     public func close() async {
-        try? await channel.close()
+        core.becomeFinal()
+        await stopSupervising()
+        defer { connectionEvents.post(.closed) }
+        if let channel = link.withLock({ $0.transport?.channel }), channel.isActive, !core.isDisconnected {
+            try? await channel.close()
+        }
+        core.ended(Reason(code: ReasonCode.sessionError, description: "The connection closed"))
         _ = await core.waitForEnd()
     }
 
-    /// Waits until the session ends; returns the failure reason, or nil for a clean finish.
+    /// Waits until the session ends for good (finished, closed, or out of reconnect attempts);
+    /// returns the failure reason, or nil for a clean finish.
     public func waitUntilEnded() async -> Reason? {
         await core.waitForEnd()
     }

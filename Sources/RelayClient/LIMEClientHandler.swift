@@ -13,6 +13,8 @@ final class LIMEClientHandler: ChannelInboundHandler {
     private var machine: LIMEClientSessionMachine
     private var reader: LIMEEnvelopeReader
     private let core: ClientCore
+    /// The number of this connection in the client's life (`ClientCore.beginConnection`).
+    private let generation: Int
     /// Frames what the session sends for its transport; given when the transport is ready.
     private var writer: ChannelWriter?
     private var readers = ReadersToWake()
@@ -20,12 +22,13 @@ final class LIMEClientHandler: ChannelInboundHandler {
     private let makeTLSHandler: () throws -> NIOSSLClientHandler
 
     init(
-        machine: LIMEClientSessionMachine, reader: LIMEEnvelopeReader, core: ClientCore,
+        machine: LIMEClientSessionMachine, reader: LIMEEnvelopeReader, core: ClientCore, generation: Int,
         makeTLSHandler: @escaping () throws -> NIOSSLClientHandler
     ) {
         self.machine = machine
         self.reader = reader
         self.core = core
+        self.generation = generation
         self.makeTLSHandler = makeTLSHandler
     }
 
@@ -62,7 +65,7 @@ final class LIMEClientHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         readers.wakeAll()
         execute(machine.peerClosed(), context: context)
-        core.connectionClosed()
+        core.connectionEnded(generation, reason: Reason(code: ReasonCode.sessionError, description: "The connection closed"))
         context.fireChannelInactive()
     }
 
@@ -104,10 +107,10 @@ final class LIMEClientHandler: ChannelInboundHandler {
         case .deliver(let envelope):
             readers.add(core.deliver(envelope))
         case .finished:
-            core.ended(nil)
+            core.connectionEnded(generation, reason: nil)
             context.close(promise: nil)
         case .failed(let reason):
-            core.ended(reason)
+            core.connectionEnded(generation, reason: reason)
             context.close(promise: nil)
         }
     }

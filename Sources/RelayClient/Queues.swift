@@ -105,15 +105,18 @@ extension LIMEClient {
     /// (1 is stop-and-wait; nil is unlimited).
     public func consume(_ queue: String, credit: Int? = 1, bufferSize: Int = 1000) async throws -> QueueConsumer {
         let token = "queue:\(queue)"
-        let inbox = SubscriptionInbox(bufferSize: bufferSize, policy: .dropNewest)
+        let inbox = SubscriptionInbox(bufferSize: bufferSize, policy: .dropNewest, fellBehind: slowConsumerReporter(queue))
         core.addSubscription(token, inbox)
+        let command = LIMECommand(method: .subscribe, uri: "/queues/\(queue)?credit=\(credit.map(String.init) ?? "unlimited")")
         do {
-            try await expectSuccess(
-                LIMECommand(method: .subscribe, uri: "/queues/\(queue)?credit=\(credit.map(String.init) ?? "unlimited")"))
+            try await expectSuccess(command)
         } catch {
             core.removeSubscription(token)
             throw error
         }
+        // After a reconnection the consumer is registered again; what it had not acknowledged
+        // comes again, as the hub redelivers what a lost session held.
+        core.addRestoration(.init(key: token, command: command, awaitsResponse: true))
         let subscription = SubjectSubscription(
             filter: queue, queue: nil, token: token, inbox: inbox, client: self, unsubscribeURI: "/queues/\(queue)")
         return QueueConsumer(queue: queue, subscription: subscription, client: self)

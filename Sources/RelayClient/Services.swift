@@ -123,6 +123,7 @@ public final class ServiceRegistration: Sendable {
     /// their answers are sent (so finishing the connection afterwards does not lose them).
     public func stop() async throws {
         client.core.removeService(name)
+        client.core.removeRestoration("service:\(name)")
         worker.cancel()
         let response = try await client.request(LIMECommand(method: .delete, uri: "/services/\(name)"))
         await running.waitUntilIdle()
@@ -186,6 +187,8 @@ extension LIMEClient {
         let command = LIMECommand(
             header: EnvelopeHeader(id: id, metadata: metadata), method: .get, uri: "/services/\(service)/\(method)", resource: params)
         try await send(command)
+        // Asked again after a reconnection, with the same id: the answers go on in this stream.
+        core.addRestoration(.init(key: "watch:\(id)", command: command, awaitsResponse: false))
         let (results, output) = AsyncStream.makeStream(of: Result<JSONValue, RelayError>.self, bufferingPolicy: .bufferingNewest(100))
         let relay = Task {
             for await response in responses {
@@ -202,6 +205,7 @@ extension LIMEClient {
         output.onTermination = { [core] _ in
             relay.cancel()
             core.removeResponseStream(id)
+            core.removeRestoration("watch:\(id)")
             input.finish()
             Task {
                 try? await self.send(
@@ -225,14 +229,20 @@ extension LIMEClient {
         core.addService(definition.name, input)
         var description = definition.serviceDescription.json
         if definition.durable { description["durable"] = true }
-        let response = try await request(
-            LIMECommand(
-                method: .set, uri: "/services/\(definition.name)", type: "application/vnd.relay.service+json",
-                resource: .object(description)))
+        let registration = LIMECommand(
+            method: .set, uri: "/services/\(definition.name)", type: "application/vnd.relay.service+json", resource: .object(description))
+        let response: LIMECommand
+        do {
+            response = try await request(registration)
+        } catch {
+            core.removeService(definition.name)
+            throw error
+        }
         guard response.status == .success else {
             core.removeService(definition.name)
             throw RelayError(response.reason ?? Reason(code: 1, description: "registration failed"))
         }
+        core.addRestoration(.init(key: "service:\(definition.name)", command: registration, awaitsResponse: true))
         let running = RunningHandlers()
         let worker = Task { [self] in
             for await request in requests {

@@ -70,35 +70,46 @@ final class BoundedInbox<Element: Sendable>: InboxWaking, Sendable {
         var reader: UnsafeContinuation<Element?, Never>?
         var wakeDue = false
         var finished = false
+        /// Dropping since the last element that fitted: a slow consumer, reported once.
+        var behind = false
     }
 
     private let state = Mutex(State())
     private let bufferSize: Int
     private let policy: SlowConsumerPolicy
     let dropped = Atomic<Int>(0)
+    /// Called when the inbox starts dropping (again): the `slowConsumer` event.
+    private let fellBehind: (@Sendable () -> Void)?
 
-    init(bufferSize: Int, policy: SlowConsumerPolicy) {
+    init(bufferSize: Int, policy: SlowConsumerPolicy, fellBehind: (@Sendable () -> Void)? = nil) {
         self.bufferSize = max(bufferSize, 1)
         self.policy = policy
+        self.fellBehind = fellBehind
     }
 
     /// Adds an element without waking the reader; true when the reader waits and `wake()` must be
     /// called (once, whatever the number of elements added meanwhile).
     func enqueue(_ element: Element) -> Bool {
-        let (wakeNeeded, drop) = state.withLock { state -> (Bool, Bool) in
-            guard !state.finished else { return (false, false) }
+        let (wakeNeeded, drop, report) = state.withLock { state -> (Bool, Bool, Bool) in
+            guard !state.finished else { return (false, false, false) }
             var drop = false
+            var report = false
             if state.buffer.count >= bufferSize {
                 drop = true
-                guard policy == .dropOldest else { return (false, true) }
+                report = !state.behind
+                state.behind = true
+                guard policy == .dropOldest else { return (false, true, report) }
                 state.buffer.removeFirst()
+            } else {
+                state.behind = false
             }
             state.buffer.append(element)
-            guard state.reader != nil, !state.wakeDue else { return (false, drop) }
+            guard state.reader != nil, !state.wakeDue else { return (false, drop, report) }
             state.wakeDue = true
-            return (true, drop)
+            return (true, drop, report)
         }
         if drop { dropped.add(1, ordering: .relaxed) }
+        if report { fellBehind?() }
         return wakeNeeded
     }
 
@@ -119,7 +130,10 @@ final class BoundedInbox<Element: Sendable>: InboxWaking, Sendable {
     }
 
     /// Drops that happened elsewhere (at the hub) and were reported.
-    func countDropped(_ count: Int) { dropped.add(count, ordering: .relaxed) }
+    func countDropped(_ count: Int) {
+        dropped.add(count, ordering: .relaxed)
+        fellBehind?()
+    }
 
     /// Ends the sequence once what is buffered has been read.
     func finish() {
@@ -229,6 +243,7 @@ public final class SubjectSubscription: AsyncSequence, Sendable {
     public func unsubscribe() async throws {
         guard !ended.exchange(true, ordering: .relaxed) else { return }
         client.core.removeSubscription(token)
+        client.core.removeRestoration(token)
         inbox.finish()
         let response = try await client.request(
             LIMECommand(method: .unsubscribe, uri: unsubscribeURI))
@@ -348,7 +363,7 @@ extension LIMEClient {
         heldAtHub: Int? = nil, overflow: OverflowPolicy? = nil
     ) async throws -> SubjectSubscription {
         let token = queue.map { "\(filter)?queue=\($0)" } ?? filter
-        let inbox = SubscriptionInbox(bufferSize: bufferSize, policy: policy)
+        let inbox = SubscriptionInbox(bufferSize: bufferSize, policy: policy, fellBehind: slowConsumerReporter(filter))
         core.addSubscription(token, inbox)
         var query: [String] = []
         if let queue { query.append("queue=\(SubjectSubscription.uriPart(queue))") }
@@ -356,11 +371,23 @@ extension LIMEClient {
         if let heldAtHub { query.append("pending=\(heldAtHub)") }
         if let overflow { query.append("overflow=\(overflow.rawValue)") }
         let uri = "/topics/\(SubjectSubscription.uriPart(filter))" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
-        let response = try await request(LIMECommand(method: .subscribe, uri: uri))
+        let response: LIMECommand
+        do {
+            response = try await request(LIMECommand(method: .subscribe, uri: uri))
+        } catch {
+            core.removeSubscription(token)
+            throw error
+        }
         guard response.status == .success else {
             core.removeSubscription(token)
             throw RelayError(response.reason ?? Reason(code: 1, description: "subscribe failed"))
         }
+        core.addRestoration(.init(key: token, command: LIMECommand(method: .subscribe, uri: uri), awaitsResponse: true))
         return SubjectSubscription(filter: filter, queue: queue, token: token, inbox: inbox, client: self)
+    }
+
+    /// Posts `slowConsumer` when a subscription's buffer starts dropping.
+    func slowConsumerReporter(_ subject: String) -> @Sendable () -> Void {
+        { [connectionEvents] in connectionEvents.post(.slowConsumer(subject: subject)) }
     }
 }

@@ -89,7 +89,7 @@ extension Hub {
             return state.sessions[replacedID]?.outlet
         }
         logger.debug("session established", metadata: ["session": "\(id)", "node": "\(node)"])
-        replaced?.terminate(Reason(code: ReasonCode.sessionError, description: "Another session was established as node '\(node)'"))
+        replaced?.terminate(.sessionReplaced(by: node))
     }
 
     func unregister(_ id: SessionID) {

@@ -16,6 +16,12 @@ ROOT = Path(__file__).resolve().parents[2]
 RELAY_BIN = os.environ.get("RELAY_BIN", str(ROOT / ".build" / "debug" / "relay"))
 
 
+def log_level_arguments():
+    """`RELAY_TEST_LOG=debug` runs the test hubs at that log level (printed when a hub fails)."""
+    level = os.environ.get("RELAY_TEST_LOG")
+    return ["--log-level", level] if level else []
+
+
 class Hub:
     """A `relay serve` process on free loopback ports, and what it logged."""
 
@@ -25,7 +31,7 @@ class Hub:
         self.data = data or tempfile.mkdtemp(prefix="relay-data-")
         self.process = subprocess.Popen(
             [RELAY_BIN, "serve", "--ws", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--http", "127.0.0.1:0",
-             "--data", self.data, *extra_args],
+             "--data", self.data, *log_level_arguments(), *extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

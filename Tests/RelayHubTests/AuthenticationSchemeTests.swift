@@ -104,7 +104,7 @@ struct TokenIssuer {
     @Test func natsTakesUserAndPasswordOrAKeyAsToken() async throws {
         try await withHub(users()) { hub in
             var options = NATSClient.Options(servers: ["nats://127.0.0.1:\(hub.natsPort)"])
-            options.maximumReconnectAttempts = 0
+            options.reconnect = .never
             options.user = "alice"
             options.password = "s3cret"
             let alice = try await NATSClient.connect(options: options)
@@ -156,7 +156,7 @@ struct TokenIssuer {
             // The same token as NATS `auth_token`.
             var nats = NATSClient.Options(servers: ["nats://127.0.0.1:\(hub.natsPort)"])
             nats.token = token
-            nats.maximumReconnectAttempts = 0
+            nats.reconnect = .never
             await (try await NATSClient.connect(options: nats)).close()
             // Asking for another identity than the token's is refused.
             options.identity = Identity("alice@relay.local")
@@ -201,7 +201,7 @@ struct TokenIssuer {
                 #expect(reason?.code == ReasonCode.sessionAuthenticationFailed, "\(what): \(reason?.description ?? "accepted")")
                 var nats = NATSClient.Options(servers: ["nats://127.0.0.1:\(hub.natsPort)"])
                 nats.token = token
-                nats.maximumReconnectAttempts = 0
+                nats.reconnect = .never
                 await #expect(throws: NATSClientError.self, "\(what)") { _ = try await NATSClient.connect(options: nats) }
             }
         }
@@ -256,7 +256,7 @@ struct TokenIssuer {
     @Test func aNATSClientCertificateNamingAUserAdmitsItsConnection() async throws {
         try await withTLSHub(required: true, clientCA: true, users(guest: false)) { hub, certificates in
             var options = NATSClient.Options(servers: ["tls://127.0.0.1:\(hub.natsPort)"])
-            options.maximumReconnectAttempts = 0
+            options.reconnect = .never
             options.tls = certificates.trust
             await #expect(throws: NATSClientError.self) { _ = try await NATSClient.connect(options: options) }
             let alice = try certificates.client("alice@relay.local")

@@ -120,8 +120,8 @@ func eventually(within seconds: Double = 10, _ condition: () async -> Bool) asyn
     @Test func autoUnsubscribeCountsSurviveAndQueueGroupsResumeAfterARestart() async throws {
         let server = try await NATSServerProcess()
         var options = NATSClient.Options(servers: ["nats://127.0.0.1:1", server.url])  // the first is refused: the pool moves on
-        options.reconnectBaseDelay = .milliseconds(20)
-        options.reconnectMaximumDelay = .milliseconds(200)
+        options.reconnect.baseDelay = .milliseconds(20)
+        options.reconnect.maximumDelay = .milliseconds(200)
         let first = try await NATSClient.connect(options: options)
         let second = try await NATSClient.connect(options: options)
         let publisher = try await NATSClient.connect(options: options)
@@ -162,8 +162,8 @@ func eventually(within seconds: Double = 10, _ condition: () async -> Bool) asyn
     @Test func publicationsWaitWhileReconnectingUpToABound() async throws {
         let server = try await NATSServerProcess()
         var options = NATSClient.Options(servers: [server.url])
-        options.reconnectBaseDelay = .milliseconds(100)
-        options.reconnectBufferBytes = 1024
+        options.reconnect.baseDelay = .milliseconds(100)
+        options.reconnect.bufferBytes = 1024
         let client = try await NATSClient.connect(options: options)
         let subscription = try client.subscribe("buffered")
         try await client.flush()

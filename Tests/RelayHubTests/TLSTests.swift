@@ -136,7 +136,7 @@ extension TestCertificates {
                 #expect(reason.description.contains("does not offer TLS"))
             }
             var nats = NATSClient.Options(servers: ["tls://127.0.0.1:\(hub.natsPort)"])
-            nats.maximumReconnectAttempts = 0
+            nats.reconnect = .never
             await #expect(throws: NATSClientError.self) { _ = try await NATSClient.connect(options: nats) }
         }
     }

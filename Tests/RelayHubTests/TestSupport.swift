@@ -54,9 +54,16 @@ struct TestHub {
 
     func url(_ transport: Transport) -> String { transport == .ws ? ws : tcp }
 
-    func connect(_ transport: Transport, as identity: String, authentication: LIMEClient.Authentication = .guest) async throws -> LIMEClient
-    {
-        try await LIMEClient.connect(to: url(transport), identity: identity, authentication: authentication)
+    /// A client of this hub that does not reconnect (unless told to): the hub of a test goes
+    /// away when the test ends, and its clients should end with it, not retry in the background.
+    func connect(
+        _ transport: Transport, as identity: String, authentication: LIMEClient.Authentication = .guest,
+        reconnect: ReconnectPolicy = .never
+    ) async throws -> LIMEClient {
+        let node = Node(identity)!
+        var options = LIMEClient.Options(identity: node.identity, instance: node.instance, authentication: authentication)
+        options.reconnect = reconnect
+        return try await LIMEClient.connect(to: url(transport), options: options)
     }
 }
 

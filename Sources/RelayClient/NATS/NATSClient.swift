@@ -33,6 +33,8 @@ public enum NATSClientError: Error, Equatable, CustomStringConvertible {
     case writeBufferFull
     /// The server refused an operation (`-ERR`).
     case serverError(String)
+    /// The connection was lost while the request waited for its reply (the client reconnects).
+    case disconnected
 
     public var description: String {
         switch self {
@@ -44,6 +46,7 @@ public enum NATSClientError: Error, Equatable, CustomStringConvertible {
         case .reconnectBufferFull: "The reconnect buffer is full"
         case .writeBufferFull: "More than the maximum of pending bytes are waiting to be written"
         case .serverError(let text): "Server error: \(text)"
+        case .disconnected: "Disconnected: the connection was lost before the reply came"
         }
     }
 }
@@ -66,11 +69,8 @@ public final class NATSClient: Sendable {
         /// URLs); without, it upgrades when a server requires it, trusting the system's roots.
         public var tls: TLSClientOptions?
         public var echo = true
-        /// Reconnection attempts after a loss before giving up (nil: forever).
-        public var maximumReconnectAttempts: Int? = 60
-        public var reconnectBaseDelay: Duration = .milliseconds(50)
-        public var reconnectMaximumDelay: Duration = .seconds(2)
-        public var reconnectBufferBytes = 8 << 20
+        /// How the client reconnects when the connection is lost (`.never` to end instead).
+        public var reconnect = ReconnectPolicy()
         /// Bytes published but not yet written to the connection, at most; beyond that `publish`
         /// fails with `writeBufferFull` (writes are coalesced, one flush per turn of the event loop).
         public var maximumPendingBytes = 64 << 20
@@ -128,6 +128,11 @@ public final class NATSClient: Sendable {
     private let firstConnection = Mutex<CheckedContinuation<Void, any Error>?>(nil)
     private let manager = Mutex<Task<Void, Never>?>(nil)
     private let (serverErrors, serverErrorInput) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(100))
+    private let connectionEvents = ConnectionEvents()
+
+    /// What happens to the connection: `disconnected`, `reconnected`, `lameDuck`,
+    /// `slowConsumer`... (the newest 100 wait for a reader).
+    public var events: AsyncStream<ConnectionEvent> { connectionEvents.stream }
 
     /// The server's errors that leave the connection open (`-ERR 'Permissions Violation for
     /// Publish to "x"'`, `'Invalid Subject'`...), as nats.go's error handler sees them; the newest
@@ -183,11 +188,12 @@ public final class NATSClient: Sendable {
     // MARK: - Connection management
 
     private func maintainConnection() async {
+        var rotation = ServerRotation(servers, shuffled: options.reconnect.shuffleServers)
         var failures = 0
         var everConnected = false
         var errors: [String] = []
         while !state.withLock({ $0.closed }) {
-            let server = servers[failures % servers.count]
+            let server = rotation.next()
             do {
                 let channel = try await open(server)
                 try await channel.closeFuture.get()
@@ -199,6 +205,7 @@ public final class NATSClient: Sendable {
             if wasUp {
                 everConnected = true
                 failures = 0
+                connectionEvents.post(.disconnected(reason: errors.last ?? "the connection closed"))
                 errors.removeAll()
             } else {
                 failures += 1
@@ -210,14 +217,11 @@ public final class NATSClient: Sendable {
                 shutDown()
                 return
             }
-            if let maximum = options.maximumReconnectAttempts, failures > maximum {
+            if everConnected && !options.reconnect.allowsAttempt(after: failures) {
                 shutDown()
                 return
             }
-            // Exponential backoff with full jitter: a random wait up to base × 2^failures, capped.
-            let cap = min(options.reconnectMaximumDelay, options.reconnectBaseDelay * (1 << min(failures, 16)))
-            let wait = Duration.nanoseconds(Int64.random(in: 0...max(1, cap.nanosecondsValue)))
-            try? await Task.sleep(for: wait)
+            try? await Task.sleep(for: options.reconnect.delay(after: failures))
         }
     }
 
@@ -266,7 +270,11 @@ public final class NATSClient: Sendable {
             for held in state.held { bytes.append(contentsOf: held) }
             state.held.removeAll()
             state.heldBytes = 0
-            if state.info.isEmpty == false { state.reconnects += 1 }
+            if state.info.isEmpty == false {
+                state.reconnects += 1
+                connectionEvents.post(
+                    .reconnected(server: "nats://\(channel.remoteAddress?.ipAddress ?? "?"):\(channel.remoteAddress?.port ?? 0)"))
+            }
             state.info = info
             let writer = ChannelWriter(channel: channel, framing: .stream)
             state.writer = writer
@@ -277,14 +285,20 @@ public final class NATSClient: Sendable {
 
     /// The connection went away; returns whether it had been established.
     private func connectionLost() -> Bool {
-        let (wasUp, waiters) = state.withLock { state in
+        let (wasUp, waiters, requests) = state.withLock { state in
+            let wasUp = state.writer != nil
+            // Requests in flight lose their replies with the connection; those made while
+            // reconnecting are held with their publication and wait on.
+            let requests = wasUp ? Array(state.requests.values) : []
             defer {
                 state.writer = nil
                 state.flushWaiters.removeAll()
+                if wasUp { state.requests.removeAll() }
             }
-            return (state.writer != nil, state.flushWaiters)
+            return (wasUp, state.flushWaiters, requests)
         }
         for waiter in waiters { waiter.resume(throwing: NATSClientError.closed) }
+        for request in requests { request.resume(throwing: NATSClientError.disconnected) }
         return wasUp
     }
 
@@ -310,6 +324,7 @@ public final class NATSClient: Sendable {
         for waiter in waiters { waiter.resume(throwing: NATSClientError.closed) }
         for request in requests { request.resume(throwing: NATSClientError.closed) }
         resumeFirstConnection(throwing: NATSClientError.closed)
+        connectionEvents.post(.closed)
     }
 
     // MARK: - From the connection
@@ -351,6 +366,10 @@ public final class NATSClient: Sendable {
         state.withLock { $0.lastFailure = reason }
     }
 
+    func lameDuckEntered() {
+        connectionEvents.post(.lameDuck)
+    }
+
     func serverErrorReceived(_ text: String) {
         serverErrorInput.yield(text)
     }
@@ -372,7 +391,7 @@ public final class NATSClient: Sendable {
                 writer.enqueue(bytes)
                 return
             }
-            guard state.heldBytes + bytes.count <= options.reconnectBufferBytes else { throw NATSClientError.reconnectBufferFull }
+            guard state.heldBytes + bytes.count <= options.reconnect.bufferBytes else { throw NATSClientError.reconnectBufferFull }
             state.held.append(bytes)
             state.heldBytes += bytes.count
         }
@@ -419,7 +438,9 @@ public final class NATSClient: Sendable {
     public func subscribe(
         _ subject: String, queue: String? = nil, bufferSize: Int = 10_000, policy: SlowConsumerPolicy = .dropNewest
     ) throws -> NATSSubscription {
-        let inbox = NATSSubscriptionInbox(bufferSize: bufferSize, policy: policy)
+        let inbox = NATSSubscriptionInbox(bufferSize: bufferSize, policy: policy) { [connectionEvents] in
+            connectionEvents.post(.slowConsumer(subject: subject))
+        }
         let sid = try state.withLock { state in
             if state.closed { throw NATSClientError.closed }
             let sid = String(state.nextSid)
@@ -449,9 +470,23 @@ public final class NATSClient: Sendable {
     }
 
     /// Sends a request and waits for the first reply, on the client's one shared reply inbox.
-    public func request(_ subject: String, _ payload: [UInt8], headers: NATSHeaders? = nil, timeout: Duration? = nil) async throws
-        -> NATSMessage
-    {
+    /// If the connection is lost before the reply comes, it fails with `disconnected`; with
+    /// `retry`, it is sent again after reconnecting, within the same timeout (which may carry it
+    /// out twice).
+    public func request(
+        _ subject: String, _ payload: [UInt8], headers: NATSHeaders? = nil, timeout: Duration? = nil, retry: Bool = false
+    ) async throws -> NATSMessage {
+        let deadline = ContinuousClock.now + (timeout ?? options.requestTimeout)
+        while true {
+            do {
+                return try await request(subject, payload, headers: headers, timeout: deadline - ContinuousClock.now)
+            } catch NATSClientError.disconnected where retry && ContinuousClock.now < deadline {
+                continue
+            }
+        }
+    }
+
+    private func request(_ subject: String, _ payload: [UInt8], headers: NATSHeaders?, timeout: Duration) async throws -> NATSMessage {
         let (token, subscribe) = state.withLock { state -> (String, String?) in
             state.nextRequest += 1
             var subscribe: String?
@@ -466,7 +501,7 @@ public final class NATSClient: Sendable {
         }
         if let sid = subscribe { try write(.subscribe(subject: inboxPrefix + ".*", queue: nil, sid: sid)) }
         let replyTo = inboxPrefix + "." + token
-        let limit = timeout ?? options.requestTimeout
+        let limit = timeout
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<NATSMessage, any Error>) in
                 state.withLock { $0.requests[token] = continuation }
@@ -501,12 +536,5 @@ public final class NATSClient: Sendable {
         task?.cancel()
         await task?.value
         serverErrorInput.finish()
-    }
-}
-
-extension Duration {
-    var nanosecondsValue: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }

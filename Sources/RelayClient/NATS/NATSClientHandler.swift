@@ -99,6 +99,8 @@ final class NATSClientHandler: ChannelInboundHandler {
                 client.pongReceived()
             case .serverError(let text):
                 client.serverErrorReceived(text)
+            case .lameDuckEntered:
+                client.lameDuckEntered()
             case .fail(let reason):
                 client.connectionFailed(reason)
                 context.close(promise: nil)

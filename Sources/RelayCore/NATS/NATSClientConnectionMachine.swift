@@ -39,6 +39,9 @@ public struct NATSClientConnectionMachine: Sendable {
         case pongReceived
         /// The server reported an error that does not end the connection.
         case serverError(String)
+        /// The server entered lame-duck mode (an INFO with `ldm`): it will close the connection
+        /// soon, and the client should be ready to go elsewhere.
+        case lameDuckEntered
         /// The connection cannot go on: close it (and reconnect, unless the client is closing).
         case fail(String)
     }
@@ -78,6 +81,8 @@ public struct NATSClientConnectionMachine: Sendable {
         case (.connected, .pong):
             pingsOutstanding = 0
             return [.pongReceived]
+        case (.connected, .info(let object)) where object["ldm"]?.boolValue == true:
+            return [.lameDuckEntered]
         case (_, .ok), (_, .info):
             return []
         case (_, .error(let text)):

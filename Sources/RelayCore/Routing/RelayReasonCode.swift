@@ -28,3 +28,18 @@ public enum RelayReasonCode {
     /// code terminates the message (to the dead letters).
     public static let nak = 130
 }
+
+extension Reason {
+    private static let replacementPrefix = "Another session was established as node"
+
+    /// Why the hub ends a session when a new one of the same node is established.
+    public static func sessionReplaced(by node: Node) -> Reason {
+        Reason(code: ReasonCode.sessionError, description: "\(replacementPrefix) '\(node)'")
+    }
+
+    /// Whether the session ended because another took its node: a client that reconnected then
+    /// would take it back, and the two would go on replacing each other.
+    public var isSessionReplacement: Bool {
+        code == ReasonCode.sessionError && description.hasPrefix(Self.replacementPrefix)
+    }
+}
