@@ -134,10 +134,11 @@ public final class ServiceRegistration: Sendable {
 extension LIMEClient {
     /// Calls a method of a service and returns its result; a failure (no instance, bad parameters,
     /// timeout, the handler's error) throws `RelayError` with the reason. Cancelling the task cancels
-    /// the request at the hub.
+    /// the request at the hub. A call in flight when the connection is lost fails with
+    /// `LIMEClientError.disconnected`, or with `retry` is made again once reconnected.
     public func call(
         _ service: String, _ method: String, _ params: JSONValue? = nil, verb: CommandMethod = .get, timeout: Duration? = nil,
-        metadata: [String: String] = [:]
+        metadata: [String: String] = [:], retry: Bool = false
     ) async throws -> JSONValue {
         let deadline = timeout ?? options.requestTimeout
         var metadata = metadata
@@ -147,7 +148,7 @@ extension LIMEClient {
             header: EnvelopeHeader(id: id, metadata: metadata), method: verb, uri: "/services/\(service)/\(method)", resource: params)
         // The hub's deadline answers first; ours is a little later, for a hub that does not answer at all.
         let response = try await withTaskCancellationHandler {
-            try await request(command, timeout: deadline + .seconds(2))
+            try await request(command, timeout: deadline + .seconds(2), retry: retry)
         } onCancel: {
             Task {
                 try? await self.send(
