@@ -32,6 +32,15 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .customLong("tls-key"), help: "The key of --tls-cert (PEM).")
     var tlsKey: String?
 
+    @Flag(help: "End when the connection is lost instead of reconnecting (long-running commands reconnect for ever by default).")
+    var noReconnect = false
+
+    /// Reconnect for ever, unless --no-reconnect: a subscriber left running should outlive a hub restart.
+    var reconnect: ReconnectPolicy { noReconnect ? .never : ReconnectPolicy(maximumAttempts: -1) }
+
+    /// The servers `--server` lists (comma-separated), tried in turn.
+    var servers: [String] { server.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
+
     /// Whether the server is spoken to over NATS (a hub's NATS port, or a nats-server).
     var isNATS: Bool {
         let server = self.server.lowercased()
@@ -47,7 +56,8 @@ struct ClientOptions: ParsableArguments {
     }
 
     func connectNATS() async throws -> NATSClient {
-        var options = NATSClient.Options(servers: server.split(separator: ",").map(String.init))
+        var options = NATSClient.Options(servers: servers)
+        options.reconnect = reconnect
         if let identity { options.user = identity }
         if let password = password ?? environment["RELAY_PASSWORD"] { options.password = password }
         options.token = key ?? token ?? environment["RELAY_KEY"] ?? environment["RELAY_TOKEN"]
@@ -78,7 +88,25 @@ struct ClientOptions: ParsableArguments {
             options.authentication = .transport
         }
         options.tls = tls
-        return try await LIMEClient.connect(to: server, options: options)
+        options.reconnect = reconnect
+        return try await LIMEClient.connect(to: servers, options: options)
+    }
+}
+
+/// Prints one line to standard error for each loss and recovery of a connection, as
+/// `COMMAND: disconnected (REASON)` and `COMMAND: reconnected to SERVER`.
+func reportConnectionEvents(_ events: AsyncStream<ConnectionEvent>, as command: String) {
+    Task {
+        for await event in events {
+            switch event {
+            case .disconnected(let reason): printError("\(command): disconnected (\(reason)); reconnecting")
+            case .reconnected(let server): printError("\(command): reconnected to \(server)")
+            case .restoreFailed(let what, let reason): printError("\(command): could not restore \(what): \(reason)")
+            case .lameDuck: printError("\(command): the server is shutting down (lame duck)")
+            case .slowConsumer(let subject): printError("\(command): slow consumer on \(subject): messages are being dropped")
+            case .closed: return
+            }
+        }
     }
 }
 

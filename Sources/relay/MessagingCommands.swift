@@ -106,6 +106,7 @@ struct Sub: AsyncParsableCommand {
     func run() async throws {
         if client.isNATS { return try await runNATS() }
         let connection = try await client.connect()
+        reportConnectionEvents(connection.events, as: "relay sub")
         let subscription = try await connection.subscribe(subject, queue: queue, bufferSize: 10_000)
         printError("relay sub: subscribed to \(subject)\(queue.map { " in queue group \($0)" } ?? "") as \(connection.localNode)")
         var received = 0
@@ -116,6 +117,12 @@ struct Sub: AsyncParsableCommand {
             if let count, received >= count { break }
         }
         if subscription.droppedCount > 0 { printError("relay sub: \(subscription.droppedCount) messages dropped (slow consumer)") }
+        if count.map({ received < $0 }) ?? true {
+            // The subscription ended with the session (--no-reconnect, or out of attempts).
+            let reason = await connection.waitUntilEnded()
+            printError("relay sub: the session ended: \(reason?.description ?? "finished")")
+            throw ExitCode.failure
+        }
         try? await connection.finish()
     }
 }
@@ -123,6 +130,7 @@ struct Sub: AsyncParsableCommand {
 extension Sub {
     func runNATS() async throws {
         let connection = try await client.connectNATS()
+        reportConnectionEvents(connection.events, as: "relay sub")
         let subscription = try connection.subscribe(subject, queue: queue)
         try await connection.flush()
         printError("relay sub: subscribed to \(subject)\(queue.map { " in queue group \($0)" } ?? "") over NATS")
@@ -133,6 +141,10 @@ extension Sub {
             if let count, received >= count { break }
         }
         if subscription.droppedCount > 0 { printError("relay sub: \(subscription.droppedCount) messages dropped (slow consumer)") }
+        if count.map({ received < $0 }) ?? true {
+            printError("relay sub: the connection is closed")
+            throw ExitCode.failure
+        }
         await connection.close()
     }
 }
@@ -152,6 +164,7 @@ struct Reply: AsyncParsableCommand {
     func run() async throws {
         if client.isNATS { return try await runNATS() }
         let connection = try await client.connect()
+        reportConnectionEvents(connection.events, as: "relay reply")
         let answered = AsyncStream.makeStream(of: Void.self)
         var definition = ServiceDefinition(service, description: "Echo service (relay reply)")
         definition.method("*", description: "Answers with the request's parameters") { params, context in
@@ -177,6 +190,7 @@ extension Reply {
     /// Over NATS a service is a queue group on `SERVICE.>`; the method is the rest of the subject.
     func runNATS() async throws {
         let connection = try await client.connectNATS()
+        reportConnectionEvents(connection.events, as: "relay reply")
         let requests = try connection.subscribe("\(service).>", queue: service)
         try await connection.flush()
         printError("relay reply: serving \(service) over NATS on \(service).>")

@@ -156,6 +156,7 @@ struct Consume: AsyncParsableCommand {
     func run() async throws {
         try client.requireLIME("consume")
         let connection = try await client.connect()
+        reportConnectionEvents(connection.events, as: "relay consume")
         // Without --ack every delivery stays unanswered: credit bounds how many arrive.
         let consumer = try await connection.consume(queue, credit: ack ? credit : max(credit, count ?? credit))
         printError("relay consume: consuming \(queue)")
