@@ -9,33 +9,74 @@ public struct QueueDelivery: Sendable {
     public let id: String
     /// How many times this message has been delivered, this time included.
     public let count: Int
-    /// The message's place in its queue.
+    /// The message's place in its queue (0 when the dialect does not say, as over NATS).
     public let sequence: Int64
-    let client: LIMEClient
+    let answerer: QueueAnswerer
 
     /// Done: the message is forgotten.
     public func ack() async throws {
-        try await client.send(LIMENotification(header: EnvelopeHeader(id: id), event: .consumed))
+        try await answerer.answer(id: id, .ack)
     }
 
     /// Not now: deliver it again, after `delay` if given.
     public func nak(delay: Duration? = nil) async throws {
-        var header = EnvelopeHeader(id: id)
-        if let delay { header.metadata = ["#delay": String(delay.milliseconds)] }
-        try await client.send(
-            LIMENotification(header: header, event: .failed, reason: Reason(code: RelayReasonCode.nak, description: "nak")))
+        try await answerer.answer(id: id, .nak(delay: delay))
     }
 
     /// Still working on it: the ack deadline starts again.
     public func inProgress() async throws {
-        try await client.send(LIMENotification(header: EnvelopeHeader(id: id), event: .received))
+        try await answerer.answer(id: id, .inProgress)
     }
 
     /// Never again: the message goes to the queue's dead letters with the reason.
     public func term(reason: String) async throws {
-        try await client.send(
-            LIMENotification(
-                header: EnvelopeHeader(id: id), event: .failed, reason: Reason(code: ReasonCode.applicationError, description: reason)))
+        try await answerer.answer(id: id, .term(reason: reason))
+    }
+}
+
+/// Where a delivery's answer goes: a LIME notification about it, or (NATS) JetStream's bodies
+/// published on its ack subject.
+enum QueueAnswerer: Sendable {
+    case lime(LIMEClient)
+    case nats(NATSClient, replyTo: String)
+
+    enum Answer {
+        case ack
+        case nak(delay: Duration?)
+        case inProgress
+        case term(reason: String)
+    }
+
+    func answer(id: String, _ answer: Answer) async throws {
+        switch self {
+        case .lime(let client):
+            try await client.send(Self.notification(id: id, answer))
+        case .nats(let client, let replyTo):
+            let body: String
+            switch answer {
+            case .ack: body = "+ACK"
+            case .nak(let delay): body = delay.map { #"-NAK {"delay": \#($0.nanoseconds)}"# } ?? "-NAK"
+            case .inProgress: body = "+WPI"
+            case .term(let reason): body = "+TERM \(reason)"
+            }
+            try client.publish(replyTo, body)
+        }
+    }
+
+    private static func notification(id: String, _ answer: Answer) -> LIMENotification {
+        switch answer {
+        case .ack:
+            return LIMENotification(header: EnvelopeHeader(id: id), event: .consumed)
+        case .nak(let delay):
+            var header = EnvelopeHeader(id: id)
+            if let delay { header.metadata = ["#delay": String(delay.milliseconds)] }
+            return LIMENotification(header: header, event: .failed, reason: Reason(code: RelayReasonCode.nak, description: "nak"))
+        case .inProgress:
+            return LIMENotification(header: EnvelopeHeader(id: id), event: .received)
+        case .term(let reason):
+            return LIMENotification(
+                header: EnvelopeHeader(id: id), event: .failed, reason: Reason(code: ReasonCode.applicationError, description: reason))
+        }
     }
 }
 
@@ -72,7 +113,7 @@ public final class QueueConsumer: AsyncSequence, Sendable {
             return QueueDelivery(
                 publication: publication, id: publication.metadata["#delivery"] ?? "",
                 count: publication.metadata["#deliveries"].flatMap { Int($0) } ?? 1,
-                sequence: publication.metadata["#sequence"].flatMap { Int64($0) } ?? 0, client: client)
+                sequence: publication.metadata["#sequence"].flatMap { Int64($0) } ?? 0, answerer: .lime(client))
         }
     }
 }

@@ -261,8 +261,8 @@ extension Request {
         do {
             let reply = try await connection.request(
                 subject, params.map(JSONWriter.bytes) ?? [], timeout: .milliseconds(Int64(timeout * 1000)))
-            if let error = reply.headers?["Nats-Service-Error"] {
-                printError("relay request: \(error) (code \(reply.headers?["Nats-Service-Error-Code"] ?? "?"))")
+            if let error = reply.headers?[NATSServiceError.descriptionHeader] {
+                printError("relay request: \(error) (code \(reply.headers?[NATSServiceError.codeHeader] ?? "?"))")
                 await connection.close()
                 throw ExitCode(1)
             }

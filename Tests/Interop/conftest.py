@@ -117,5 +117,14 @@ class RelayListener:
         return [line for line in out.splitlines() if line]
 
 
+async def settled(*clients):
+    """Returns once the hub has read everything these nats-py clients sent. nats-py 2.16 writes a
+    flush's PING straight to the socket, ahead of commands still queued for its flusher task (a SUB
+    just made): one flush can come back before the hub has the SUB. The second PING follows them."""
+    for client in clients:
+        await client.flush()
+        await client.flush()
+
+
 def run(coroutine, timeout=30):
     return asyncio.run(asyncio.wait_for(coroutine, timeout))

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import time
 
-from conftest import RELAY_BIN, Hub, relay
+from conftest import RELAY_BIN, Hub, relay, settled
 
 
 def test_queue_commands(hub):
@@ -91,7 +91,7 @@ def test_nats_clients_consume_and_acknowledge_with_jetstream_bodies(hub):
         again = await sub.next_msg(timeout=5)
         assert again.data == b"job 2", "the nak'd message comes back"
         await nc.publish(again.reply, b"+ACK")
-        await nc.flush()
+        await settled(nc)
         await nc.close()
 
     run(scenario())

@@ -7,7 +7,7 @@ import urllib.request
 import nats
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import run
+from conftest import run, settled
 from test_lime_python import open_channel
 
 
@@ -31,7 +31,7 @@ def test_metrics_parse_with_prometheus_and_count_the_traffic(hub):
         client = await nats.connect(hub.nats_url)
         for n in range(7):
             await client.publish("news.today", f"item {n}".encode())
-        await client.flush()
+        await settled(client)
         await client.close()
         await channel.send_finishing_session_async()
 
@@ -51,7 +51,7 @@ def test_varz_and_connz_answer_as_json(hub):
     async def scenario():
         client = await nats.connect(hub.nats_url, name="monitor-test")
         await client.subscribe("jobs.*", queue="workers")
-        await client.flush()
+        await settled(client)
         status, body = get(hub, "/connz?sort=subs")
         connz = json.loads(body)
         assert status == 200 and connz["total"] == 1

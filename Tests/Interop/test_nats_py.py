@@ -9,7 +9,7 @@ import nats
 import pytest
 from nats.errors import NoRespondersError
 
-from conftest import Hub, relay, run
+from conftest import Hub, relay, run, settled
 
 
 def collect(into, field="data"):
@@ -96,7 +96,7 @@ def test_publications_cut_anywhere_across_reads_arrive_whole_and_in_order(hub):
                 done.set()
 
         await nc.subscribe("flow.>", cb=on_message)
-        await nc.flush()
+        await settled(nc)
         sock = raw_connection(hub)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the cuts reach the hub as sent
         sizes, offset, turn = [1, 13, 4093, 65_537, 300, 2], 0, 0
@@ -127,7 +127,7 @@ def test_queue_groups_share_the_work(hub):
             await nc.subscribe("jobs.*", queue="workers", cb=member)
         for n in range(300):
             await nc.publish(f"jobs.{n}", b"job")
-        await nc.flush()
+        await settled(nc)
         for _ in range(100):
             if sum(counts) == 300:
                 break
@@ -147,7 +147,7 @@ def test_request_reply_headers_and_no_responders(hub):
             await responder.publish(msg.reply, b"echo:" + msg.data, headers={"Seen": (msg.headers or {}).get("Trace", "-")})
 
         await responder.subscribe("svc.echo", cb=echo)
-        await responder.flush()
+        await settled(responder)
         reply = await requester.request("svc.echo", b"hi", timeout=5, headers={"Trace": "t-1"})
         assert reply.data == b"echo:hi"
         assert reply.headers == {"Seen": "t-1"}
@@ -185,12 +185,12 @@ def test_auto_unsubscribe_and_echo_off(hub):
         mine = []
         await nc.subscribe("ticks", cb=collect(mine))
         # Both subscriptions are at the hub before anything is published.
-        await other.flush()
-        await nc.flush()
+        await settled(other)
+        await settled(nc)
         for n in range(10):
             await nc.publish("ticks", str(n).encode())
-        await nc.flush()
-        await other.flush()
+        await settled(nc)
+        await settled(other)
         await asyncio.sleep(0.3)
         assert received == [b"0", b"1", b"2"]
         assert mine == [], "echo off: a connection does not hear itself"
@@ -224,7 +224,7 @@ def test_garbage_gets_err_and_others_carry_on(hub):
         too_big.sendall(b"PUB x 99999999\r\n")
         assert read_until_closed(too_big) == b"-ERR 'Maximum Payload Violation'\r\n"
         before = await nc.subscribe("before.error")
-        await nc.flush()
+        await settled(nc)
         mixed = raw_connection(hub)
         # What came before the bad operation, in the same send, is still published.
         mixed.sendall(b"CONNECT {}\r\nPUB before.error 3\r\nyes\r\nHELLO\r\n")
@@ -284,7 +284,7 @@ def test_nats_to_lime_and_back(hub):
     async def scenario():
         nc = await connect(hub)
         sub = await nc.subscribe("from.lime")
-        await nc.flush()
+        await settled(nc)
         # LIME publishes (relay pub over WebSocket), NATS receives.
         result = await asyncio.to_thread(relay, "pub", "from.lime", '{"n":1}', "--confirm", "--server", hub.ws_url)
         assert result.returncode == 0 and "confirmed 1 of 1" in result.stdout, result.stderr
@@ -373,7 +373,7 @@ def test_a_lime_request_reaches_a_nats_responder(hub):
             await nc.publish(msg.reply, b'{"time":"noon","asked":' + msg.data + b"}", headers={"Content-Type": "application/json"})
 
         await nc.subscribe("time.now", cb=clock)
-        await nc.flush()
+        await settled(nc)
         channel, _, _, _ = await open_channel(hub.ws_url, "asker@relay.local", "1")
         response = await channel.process_command_async(Command("get", "/topics/time.now", type_n="application/json", resource={"tz": "utc"}), 5)
         assert response.status == "success"
@@ -519,7 +519,7 @@ def test_jetstream_publish_is_acknowledged_once_stored(hub):
             message = await consumer.next_msg(timeout=5)
             assert message.data == f"order {n}".encode()
             await message.respond(b"+ACK")
-        await nc.flush()
+        await settled(nc)
         # A plain publish (no reply subject) is stored too, without an answer.
         await nc.publish("orders.new", b"order 3")
         assert (await consumer.next_msg(timeout=5)).data == b"order 3"
@@ -546,7 +546,7 @@ def test_a_hub_on_one_event_loop_serves_as_usual():
                     done.set()
 
             await subscriber.subscribe("one.loop", cb=on_message)
-            await subscriber.flush()
+            await settled(subscriber)
             for n in range(500):
                 await publisher.publish("one.loop", str(n).encode())
             await asyncio.wait_for(done.wait(), 20)

@@ -15,7 +15,7 @@ import threading
 import nats
 import pytest
 
-from conftest import run
+from conftest import run, settled
 
 RELAY_OTEL_BIN = os.environ.get("RELAY_OTEL_BIN")
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -64,7 +64,7 @@ def test_spans_reach_an_otlp_receiver_in_the_publishers_trace():
     async def scenario():
         nc = await nats.connect(nats_url)
         sub = await nc.subscribe("orders.>")
-        await nc.flush()
+        await settled(nc)
         await nc.publish("orders.new", b"1", headers={"traceparent": PARENT})
         assert (await sub.next_msg(timeout=5)).headers["traceparent"] == PARENT, "the context arrives intact"
         await nc.publish("orders.old", b"2")

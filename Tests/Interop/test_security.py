@@ -19,7 +19,7 @@ import websockets
 from lime_python import ClientChannel, Command, PlainAuthentication, SessionState
 from lime_transport_websocket import WebSocketTransport
 
-from conftest import RELAY_BIN, Hub, relay, run
+from conftest import RELAY_BIN, Hub, relay, run, settled
 
 
 def openssl(*args):
@@ -151,7 +151,7 @@ def test_nats_py_publishes_subscribes_and_requests_over_tls(secure_hub, pki):
         async def answer(msg):
             await msg.respond(b"pong:" + msg.data)
         await client.subscribe("svc.ping", cb=answer)
-        await client.flush()
+        await settled(client)
         other = await nats.connect(f"nats://{secure_hub.nats_host_port}", tls=pki.context(), tls_hostname="localhost")
         await other.publish("orders.new", b"over tls")
         assert (await asyncio.wait_for(got.get(), 5)).data == b"over tls"
@@ -251,7 +251,7 @@ def test_nats_py_is_held_to_its_permissions(secure_hub, pki):
             everything.put_nowait(msg)
 
         await watcher.subscribe(">", cb=collect)
-        await watcher.flush()
+        await settled(watcher)
         errors = asyncio.Queue()
 
         async def on_error(error):
@@ -259,11 +259,11 @@ def test_nats_py_is_held_to_its_permissions(secure_hub, pki):
 
         reader = await nats.connect(url, user="reader", password="s3cret", error_cb=on_error, **options)
         await reader.publish("billing.x", b"not allowed")
-        await reader.flush()
+        await settled(reader)
         error = await asyncio.wait_for(errors.get(), 5)
         assert 'permissions violation for publish to "billing.x"' in error.lower(), error
         await reader.subscribe("billing.>")
-        await reader.flush()
+        await settled(reader)
         error = await asyncio.wait_for(errors.get(), 5)
         assert 'permissions violation for subscription to "billing.>"' in error.lower(), error
         # The connection carries on, and what was refused reached nobody.

@@ -12,7 +12,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import ROOT
+from conftest import ROOT, settled
 
 
 class Traffic(threading.Thread):
@@ -33,12 +33,12 @@ class Traffic(threading.Thread):
                 pass
 
             await client.subscribe("news.*", cb=ignore)
-            await client.flush()
+            await settled(client)
             self.started.set()
             while self.running.is_set():
                 await client.publish("news.today", b"x" * 64)
                 await asyncio.sleep(0.01)  # pacing the traffic, not waiting for anything
-            await client.flush()
+            await settled(client)
             await client.close()
 
         asyncio.run(go())

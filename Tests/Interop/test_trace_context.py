@@ -10,7 +10,7 @@ import tempfile
 import nats
 import websockets
 
-from conftest import Hub, run
+from conftest import Hub, run, settled
 from test_lifecycle import lime_instance
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -79,7 +79,7 @@ def test_with_creation_on_a_message_without_context_gets_one():
             ws = await lime_subscriber(tracing.ws_url, "orders.*")
             nc = await nats.connect(tracing.nats_url)
             sub = await nc.subscribe("orders.>")
-            await nc.flush()
+            await settled(nc)
             await nc.publish("orders.new", b"1")
             msg = await sub.next_msg(timeout=5)
             assert W3C_PARENT.match(msg.headers["traceparent"]), msg.headers

@@ -443,8 +443,8 @@ extension HubCore {
             }
         } else {
             let reason = response.reason ?? Reason(code: ReasonCode.generalError, description: "failure")
-            reply.metadata["Nats-Service-Error"] = reason.description
-            reply.metadata["Nats-Service-Error-Code"] = String(reason.code)
+            reply.metadata[NATSServiceError.descriptionHeader] = reason.description
+            reply.metadata[NATSServiceError.codeHeader] = String(reason.code)
         }
         return publish(reply, from: session).outputs
     }
@@ -488,10 +488,10 @@ extension HubCore {
             return nil
         }
         var response: LIMECommand
-        if let code = message.metadata["Nats-Service-Error-Code"].flatMap({ Int($0) }) {
+        if let code = message.metadata[NATSServiceError.codeHeader].flatMap({ Int($0) }) {
             response = LIMECommand(
                 method: request.method, status: .failure,
-                reason: Reason(code: code, description: message.metadata["Nats-Service-Error"] ?? ""))
+                reason: Reason(code: code, description: message.metadata[NATSServiceError.descriptionHeader] ?? ""))
         } else if message.status == 503 {
             response = LIMECommand(
                 method: request.method, status: .failure,
