@@ -188,7 +188,7 @@ public final class RelayConnection: Sendable {
             let requests = try client.subscribe("\(definition.name).>", queue: definition.name)
             try await client.flush()
             let worker = Task { await Self.answer(requests, of: definition, on: client) }
-            return RelayServiceRegistration(.nats(requests, worker))
+            return RelayServiceRegistration(.nats(requests, worker, client))
         }
     }
 

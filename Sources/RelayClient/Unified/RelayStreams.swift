@@ -63,7 +63,7 @@ public final class RelaySubscription: AsyncSequence, Sendable {
 public final class RelayServiceRegistration: Sendable {
     enum Base: Sendable {
         case lime(ServiceRegistration)
-        case nats(NATSSubscription, Task<Void, Never>)
+        case nats(NATSSubscription, Task<Void, Never>, NATSClient)
     }
 
     let base: Base
@@ -77,8 +77,10 @@ public final class RelayServiceRegistration: Sendable {
         switch base {
         case .lime(let registration):
             try await registration.stop()
-        case .nats(let requests, let worker):
+        case .nats(let requests, let worker, let client):
             try requests.unsubscribe()
+            // The server has the UNSUB when this returns: no request goes to this instance after.
+            try await client.flush()
             await worker.value
         }
     }
