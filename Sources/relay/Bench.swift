@@ -16,7 +16,10 @@ struct Bench: AsyncParsableCommand {
             group of N. reqrep: requesters each waiting for its answer. confirmed: publishers each waiting until \
             a durable queue (a JetStream stream on nats-server, which needs -js) has stored the message. \
             idle: opens --connections sessions, prints {"connected":N} and holds them until standard input \
-            closes (scripts/bench-vs-nats reads the server's memory meanwhile).
+            closes (scripts/bench-vs-nats reads the server's memory meanwhile). \
+            reconnect: runs the server itself on --server's port (relay serve, or nats-server with --nats-server), \
+            connects --subscribers clients (default 10), then --count times (default 5) kills it and starts it \
+            again, timing each client from the server listening again to its subscription restored.
             Latency is from the (intended) send time to reception, or to the answer. With --rate the publishers \
             send at a constant rate and latency counts from when each message was due, so a stall is not \
             hidden (no coordinated omission); without it they send as fast as they can, and the latency \
@@ -24,12 +27,12 @@ struct Bench: AsyncParsableCommand {
             """)
 
     enum Workload: String, ExpressibleByArgument, CaseIterable {
-        case pubsub, fanout, queue, reqrep, confirmed, idle
+        case pubsub, fanout, queue, reqrep, confirmed, idle, reconnect
     }
 
     @OptionGroup var client: ClientOptions
 
-    @Argument(help: "pubsub, fanout, queue, reqrep or confirmed.")
+    @Argument(help: "pubsub, fanout, queue, reqrep, confirmed, idle or reconnect.")
     var workload: Workload
 
     @Option(help: "Messages (or requests) in all; default 100000 (10000 for reqrep and confirmed).")
@@ -53,6 +56,9 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Send at this many messages per second in all, instead of as fast as possible.")
     var rate: Double?
 
+    @Flag(help: "reconnect: run nats-server (instead of this relay serve) as the server that is killed and restarted.")
+    var natsServer = false
+
     @Flag(help: "Print a JSON summary instead of text.")
     var json = false
 
@@ -70,6 +76,13 @@ struct Bench: AsyncParsableCommand {
     func run() async throws {
         MemoryTuning.apply()
         if workload == .idle { return try await holdIdleSessions() }
+        if workload == .reconnect {
+            // Clients reconnect with the default policy (what an application gets), for ever.
+            return try await ReconnectBench(
+                server: client.server, clients: subscribers ?? 10, rounds: count ?? 5, natsServer: natsServer,
+                policy: ReconnectPolicy(maximumAttempts: -1), json: json
+            ).run()
+        }
         let plan = Plan(
             total: duration == nil ? count ?? ([.reqrep, .confirmed].contains(workload) ? 10_000 : 100_000) : nil,
             deadline: duration.map { Self.now() + UInt64($0 * 1e9) }, senders: workload == .fanout || workload == .queue ? 1 : publishers,
@@ -81,7 +94,7 @@ struct Bench: AsyncParsableCommand {
         let result: Outcome
         switch workload {
         case .pubsub, .fanout, .queue: result = try await publishSubscribe(plan, receivers: receivers, progress: progress)
-        case .reqrep, .confirmed, .idle: result = try await requests(plan, progress: progress)
+        case .reqrep, .confirmed, .idle, .reconnect: result = try await requests(plan, progress: progress)
         }
         bar?.cancel()
         if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
