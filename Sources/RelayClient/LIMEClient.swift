@@ -65,6 +65,9 @@ public final class LIMEClient: Sendable {
         public var tls: TLSClientOptions?
         /// How the client reconnects when the connection is lost (`.never` to end instead).
         public var reconnect = ReconnectPolicy()
+        /// Over WebSocket, offer permessage-deflate: when the server accepts, messages of at least
+        /// this many bytes are compressed (nil: no compression).
+        public var compressionThreshold: Int?
 
         public init(
             identity: Identity? = nil, instance: String? = nil, authentication: Authentication = .guest,
@@ -109,6 +112,9 @@ public final class LIMEClient: Sendable {
     public var connectedServer: String { link.withLock { $0.server } }
     /// How many times the client has reconnected.
     public var reconnectCount: Int { link.withLock { $0.reconnects } }
+    /// The permessage-deflate parameters the server accepted on the connection in use, or nil
+    /// when it is not compressed (`Options.compressionThreshold`).
+    public var negotiatedCompression: PerMessageDeflate? { link.withLock { $0.transport?.compression?.parameters } }
     /// Whether a connection is up (and what was set up on it restored).
     public var isConnected: Bool { link.withLock { $0.transport != nil } }
 
@@ -209,7 +215,8 @@ public final class LIMEClient: Sendable {
         do {
             transport = try await LIMETransportConnector.connect(
                 to: endpoint, group: group, connectTimeout: options.connectTimeout,
-                maximumEnvelopeBytes: options.maximumEnvelopeBytes, makeTLSHandler: { try tls.makeHandler(host: host) }
+                maximumEnvelopeBytes: options.maximumEnvelopeBytes, compressionThreshold: options.compressionThreshold,
+                makeTLSHandler: { try tls.makeHandler(host: host) }
             ) { reader in
                 LIMEClientHandler(machine: machine, reader: reader, core: core, generation: generation) { try tls.makeHandler(host: host) }
             }

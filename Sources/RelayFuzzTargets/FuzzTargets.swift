@@ -210,6 +210,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         let (size, stream) = plan(data)
         func read(_ pieces: [ArraySlice<UInt8>]) -> [String] {
             var parser = WebSocketFrameParser(expectsMaskedFrames: true, maximumMessageSize: 4096)
+            // Compressed frames are read too (RSV1), as by a hub that negotiated permessage-deflate.
+            parser.allowsCompression = size % 2 == 0
             var pending: [UInt8] = []
             var seen: [String] = []
             for piece in pieces {
@@ -221,6 +223,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                         switch event {
                         case .message(let range): "message \(Array(buffer[range]))"
                         case .joinedMessage(let bytes): "message \(bytes)"
+                        case .compressedMessage(let bytes): "compressed \(bytes)"
                         case .ping(let range): "ping \(Array(buffer[range]))"
                         case .pong: "pong"
                         case .close(let code): "close \(code.map(String.init) ?? "-")"

@@ -74,6 +74,28 @@ public struct HubConfiguration: Sendable, Codable {
             createContext = try container.decodeIfPresent(Bool.self, forKey: .createContext) ?? false
         }
     }
+    /// Compression on the wire.
+    public var compression = CompressionSettings()
+
+    /// What the hub compresses (docs/OPERATIONS.md).
+    public struct CompressionSettings: Sendable, Codable, Equatable {
+        /// Accept WebSocket's permessage-deflate (RFC 7692) from clients that offer it. Off by
+        /// default, as in nats-server: it costs CPU on both sides, and pays on slow links.
+        public var websocket: Bool = false
+        /// Messages smaller than this many bytes go uncompressed.
+        public var threshold: Int = 256
+
+        public init(websocket: Bool = false, threshold: Int = 256) {
+            self.websocket = websocket
+            self.threshold = threshold
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            websocket = try container.decodeIfPresent(Bool.self, forKey: .websocket) ?? false
+            threshold = try container.decodeIfPresent(Int.self, forKey: .threshold) ?? 256
+        }
+    }
     /// Where durable queues are kept (a SQLite file inside); `relay serve --data DIR`.
     public var data: String = ".relay-data"
     /// Durable queues created at start (more can be created at run time).
@@ -187,6 +209,7 @@ public struct HubConfiguration: Sendable, Codable {
         data = try container.decodeIfPresent(String.self, forKey: .data) ?? defaults.data
         drainTimeoutSeconds = try container.decodeIfPresent(Double.self, forKey: .drainTimeoutSeconds) ?? defaults.drainTimeoutSeconds
         tracing = try container.decodeIfPresent(TracingSettings.self, forKey: .tracing) ?? defaults.tracing
+        compression = try container.decodeIfPresent(CompressionSettings.self, forKey: .compression) ?? defaults.compression
         httpRequiresAdmin = try container.decodeIfPresent(Bool.self, forKey: .httpRequiresAdmin) ?? defaults.httpRequiresAdmin
         queues = try container.decodeIfPresent([QueueSettings].self, forKey: .queues) ?? []
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()

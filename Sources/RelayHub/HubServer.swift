@@ -208,8 +208,11 @@ public final class HubServer: Sendable {
     private func bindWebSocket(_ address: HostAndPort) async throws -> any Channel {
         let hub = self.hub
         let maximum = hub.configuration.limits.maxEnvelopeBytes
-        let upgrader = LIMEWebSocketServerUpgrader(maximumMessageBytes: maximum) {
-            LIMEConnectionHandler(hub: hub, framing: .messages)
+        let compression = hub.configuration.compression
+        let upgrader = LIMEWebSocketServerUpgrader(
+            maximumMessageBytes: maximum, compressionThreshold: compression.websocket ? compression.threshold : nil
+        ) { negotiated in
+            LIMEConnectionHandler(hub: hub, framing: .messages, compression: negotiated)
         }
         // `ws://` and `wss://` on one port: a connection that opens with a TLS handshake gets TLS.
         let sniffs = hub.tls != nil

@@ -34,9 +34,13 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     /// The credentials accepted, until the session is registered with their permissions.
     private var admitted: Admission?
 
-    init(hub: Hub, framing: LIMEEnvelopeReader.Framing) {
+    /// permessage-deflate, when the WebSocket upgrade negotiated it.
+    private let compression: WebSocketCompression?
+
+    init(hub: Hub, framing: LIMEEnvelopeReader.Framing, compression: WebSocketCompression? = nil) {
         self.hub = hub
         self.framing = framing
+        self.compression = compression
         let limits = hub.configuration.limits
         self.reader = LIMEEnvelopeReader(framing: framing, maximumEnvelopeSize: limits.maxEnvelopeBytes, maximumDepth: limits.maxJSONDepth)
         self.logger = hub.logger
@@ -61,7 +65,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         let configuration = hub.configuration
         let hubNode = configuration.hubNode
         let outlet = SessionOutlet(
-            channel: context.channel, framing: framing == .stream ? .stream : .webSocket(masked: false),
+            channel: context.channel, framing: framing == .stream ? .stream : .webSocket(masked: false), compression: compression,
             maximumPendingBytes: configuration.limits.maxPendingBytes, totals: hub.traffic
         ) { token, count in
             // Tells the subscriber how many deliveries its overflow policy dropped while it lagged.

@@ -290,7 +290,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
                 admitted = admission
                 feed(context: context) { $0.connectAccepted(as: Node(identity: admission.identity, instance: String(session))) }
             case .anonymous(let permissions):
-                admitted = Admission(identity: Identity(name: nil, domain: hub.configuration.domain), permissions: permissions, source: .guest)
+                admitted = Admission(
+                    identity: Identity(name: nil, domain: hub.configuration.domain), permissions: permissions, source: .guest)
                 feed(context: context) { $0.connectAccepted() }
             case .refused(let reason):
                 logger.info("NATS authentication refused", metadata: ["user": "\(options.user ?? "-")", "reason": "\(reason.description)"])

@@ -106,11 +106,11 @@ final class SessionOutlet: Sendable {
     let traffic: TrafficCounters
 
     init(
-        channel: any Channel, framing: ChannelWriter.Framing, maximumPendingBytes: Int, totals: TrafficCounters? = nil,
-        dropReport: (@Sendable (String, Int) -> [UInt8]?)? = nil
+        channel: any Channel, framing: ChannelWriter.Framing, compression: WebSocketCompression? = nil, maximumPendingBytes: Int,
+        totals: TrafficCounters? = nil, dropReport: (@Sendable (String, Int) -> [UInt8]?)? = nil
     ) {
         self.traffic = TrafficCounters(totals: totals)
-        self.writer = ChannelWriter(channel: channel, framing: framing)
+        self.writer = ChannelWriter(channel: channel, framing: framing, compression: compression)
         self.maximumPendingBytes = maximumPendingBytes
         self.dropReport = dropReport
     }

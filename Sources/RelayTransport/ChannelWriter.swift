@@ -27,6 +27,8 @@ package final class ChannelWriter: Sendable {
 
     package let channel: any Channel
     private let framing: Framing
+    /// Compresses WebSocket messages when permessage-deflate was negotiated (used under the lock).
+    private let deflater: WebSocketDeflater?
     private let state: Mutex<State>
     /// Bytes queued or written and not yet on the wire.
     private let unsent = Atomic<Int>(0)
@@ -51,9 +53,10 @@ package final class ChannelWriter: Sendable {
         var lastWrite: EventLoopFuture<Void>?
     }
 
-    package init(channel: any Channel, framing: Framing) {
+    package init(channel: any Channel, framing: Framing, compression: WebSocketCompression? = nil) {
         self.channel = channel
         self.framing = framing
+        self.deflater = compression.map(WebSocketDeflater.init)
         self.state = Mutex(State(queued: channel.allocator.buffer(capacity: 0)))
     }
 
@@ -108,9 +111,16 @@ package final class ChannelWriter: Sendable {
             case .webSocket(let masked):
                 for bytes in messages {
                     let key = masked ? state.maskingKeys.next() : nil
-                    if bytes.withContiguousStorageIfAvailable({ Self.writeFrame($0, maskingKey: key, into: &state.queued) }) == nil {
-                        Array(bytes).withUnsafeBufferPointer { Self.writeFrame($0, maskingKey: key, into: &state.queued) }
+                    let frame = { (payload: UnsafeBufferPointer<UInt8>) in
+                        if let deflater = self.deflater, let compressed = deflater.compress(payload) {
+                            compressed.withUnsafeBufferPointer {
+                                Self.writeFrame($0, maskingKey: key, compressed: true, into: &state.queued)
+                            }
+                        } else {
+                            Self.writeFrame(payload, maskingKey: key, into: &state.queued)
+                        }
                     }
+                    if bytes.withContiguousStorageIfAvailable(frame) == nil { Array(bytes).withUnsafeBufferPointer(frame) }
                 }
             }
             size = state.queued.writerIndex - before
@@ -190,10 +200,12 @@ package final class ChannelWriter: Sendable {
 
     /// One text frame carrying `payload`, written (and masked) straight into `buffer`: the
     /// payload is copied once.
-    private static func writeFrame(_ payload: UnsafeBufferPointer<UInt8>, maskingKey: UInt32?, into buffer: inout ByteBuffer) {
+    private static func writeFrame(
+        _ payload: UnsafeBufferPointer<UInt8>, maskingKey: UInt32?, compressed: Bool = false, into buffer: inout ByteBuffer
+    ) {
         let size = WebSocketFrameWriter.frameSize(payloadCount: payload.count, masked: maskingKey != nil)
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { output in
-            WebSocketFrameWriter.write(.text, payload: payload, maskingKey: maskingKey, to: output)
+            WebSocketFrameWriter.write(.text, payload: payload, maskingKey: maskingKey, compressed: compressed, to: output)
         }
     }
 }

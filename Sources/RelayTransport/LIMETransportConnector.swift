@@ -51,6 +51,8 @@ package struct LIMETransportReady: Sendable {
 package struct LIMETransport: Sendable {
     package let channel: any Channel
     package let writer: ChannelWriter
+    /// permessage-deflate, when the WebSocket upgrade negotiated it.
+    package var compression: WebSocketCompression?
 }
 
 /// Opens a LIME transport to a server and puts the handler that `makeHandler` builds on top of it:
@@ -60,7 +62,7 @@ package enum LIMETransportConnector {
     /// `makeTLSHandler` gives the handler TLS runs in for `wss://`, first in the pipeline.
     package static func connect(
         to endpoint: LIMEEndpoint, group: any EventLoopGroup, connectTimeout: Duration, maximumEnvelopeBytes maximum: Int,
-        makeTLSHandler: (@Sendable () throws -> any ChannelHandler)? = nil,
+        compressionThreshold: Int? = nil, makeTLSHandler: (@Sendable () throws -> any ChannelHandler)? = nil,
         makeHandler: @escaping @Sendable (LIMEEnvelopeReader) -> any ChannelHandler
     ) async throws -> LIMETransport {
         let bootstrap = ClientBootstrap(group: group)
@@ -77,14 +79,15 @@ package enum LIMETransportConnector {
             return ready(channel, framing: .stream)
         case .webSocket(let path):
             let upgradeResult = group.next().makePromise(of: Bool.self)
+            // Made here, not in the initializer, so that what it negotiated can be read after.
+            let upgrader = LIMEWebSocketClientUpgrader(maximumMessageBytes: maximum, compressionThreshold: compressionThreshold) {
+                makeHandler(LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum))
+            }
             let channel: any Channel
             do {
                 channel = try await bootstrap.channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         if endpoint.secure, let makeTLSHandler { try channel.pipeline.syncOperations.addHandler(makeTLSHandler()) }
-                        let upgrader = LIMEWebSocketClientUpgrader(maximumMessageBytes: maximum) {
-                            makeHandler(LIMEEnvelopeReader(framing: .messages, maximumEnvelopeSize: maximum))
-                        }
                         var headers = HTTPHeaders()
                         headers.add(name: "Host", value: "\(endpoint.host):\(endpoint.port)")
                         headers.add(name: "Sec-WebSocket-Protocol", value: "lime")
@@ -106,13 +109,15 @@ package enum LIMETransportConnector {
                 channel.close(promise: nil)
                 throw LIMETransportError.upgradeRefused
             }
-            return ready(channel, framing: .webSocket(masked: true))
+            return ready(channel, framing: .webSocket(masked: true), compression: upgrader.negotiated.withLock { $0 })
         }
     }
 
-    private static func ready(_ channel: any Channel, framing: ChannelWriter.Framing) -> LIMETransport {
-        let writer = ChannelWriter(channel: channel, framing: framing)
+    private static func ready(_ channel: any Channel, framing: ChannelWriter.Framing, compression: WebSocketCompression? = nil)
+        -> LIMETransport
+    {
+        let writer = ChannelWriter(channel: channel, framing: framing, compression: compression)
         channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(LIMETransportReady(writer: writer)) }
-        return LIMETransport(channel: channel, writer: writer)
+        return LIMETransport(channel: channel, writer: writer, compression: compression)
     }
 }

@@ -2,6 +2,7 @@ import Crypto
 import NIOCore
 import NIOHTTP1
 import RelayCore
+import Synchronization
 
 /// The peer broke the WebSocket protocol, or sent a message over the limit; the connection is
 /// closed with `code` (RFC 6455 §7.4.1).
@@ -37,9 +38,14 @@ package final class WebSocketEnvelopeHandler: ChannelDuplexHandler, RemovableCha
     /// The close code for a connection that ends because of a protocol error.
     private var failureCode: UInt16?
 
-    package init(isClient: Bool, maximumMessageBytes: Int) {
+    /// Inflates compressed messages when permessage-deflate was negotiated.
+    private let inflater: WebSocketInflater?
+
+    package init(isClient: Bool, maximumMessageBytes: Int, compression: WebSocketCompression? = nil) {
         self.isClient = isClient
         self.parser = WebSocketFrameParser(expectsMaskedFrames: !isClient, maximumMessageSize: maximumMessageBytes)
+        parser.allowsCompression = compression != nil
+        self.inflater = compression.map { WebSocketInflater($0, maximumMessageBytes: maximumMessageBytes) }
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -67,6 +73,20 @@ package final class WebSocketEnvelopeHandler: ChannelDuplexHandler, RemovableCha
                 context.fireChannelRead(wrapInboundOut(buffer.getSlice(at: base + range.lowerBound, length: range.count)!))
             case .joinedMessage(let bytes):
                 context.fireChannelRead(wrapInboundOut(context.channel.allocator.buffer(bytes: bytes)))
+            case .compressedMessage(let bytes):
+                do throws(WebSocketInflater.InflateError) {
+                    guard let inflater else { throw .corrupt }
+                    context.fireChannelRead(wrapInboundOut(try inflater.inflate(bytes, allocator: context.channel.allocator)))
+                } catch {
+                    let failure =
+                        error == .tooLarge
+                        ? WebSocketFailure(
+                            code: WebSocketCloseCode.messageTooBig, description: "A compressed message inflates past the limit")
+                        : WebSocketFailure(code: WebSocketCloseCode.invalidPayload, description: "A compressed message does not inflate")
+                    failureCode = failure.code
+                    context.fireErrorCaught(failure)
+                    return
+                }
             case .ping(let range):
                 let payload = buffer.getBytes(at: base + range.lowerBound, length: range.count) ?? []
                 context.writeAndFlush(wrapOutboundOut(frame(.pong, payload, context: context)), promise: nil)
@@ -92,7 +112,9 @@ package final class WebSocketEnvelopeHandler: ChannelDuplexHandler, RemovableCha
     }
 
     package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        guard mode == .all, !sentClose, context.channel.isActive else {
+        // A half-close (the session's last word written) gets the close frame too: RFC 6455 wants
+        // one before the TCP connection ends, with the failure's code when there was one.
+        guard mode != .input, !sentClose, context.channel.isActive else {
             context.close(mode: mode, promise: promise)
             return
         }
@@ -123,12 +145,28 @@ package final class LIMEWebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sen
     package let supportedProtocol = "websocket"
     package let requiredUpgradeHeaders: [String] = []
     private let maximumMessageBytes: Int
-    private let makeSession: @Sendable () -> any ChannelHandler
+    /// permessage-deflate is accepted when given: messages of at least this many bytes are
+    /// compressed.
+    private let compressionThreshold: Int?
+    private let makeSession: @Sendable (WebSocketCompression?) -> any ChannelHandler
 
-    /// `makeSession` builds the handler of each upgraded connection's session.
-    package init(maximumMessageBytes: Int, makeSession: @escaping @Sendable () -> any ChannelHandler) {
+    /// `makeSession` builds the handler of each upgraded connection's session, given what was
+    /// negotiated for compression.
+    package init(
+        maximumMessageBytes: Int, compressionThreshold: Int? = nil,
+        makeSession: @escaping @Sendable (WebSocketCompression?) -> any ChannelHandler
+    ) {
         self.maximumMessageBytes = maximumMessageBytes
+        self.compressionThreshold = compressionThreshold
         self.makeSession = makeSession
+    }
+
+    /// What this request's offers of permessage-deflate come to (the same in the response and
+    /// in the upgrade: both read the request).
+    private func compression(for request: HTTPRequestHead) -> WebSocketCompression? {
+        guard let threshold = compressionThreshold else { return nil }
+        let offers = PerMessageDeflate.offers(in: request.headers[canonicalForm: "sec-websocket-extensions"].map(String.init))
+        return PerMessageDeflate.accept(offers).map { WebSocketCompression(parameters: $0, isClient: false, threshold: threshold) }
     }
 
     package func buildUpgradeResponse(channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders)
@@ -147,14 +185,19 @@ package final class LIMEWebSocketServerUpgrader: HTTPServerProtocolUpgrader, Sen
         // Clients that ask for no subprotocol are served too.
         let offered = upgradeRequest.headers[canonicalForm: "sec-websocket-protocol"].map { $0.lowercased() }
         if offered.contains("lime") { headers.add(name: "Sec-WebSocket-Protocol", value: "lime") }
+        if let compression = compression(for: upgradeRequest) {
+            headers.add(name: "Sec-WebSocket-Extensions", value: compression.parameters.headerValue)
+        }
         return channel.eventLoop.makeSucceededFuture(headers)
     }
 
     package func upgrade(context: ChannelHandlerContext, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<Void> {
         let channel = context.channel
+        let compression = compression(for: upgradeRequest)
         return channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.addHandlers([
-                WebSocketEnvelopeHandler(isClient: false, maximumMessageBytes: maximumMessageBytes), makeSession(),
+                WebSocketEnvelopeHandler(isClient: false, maximumMessageBytes: maximumMessageBytes, compression: compression),
+                makeSession(compression),
             ])
         }
     }
@@ -167,28 +210,46 @@ package final class LIMEWebSocketClientUpgrader: NIOTypedHTTPClientProtocolUpgra
     package let requiredUpgradeHeaders: [String] = []
     private let key: String
     private let maximumMessageBytes: Int
+    /// permessage-deflate is offered when given: messages of at least this many bytes are then
+    /// compressed, if the server accepts.
+    private let compressionThreshold: Int?
     private let makeSession: @Sendable () -> any ChannelHandler
+    /// What the server accepted, for the connection's writer.
+    package let negotiated = Mutex<WebSocketCompression?>(nil)
 
-    package init(maximumMessageBytes: Int, makeSession: @escaping @Sendable () -> any ChannelHandler) {
+    package init(maximumMessageBytes: Int, compressionThreshold: Int? = nil, makeSession: @escaping @Sendable () -> any ChannelHandler) {
         var generator = SystemRandomNumberGenerator()
         self.key = Base64.encode((0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) })
         self.maximumMessageBytes = maximumMessageBytes
+        self.compressionThreshold = compressionThreshold
         self.makeSession = makeSession
     }
 
     package func addCustom(upgradeRequestHeaders: inout HTTPHeaders) {
         upgradeRequestHeaders.add(name: "Sec-WebSocket-Key", value: key)
         upgradeRequestHeaders.add(name: "Sec-WebSocket-Version", value: "13")
+        if compressionThreshold != nil {
+            upgradeRequestHeaders.add(name: "Sec-WebSocket-Extensions", value: PerMessageDeflate.clientOffer.headerValue)
+        }
     }
 
     package func shouldAllowUpgrade(upgradeResponse: HTTPResponseHead) -> Bool {
-        upgradeResponse.headers[canonicalForm: "sec-websocket-accept"] == [Substring(webSocketAccept(for: key))]
+        guard upgradeResponse.headers[canonicalForm: "sec-websocket-accept"] == [Substring(webSocketAccept(for: key))] else { return false }
+        // An extension the client did not offer, or an answer it cannot accept, fails the upgrade.
+        let extensions = upgradeResponse.headers[canonicalForm: "sec-websocket-extensions"].map(String.init)
+        let answer: PerMessageDeflate?
+        do { answer = try PerMessageDeflate.response(in: extensions) } catch { return false }
+        guard let accepted = answer else { return extensions.isEmpty }
+        guard let threshold = compressionThreshold else { return false }
+        negotiated.withLock { $0 = WebSocketCompression(parameters: accepted, isClient: true, threshold: threshold) }
+        return true
     }
 
     package func upgrade(channel: any Channel, upgradeResponse: HTTPResponseHead) -> EventLoopFuture<Bool> {
-        channel.eventLoop.makeCompletedFuture {
+        let compression = negotiated.withLock { $0 }
+        return channel.eventLoop.makeCompletedFuture {
             try channel.pipeline.syncOperations.addHandlers([
-                WebSocketEnvelopeHandler(isClient: true, maximumMessageBytes: maximumMessageBytes), makeSession(),
+                WebSocketEnvelopeHandler(isClient: true, maximumMessageBytes: maximumMessageBytes, compression: compression), makeSession(),
             ])
             return true
         }

@@ -32,6 +32,9 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .customLong("tls-key"), help: "The key of --tls-cert (PEM).")
     var tlsKey: String?
 
+    @Flag(help: "Over WebSocket, offer permessage-deflate: messages of 256 bytes and more are compressed if the hub accepts.")
+    var compress = false
+
     @Flag(help: "End when the connection is lost instead of reconnecting (long-running commands reconnect for ever by default).")
     var noReconnect = false
 
@@ -89,6 +92,7 @@ struct ClientOptions: ParsableArguments {
         }
         options.tls = tls
         options.reconnect = reconnect
+        if compress { options.compressionThreshold = 256 }
         return try await LIMEClient.connect(to: servers, options: options)
     }
 }

@@ -52,6 +52,9 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .customLong("create-trace-context"), help: "Start a W3C trace for messages that come without a traceparent.")
     var createTraceContext = false
 
+    @Flag(name: .customLong("ws-compression"), help: "Accept WebSocket permessage-deflate from clients that offer it.")
+    var webSocketCompression = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -104,6 +107,7 @@ struct Serve: AsyncParsableCommand {
         if let data { configuration.data = data }
         if let drainTimeout { configuration.drainTimeoutSeconds = drainTimeout }
         if createTraceContext { configuration.tracing.createContext = true }
+        if webSocketCompression { configuration.compression.websocket = true }
         if let tlsCertificate {
             guard let tlsKey else { throw ValidationError("--tls-cert needs --tls-key") }
             var tls = configuration.tls ?? HubConfiguration.TLSSettings(cert: tlsCertificate, key: tlsKey)

@@ -23,6 +23,7 @@ private func read(_ chunks: [[UInt8]], masked: Bool, maximum: Int = 1 << 20) -> 
             switch event {
             case .message(let range): out.append(.message(Array(bytes[range])))
             case .joinedMessage(let joined): out.append(.message(joined))
+            case .compressedMessage: out.append(.failed(0))  // never without allowsCompression
             case .ping(let range): out.append(.ping(Array(bytes[range])))
             case .pong: out.append(.pong)
             case .close(let code): out.append(.close(code))

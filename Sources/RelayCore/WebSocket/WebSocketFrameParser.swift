@@ -14,6 +14,8 @@ public enum WebSocketOpcode: UInt8, Sendable {
 public enum WebSocketCloseCode {
     public static let normal: UInt16 = 1000
     public static let protocolError: UInt16 = 1002
+    /// The payload is not what it should be (a compressed message that does not inflate).
+    public static let invalidPayload: UInt16 = 1007
     public static let messageTooBig: UInt16 = 1009
 }
 
@@ -33,6 +35,9 @@ public struct WebSocketFrameParser: Sendable {
         case message(Range<Int>)
         /// A text or binary message sent in fragments, joined.
         case joinedMessage([UInt8])
+        /// A message compressed by permessage-deflate (RSV1 set on its first frame), its fragments
+        /// joined, still compressed: the caller inflates it (`allowsCompression` only).
+        case compressedMessage([UInt8])
         /// A ping, with the range of its payload (to be echoed in a pong).
         case ping(Range<Int>)
         case pong
@@ -46,8 +51,12 @@ public struct WebSocketFrameParser: Sendable {
     public let expectsMaskedFrames: Bool
     /// The largest message, in payload bytes, whether in one frame or in fragments.
     public let maximumMessageSize: Int
+    /// Whether permessage-deflate was negotiated: RSV1 then marks a compressed message.
+    public var allowsCompression = false
     /// The fragments so far of a message sent in pieces.
     private var fragments: [UInt8]?
+    /// Whether the message being joined is compressed.
+    private var fragmentsCompressed = false
     private var failed = false
 
     public init(expectsMaskedFrames: Bool, maximumMessageSize: Int) {
@@ -67,9 +76,9 @@ public struct WebSocketFrameParser: Sendable {
                 return (events, offset)
             case .failed(let code, let description):
                 event = .failed(code: code, description: description)
-            case .frame(let fin, let opcode, let payload):
+            case .frame(let fin, let opcode, let compressed, let payload):
                 offset = payload.upperBound
-                event = received(fin: fin, opcode: opcode, payload: payload, in: bytes)
+                event = received(fin: fin, opcode: opcode, compressed: compressed, payload: payload, in: bytes)
             }
             guard let event else { continue }
             events.append(event)
@@ -85,7 +94,7 @@ public struct WebSocketFrameParser: Sendable {
     private enum FrameResult {
         case incomplete
         case failed(UInt16, String)
-        case frame(fin: Bool, opcode: WebSocketOpcode, payload: Range<Int>)
+        case frame(fin: Bool, opcode: WebSocketOpcode, compressed: Bool, payload: Range<Int>)
     }
 
     /// The frame starting at `start`, its payload unmasked, once all of it is there.
@@ -94,9 +103,13 @@ public struct WebSocketFrameParser: Sendable {
         guard available >= 2 else { return .incomplete }
         let first = bytes[start]
         let second = bytes[start + 1]
-        guard first & 0x70 == 0 else { return .failed(WebSocketCloseCode.protocolError, "Reserved bits set without an extension") }
         guard let opcode = WebSocketOpcode(rawValue: first & 0x0F) else {
             return .failed(WebSocketCloseCode.protocolError, "Unknown opcode \(first & 0x0F)")
+        }
+        // RSV1 is permessage-deflate's, on the first frame of a data message only (RFC 7692 §6).
+        let compressed = first & 0x40 != 0
+        guard first & 0x30 == 0, !compressed || (allowsCompression && (opcode == .text || opcode == .binary)) else {
+            return .failed(WebSocketCloseCode.protocolError, "Reserved bits set without an extension")
         }
         let fin = first & 0x80 != 0
         let masked = second & 0x80 != 0
@@ -136,19 +149,20 @@ public struct WebSocketFrameParser: Sendable {
             Self.applyMask(
                 UnsafeMutableBufferPointer(rebasing: bytes[payload]), key: UnsafeBufferPointer(rebasing: bytes[keyStart..<keyStart + 4]))
         }
-        return .frame(fin: fin, opcode: opcode, payload: payload)
+        return .frame(fin: fin, opcode: opcode, compressed: compressed, payload: payload)
     }
 
-    private mutating func received(fin: Bool, opcode: WebSocketOpcode, payload: Range<Int>, in bytes: UnsafeMutableBufferPointer<UInt8>)
-        -> Event?
-    {
+    private mutating func received(
+        fin: Bool, opcode: WebSocketOpcode, compressed: Bool, payload: Range<Int>, in bytes: UnsafeMutableBufferPointer<UInt8>
+    ) -> Event? {
         switch opcode {
         case .text, .binary:
             guard fragments == nil else {
                 return .failed(code: WebSocketCloseCode.protocolError, description: "A new message began before the fragmented one ended")
             }
-            if fin { return .message(payload) }
+            if fin { return compressed ? .compressedMessage(Array(UnsafeBufferPointer(rebasing: bytes[payload]))) : .message(payload) }
             fragments = Array(UnsafeBufferPointer(rebasing: bytes[payload]))
+            fragmentsCompressed = compressed
             return nil
         case .continuation:
             guard fragments != nil else {
@@ -157,7 +171,7 @@ public struct WebSocketFrameParser: Sendable {
             fragments!.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[payload]))
             guard fin else { return nil }
             defer { fragments = nil }
-            return .joinedMessage(fragments!)
+            return fragmentsCompressed ? .compressedMessage(fragments!) : .joinedMessage(fragments!)
         case .ping:
             return .ping(payload)
         case .pong:

@@ -13,8 +13,10 @@ public enum WebSocketFrameWriter {
     /// `frameSize(payloadCount:masked:)` bytes; returns that size. `maskingKey`, when given (a
     /// client must mask every frame), is four bytes taken in memory order. The payload is copied
     /// once, and masked where it lands.
+    /// `compressed` sets RSV1: the payload is a permessage-deflate message.
     public static func write(
-        _ opcode: WebSocketOpcode, payload: UnsafeBufferPointer<UInt8>, maskingKey: UInt32? = nil, to output: UnsafeMutableRawBufferPointer
+        _ opcode: WebSocketOpcode, payload: UnsafeBufferPointer<UInt8>, maskingKey: UInt32? = nil, compressed: Bool = false,
+        to output: UnsafeMutableRawBufferPointer
     ) -> Int {
         let length = payload.count
         var index = 0
@@ -22,7 +24,7 @@ public enum WebSocketFrameWriter {
             output[index] = byte
             index += 1
         }
-        put(0x80 | opcode.rawValue)
+        put(0x80 | (compressed ? 0x40 : 0) | opcode.rawValue)
         let maskBit: UInt8 = maskingKey == nil ? 0 : 0x80
         if length < 126 {
             put(maskBit | UInt8(length))
