@@ -56,6 +56,16 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Send at this many messages per second in all, instead of as fast as possible.")
     var rate: Double?
 
+    enum Filler: String, ExpressibleByArgument {
+        /// The same byte over and over: compresses as well as anything can.
+        case x
+        /// Words drawn from a short list, as text and JSON tend to be (compresses about 3×).
+        case words
+    }
+
+    @Option(help: "What fills the payload after its timestamp: x (one byte repeated) or words (text-like).")
+    var filler: Filler = .x
+
     @Flag(help: "reconnect: run nats-server (instead of this relay serve) as the server that is killed and restarted.")
     var natsServer = false
 
@@ -91,11 +101,14 @@ struct Bench: AsyncParsableCommand {
         let progress = Progress(expected: plan.total)
         let showProgress = !json && !noProgress && isatty(STDERR_FILENO) == 1
         let bar = showProgress ? Task { await progress.draw() } : nil
-        let result: Outcome
+        let ioBefore = Self.ioBytes()
+        var result: Outcome
         switch workload {
         case .pubsub, .fanout, .queue: result = try await publishSubscribe(plan, receivers: receivers, progress: progress)
         case .reqrep, .confirmed, .idle, .reconnect: result = try await requests(plan, progress: progress)
         }
+        let ioAfter = Self.ioBytes()
+        (result.wireRead, result.wireWritten) = (ioAfter.read - ioBefore.read, ioAfter.written - ioBefore.written)
         bar?.cancel()
         if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         report(result, receivers: receivers)
@@ -125,6 +138,9 @@ struct Bench: AsyncParsableCommand {
         var expected: Int
         var seconds: Double
         var latencies: Histogram<UInt64>
+        /// Bytes the bench process read and wrote (its connections' traffic, compressed or not).
+        var wireRead = 0
+        var wireWritten = 0
     }
 
     private func publishSubscribe(_ plan: Plan, receivers count: Int, progress: Progress) async throws -> Outcome {
@@ -214,7 +230,7 @@ struct Bench: AsyncParsableCommand {
     private func send(_ plan: Plan, share: Int?, progress: Progress, _ transmit: ([UInt8]) async throws -> Void) async throws -> Int {
         var sent = 0
         let start = Self.now()
-        var payload = [UInt8](repeating: UInt8(ascii: "x"), count: size)
+        var payload = filler == .words ? Self.words(size) : [UInt8](repeating: UInt8(ascii: "x"), count: size)
         while share.map({ sent < $0 }) ?? (Self.now() < plan.deadline!) {
             var due = Self.now()
             if let interval = plan.interval {
@@ -270,6 +286,32 @@ struct Bench: AsyncParsableCommand {
         }
     }
 
+    /// `size` bytes of words chosen at random from a short list, separated by spaces.
+    static func words(_ size: Int) -> [UInt8] {
+        let list = ["order", "price", "quantity", "customer", "status", "shipped", "pending", "total", "currency", "EUR", "sku", "warehouse"]
+        var generator = SystemRandomNumberGenerator()
+        var text: [UInt8] = []
+        while text.count < size {
+            text += Array(list.randomElement(using: &generator)!.utf8)
+            text.append(UInt8(ascii: " "))
+            text += Array(String(Int.random(in: 0..<10_000, using: &generator)).utf8)
+            text.append(UInt8(ascii: " "))
+        }
+        return Array(text.prefix(size))
+    }
+
+    /// Bytes this process has read and written through system calls (`/proc/self/io`): for the
+    /// bench, its sockets' traffic, so what is on the wire after compression.
+    static func ioBytes() -> (read: Int, written: Int) {
+        guard let text = try? String(contentsOfFile: "/proc/self/io", encoding: .utf8) else { return (0, 0) }
+        var values: [String: Int] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":")
+            if parts.count == 2 { values[String(parts[0])] = Int(parts[1].trimmingCharacters(in: .whitespaces)) }
+        }
+        return (values["rchar"] ?? 0, values["wchar"] ?? 0)
+    }
+
     private static func sentTime(_ payload: [UInt8]) -> UInt64 {
         var value: UInt64 = 0
         for byte in payload.prefix(20) {
@@ -299,6 +341,8 @@ struct Bench: AsyncParsableCommand {
                 "deliveredPerSecond": .number(JSONNumber(deliveredRate)),
             ]
             if let rate { object["rate"] = .number(JSONNumber(rate)) }
+            object["wireBytesWritten"] = .number(JSONNumber(outcome.wireWritten))
+            object["wireBytesRead"] = .number(JSONNumber(outcome.wireRead))
             var percentiles = JSONObject()
             for key in names + ["max"] { percentiles[key] = .number(JSONNumber(latency[key]!)) }
             object["latencyMicroseconds"] = .object(percentiles)
@@ -307,6 +351,10 @@ struct Bench: AsyncParsableCommand {
         }
         let seconds = String(format: "%.3f", outcome.seconds)
         print("\(workload.rawValue) \(client.server): \(outcome.sent) × \(size) B in \(seconds) s = \(Int(sentRate)) msg/s")
+        if outcome.sent > 0 {
+            let perMessage = Double(outcome.wireWritten + outcome.wireRead) / Double(outcome.sent)
+            print(String(format: "on the wire (this process): %d B written, %d B read, %.1f B per message", outcome.wireWritten, outcome.wireRead, perMessage))
+        }
         if outcome.received != outcome.sent || receivers > 1 {
             print("delivered: \(outcome.received) (\(Int(deliveredRate)) msg/s)\(lost > 0 ? ", LOST \(lost)" : "")")
         }
