@@ -50,10 +50,12 @@ package final class WebSocketDeflater: @unchecked Sendable {
         guard message.count >= compression.threshold else { return nil }
         do {
             if compressor == nil {
-                // Created on the first message that needs it: an idle connection holds none.
+                // Created on the first message that needs it, then kept (reset after each message):
+                // about 40 KiB with this window and memory level; making one per message cost
+                // more than compressing.
                 compressor = try ZlibCompressor(
                     algorithm: .deflate,
-                    configuration: ZlibConfiguration(windowSize: compression.windowBits, compressionLevel: 6, memoryLevel: 6))
+                    configuration: ZlibConfiguration(windowSize: compression.windowBits, compressionLevel: 1, memoryLevel: 6))
             }
             var input = ByteBufferAllocator().buffer(capacity: message.count)
             input.writeBytes(message)
@@ -68,7 +70,6 @@ package final class WebSocketDeflater: @unchecked Sendable {
         // The sync flush ends with an empty stored block, 00 00 ff ff: the receiver adds it back.
         guard output.readableBytes >= 4 else { return nil }
         let compressed = output.getBytes(at: output.readerIndex, length: output.readableBytes - 4) ?? []
-        if compression.resetsCompressor { compressor = nil }
         return compressed.count < message.count ? compressed : nil
     }
 }

@@ -288,7 +288,9 @@ struct Bench: AsyncParsableCommand {
 
     /// `size` bytes of words chosen at random from a short list, separated by spaces.
     static func words(_ size: Int) -> [UInt8] {
-        let list = ["order", "price", "quantity", "customer", "status", "shipped", "pending", "total", "currency", "EUR", "sku", "warehouse"]
+        let list = [
+            "order", "price", "quantity", "customer", "status", "shipped", "pending", "total", "currency", "EUR", "sku", "warehouse",
+        ]
         var generator = SystemRandomNumberGenerator()
         var text: [UInt8] = []
         while text.count < size {
@@ -353,7 +355,10 @@ struct Bench: AsyncParsableCommand {
         print("\(workload.rawValue) \(client.server): \(outcome.sent) × \(size) B in \(seconds) s = \(Int(sentRate)) msg/s")
         if outcome.sent > 0 {
             let perMessage = Double(outcome.wireWritten + outcome.wireRead) / Double(outcome.sent)
-            print(String(format: "on the wire (this process): %d B written, %d B read, %.1f B per message", outcome.wireWritten, outcome.wireRead, perMessage))
+            print(
+                String(
+                    format: "on the wire (this process): %d B written, %d B read, %.1f B per message", outcome.wireWritten,
+                    outcome.wireRead, perMessage))
         }
         if outcome.received != outcome.sent || receivers > 1 {
             print("delivered: \(outcome.received) (\(Int(deliveredRate)) msg/s)\(lost > 0 ? ", LOST \(lost)" : "")")

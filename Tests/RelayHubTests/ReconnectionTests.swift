@@ -4,18 +4,6 @@ import RelayCore
 import Testing
 
 @Suite struct ReconnectPolicyTests {
-    /// The same sequence every run: the bounds are checked on values, not on luck.
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test func waitsAreFullJitterUnderADoublingCap() {
         let policy = ReconnectPolicy(baseDelay: .milliseconds(50), maximumDelay: .seconds(2))
         #expect(policy.delayCap(after: 0) == .milliseconds(50))
@@ -23,7 +11,8 @@ import Testing
         #expect(policy.delayCap(after: 5) == .milliseconds(1600))
         #expect(policy.delayCap(after: 6) == .seconds(2))
         #expect(policy.delayCap(after: 1000) == .seconds(2), "no overflow however many failures")
-        var generator = SeededGenerator(state: 7)
+        // RelayCore's seeded generator: the same sequence every run, so the bounds are checked on values, not on luck.
+        var generator = TraceIdentifierGenerator(seed: 7)
         for failures in [0, 1, 3, 6, 40] {
             let delays = (0..<2000).map { _ in policy.delay(after: failures, using: &generator) }
             let cap = policy.delayCap(after: failures)

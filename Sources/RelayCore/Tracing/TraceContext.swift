@@ -62,7 +62,9 @@ public enum TraceContext {
 
 /// Makes the ids of new traces: a xoshiro256** generator the hub seeds from the system's random
 /// source (the core reads no clock and no device; tests give a fixed seed).
-public struct TraceIdentifierGenerator: Sendable {
+/// Any seeded use may draw from it too (`RandomNumberGenerator`): tests that need the same
+/// random sequence every run do.
+public struct TraceIdentifierGenerator: RandomNumberGenerator, Sendable {
     private var state: (UInt64, UInt64, UInt64, UInt64)
 
     public init(seed: UInt64) {
@@ -78,7 +80,7 @@ public struct TraceIdentifierGenerator: Sendable {
         state = (next(), next(), next(), next())
     }
 
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         let result = ((state.1 &* 5) << 7 | (state.1 &* 5) >> 57) &* 9
         let t = state.1 << 17
         state.2 ^= state.0
