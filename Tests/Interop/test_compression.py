@@ -171,7 +171,11 @@ class LIMEEchoServer:
                 self.received.append(envelope["content"])
 
     def stop(self):
-        self.loop.call_soon_threadsafe(self.server.close)
+        async def close():
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
