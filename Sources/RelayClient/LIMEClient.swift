@@ -68,6 +68,8 @@ public final class LIMEClient: Sendable {
         /// Over WebSocket, offer permessage-deflate: when the server accepts, messages of at least
         /// this many bytes are compressed (nil: no compression).
         public var compressionThreshold: Int?
+        /// Over `tcp://`, choose LIME's session compression (`gzip`) when the server offers it.
+        public var sessionCompression = false
 
         public init(
             identity: Identity? = nil, instance: String? = nil, authentication: Authentication = .guest,
@@ -207,7 +209,7 @@ public final class LIMEClient: Sendable {
         let machine = LIMEClientSessionMachine(
             configuration: .init(
                 identity: options.identity, instance: instance, scheme: scheme, authentication: authentication,
-                encryption: options.tls != nil ? "tls" : "none"))
+                compression: options.sessionCompression ? "gzip" : "none", encryption: options.tls != nil ? "tls" : "none"))
         let tls = options.tls ?? TLSClientOptions()
         let host = endpoint.host
         let generation = core.beginConnection()

@@ -18,6 +18,8 @@ final class LIMEClientHandler: ChannelInboundHandler {
     /// Frames what the session sends for its transport; given when the transport is ready.
     private var writer: ChannelWriter?
     private var readers = ReadersToWake()
+    /// The session switched to `compression: gzip` (the codec is in the pipeline).
+    private var compressionStarted = false
     /// Makes the TLS handler when the session negotiates TLS over TCP.
     private let makeTLSHandler: () throws -> NIOSSLClientHandler
 
@@ -43,8 +45,25 @@ final class LIMEClientHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        // The confirmation of `compression: gzip` may share its read with what follows it,
+        // already compressed: one envelope at a time until the switch, the rest through the codec.
+        while machine.awaitsCompressionSwitch {
+            let (rest, error) = reader.readOne(buffer) { execute(machine.envelopeReceived($0), context: context) }
+            if let error {
+                execute(machine.invalidInputReceived(error), context: context)
+                return
+            }
+            guard let rest else { return }
+            if compressionStarted {
+                // From the head of the pipeline, where the codec now is.
+                context.pipeline.fireChannelRead(NIOAny(rest))
+                return
+            }
+            buffer = rest
+        }
         let error = reader.read(
-            unwrapInboundIn(data),
+            buffer,
             deliverInPlace: { delivery, bytes in
                 // A subscription that has ended meanwhile: decoded and counted as the core counts it.
                 guard machine.deliversInPlace, let inbox = core.subscription(delivery.subscription) else { return false }
@@ -95,6 +114,16 @@ final class LIMEClientHandler: ChannelInboundHandler {
             break
         case .send(let envelope):
             writer?.enqueue(LIMECodec.encode(envelope))
+        case .startCompression:
+            // What was written so far went out uncompressed; from here on both ways are gzip.
+            writer?.drain()
+            do {
+                try context.pipeline.syncOperations.addHandler(GzipStreamCodec(), position: .before(self))
+                compressionStarted = true
+            } catch {
+                execute(
+                    machine.invalidInputReceived(Reason(code: ReasonCode.sessionError, description: "gzip: \(error)")), context: context)
+            }
         case .startTLS:
             // The server confirmed TLS: the handshake starts now, before anything else is sent.
             do {

@@ -84,15 +84,20 @@ public struct HubConfiguration: Sendable, Codable {
         public var websocket: Bool = false
         /// Messages smaller than this many bytes go uncompressed.
         public var threshold: Int = 256
+        /// Offer LIME's session compression (`gzip`) to sessions over plaintext TCP. It makes the
+        /// session negotiate, which lime-python's TCP transport does not follow.
+        public var session: Bool = false
 
-        public init(websocket: Bool = false, threshold: Int = 256) {
+        public init(websocket: Bool = false, threshold: Int = 256, session: Bool = false) {
             self.websocket = websocket
             self.threshold = threshold
+            self.session = session
         }
 
         public init(from decoder: any Decoder) throws {
             let container = try decoder.container(keyedBy: CodingKeys.self)
             websocket = try container.decodeIfPresent(Bool.self, forKey: .websocket) ?? false
+            session = try container.decodeIfPresent(Bool.self, forKey: .session) ?? false
             threshold = try container.decodeIfPresent(Int.self, forKey: .threshold) ?? 256
         }
     }

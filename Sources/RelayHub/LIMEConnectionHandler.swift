@@ -84,6 +84,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         var machine = LIMEServerSessionMachine(
             configuration: .init(
                 sessionID: UUID().uuidString.lowercased(), serverNode: configuration.hubNode, schemes: hub.authenticator.schemes,
+                // gzip (LIME's session compression) over plaintext TCP only, when configured.
+                compressionOptions: framing == .stream && tls == nil && configuration.compression.session ? ["none", "gzip"] : ["none"],
                 encryptionOptions: encryption, assignedInstance: randomTag, requiresTLS: tls?.required ?? false,
                 offersTransportScheme: hub.authenticator.checksClientCertificates))
         address = context.channel.remoteAddress?.ipAddress
@@ -223,6 +225,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             for envelope in envelopes { write(envelope, context: context) }
         case .sendAndStartTLS(let envelope):
             startTLS(after: envelope, context: context)
+        case .sendAndStartCompression(let confirmation, let rest):
+            startCompression(after: confirmation, then: rest, context: context)
         case .verifyCredentials(let credentials):
             verify(credentials, context: context)
         case .establish(let node, let reply):
@@ -287,6 +291,23 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             logger.warning("TLS could not start", metadata: ["error": "\(error)"])
             context.close(promise: nil)
         }
+    }
+
+    /// Sends the negotiation's confirmation uncompressed, then makes the connection a gzip stream
+    /// both ways (the client switches once it has read the confirmation) and sends `rest` through it.
+    private func startCompression(after confirmation: Envelope, then rest: [Envelope], context: ChannelHandlerContext) {
+        guard let outlet else { return }
+        write(confirmation, context: context)
+        // Written through the pipeline now, before the codec is in it.
+        outlet.writer.drain()
+        do {
+            try context.pipeline.syncOperations.addHandler(GzipStreamCodec(), position: .before(self))
+        } catch {
+            logger.warning("compression could not start", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
+        for envelope in rest { write(envelope, context: context) }
     }
 
     private func write(_ envelope: Envelope, context: ChannelHandlerContext) {

@@ -89,6 +89,25 @@ package struct LIMEEnvelopeReader {
         }
     }
 
+    /// Reads at most one envelope from `buffer` (over TCP), handing it to `body`; returns the
+    /// bytes after it, unread, or the error that stopped reading. For the read that may hold
+    /// the confirmation of `compression: gzip`, after which the bytes are compressed.
+    package mutating func readOne(_ buffer: ByteBuffer, _ body: (consuming Envelope) -> Void) -> (rest: ByteBuffer?, error: Reason?) {
+        guard var framer else { return (nil, read(buffer, body)) }
+        do {
+            let (pieces, consumed) = try framer.bytesReceived(buffer.readableBytesView, upTo: 1)
+            self.framer = framer
+            for piece in pieces {
+                if let error = decode(piece, body) { return (nil, error) }
+            }
+            let rest = buffer.getSlice(at: buffer.readerIndex + consumed, length: buffer.readableBytes - consumed)
+            return (rest?.readableBytes == 0 ? nil : rest, nil)
+        } catch {
+            self.framer = framer
+            return (nil, tooLarge)
+        }
+    }
+
     private mutating func decode(_ bytes: some Collection<UInt8>, _ body: (consuming Envelope) -> Void) -> Reason? {
         do {
             body(try LIMECodec.decode(bytes, maximumDepth: maximumDepth, nodes: &nodes))
@@ -105,6 +124,9 @@ package struct LIMEEnvelopeReader {
     /// The LIME reason for a transport error that means the peer sent too much, or nil.
     package func reason(for error: any Error) -> Reason? {
         if let failure = error as? WebSocketFailure, failure.code == WebSocketCloseCode.messageTooBig { return tooLarge }
+        if error is GzipStreamCodec.CorruptStream {
+            return Reason(code: ReasonCode.validationError, description: "The compressed stream does not inflate")
+        }
         return nil
     }
 }

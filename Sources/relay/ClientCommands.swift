@@ -32,7 +32,10 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .customLong("tls-key"), help: "The key of --tls-cert (PEM).")
     var tlsKey: String?
 
-    @Flag(help: "Over WebSocket, offer permessage-deflate: messages of 256 bytes and more are compressed if the hub accepts.")
+    @Flag(
+        help:
+            "Compress when the hub agrees: permessage-deflate over WebSocket (messages of 256 bytes and more), LIME's gzip session compression over TCP."
+    )
     var compress = false
 
     @Flag(help: "End when the connection is lost instead of reconnecting (long-running commands reconnect for ever by default).")
@@ -92,7 +95,10 @@ struct ClientOptions: ParsableArguments {
         }
         options.tls = tls
         options.reconnect = reconnect
-        if compress { options.compressionThreshold = 256 }
+        if compress {
+            options.compressionThreshold = 256
+            options.sessionCompression = true
+        }
         return try await LIMEClient.connect(to: servers, options: options)
     }
 }

@@ -55,6 +55,9 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .customLong("ws-compression"), help: "Accept WebSocket permessage-deflate from clients that offer it.")
     var webSocketCompression = false
 
+    @Flag(name: .customLong("session-compression"), help: "Offer LIME's gzip session compression over plaintext TCP.")
+    var sessionCompression = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -108,6 +111,7 @@ struct Serve: AsyncParsableCommand {
         if let drainTimeout { configuration.drainTimeoutSeconds = drainTimeout }
         if createTraceContext { configuration.tracing.createContext = true }
         if webSocketCompression { configuration.compression.websocket = true }
+        if sessionCompression { configuration.compression.session = true }
         if let tlsCertificate {
             guard let tlsKey else { throw ValidationError("--tls-cert needs --tls-key") }
             var tls = configuration.tls ?? HubConfiguration.TLSSettings(cert: tlsCertificate, key: tlsKey)

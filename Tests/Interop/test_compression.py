@@ -196,3 +196,109 @@ def test_relays_client_compresses_with_a_websockets_server():
         assert server.extensions == [["permessage-deflate"], ["permessage-deflate"]]
     finally:
         server.stop()
+
+
+class GzipLIME:
+    """A raw LIME session over TCP that negotiates `compression: gzip` by hand, as the LIME
+    specification describes: the confirmation in plaintext, then a gzip stream each way."""
+
+    def __init__(self, hub):
+        import socket
+        self.sock = socket.create_connection(hub.tcp_host_port, timeout=10)
+        self.inflater = zlib.decompressobj(31)
+        self.deflater = zlib.compressobj(6, zlib.DEFLATED, 31)
+        self.plain = b""
+        self.compressed = False
+        self.raw_received = 0
+
+    def send(self, envelope, raw=None):
+        data = raw if raw is not None else json.dumps(envelope).encode()
+        if self.compressed:
+            data = self.deflater.compress(data) + self.deflater.flush(zlib.Z_SYNC_FLUSH)
+        self.sock.sendall(data)
+
+    def receive(self):
+        while True:
+            envelope, rest = self._split(self.plain)
+            if envelope is not None:
+                self.plain = rest
+                return envelope
+            chunk = self.sock.recv(65536)
+            assert chunk, "the hub closed the connection"
+            self.raw_received += len(chunk)
+            if self.compressed:
+                chunk = self.inflater.decompress(chunk)
+            self.plain += chunk
+
+    @staticmethod
+    def _split(data):
+        depth, in_string, escaping = 0, False, False
+        start = data.find(b"{")
+        if start < 0:
+            return None, data
+        for index in range(start, len(data)):
+            byte = data[index:index + 1]
+            if in_string:
+                if escaping:
+                    escaping = False
+                elif byte == b"\\":
+                    escaping = True
+                elif byte == b'"':
+                    in_string = False
+            elif byte == b'"':
+                in_string = True
+            elif byte == b"{":
+                depth += 1
+            elif byte == b"}":
+                depth -= 1
+                if depth == 0:
+                    return json.loads(data[start:index + 1]), data[index + 1:]
+        return None, data
+
+    def establish(self, name):
+        self.send({"state": "new"})
+        offer = self.receive()
+        assert offer["state"] == "negotiating" and offer["compressionOptions"] == ["none", "gzip"], offer
+        self.send({"id": offer["id"], "state": "negotiating", "compression": "gzip", "encryption": "none"})
+        confirmation = self.receive()
+        assert confirmation["state"] == "negotiating" and confirmation["compression"] == "gzip", confirmation
+        # Whatever came after the confirmation in the same read is already compressed.
+        rest, self.plain = self.plain, b""
+        self.compressed = True
+        self.plain = self.inflater.decompress(rest) if rest else b""
+        authenticating = self.receive()
+        assert authenticating["state"] == "authenticating", authenticating
+        self.send({"id": offer["id"], "from": f"{name}@relay.local/1", "state": "authenticating", "scheme": "guest"})
+        assert self.receive()["state"] == "established"
+
+
+def test_lime_gzip_session_compression_and_its_bomb(tmp_path):
+    hub = Hub("--session-compression")
+    try:
+        session = GzipLIME(hub)
+        session.establish("zipped")
+        session.send({"id": "s1", "method": "subscribe", "uri": "/topics/gz.>?echo=true"})
+        assert session.receive()["status"] == "success"
+        before = session.raw_received
+        session.send({"method": "observe", "uri": "/topics/gz.big", "type": "text/plain", "resource": BIG})
+        assert session.receive()["content"] == BIG
+        assert session.raw_received - before < len(BIG) / 10, "the delivery came compressed"
+
+        # Relay's own client negotiates gzip too (--compress), and reaches the raw session.
+        sent = subprocess.run(
+            [RELAY_BIN, "pub", "gz.cli", BIG, "--confirm", "--compress", "--no-reconnect", "--server", hub.tcp_url],
+            capture_output=True, text=True, timeout=20)
+        assert sent.returncode == 0 and "confirmed 1 of 1" in sent.stdout, sent.stderr
+        assert session.receive()["content"] == BIG
+
+        # 2 MiB of spaces inside one envelope, a few KB compressed: refused at the envelope limit.
+        bomb = GzipLIME(hub)
+        bomb.establish("bomb")
+        bomb.send(None, raw=b'{"method":"observe","uri":"/topics/x","resource":"' + b" " * (2 << 20) + b'"}')
+        failed = bomb.receive()
+        assert failed["state"] == "failed" and "larger than the maximum" in failed["reason"]["description"]
+        # The others are still served.
+        session.send({"id": "p1", "method": "get", "uri": "/ping"})
+        assert session.receive()["status"] == "success"
+    finally:
+        assert hub.stop() == 0, "".join(hub.log)

@@ -65,4 +65,23 @@ import Testing
             try await client.finish()
         }
     }
+
+    @Test func aTCPSessionNegotiatesGzipAndOneThatDoesNotAskStaysPlain() async throws {
+        try await withHub({ $0.compression.session = true }) { hub in
+            var zipped = LIMEClient.Options(identity: Identity("gz@relay.local"))
+            zipped.reconnect = .never
+            zipped.sessionCompression = true
+            let client = try await LIMEClient.connect(to: hub.tcp, options: zipped)
+            let plain = try await hub.connect(.tcp, as: "plain@relay.local")
+            let subscription = try await plain.subscribe("gz.>")
+            var iterator = subscription.makeAsyncIterator()
+            let big = JSONValue.string(String(repeating: "squeeze me ", count: 3000))
+            // Many envelopes one after another: each crosses the gzip stream whole.
+            for n in 0..<50 { try await client.publish("gz.n", n % 10 == 0 ? big : .string("small \(n)")) }
+            for n in 0..<50 { #expect(await iterator.next()?.content == (n % 10 == 0 ? big : .string("small \(n)"))) }
+            #expect(try await client.ping().status == .success)
+            try await client.finish()
+            try await plain.finish()
+        }
+    }
 }

@@ -49,6 +49,9 @@ public struct LIMEClientSessionMachine: Sendable {
         case send(Envelope)
         /// Start TLS on the connection as its client, then report `transportSecured`.
         case startTLS
+        /// From the next byte on, the connection is a gzip stream both ways (`compression: gzip`
+        /// confirmed): what follows the confirmation in the read is already compressed.
+        case startCompression
         /// The session is established: the server gave this node to the client.
         case established(local: Node, remote: Node?)
         /// Hand an envelope to the application.
@@ -66,6 +69,11 @@ public struct LIMEClientSessionMachine: Sendable {
     public private(set) var isTransportSecured = false
     /// The encryption the client chose when the server negotiated.
     private var chosenEncryption = "none"
+    private var chosenCompression = "none"
+
+    /// Whether the next envelope may be the confirmation of `compression: gzip`, after which the
+    /// bytes are compressed: the reader must then stop after one envelope.
+    public var awaitsCompressionSwitch: Bool { state == .negotiating && chosenCompression == "gzip" }
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -139,6 +147,10 @@ public struct LIMEClientSessionMachine: Sendable {
                     state = .securingTransport
                     return .startTLS
                 }
+                if (session.compression ?? chosenCompression) == "gzip" {
+                    chosenCompression = "started"
+                    return .startCompression
+                }
                 return .none
             }
             state = .negotiating
@@ -148,6 +160,7 @@ public struct LIMEClientSessionMachine: Sendable {
                 return refuseInsecure()
             }
             chosenEncryption = encryption ?? "none"
+            chosenCompression = compression ?? "none"
             return .send(
                 .session(
                     LIMESession(

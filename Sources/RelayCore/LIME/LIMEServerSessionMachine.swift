@@ -68,6 +68,9 @@ public struct LIMEServerSessionMachine: Sendable {
         /// Send this envelope (the negotiation's confirmation, in plaintext), then start TLS on the
         /// connection as its server and report `transportSecured` once the handshake is done.
         case sendAndStartTLS(Envelope)
+        /// Send this envelope (the negotiation's confirmation, uncompressed), then make the
+        /// connection a gzip stream both ways and send `then` through it (`compression: gzip`).
+        case sendAndStartCompression(Envelope, then: [Envelope])
         /// Check these credentials and report back with `credentialsAccepted` or `credentialsRejected`.
         case verifyCredentials(CredentialsPresented)
         /// Register the session under this node, then send the reply (the `established` envelope).
@@ -182,8 +185,17 @@ public struct LIMEServerSessionMachine: Sendable {
             confirmation.compression = compression
             confirmation.encryption = encryption
             if encryption == "tls" {
+                // gzip is offered only where TLS is not (compress-then-encrypt invites CRIME).
+                guard compression == "none" else {
+                    return fail(
+                        Reason(code: ReasonCode.sessionNegotiationInvalidOptions, description: "Compression is not offered with TLS"))
+                }
                 state = .securingTransport
                 return .sendAndStartTLS(.session(confirmation))
+            }
+            if compression == "gzip" {
+                guard case .send(let rest) = startAuthenticating(prefix: []) else { return .none }
+                return .sendAndStartCompression(.session(confirmation), then: rest)
             }
             return startAuthenticating(prefix: [.session(confirmation)])
         case (.authenticating, .authenticating):

@@ -30,25 +30,35 @@ public struct LIMEStreamFramer: Sendable {
 
     /// Feeds received bytes and returns every envelope they complete, in order.
     public mutating func bytesReceived(_ bytes: some Sequence<UInt8>) throws(EnvelopeTooLarge) -> [[UInt8]] {
+        try bytesReceived(bytes, upTo: .max).envelopes
+    }
+
+    /// Feeds received bytes up to the end of the `limit`th envelope they complete; returns those
+    /// envelopes and how many bytes were read. The rest is the caller's: after a session's
+    /// `compression: gzip` confirmation, it is already compressed.
+    public mutating func bytesReceived(_ bytes: some Sequence<UInt8>, upTo limit: Int) throws(EnvelopeTooLarge) -> (
+        envelopes: [[UInt8]], consumed: Int
+    ) {
         var envelopes: [[UInt8]] = []
         // Scanned through a pointer: iterating a generic sequence byte by byte was most of the
         // cost of LIME over TCP.
-        let fits =
-            bytes.withContiguousStorageIfAvailable { scan($0, into: &envelopes) }
-            ?? Array(bytes).withUnsafeBufferPointer { scan($0, into: &envelopes) }
-        guard fits else { throw EnvelopeTooLarge(limit: maximumEnvelopeSize) }
-        return envelopes
+        let consumed =
+            bytes.withContiguousStorageIfAvailable { scan($0, into: &envelopes, limit: limit) }
+            ?? Array(bytes).withUnsafeBufferPointer { scan($0, into: &envelopes, limit: limit) }
+        guard let consumed else { throw EnvelopeTooLarge(limit: maximumEnvelopeSize) }
+        return (envelopes, consumed)
     }
 
-    /// Splits `bytes` into `envelopes`; false (and everything held dropped) when the envelope in
-    /// progress grew past the limit.
-    private mutating func scan(_ bytes: UnsafeBufferPointer<UInt8>, into envelopes: inout [[UInt8]]) -> Bool {
+    /// Splits `bytes` into `envelopes`, stopping after `limit` of them; returns how many bytes it
+    /// read, or nil (and everything held dropped) when the envelope in progress grew past the
+    /// maximum.
+    private mutating func scan(_ bytes: UnsafeBufferPointer<UInt8>, into envelopes: inout [[UInt8]], limit: Int) -> Int? {
         var index = 0
-        while index < bytes.count {
+        while index < bytes.count, envelopes.count < limit {
             if !inEnvelope {
                 // Between envelopes: skip everything until an opening brace.
                 while index < bytes.count, bytes[index] != UInt8(ascii: "{") { index += 1 }
-                guard index < bytes.count else { return true }
+                guard index < bytes.count else { return index }
                 inEnvelope = true
             }
             let start = index
@@ -83,7 +93,7 @@ public struct LIMEStreamFramer: Sendable {
                 depth = 0
                 inString = false
                 escaping = false
-                return false
+                return nil
             }
             guard complete else {
                 buffer.append(contentsOf: piece)
@@ -98,6 +108,6 @@ public struct LIMEStreamFramer: Sendable {
             }
             inEnvelope = false
         }
-        return true
+        return index
     }
 }
