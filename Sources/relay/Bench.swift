@@ -59,7 +59,8 @@ struct Bench: AsyncParsableCommand {
     enum Filler: String, ExpressibleByArgument {
         /// The same byte over and over: compresses as well as anything can.
         case x
-        /// Words drawn from a short list, as text and JSON tend to be (compresses about 3×).
+        /// Words and numbers drawn at random from a short list, as text and JSON tend to be; 1,024
+        /// different payloads in turn.
         case words
     }
 
@@ -230,7 +231,10 @@ struct Bench: AsyncParsableCommand {
     private func send(_ plan: Plan, share: Int?, progress: Progress, _ transmit: ([UInt8]) async throws -> Void) async throws -> Int {
         var sent = 0
         let start = Self.now()
-        var payload = filler == .words ? Self.words(size) : [UInt8](repeating: UInt8(ascii: "x"), count: size)
+        // Words: 1,024 different payloads in turn, more than any compression window holds, so a
+        // compressed stream cannot just refer back to the previous message.
+        var payloads = filler == .words ? (0..<1024).map { _ in Self.words(size) } : [[UInt8](repeating: UInt8(ascii: "x"), count: size)]
+        var next = 0
         while share.map({ sent < $0 }) ?? (Self.now() < plan.deadline!) {
             var due = Self.now()
             if let interval = plan.interval {
@@ -239,8 +243,9 @@ struct Bench: AsyncParsableCommand {
                 // Sleep when ahead; when behind, send at once, stamped with the time it was due.
                 if due > now + 200_000 { try await Task.sleep(nanoseconds: due - now) }
             }
-            Self.stamp(due, into: &payload)
-            try await transmit(payload)
+            Self.stamp(due, into: &payloads[next])
+            try await transmit(payloads[next])
+            next = (next + 1) % payloads.count
             sent += 1
             if sent % 256 == 0 { progress.sent(256) }
         }
