@@ -51,7 +51,11 @@ final class ClientCore: Sendable {
     private let commandInput: AsyncStream<LIMECommand>.Continuation
     private let dropped = Atomic<Int>(0)
 
-    init(bufferSize: Int, reconnects: Bool) {
+    /// Where `lameDuck` (and the client's other connection events) go.
+    let events: ConnectionEvents
+
+    init(bufferSize: Int, reconnects: Bool, events: ConnectionEvents = ConnectionEvents()) {
+        self.events = events
         state.withLock { $0.final = !reconnects }
         (messages, messageInput) = AsyncStream.makeStream(of: LIMEMessage.self, bufferingPolicy: .bufferingOldest(bufferSize))
         (notifications, notificationInput) = AsyncStream.makeStream(
@@ -120,6 +124,8 @@ final class ClientCore: Sendable {
             }
         case .command(let command) where command.method == .delete && command.uri?.hasPrefix("/requests/relay-") == true:
             if !deliverCancellation(command) { countDrop(commandInput.yield(command)) }
+        case .command(let command) where command.method == .observe && command.uri == LIMEServerSessionMachine.lameDuckURI:
+            events.post(.lameDuck)
         case .command(let command):
             if let service = Self.serviceName(of: command), let inbox = state.withLock({ $0.services[service] }) {
                 inbox.yield(command)

@@ -103,7 +103,7 @@ public final class LIMEClient: Sendable {
     let link: Mutex<Link>
     let servers: [String]
     let group: any EventLoopGroup
-    let connectionEvents = ConnectionEvents()
+    var connectionEvents: ConnectionEvents { core.events }
     let supervisor = Mutex<Task<Void, Never>?>(nil)
 
     /// The node the hub gave this client (on the connection in use).

@@ -283,12 +283,13 @@ public final class Hub: Sendable {
 
     /// Stops accepting sessions and asks every open one to finish; returns their channels so the
     /// caller can wait for them to close.
-    /// Lame-duck mode: no new sessions, `/healthz` says draining, and NATS clients are told;
+    /// Lame-duck mode: no new sessions, `/healthz` says draining, and every session is told (NATS
+    /// with `ldm`, LIME with an `observe` of `/relay/lame-duck`);
     /// returns the requests still in flight.
     func enterLameDuck() -> Int {
         let (outlets, inFlight) = state.withLock { state in
             state.acceptingSessions = false
-            return (state.sessions.values.filter { $0.natsHeaders != nil }.map(\.outlet), state.core.requestsInFlight)
+            return (state.sessions.values.map(\.outlet), state.core.requestsInFlight)
         }
         for outlet in outlets { outlet.post(.lameDuck) }
         return inFlight

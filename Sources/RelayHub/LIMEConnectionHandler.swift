@@ -194,8 +194,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
             case .shutdown:
                 feed(context: context) { $0.shutdownRequested() }
             case .lameDuck:
-                // LIME has no way to say it: the session is finished when the drain ends.
-                break
+                // The session is finished when the drain ends; Relay's client reconnects elsewhere.
+                feed(context: context) { $0.lameDuckEntered() }
             }
         default:
             context.fireUserInboundEventTriggered(event)

@@ -45,6 +45,9 @@ def test_sigterm_drains_with_nats_py_and_lime_python_connected():
 
         hub.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(told, 10)
+        # LIME sessions are told too, with a one-way observe (lime-python's channel ignores it).
+        notice = json.loads(await asyncio.wait_for(instance.recv(), 10))
+        assert notice["method"] == "observe" and notice["uri"] == "/relay/lame-duck", notice
         # Answered during the drain, not cut.
         await instance.send(json.dumps({"id": command["id"], "method": "get", "status": "success",
                                         "type": "application/json", "resource": {"done": True}}))

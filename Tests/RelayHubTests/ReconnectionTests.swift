@@ -78,8 +78,14 @@ import Testing
         #expect(unacknowledged?.publication.text == "order 1")
 
         hub.stop(stop)
-        let lost = await Self.event(&appEvents) { if case .disconnected = $0 { true } else { false } }
+        var beforeLoss: [ConnectionEvent] = []
+        let lost = await Self.event(&appEvents) { event in
+            beforeLoss.append(event)
+            if case .disconnected = event { return true } else { return false }
+        }
         #expect(lost != nil)
+        // A draining hub says so first (SIGTERM); a killed one cannot.
+        #expect(beforeLoss.contains(.lameDuck) == (stop == .terminate), "\(beforeLoss)")
         // Held while the hub is away, sent in order once the subscription is back.
         for n in 1...3 { try await app.publish("news.held", .string("held \(n)")) }
         // The service is restored before what was held is sent: this call finds it.

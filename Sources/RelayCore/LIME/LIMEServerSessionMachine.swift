@@ -300,6 +300,20 @@ public struct LIMEServerSessionMachine: Sendable {
     }
 
     /// The hub is shutting down: established sessions are finished, others closed.
+    /// The hub entered lame-duck mode: an established session is told, with a one-way
+    /// `observe` of `LIMEServerSessionMachine.lameDuckURI`, that it will be finished soon (nats-server's
+    /// `ldm`, in LIME's words; a client with no use for it ignores an `observe`).
+    public mutating func lameDuckEntered() -> Action {
+        guard case .established(let node) = state else { return .none }
+        let notice = LIMECommand(
+            header: EnvelopeHeader(from: configuration.serverNode, to: node), method: .observe, uri: Self.lameDuckURI,
+            type: "application/vnd.relay.lame-duck+json", resource: .object([:]))
+        return .send([.command(notice)])
+    }
+
+    /// The resource a lame-duck notice is about.
+    public static let lameDuckURI = "/relay/lame-duck"
+
     public mutating func shutdownRequested() -> Action {
         switch state {
         case .established(let node):
