@@ -62,8 +62,10 @@ private func failure(in action: LIMEServerSessionMachine.Action) -> Reason? {
         var choice = LIMESession(header: EnvelopeHeader(id: "s1"), state: .negotiating)
         choice.compression = "gzip"
         choice.encryption = "none"
-        guard case .send(let second) = machine.envelopeReceived(.session(choice)) else { Issue.record("no confirmation"); return }
-        guard case .session(let confirmation) = second[0], case .session(let authenticating) = second[1] else {
+        // gzip: the confirmation goes uncompressed, then the stream switches and authenticating follows through it.
+        guard case .sendAndStartCompression(.session(let confirmation), let rest) = machine.envelopeReceived(.session(choice)),
+            case .session(let authenticating)? = rest.first
+        else {
             Issue.record("expected confirmation then authenticating")
             return
         }
@@ -256,11 +258,11 @@ private func failure(in action: LIMEServerSessionMachine.Action) -> Reason? {
             header: EnvelopeHeader(id: "s1"), state: .negotiating, encryptionOptions: ["tls", "none"], compressionOptions: ["gzip"])
         guard case .send(.session(let choice)) = machine.envelopeReceived(.session(offer)) else { Issue.record("no choice"); return }
         #expect(choice.encryption == "none" && choice.compression == "gzip")
-        // The server's confirmation needs no answer.
+        // The server's confirmation needs no answer; gzip, the only option, switches the stream.
         #expect(
             machine.envelopeReceived(
                 .session(LIMESession(header: EnvelopeHeader(id: "s1"), state: .negotiating, encryption: "none", compression: "gzip")))
-                == .none)
+                == .startCompression)
     }
 
     @Test func failsWhenItsSchemeIsNotOffered() {
