@@ -225,13 +225,29 @@ public final class LIMEClient: Sendable {
         } catch LIMETransportError.upgradeRefused {
             throw LIMEClientError.upgradeRefused
         }
+        // The wait for `established` ends by the session or by the connection: at the deadline, or
+        // when the task is cancelled (a `finish()` during a reconnection), the connection is ended
+        // with the reason, which fails the wait. A deadline racing the wait would leave it behind.
+        let channel = transport.channel
+        let timeout = "Timed out: establishing the session"
+        let deadline = channel.eventLoop.scheduleTask(in: TimeAmount(options.connectTimeout)) {
+            core.connectionEnded(generation, reason: Reason(code: ReasonCode.sessionError, description: timeout))
+            channel.close(promise: nil)
+        }
+        defer { deadline.cancel() }
         do {
-            let session = try await withDeadline(options.connectTimeout, what: "establishing the session") {
+            let session = try await withTaskCancellationHandler {
                 try await core.waitForEstablishment()
+            } onCancel: {
+                core.connectionEnded(generation, reason: Reason(code: ReasonCode.sessionError, description: "Cancelled"))
+                channel.close(promise: nil)
             }
             return Connection(transport: transport, session: session, server: url)
+        } catch LIMEClientError.sessionFailed(let reason) where reason.description == timeout {
+            channel.close(promise: nil)
+            throw LIMEClientError.timedOut("establishing the session")
         } catch {
-            transport.channel.close(promise: nil)
+            channel.close(promise: nil)
             throw error
         }
     }

@@ -67,7 +67,7 @@ package enum LIMETransportConnector {
     ) async throws -> LIMETransport {
         let bootstrap = ClientBootstrap(group: group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.seconds(connectTimeout.components.seconds))
+            .connectTimeout(TimeAmount(connectTimeout))
         switch endpoint.transport {
         case .tcp:
             let channel = try await bootstrap.channelInitializer { channel in

@@ -157,4 +157,26 @@ import Testing
         await client.close()
         #expect(await Self.event(&events) { $0 == .closed } == .closed)
     }
+
+    @Test func aServerThatNeverAnswersTimesTheSessionOut() async throws {
+        // A socket that listens and never reads: the kernel accepts the connection, nobody speaks.
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, length) == 0 && listen(descriptor, 8) == 0 && getsockname(descriptor, $0, &length) == 0
+            }
+        }
+        try #require(listening)
+        var options = LIMEClient.Options(identity: Identity("patient@relay.local"), connectTimeout: .milliseconds(300))
+        options.reconnect = Self.reconnecting()
+        // Without the deadline the wait would never end (the suite's time limit would say so).
+        await #expect(throws: LIMEClientError.timedOut("establishing the session")) {
+            _ = try await LIMEClient.connect(to: "tcp://127.0.0.1:\(UInt16(bigEndian: address.sin_port))", options: options)
+        }
+    }
 }
