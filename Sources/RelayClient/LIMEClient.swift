@@ -370,8 +370,17 @@ public final class LIMEClient: Sendable {
             return
         }
         channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ClientCore.FinishRequested()) }
-        _ = try await withDeadline(options.connectTimeout, what: "finishing the session") { await self.core.waitForEnd() }
+        // A hub that never answers `finished`: the connection is closed at the deadline, which
+        // ends the wait (a deadline racing it would leave the wait behind).
+        let timedOut = Atomic<Bool>(false)
+        let deadline = channel.eventLoop.scheduleTask(in: TimeAmount(options.connectTimeout)) {
+            timedOut.store(true, ordering: .relaxed)
+            channel.close(promise: nil)
+        }
+        _ = await core.waitForEnd()
+        deadline.cancel()
         try? await channel.closeFuture.get()
+        if timedOut.load(ordering: .relaxed) { throw LIMEClientError.timedOut("finishing the session") }
     }
 
     /// Closes the connection without finishing the session; the client does not reconnect.

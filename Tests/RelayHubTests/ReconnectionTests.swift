@@ -179,4 +179,45 @@ import Testing
             _ = try await LIMEClient.connect(to: "tcp://127.0.0.1:\(UInt16(bigEndian: address.sin_port))", options: options)
         }
     }
+
+    @Test func aFlushTheServerNeverAnswersTimesOutEachTime() async throws {
+        // A server that completes the handshake, then answers nothing: INFO, and PONG to the
+        // CONNECT's PING only.
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, length) == 0 && listen(descriptor, 8) == 0 && getsockname(descriptor, $0, &length) == 0
+            }
+        }
+        try #require(listening)
+        let serving = Thread {
+            let connection = accept(descriptor, nil, nil)
+            guard connection >= 0 else { return }
+            let info = Array(#"INFO {"server_id":"mute","max_payload":1048576,"headers":true}\#r\#n"#.utf8)
+            _ = info.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, 0) }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            var seen = ""
+            while !seen.contains("PING") {
+                let count = buffer.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
+                if count <= 0 { return }
+                seen += String(decoding: buffer[0..<count], as: UTF8.self)
+            }
+            let pong = Array("PONG\r\n".utf8)
+            _ = pong.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, 0) }
+            while buffer.withUnsafeMutableBytes({ recv(connection, $0.baseAddress, $0.count, 0) }) > 0 {}
+            close(connection)
+        }
+        serving.start()
+        var options = NATSClient.Options(servers: ["nats://127.0.0.1:\(UInt16(bigEndian: address.sin_port))"])
+        options.reconnect = .never
+        let client = try await NATSClient.connect(options: options)
+        await #expect(throws: LIMEClientError.timedOut("flush")) { try await client.flush(timeout: .milliseconds(200)) }
+        await #expect(throws: LIMEClientError.timedOut("flush")) { try await client.flush(timeout: .milliseconds(200)) }
+        await client.close()
+    }
 }

@@ -102,6 +102,11 @@ public final class NATSClient: Sendable {
         let inbox: NATSSubscriptionInbox?
     }
 
+    struct FlushWaiter: Sendable {
+        let id: Int
+        var continuation: CheckedContinuation<Void, any Error>?
+    }
+
     struct State: Sendable {
         /// The connection's writer while connected.
         var writer: ChannelWriter?
@@ -110,7 +115,10 @@ public final class NATSClient: Sendable {
         var nextSid = 1
         var held: [[UInt8]] = []
         var heldBytes = 0
-        var flushWaiters: [CheckedContinuation<Void, any Error>] = []
+        /// One per PING sent for a flush, in order (PONGs come back in order); a waiter that
+        /// timed out leaves its place, empty, for its PONG.
+        var flushWaiters: [FlushWaiter] = []
+        var nextFlush = 0
         var requests: [String: CheckedContinuation<NATSMessage, any Error>] = [:]
         var nextRequest = 0
         var inboxSid: String?
@@ -295,7 +303,7 @@ public final class NATSClient: Sendable {
                 state.flushWaiters.removeAll()
                 if wasUp { state.requests.removeAll() }
             }
-            return (wasUp, state.flushWaiters, requests)
+            return (wasUp, state.flushWaiters.compactMap(\.continuation), requests)
         }
         for waiter in waiters { waiter.resume(throwing: NATSClientError.closed) }
         for request in requests { request.resume(throwing: NATSClientError.disconnected) }
@@ -317,7 +325,10 @@ public final class NATSClient: Sendable {
                 state.requests.removeAll()
                 state.writer = nil
             }
-            return (state.writer?.channel, Array(state.subscriptions.values), state.flushWaiters, Array(state.requests.values))
+            return (
+                state.writer?.channel, Array(state.subscriptions.values), state.flushWaiters.compactMap(\.continuation),
+                Array(state.requests.values)
+            )
         }
         channel?.close(promise: nil)
         for subscription in subscriptions { subscription.inbox?.finish() }
@@ -375,7 +386,7 @@ public final class NATSClient: Sendable {
     }
 
     func pongReceived() {
-        let waiter = state.withLock { state in state.flushWaiters.isEmpty ? nil : state.flushWaiters.removeFirst() }
+        let waiter = state.withLock { state in state.flushWaiters.isEmpty ? nil : state.flushWaiters.removeFirst().continuation }
         waiter?.resume()
     }
 
@@ -420,17 +431,36 @@ public final class NATSClient: Sendable {
 
     /// Waits until the server has processed everything sent so far (a PING answered by PONG).
     public func flush(timeout: Duration? = nil) async throws {
-        try await withDeadline(timeout ?? options.requestTimeout, what: "flush") { [self] in
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let failure: (any Error)? = state.withLock { state in
-                    guard !state.closed else { return NATSClientError.closed }
-                    guard let writer = state.writer else { return NATSClientError.closed }
-                    state.flushWaiters.append(continuation)
-                    writer.enqueue(NATSEncoder.encode(.ping))
-                    return nil
-                }
-                if let failure { continuation.resume(throwing: failure) }
+        let limit = timeout ?? options.requestTimeout
+        let id = state.withLock { state in
+            state.nextFlush += 1
+            return state.nextFlush
+        }
+        // The deadline takes the waiter out of its place (a deadline racing the wait would leave
+        // the wait behind); its PONG, if it comes, finds the place empty. Set once the waiter is in.
+        let deadline = Mutex<Scheduled<Void>?>(nil)
+        defer { deadline.withLock { $0?.cancel() } }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let failure: (any Error)? = state.withLock { state in
+                guard !state.closed else { return NATSClientError.closed }
+                guard let writer = state.writer else { return NATSClientError.closed }
+                state.flushWaiters.append(FlushWaiter(id: id, continuation: continuation))
+                writer.enqueue(NATSEncoder.encode(.ping))
+                return nil
             }
+            if let failure {
+                continuation.resume(throwing: failure)
+                return
+            }
+            let timer = group.any().scheduleTask(in: TimeAmount(limit)) { [self] in
+                let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                    guard let index = state.flushWaiters.firstIndex(where: { $0.id == id }) else { return nil }
+                    defer { state.flushWaiters[index].continuation = nil }
+                    return state.flushWaiters[index].continuation
+                }
+                waiter?.resume(throwing: LIMEClientError.timedOut("flush"))
+            }
+            deadline.withLock { $0 = timer }
         }
     }
 
