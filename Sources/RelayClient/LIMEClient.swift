@@ -402,19 +402,6 @@ public final class LIMEClient: Sendable {
     }
 }
 
-/// Runs `body`, failing with `LIMEClientError.timedOut` if it takes longer than `limit`.
-func withDeadline<T: Sendable>(_ limit: Duration, what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            throw LIMEClientError.timedOut(what)
-        }
-        defer { group.cancelAll() }
-        return try await group.next()!
-    }
-}
-
 /// A request's deadline timer, cancelled when the request ends whichever way.
 private final class DeadlineTimer: Sendable {
     private let timer = Mutex<Scheduled<Void>?>(nil)

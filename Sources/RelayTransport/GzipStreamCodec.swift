@@ -40,8 +40,11 @@ package final class GzipStreamCodec: ChannelDuplexHandler, RemovableChannelHandl
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !failed, let decompressor else { return }
         var input = unwrapInboundIn(data)
+        // A small read gets a small first piece (a few times its size), not 64 KiB each time.
+        var capacity = min(Self.pieceSize, max(input.readableBytes * 4, 4096))
         while true {
-            var piece = context.channel.allocator.buffer(capacity: Self.pieceSize)
+            var piece = context.channel.allocator.buffer(capacity: capacity)
+            capacity = Self.pieceSize
             let before = input.readableBytes
             var full = false
             do {

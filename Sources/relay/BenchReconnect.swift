@@ -154,7 +154,4 @@ final class ServerUnderTest: Sendable {
 
 extension Duration {
     var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-
-    /// Whole nanoseconds (the bench's histograms count those).
-    var nanoseconds: Int64 { components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000 }
 }

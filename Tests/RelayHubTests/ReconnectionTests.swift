@@ -158,28 +158,9 @@ import Testing
         #expect(await Self.event(&events) { $0 == .closed } == .closed)
     }
 
-    /// A socket listening on a loopback port of the kernel's choosing, and that port.
-    static func listeningSocket() throws -> (Int32, Int) {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let listening = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(descriptor, $0, length) == 0 && listen(descriptor, 8) == 0 && getsockname(descriptor, $0, &length) == 0
-            }
-        }
-        guard listening else {
-            close(descriptor)
-            throw TestFailure("cannot listen on loopback")
-        }
-        return (descriptor, Int(UInt16(bigEndian: address.sin_port)))
-    }
-
     @Test func aServerThatNeverAnswersTimesTheSessionOut() async throws {
         // A socket that listens and never reads: the kernel accepts the connection, nobody speaks.
-        let (descriptor, port) = try Self.listeningSocket()
+        let (descriptor, port) = try listeningSocket()
         defer { close(descriptor) }
         var options = LIMEClient.Options(identity: Identity("patient@relay.local"), connectTimeout: .milliseconds(300))
         options.reconnect = Self.reconnecting()
@@ -192,7 +173,7 @@ import Testing
     @Test func aFlushTheServerNeverAnswersTimesOutEachTime() async throws {
         // A server that completes the handshake, then answers nothing: INFO, and PONG to the
         // CONNECT's PING only.
-        let (descriptor, port) = try Self.listeningSocket()
+        let (descriptor, port) = try listeningSocket()
         defer { close(descriptor) }
         let serving = Thread {
             let connection = accept(descriptor, nil, nil)

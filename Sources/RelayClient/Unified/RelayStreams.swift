@@ -145,15 +145,8 @@ extension Publication {
     /// A NATS message as a publication: `Content-Type` is its type (JSON content parsed), the
     /// other headers its metadata.
     init(_ message: NATSMessage) {
-        var metadata: [String: String] = [:]
-        var type = MediaType.textPlain
-        for field in message.headers?.fields ?? [] {
-            if field.name.lowercased() == "content-type" {
-                type = MediaType(field.value)
-            } else {
-                metadata[field.name] = metadata[field.name].map { "\($0), \(field.value)" } ?? field.value
-            }
-        }
+        let (contentType, metadata) = message.headers?.typeAndMetadata ?? (nil, [:])
+        let type = contentType ?? .textPlain
         let content: JSONValue = type.isJSON ? ((try? JSONParser.parse(message.payload)) ?? .string(message.text)) : .string(message.text)
         self.init(subject: message.subject, publisher: nil, type: type, body: JSONContent(content), metadata: metadata)
     }

@@ -41,6 +41,21 @@ public struct NATSHeaders: Sendable, Equatable {
     /// The first value of `name`.
     public subscript(name: String) -> String? { values(name).first }
 
+    /// `Content-Type` as a media type, and the other fields as metadata (a repeated field's
+    /// values joined with ", "): what a NATS message's headers are to a LIME message.
+    public var typeAndMetadata: (type: MediaType?, metadata: [String: String]) {
+        var metadata: [String: String] = [:]
+        var type: MediaType?
+        for field in fields {
+            if field.name.lowercased() == "content-type" {
+                type = MediaType(field.value)
+            } else {
+                metadata[field.name] = metadata[field.name].map { "\($0), \(field.value)" } ?? field.value
+            }
+        }
+        return (type, metadata)
+    }
+
     public mutating func append(_ name: String, _ value: String) {
         fields.append((name, value))
     }

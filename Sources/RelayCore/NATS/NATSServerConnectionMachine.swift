@@ -261,15 +261,7 @@ public struct NATSServerConnectionMachine: Sendable {
     /// status, other headers are metadata (a repeated header's values joined with ", ").
     private func publication(subject: String, replyTo: String?, headers: NATSHeaders?, payload: [UInt8]) -> PublishedMessage {
         guard let headers else { return PublishedMessage(subject: subject, replyTo: replyTo, publisher: publisher, body: .bytes(payload)) }
-        var metadata: [String: String] = [:]
-        var type: MediaType?
-        for field in headers.fields {
-            if field.name.lowercased() == "content-type" {
-                type = MediaType(field.value)
-            } else {
-                metadata[field.name] = metadata[field.name].map { "\($0), \(field.value)" } ?? field.value
-            }
-        }
+        let (type, metadata) = headers.typeAndMetadata
         return PublishedMessage(
             subject: subject, replyTo: replyTo, publisher: publisher, type: type, body: .bytes(payload), metadata: metadata,
             status: headers.status)
