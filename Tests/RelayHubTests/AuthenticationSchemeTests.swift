@@ -278,6 +278,18 @@ struct TokenIssuer {
         #expect(throws: HubError.self) { try HubServer(configuration: configuration) }
     }
 
+    /// A made key can follow `--key` on a command line: it never begins with `-` (one draw in 64
+    /// would), and it is still 43 base64url characters whose digest is the one printed.
+    @Test func aMadeKeyIsSafeOnACommandLine() {
+        let alphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        for _ in 0..<2_000 {
+            let made = KeyDigest.makeKey()
+            #expect(!made.key.hasPrefix("-"))
+            #expect(made.key.count == 43 && made.key.allSatisfy(alphabet.contains))
+            #expect(made.digest == KeyDigest(key: Array(made.key.utf8)))
+        }
+    }
+
     @Test func guestAccessCanBeSwitchedOff() async throws {
         try await withHub(users(guest: false)) { hub in
             let guest = await refusal { try await hub.connect(.ws, as: "visitor@relay.local") }

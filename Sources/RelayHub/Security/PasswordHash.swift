@@ -79,12 +79,17 @@ public struct KeyDigest: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// A new random key (32 bytes, base64url without padding) and its digest.
+    ///
+    /// The key never begins with `-`: a command line would read `--key -x…` as an option
+    /// (one key in 64 did), so such a draw is made again.
     public static func makeKey() -> (key: String, digest: KeyDigest) {
         var generator = SystemRandomNumberGenerator()
-        let bytes = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
-        let key = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
-        return (key, KeyDigest(key: Array(key.utf8)))
+        while true {
+            let bytes = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+            let key = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+                .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+            if !key.hasPrefix("-") { return (key, KeyDigest(key: Array(key.utf8))) }
+        }
     }
 
     public var description: String {
