@@ -53,7 +53,7 @@ let package = Package(
         .target(
             name: "RelayHub",
             dependencies: [
-                "RelayCore", "RelayTransport",
+                "RelayCore", "RelayTransport", "RelayClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -30,6 +30,7 @@ extension Hub {
             try state.core.subscribe(
                 id, token: sid, filter: subject, queue: queue, echo: echo,
                 overflow: .bytesOnly)
+            carryOutClusterOperations(in: &state)
         }
     }
 

@@ -104,6 +104,7 @@ extension Hub {
     }
 
     func resolve(_ outputs: [HubCore.Output], into resolved: inout Resolved, in state: inout State) {
+        defer { carryOutClusterOperations(in: &state) }
         for output in outputs {
             switch output {
             case .send(let session, let envelope):

@@ -72,6 +72,7 @@ extension Hub {
                 state.limiter.connectionClosed(from: session.address)
                 leaveIdentityGroup(session, in: &state)
             }
+            defer { carryOutClusterOperations(in: &state) }
             return state.core.sessionClosed(id)
         }
         perform(outputs)
@@ -96,6 +97,7 @@ extension Hub {
         let outputs = state.withLock { state in
             if let session = state.sessions[id] { leaveIdentityGroup(session, in: &state) }
             state.sessions[id]?.node = nil
+            defer { carryOutClusterOperations(in: &state) }
             return state.core.sessionClosed(id)
         }
         perform(outputs)

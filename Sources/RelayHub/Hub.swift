@@ -89,6 +89,8 @@ public final class Hub: Sendable {
         var requestStarts: [HubCore.RequestID: (at: ContinuousClock.Instant, service: String, method: String, span: (any Span)?)] = [:]
         /// The latest latencies of each service's methods, for `/servicez`'s percentiles.
         var latencies: [String: [String: LatencySample]] = [:]
+        /// The cluster connections, once the hub joined one.
+        var cluster: ClusterLink?
     }
 
     /// The configuration in force, and the authenticator made from it: both change on a reload

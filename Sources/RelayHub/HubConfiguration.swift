@@ -76,6 +76,8 @@ public struct HubConfiguration: Sendable, Codable {
     }
     /// Compression on the wire.
     public var compression = CompressionSettings()
+    /// The nats-server cluster the hub joins; nil: one hub on its own.
+    public var cluster: ClusterSettings?
 
     /// What the hub compresses (docs/OPERATIONS.md).
     public struct CompressionSettings: Sendable, Codable, Equatable {
@@ -215,6 +217,7 @@ public struct HubConfiguration: Sendable, Codable {
         drainTimeoutSeconds = try container.decodeIfPresent(Double.self, forKey: .drainTimeoutSeconds) ?? defaults.drainTimeoutSeconds
         tracing = try container.decodeIfPresent(TracingSettings.self, forKey: .tracing) ?? defaults.tracing
         compression = try container.decodeIfPresent(CompressionSettings.self, forKey: .compression) ?? defaults.compression
+        cluster = try container.decodeIfPresent(ClusterSettings.self, forKey: .cluster)
         httpRequiresAdmin = try container.decodeIfPresent(Bool.self, forKey: .httpRequiresAdmin) ?? defaults.httpRequiresAdmin
         queues = try container.decodeIfPresent([QueueSettings].self, forKey: .queues) ?? []
         limits = try container.decodeIfPresent(Limits.self, forKey: .limits) ?? Limits()

@@ -61,12 +61,21 @@ public final class HubServer: Sendable {
         } catch {
             throw HubError.unusableDataDirectory("the data directory '\(configuration.data)' cannot be used: \(Self.reason(error))")
         }
+        if let cluster = configuration.cluster {
+            do {
+                hub.joinCluster(try await ClusterLink.connect(cluster, hubID: hub.serverID))
+            } catch {
+                await hub.closeStore()
+                throw HubError.cannotJoinCluster("the cluster (\(cluster.servers.joined(separator: ", "))) cannot be reached: \(error)")
+            }
+        }
         do {
             try await bindListeners()
         } catch {
             // What did open is closed again: the hub does not run half its listeners.
             for channel in listeners.withLock({ $0 }) { try? await channel.close() }
             try? await monitoring.withLock({ $0 })?.close()
+            await hub.leaveCluster()
             await hub.closeStore()
             throw error
         }
@@ -162,6 +171,7 @@ public final class HubServer: Sendable {
         }
         try? await closed.get()
         closing.cancel()
+        await hub.leaveCluster()
         await hub.closeStore()
         try? await monitoring.withLock({ $0 })?.close()
         let statistics = hub.statistics

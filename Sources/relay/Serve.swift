@@ -58,6 +58,11 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .customLong("session-compression"), help: "Offer LIME's gzip session compression over plaintext TCP.")
     var sessionCompression = false
 
+    @Option(
+        name: .customLong("cluster"),
+        help: "Join a nats-server cluster: its servers, comma-separated (nats://h1:4222,nats://h2:4222); docs/CLUSTER.md.")
+    var cluster: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -112,6 +117,13 @@ struct Serve: AsyncParsableCommand {
         if createTraceContext { configuration.tracing.createContext = true }
         if webSocketCompression { configuration.compression.websocket = true }
         if sessionCompression { configuration.compression.session = true }
+        if let cluster {
+            let servers = cluster.split(separator: ",").map { String($0.filter { !$0.isWhitespace }) }.filter { !$0.isEmpty }
+            guard !servers.isEmpty else { throw ValidationError("--cluster expects nats://HOST:PORT[,...]") }
+            var settings = configuration.cluster ?? HubConfiguration.ClusterSettings(servers: servers)
+            settings.servers = servers
+            configuration.cluster = settings
+        }
         if let tlsCertificate {
             guard let tlsKey else { throw ValidationError("--tls-cert needs --tls-key") }
             var tls = configuration.tls ?? HubConfiguration.TLSSettings(cert: tlsCertificate, key: tlsKey)

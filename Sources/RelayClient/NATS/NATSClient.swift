@@ -100,6 +100,8 @@ public final class NATSClient: Sendable {
         var limit: Int?
         var delivered = 0
         let inbox: NATSSubscriptionInbox?
+        /// Called for each message instead of buffering it (`subscribe(_:queue:handler:)`).
+        var handler: (@Sendable (NATSMessage) -> Void)? = nil
     }
 
     struct FlushWaiter: Sendable {
@@ -126,6 +128,9 @@ public final class NATSClient: Sendable {
         var reconnects = 0
         /// Why the last connection failed, as the server or the handshake said.
         var lastFailure: String?
+        /// Servers of the cluster the servers announced (INFO `connect_urls`), not yet tried.
+        var discovered: [Server] = []
+        var known: Set<String> = []
     }
 
     public let options: Options
@@ -197,10 +202,16 @@ public final class NATSClient: Sendable {
 
     private func maintainConnection() async {
         var rotation = ServerRotation(servers, shuffled: options.reconnect.shuffleServers)
+        state.withLock { $0.known = Set(servers.map { "\($0.host):\($0.port)" }) }
         var failures = 0
         var everConnected = false
         var errors: [String] = []
         while !state.withLock({ $0.closed }) {
+            let discovered = state.withLock { state in
+                defer { state.discovered.removeAll() }
+                return state.discovered
+            }
+            for server in discovered { rotation.add(server) }
             let server = rotation.next()
             do {
                 let channel = try await open(server)
@@ -284,6 +295,15 @@ public final class NATSClient: Sendable {
                     .reconnected(server: "nats://\(channel.remoteAddress?.ipAddress ?? "?"):\(channel.remoteAddress?.port ?? 0)"))
             }
             state.info = info
+            // A cluster's servers announce the others: they join the servers to reconnect to.
+            if case .array(let urls)? = info["connect_urls"] {
+                for case .string(let url) in urls where !state.known.contains(url) {
+                    guard let separator = url.lastIndex(of: ":"), let port = Int(url[url.index(after: separator)...]) else { continue }
+                    let host = String(url[..<separator]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+                    state.known.insert(url)
+                    state.discovered.append(Server(host: host, port: port, tls: servers.first?.tls ?? false))
+                }
+            }
             let writer = ChannelWriter(channel: channel, framing: .stream)
             state.writer = writer
             if !bytes.isEmpty { writer.enqueue(bytes) }
@@ -353,15 +373,19 @@ public final class NATSClient: Sendable {
             }
             return nil
         }
-        let (inbox, last): (NATSSubscriptionInbox?, Bool) = state.withLock { state in
-            guard var record = state.subscriptions[sid] else { return (nil, false) }
+        let (inbox, handler, last): (NATSSubscriptionInbox?, (@Sendable (NATSMessage) -> Void)?, Bool) = state.withLock { state in
+            guard var record = state.subscriptions[sid] else { return (nil, nil, false) }
             record.delivered += 1
             if let limit = record.limit, record.delivered >= limit {
                 state.subscriptions[sid] = nil
-                return (record.inbox, true)
+                return (record.inbox, record.handler, true)
             }
             state.subscriptions[sid] = record
-            return (record.inbox, false)
+            return (record.inbox, record.handler, false)
+        }
+        if let handler {
+            handler(message)
+            return nil
         }
         guard let inbox else { return nil }
         let wakeNeeded = inbox.enqueue(message)
@@ -482,8 +506,23 @@ public final class NATSClient: Sendable {
         return NATSSubscription(sid: sid, subject: subject, queue: queue, inbox: inbox, client: self)
     }
 
+    /// Subscribes with a handler that is called with each message, in order, on the
+    /// connection's event loop, instead of a buffered sequence: for a hub that relays a
+    /// cluster's messages (the handler must not block). Returns the subscription's sid.
+    package func subscribe(_ subject: String, queue: String? = nil, handler: @escaping @Sendable (NATSMessage) -> Void) throws -> String {
+        let sid = try state.withLock { state in
+            if state.closed { throw NATSClientError.closed }
+            let sid = String(state.nextSid)
+            state.nextSid += 1
+            state.subscriptions[sid] = SubscriptionRecord(subject: subject, queue: queue, inbox: nil, handler: handler)
+            return sid
+        }
+        try write(.subscribe(subject: subject, queue: queue, sid: sid))
+        return sid
+    }
+
     /// Ends a subscription now, or after `max` messages in all.
-    func unsubscribe(sid: String, max: Int? = nil) throws {
+    package func unsubscribe(sid: String, max: Int? = nil) throws {
         let inbox: NATSSubscriptionInbox?? = state.withLock { state in
             guard var record = state.subscriptions[sid] else { return .none }
             if let max, record.delivered < max {

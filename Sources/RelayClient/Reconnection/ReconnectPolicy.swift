@@ -77,6 +77,11 @@ struct ServerRotation<Server: Sendable>: Sendable {
     }
 
     var count: Int { servers.count }
+
+    /// Adds a server (one a cluster announced), tried after those there are.
+    mutating func add(_ server: Server) {
+        servers.append(server)
+    }
 }
 
 extension Duration {

@@ -65,6 +65,7 @@ extension HubCore {
                 description: description, instances: [session], durable: command.resource?["durable"]?.boolValue ?? false)
         }
         let durable = services[key]!.durable ? attachDurableInstance(session, service: key) : []
+        clusterServicesChanged()
         return durable + [reply(session, command.success())]
     }
 
@@ -75,6 +76,7 @@ extension HubCore {
         }
         entry.instances.removeAll { $0 == session }
         services[key] = entry.instances.isEmpty && !entry.durable ? nil : entry
+        clusterServicesChanged()
         if entry.durable {
             return detachConsumer(session, token: Self.serviceConsumerToken + ":" + Self.serviceQueueName(key)) + [
                 reply(session, command.success())
@@ -461,7 +463,7 @@ extension HubCore {
         }
         let id = nextRequestID
         nextRequestID += 1
-        let inbox = "_INBOX.relay.\(id)"
+        let inbox = inboxPrefix + String(id)
         let caller = CallerKey(session: session, id: callerID)
         var metadata = command.header.metadata ?? [:]
         startTrace(in: &metadata)
@@ -473,7 +475,8 @@ extension HubCore {
         var publication = command
         publication.header.metadata = metadata
         var outputs = publish(publication, subject: subject, replyTo: inbox, from: session)
-        guard outputs.delivered > 0 else {
+        // On a cluster, no responders is the cluster's to say (a 503 on the inbox).
+        guard outputs.delivered > 0 || cluster != nil else {
             return endSubjectRequest(
                 id, with: command.failure(Reason(code: ReasonCode.routingDestinationNotFound, description: "No responders on '\(subject)'"))
             )

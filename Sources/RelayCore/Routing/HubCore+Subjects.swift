@@ -48,6 +48,7 @@ extension HubCore {
         }
         subscriptionSlotsByKey[key] = slot
         subjects.insert(slot, filter: filter)
+        clusterSubscription(filter: filter, queue: queue, added: true)
         subscriptionCounts[session, default: 0] += 1
         if let identity = node?.identity { subscriptionCountsByIdentity[identity, default: 0] += 1 }
     }
@@ -77,6 +78,7 @@ extension HubCore {
         freeSubscriptionSlots.append(slot)
         subscriptionSlotsByKey[SubscriptionKey(session: subscription.session, token: subscription.token)] = nil
         subjects.remove(slot, filter: subscription.filter)
+        clusterSubscription(filter: subscription.filter, queue: subscription.queue, added: false)
         subscriptionCounts[subscription.session, default: 1] -= 1
         if subscriptionCounts[subscription.session] == 0 { subscriptionCounts[subscription.session] = nil }
         if let identity = subscription.node?.identity {
@@ -119,6 +121,9 @@ extension HubCore {
         var delivered = 0
         // Usually none or one: a list, not a dictionary, per publication.
         var groups: [(queue: String, members: [Int])] = []
+        // On a cluster, queue groups get a local publication back from the cluster, which gives
+        // each group one delivery across all hubs; node-targeted publications stay here.
+        let clustered = cluster != nil && targets == nil
         statistics.published += 1
         for slot in subjects.match(message.subject) {
             // Fields are read in place: copying a subscription would retain each of its strings.
@@ -127,6 +132,7 @@ extension HubCore {
             if let targets, !Self.node(subscriptionSlots[slot].node, isIn: targets) { continue }
             if subscriptionSlots[slot].checksDelivery, !deliveryAllowed(message.subject, toSlot: slot) { continue }
             if let queue = subscriptionSlots[slot].queue {
+                if clustered { continue }
                 if let group = groups.firstIndex(where: { $0.queue == queue }) {
                     groups[group].members.append(slot)
                 } else {
@@ -159,7 +165,8 @@ extension HubCore {
             outputs.append(.persist(copies, then: then))
             delivered += copies.count
         }
-        if delivered == 0 {
+        let sentToCluster = clustered && publishOnCluster(message, from: session, deliveredLocally: delivered)
+        if delivered == 0 && !sentToCluster {
             statistics.publicationsUnmatched += 1
             if noResponders, let replyTo = message.replyTo {
                 let status = PublishedMessage(
@@ -168,7 +175,7 @@ extension HubCore {
             }
         }
         statistics.publicationsDelivered += delivered
-        return delivered
+        return sentToCluster ? max(delivered, 1) : delivered
     }
 
     /// A subscription a forwarded publication goes to: its session, its name, and how many of its
@@ -195,6 +202,8 @@ extension HubCore {
         into recipients: inout [Recipient]
     ) -> Bool {
         if subject.utf8.first == UInt8(ascii: "$") { return false }
+        // A clustered hub publishes on the cluster too (`publish`).
+        if cluster != nil { return false }
         // A publisher with permissions is checked the usual way, which refuses what they deny.
         if !permissions.isEmpty, permissions[session] != nil { return false }
         if !subjectRequestsByInbox.isEmpty, subjectRequestsByInbox[subject] != nil { return false }
@@ -231,7 +240,7 @@ extension HubCore {
 
     /// What the hub answers itself instead of publishing: replies to its inboxes, queue
     /// acknowledgements, JetStream stream creation, NATS requests to services. Nil for a publication.
-    private mutating func specialPublication(_ message: PublishedMessage, from session: SessionID, jetStream: Bool) -> [Output]? {
+    mutating func specialPublication(_ message: PublishedMessage, from session: SessionID, jetStream: Bool) -> [Output]? {
         if let outputs = subjectReply(message) { return outputs }
         if let outputs = ackPublished(message) { return outputs }
         if jetStream, message.subject.hasPrefix(Self.streamCreatePrefix),
@@ -244,7 +253,7 @@ extension HubCore {
     }
 
     /// Whether the subscription in `slot`, which checks deliveries, may receive one on `subject`.
-    private func deliveryAllowed(_ subject: String, toSlot slot: Int) -> Bool {
+    func deliveryAllowed(_ subject: String, toSlot slot: Int) -> Bool {
         guard let permissions = permissions(of: subscriptionSlots[slot].session) else { return true }
         return permissions.allowsDelivery(of: subject, queue: subscriptionSlots[slot].queue)
     }
@@ -270,7 +279,7 @@ extension HubCore {
     }
 
     /// One delivery to the subscription in `slot`, counted against its auto-unsubscribe limit.
-    private mutating func deliver(_ message: PublishedMessage, toSlot slot: Int) -> Output {
+    mutating func deliver(_ message: PublishedMessage, toSlot slot: Int) -> Output {
         let output = Output.deliver(
             subscriptionSlots[slot].session, token: subscriptionSlots[slot].token, message, limit: subscriptionSlots[slot].overflow)
         let delivered = subscriptionSlots[slot].delivered + 1

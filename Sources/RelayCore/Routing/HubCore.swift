@@ -247,6 +247,8 @@ public struct HubCore: Sendable {
     /// The trace context of requests published with a reply subject, by that subject, so that a
     /// reply that carries none gets its request's (see HubCore+Tracing).
     var replyTraces = RecentMemory<String, [String: String]>(capacity: 10_000)
+    /// Set once the hub joins a cluster (see Cluster/ClusterMembership.swift).
+    public internal(set) var cluster: ClusterMembership?
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -277,6 +279,7 @@ public struct HubCore: Sendable {
             // A durable service keeps its queue and its registration: requests wait for an instance.
             if services[name]?.instances.isEmpty == true && services[name]?.durable != true { services[name] = nil }
         }
+        clusterServicesChanged()
         for (name, compound) in compounds where compound.owner == session { compounds[name] = nil }
         for (id, flight) in inFlight {
             if flight.instance == session {

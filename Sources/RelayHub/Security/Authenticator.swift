@@ -286,11 +286,13 @@ public enum HubError: Error, CustomStringConvertible {
     case cannotListen(String)
     /// The data directory cannot be opened or written.
     case unusableDataDirectory(String)
+    /// None of the cluster's servers answered (`--cluster`).
+    case cannotJoinCluster(String)
 
     public var description: String {
         switch self {
         case .invalidConfiguration(let text): "Invalid configuration: \(text)"
-        case .cannotListen(let text), .unusableDataDirectory(let text): text
+        case .cannotListen(let text), .unusableDataDirectory(let text), .cannotJoinCluster(let text): text
         }
     }
 }

@@ -1,0 +1,160 @@
+/// What a clustered hub's core keeps of the cluster (docs/CLUSTER.md): the subscriptions it holds
+/// on it, the operations waiting for the hub to carry out, and what tells its own traffic apart.
+public struct ClusterMembership: Sendable {
+    /// What the hub does on its cluster connection, in the order the core asked.
+    public enum Operation: Sendable, Equatable {
+        /// Subscribe or unsubscribe (`ClusterInterest`).
+        case interest(ClusterInterest.Action)
+        /// Publish a local publication on the cluster, for the other hubs and NATS clients there.
+        case publish(PublishedMessage)
+    }
+
+    /// The queue group the hubs serving a service share on the cluster: one hub takes each
+    /// request of `SERVICE.>`.
+    public static let serviceQueue = "relay.services"
+
+    /// The hub's id on the cluster, unique among the hubs (its inbox subjects carry it).
+    public let hubID: String
+    var interest = ClusterInterest()
+    /// Cluster subscriptions for the hub itself (its inbox, the services it serves): what arrives
+    /// on them is answered by the core, not delivered to subscribers.
+    var ownSubscriptions: Set<String> = []
+    /// The services held on the cluster, by name.
+    var servedServices: Set<String> = []
+    var pending: [Operation] = []
+    /// Reply subjects of requests that local subscribers received: the cluster's 503 (no
+    /// responders elsewhere) for them is not passed on, a local responder answers.
+    var answeredLocally = RecentMemory<String, Bool>(capacity: 10_000)
+    /// Cluster messages not passed on because their subscription had ended, or a 503 for a
+    /// request answered locally.
+    public internal(set) var messagesDiscarded = 0
+    public internal(set) var messagesReceived = 0
+    public internal(set) var messagesPublished = 0
+
+    init(hubID: String) {
+        self.hubID = hubID
+    }
+
+    /// The prefix of the hub's inbox subjects (LIME requests to subjects wait for replies there).
+    public var inboxPrefix: String { "_INBOX.relay.\(hubID)." }
+
+    /// How many distinct subscriptions the hub holds on the cluster.
+    public var subscriptionCount: Int { interest.count }
+}
+
+extension HubCore {
+    /// The inbox subjects' prefix: the hub's own on a cluster, so hubs never share one.
+    var inboxPrefix: String { cluster?.inboxPrefix ?? "_INBOX.relay." }
+
+    /// Makes the hub a member of a cluster under `hubID`: from now on, local publications are also
+    /// published on the cluster, local subscriptions are held there, and queue groups get one
+    /// delivery across all hubs. Subscriptions made before are held too.
+    public mutating func joinCluster(hubID: String) {
+        var membership = ClusterMembership(hubID: hubID)
+        for slot in subscriptionSlots.indices where subscriptionSlots[slot].isLive {
+            let subscription = subscriptionSlots[slot]
+            if let action = membership.interest.localSubscriptionAdded(.init(filter: subscription.filter, queue: subscription.queue)) {
+                membership.pending.append(.interest(action))
+            }
+        }
+        if case .subscribe(let sid, _, _)? = membership.interest.localSubscriptionAdded(.init(filter: membership.inboxPrefix + ">")) {
+            membership.ownSubscriptions.insert(sid)
+            membership.pending.append(.interest(.subscribe(sid: sid, filter: membership.inboxPrefix + ">", queue: nil)))
+        }
+        cluster = membership
+        clusterServicesChanged()
+    }
+
+    /// What the hub must do on its cluster connection since it last asked, in order.
+    public mutating func takeClusterOperations() -> [ClusterMembership.Operation] {
+        guard cluster != nil, !cluster!.pending.isEmpty else { return [] }
+        defer { cluster!.pending.removeAll(keepingCapacity: true) }
+        return cluster!.pending
+    }
+
+    /// The session that stands for the cluster in the core: what came from other hubs.
+    public static let clusterSession: SessionID = .max
+
+    /// A local subscription was made or ended: held on the cluster while some local one wants it.
+    mutating func clusterSubscription(filter: String, queue: String?, added: Bool) {
+        guard cluster != nil else { return }
+        let key = ClusterInterest.Key(filter: filter, queue: queue)
+        let action = added ? cluster!.interest.localSubscriptionAdded(key) : cluster!.interest.localSubscriptionRemoved(key)
+        if let action { cluster!.pending.append(.interest(action)) }
+    }
+
+    /// The services with an instance here are held on the cluster as queue subscriptions of
+    /// `NAME.>`, so NATS requests to them from other hubs come to one hub with an instance.
+    mutating func clusterServicesChanged() {
+        guard cluster != nil else { return }
+        let served = Set(services.filter { !$0.value.instances.isEmpty }.keys)
+        guard served != cluster!.servedServices else { return }
+        for name in served.subtracting(cluster!.servedServices) {
+            let key = ClusterInterest.Key(filter: name + ".>", queue: ClusterMembership.serviceQueue)
+            if case .subscribe(let sid, _, _)? = cluster!.interest.localSubscriptionAdded(key) {
+                cluster!.ownSubscriptions.insert(sid)
+                cluster!.pending.append(.interest(.subscribe(sid: sid, filter: key.filter, queue: key.queue)))
+            }
+        }
+        for name in cluster!.servedServices.subtracting(served) {
+            let key = ClusterInterest.Key(filter: name + ".>", queue: ClusterMembership.serviceQueue)
+            if case .unsubscribe(let sid)? = cluster!.interest.localSubscriptionRemoved(key) {
+                cluster!.ownSubscriptions.remove(sid)
+                cluster!.pending.append(.interest(.unsubscribe(sid: sid)))
+            }
+        }
+        cluster!.servedServices = served
+    }
+
+    /// After a local publication was delivered here: publish it on the cluster too (never what
+    /// came from the cluster, which would loop). Returns whether it went.
+    mutating func publishOnCluster(_ message: PublishedMessage, from session: SessionID, deliveredLocally: Int) -> Bool {
+        guard cluster != nil, session != Self.clusterSession else { return false }
+        if deliveredLocally > 0, let replyTo = message.replyTo { cluster!.answeredLocally.remember(true, for: replyTo) }
+        cluster!.pending.append(.publish(message))
+        cluster!.messagesPublished += 1
+        return true
+    }
+
+    /// A message came from the cluster on subscription `sid`. On one of the hub's own (its inbox,
+    /// a service) the core answers it; otherwise it goes to the local subscriptions that
+    /// subscription stands for only (same filter and queue group: a hub holding overlapping
+    /// filters gets a message once per filter), a queue group's to one member.
+    public mutating func clusterMessageReceived(_ message: PublishedMessage, sid: String) -> [Output] {
+        guard cluster != nil, let key = cluster!.interest.key(forClusterSubscription: sid) else {
+            cluster?.messagesDiscarded += 1
+            return []
+        }
+        cluster!.messagesReceived += 1
+        if message.status == 503, cluster!.answeredLocally[message.subject] != nil {
+            cluster!.messagesDiscarded += 1
+            return []
+        }
+        if cluster!.ownSubscriptions.contains(sid) {
+            if let outputs = specialPublication(message, from: Self.clusterSession, jetStream: false) { return outputs }
+            cluster!.messagesDiscarded += 1
+            return []
+        }
+        var outputs: [Output] = []
+        var members: [Int] = []
+        for slot in subjects.match(message.subject) {
+            guard subscriptionSlots[slot].isLive, subscriptionSlots[slot].queue == key.queue, subscriptionSlots[slot].filter == key.filter
+            else { continue }
+            if subscriptionSlots[slot].checksDelivery, !deliveryAllowed(message.subject, toSlot: slot) { continue }
+            if key.queue == nil {
+                outputs.append(deliver(message, toSlot: slot))
+            } else {
+                members.append(slot)
+            }
+        }
+        if key.queue != nil, members.isEmpty { cluster!.messagesDiscarded += 1 }
+        if let queue = key.queue, !members.isEmpty {
+            let turn = queueTurns[queue, default: 0]
+            queueTurns[queue] = turn &+ 1
+            members.sort()
+            outputs.append(deliver(message, toSlot: members[turn % members.count]))
+        }
+        statistics.publicationsDelivered += outputs.count
+        return outputs
+    }
+}

@@ -1,0 +1,34 @@
+/// How publications cross the cluster: as NATS messages that other NATS clients of the cluster
+/// read as they are, with the publisher's node in one header so that LIME subscribers on other
+/// hubs see who sent it (docs/CLUSTER.md).
+extension PublishedMessage {
+    /// The header that carries the publisher's node between hubs.
+    public static let publisherHeader = "Relay-From"
+
+    /// The publication as a NATS message for the cluster: Content-Type, metadata and status as
+    /// headers, the payload as NATS clients get it from a hub.
+    public var clusterForm: (subject: String, replyTo: String?, headers: NATSHeaders?, payload: [UInt8]) {
+        guard case .message(let subject, _, let replyTo, var headers, let payload) = natsOperation(sid: "", headersEnabled: true) else {
+            preconditionFailure("natsOperation renders a message")
+        }
+        if let publisher {
+            headers = headers ?? NATSHeaders()
+            headers!.append(Self.publisherHeader, publisher.description)
+        }
+        return (subject, replyTo, headers, payload)
+    }
+
+    /// A message from the cluster as the core's publication: the publisher from `Relay-From`,
+    /// Content-Type as the type, other headers as metadata, the status as it is.
+    public init(clusterSubject subject: String, replyTo: String?, headers: NATSHeaders?, payload: [UInt8]) {
+        guard let headers else {
+            self.init(subject: subject, replyTo: replyTo, body: .bytes(payload))
+            return
+        }
+        var (type, metadata) = headers.typeAndMetadata
+        let publisher = metadata.removeValue(forKey: Self.publisherHeader).flatMap(Node.init)
+        self.init(
+            subject: subject, replyTo: replyTo, publisher: publisher, type: type, body: .bytes(payload), metadata: metadata,
+            status: headers.status)
+    }
+}

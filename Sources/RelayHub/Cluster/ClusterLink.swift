@@ -1,0 +1,126 @@
+import Logging
+import RelayClient
+import RelayCore
+import Synchronization
+
+/// A clustered hub's connections to the nats-server cluster (docs/CLUSTER.md); it carries out
+/// the core's cluster operations and hands what arrives to the hub.
+///
+/// Two connections, so that nothing loops and queue groups still work across hubs:
+/// - `publisher` (CONNECT `echo: false`) publishes the hub's publications and holds its plain
+///   subscriptions: the hub, which delivered its own publications itself, never gets them back;
+/// - `queueMember` holds the queue subscriptions and publishes nothing: a local publication comes
+///   back to it when the cluster picks this hub's member of a group, so each group gets one
+///   delivery across every hub.
+final class ClusterLink: Sendable {
+    let hubID: String
+    let publisher: NATSClient
+    let queueMember: NATSClient
+    /// Cluster subscription id (the core's) → the client holding it and that client's sid.
+    private let subscriptions = Mutex<[String: (queue: Bool, sid: String)]>([:])
+    /// Publications the cluster connection could not take (reconnect buffer full), counted.
+    let dropped = Atomic<Int>(0)
+
+    private init(hubID: String, publisher: NATSClient, queueMember: NATSClient) {
+        self.hubID = hubID
+        self.publisher = publisher
+        self.queueMember = queueMember
+    }
+
+    /// Connects both connections to the cluster (each tries every server once before it fails).
+    static func connect(_ settings: HubConfiguration.ClusterSettings, hubID: String) async throws -> ClusterLink {
+        func options(_ role: String, echo: Bool) -> NATSClient.Options {
+            var options = NATSClient.Options(servers: settings.servers)
+            options.name = "\(settings.name) \(hubID) \(role)"
+            options.user = settings.user
+            options.password = settings.password
+            options.token = settings.token
+            if settings.tlsCA != nil || settings.tlsCert != nil {
+                options.tls = TLSClientOptions(caFile: settings.tlsCA, certificateFile: settings.tlsCert, keyFile: settings.tlsKey)
+            }
+            options.echo = echo
+            options.reconnect = ReconnectPolicy(maximumAttempts: -1, bufferBytes: settings.reconnectBufferBytes)
+            options.pingInterval = .milliseconds(Int64(settings.pingIntervalSeconds * 1000))
+            return options
+        }
+        let publisher = try await NATSClient.connect(options: options("publisher", echo: false))
+        do {
+            let queueMember = try await NATSClient.connect(options: options("queues", echo: true))
+            return ClusterLink(hubID: hubID, publisher: publisher, queueMember: queueMember)
+        } catch {
+            await publisher.close()
+            throw error
+        }
+    }
+
+    /// Carries out the core's operations. Called under the hub's lock, so that they reach the
+    /// cluster in the order the core made them (the clients only queue the bytes).
+    func carryOut(_ operations: [ClusterMembership.Operation], hub: Hub) {
+        for operation in operations {
+            switch operation {
+            case .publish(let message):
+                let form = message.clusterForm
+                do {
+                    try publisher.publish(form.subject, form.payload, replyTo: form.replyTo, headers: form.headers)
+                } catch {
+                    dropped.add(1, ordering: .relaxed)
+                }
+            case .interest(.subscribe(let id, let filter, let queue)):
+                let client = queue == nil ? publisher : queueMember
+                let sid = try? client.subscribe(filter, queue: queue) { [weak hub] message in
+                    hub?.clusterMessageReceived(message, subscription: id)
+                }
+                if let sid { subscriptions.withLock { $0[id] = (queue != nil, sid) } }
+            case .interest(.unsubscribe(let id)):
+                guard let held = subscriptions.withLock({ $0.removeValue(forKey: id) }) else { continue }
+                try? (held.queue ? queueMember : publisher).unsubscribe(sid: held.sid)
+            }
+        }
+    }
+
+    /// Whether both connections are up now.
+    var isConnected: Bool { publisher.isConnected && queueMember.isConnected }
+
+    /// The server the publisher connection is on, as its INFO says.
+    var server: String? {
+        guard case .string(let id)? = publisher.serverInfo["server_id"] else { return nil }
+        return id
+    }
+
+    func close() async {
+        await publisher.close()
+        await queueMember.close()
+    }
+}
+
+extension Hub {
+    /// Joins the cluster over `link`: the core holds every local subscription there from now on.
+    func joinCluster(_ link: ClusterLink) {
+        state.withLock { state in
+            state.cluster = link
+            state.core.joinCluster(hubID: link.hubID)
+            carryOutClusterOperations(in: &state)
+        }
+        logger.info("joined the cluster", metadata: ["hub": "\(link.hubID)", "server": "\(link.server ?? "?")"])
+    }
+
+    /// Hands what the core asked of the cluster to the link, under the lock (see `carryOut`).
+    func carryOutClusterOperations(in state: inout State) {
+        guard let link = state.cluster else { return }
+        let operations = state.core.takeClusterOperations()
+        if !operations.isEmpty { link.carryOut(operations, hub: self) }
+    }
+
+    /// A message from the cluster, on the core's cluster subscription `subscription`.
+    func clusterMessageReceived(_ message: NATSMessage, subscription: String) {
+        let published = PublishedMessage(
+            clusterSubject: message.subject, replyTo: message.replyTo, headers: message.headers, payload: message.payload)
+        perform { $0.clusterMessageReceived(published, sid: subscription) }
+    }
+
+    /// Leaves the cluster (at shutdown): both connections close.
+    func leaveCluster() async {
+        let link = state.withLock { $0.cluster.take() }
+        await link?.close()
+    }
+}

@@ -1,0 +1,43 @@
+extension HubConfiguration {
+    /// How a hub joins a nats-server cluster (`"cluster"` in the configuration file,
+    /// `relay serve --cluster URLS`); docs/CLUSTER.md.
+    public struct ClusterSettings: Sendable, Codable, Equatable {
+        /// The cluster's servers (`nats://host:port`, `tls://host:port`); the others are learnt
+        /// from their INFO (`connect_urls`).
+        public var servers: [String]
+        /// The name the hub's connections give the cluster (its id is appended), as shown by
+        /// nats-server's `/connz`.
+        public var name: String = "relay"
+        /// Credentials for the cluster, when it asks for them.
+        public var user: String?
+        public var password: String?
+        public var token: String?
+        /// TLS to the cluster's servers: the CA to trust, and a client certificate if they ask.
+        public var tlsCA: String?
+        public var tlsCert: String?
+        public var tlsKey: String?
+        /// Publications held for the cluster while reconnecting, in bytes; beyond it they are
+        /// dropped and counted (`/varz` `cluster.dropped`).
+        public var reconnectBufferBytes: Int = 8 << 20
+        /// Seconds between pings to the cluster's server; two unanswered end the connection.
+        public var pingIntervalSeconds: Double = 5
+
+        public init(servers: [String]) {
+            self.servers = servers
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            servers = try container.decode([String].self, forKey: .servers)
+            name = try container.decodeIfPresent(String.self, forKey: .name) ?? "relay"
+            user = try container.decodeIfPresent(String.self, forKey: .user)
+            password = try container.decodeIfPresent(String.self, forKey: .password)
+            token = try container.decodeIfPresent(String.self, forKey: .token)
+            tlsCA = try container.decodeIfPresent(String.self, forKey: .tlsCA)
+            tlsCert = try container.decodeIfPresent(String.self, forKey: .tlsCert)
+            tlsKey = try container.decodeIfPresent(String.self, forKey: .tlsKey)
+            reconnectBufferBytes = try container.decodeIfPresent(Int.self, forKey: .reconnectBufferBytes) ?? 8 << 20
+            pingIntervalSeconds = try container.decodeIfPresent(Double.self, forKey: .pingIntervalSeconds) ?? 5
+        }
+    }
+}

@@ -1,0 +1,140 @@
+import Testing
+
+@testable import RelayCore
+
+/// The core of a clustered hub, driven as the hub drives it: what it asks of the cluster, and what
+/// it does with what comes from there.
+@Suite struct ClusterMembershipTests {
+    private func clustered() -> CoreHarness {
+        var hub = CoreHarness()
+        hub.connect(1, "alice@relay.local/a")
+        hub.connect(2, "bob@relay.local/b")
+        hub.core.joinCluster(hubID: "H1")
+        return hub
+    }
+
+    private func publishes(_ operations: [ClusterMembership.Operation]) -> [PublishedMessage] {
+        operations.compactMap { if case .publish(let message) = $0 { return message } else { return nil } }
+    }
+
+    @Test func joiningHoldsTheHubsInboxAndLocalSubscriptionsComeAndGoOnce() throws {
+        var hub = clustered()
+        #expect(hub.core.takeClusterOperations() == [.interest(.subscribe(sid: "c1", filter: "_INBOX.relay.H1.>", queue: nil))])
+        try hub.core.subscribe(1, token: "s1", filter: "orders.*", queue: nil, echo: true)
+        try hub.core.subscribe(2, token: "s1", filter: "orders.*", queue: nil, echo: true)
+        try hub.core.subscribe(2, token: "s2", filter: "jobs", queue: "workers", echo: true)
+        #expect(
+            hub.core.takeClusterOperations() == [
+                .interest(.subscribe(sid: "c2", filter: "orders.*", queue: nil)),
+                .interest(.subscribe(sid: "c3", filter: "jobs", queue: "workers")),
+            ])
+        hub.core.unsubscribe(1, token: "s1")
+        #expect(hub.core.takeClusterOperations().isEmpty, "bob still wants orders.*")
+        _ = hub.core.sessionClosed(2)
+        let ended = hub.core.takeClusterOperations()
+        #expect(ended.count == 2 && ended.contains(.interest(.unsubscribe(sid: "c2"))) && ended.contains(.interest(.unsubscribe(sid: "c3"))))
+        #expect(hub.core.cluster?.subscriptionCount == 1, "only the inbox is left")
+    }
+
+    @Test func aLocalPublicationIsDeliveredHereAndPublishedOnTheClusterButQueueGroupsWaitForTheCluster() throws {
+        var hub = clustered()
+        try hub.core.subscribe(2, token: "plain", filter: "orders.*", queue: nil, echo: true)
+        try hub.core.subscribe(2, token: "member", filter: "orders.*", queue: "workers", echo: true)
+        _ = hub.core.takeClusterOperations()
+        let message = PublishedMessage(subject: "orders.new", publisher: Node("alice@relay.local/a"), body: .text("one"))
+        let (outputs, delivered) = hub.core.publish(message, from: 1)
+        #expect(outputs.map(\.token) == ["plain"], "the queue member gets it from the cluster, which picks one hub")
+        #expect(delivered == 1)
+        #expect(publishes(hub.core.takeClusterOperations()) == [message])
+        // Back from the cluster on the queue subscription: one member here gets it.
+        let back = hub.core.clusterMessageReceived(message, sid: "c3")
+        #expect(back.map(\.token) == ["member"])
+        #expect(hub.core.takeClusterOperations().isEmpty, "what came from the cluster is never published there again")
+    }
+
+    @Test func aClusterMessageGoesOnlyToTheSubscriptionsOfItsFilter() throws {
+        var hub = clustered()
+        try hub.core.subscribe(1, token: "star", filter: "orders.*", queue: nil, echo: true)
+        try hub.core.subscribe(2, token: "rest", filter: "orders.>", queue: nil, echo: true)
+        _ = hub.core.takeClusterOperations()
+        let message = PublishedMessage(subject: "orders.new", body: .text("x"))
+        // nats-server sends it on each matching cluster subscription: each local subscriber gets it once.
+        #expect(hub.core.clusterMessageReceived(message, sid: "c2").recipients == [1])
+        #expect(hub.core.clusterMessageReceived(message, sid: "c3").recipients == [2])
+        hub.core.unsubscribe(2, token: "rest")
+        #expect(hub.core.clusterMessageReceived(message, sid: "c3").isEmpty, "a subscription ended meanwhile")
+        #expect(hub.core.cluster?.messagesDiscarded == 1)
+    }
+
+    @Test func noRespondersIsTheClustersToSayAndALocalAnswerWins() throws {
+        var hub = clustered()
+        try hub.core.subscribe(1, token: "inbox", filter: "_INBOX.a.*", queue: nil, echo: true)
+        _ = hub.core.takeClusterOperations()
+        // Nobody here: no 503 from the hub, the request goes to the cluster.
+        var outputs: [HubCore.Output] = []
+        hub.core.clientPublished(
+            PublishedMessage(subject: "help", replyTo: "_INBOX.a.1", body: .bytes([])), from: 1, noResponders: true, into: &outputs)
+        #expect(outputs.isEmpty)
+        #expect(publishes(hub.core.takeClusterOperations()).map(\.subject) == ["help"])
+        // A local responder took the next: the cluster's 503 for it is not passed on.
+        try hub.core.subscribe(2, token: "responder", filter: "help", queue: nil, echo: true)
+        _ = hub.core.takeClusterOperations()
+        hub.core.clientPublished(
+            PublishedMessage(subject: "help", replyTo: "_INBOX.a.2", body: .bytes([])), from: 1, noResponders: true, into: &outputs)
+        #expect(outputs.recipients == [2])
+        let status = PublishedMessage(subject: "_INBOX.a.2", body: .bytes([]), status: 503)
+        #expect(hub.core.clusterMessageReceived(status, sid: "c2").isEmpty)
+        let first = PublishedMessage(subject: "_INBOX.a.1", body: .bytes([]), status: 503)
+        #expect(hub.core.clusterMessageReceived(first, sid: "c2").recipients == [1], "the first had no responder anywhere")
+    }
+
+    @Test func servedServicesAreHeldAsOneQueueGroupAndAnswerClusterRequests() throws {
+        var hub = clustered()
+        _ = hub.core.takeClusterOperations()
+        #expect(hub.command(2, .set, "/services/inventory", resource: CoreHarness.inventory).commands(to: 2)[0].status == .success)
+        #expect(
+            hub.core.takeClusterOperations() == [.interest(.subscribe(sid: "c2", filter: "inventory.>", queue: "relay.services"))])
+        // A NATS request from another hub: dispatched to the instance here.
+        let request = PublishedMessage(subject: "inventory.stock", replyTo: "_INBOX.far.1", body: .bytes(Array(#"{"sku":"AB"}"#.utf8)))
+        let dispatched = hub.core.clusterMessageReceived(request, sid: "c2")
+        let call = try #require(dispatched.commands(to: 2).first)
+        #expect(call.uri == "/services/inventory/stock")
+        // Its answer is published for the caller, on the cluster.
+        _ = hub.respond(2, to: call, resource: ["stock": 3])
+        let answers = publishes(hub.core.takeClusterOperations())
+        #expect(answers.map(\.subject) == ["_INBOX.far.1"])
+        #expect(answers.first?.payloadBytes == Array(#"{"stock":3}"#.utf8))
+        _ = hub.core.sessionClosed(2)
+        #expect(hub.core.takeClusterOperations() == [.interest(.unsubscribe(sid: "c2"))])
+    }
+
+    @Test func aLIMESubjectRequestWaitsOnTheHubsOwnInbox() throws {
+        var hub = clustered()
+        _ = hub.core.takeClusterOperations()
+        let outputs = hub.command(1, .get, "/topics/prices.now", id: "ask")
+        #expect(outputs.commands(to: 1).isEmpty, "no local responder is no failure on a cluster")
+        let request = try #require(publishes(hub.core.takeClusterOperations()).first)
+        let inbox = try #require(request.replyTo)
+        #expect(inbox.hasPrefix("_INBOX.relay.H1."))
+        let reply = PublishedMessage(subject: inbox, type: .applicationJSON, body: .bytes(Array("42".utf8)))
+        let answer = try #require(hub.core.clusterMessageReceived(reply, sid: "c1").commands(to: 1).first)
+        #expect(answer.header.id == "ask" && answer.status == .success && answer.resource == 42)
+    }
+
+    @Test func thePublisherCrossesInAHeader() {
+        let message = PublishedMessage(
+            subject: "orders.new", publisher: Node("alice@relay.local/a"), type: .applicationJSON, body: .json(["n": 1]),
+            metadata: ["traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"])
+        let form = message.clusterForm
+        #expect(form.headers?["Relay-From"] == "alice@relay.local/a")
+        let back = PublishedMessage(clusterSubject: form.subject, replyTo: form.replyTo, headers: form.headers, payload: form.payload)
+        #expect(back.publisher == Node("alice@relay.local/a"))
+        #expect(back.metadata == message.metadata, "Relay-From is not metadata")
+        #expect(back.type == .applicationJSON)
+        #expect(back.limeContent.1.value == ["n": 1])
+    }
+}
+
+extension HubCore.Output {
+    fileprivate var token: String? { if case .deliver(_, let token, _, _) = self { token } else { nil } }
+}
