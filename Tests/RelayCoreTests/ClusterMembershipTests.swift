@@ -32,7 +32,8 @@ import Testing
         #expect(hub.core.takeClusterOperations().isEmpty, "bob still wants orders.*")
         _ = hub.core.sessionClosed(2)
         let ended = hub.core.takeClusterOperations()
-        #expect(ended.count == 2 && ended.contains(.interest(.unsubscribe(sid: "c2"))) && ended.contains(.interest(.unsubscribe(sid: "c3"))))
+        #expect(
+            ended.count == 2 && ended.contains(.interest(.unsubscribe(sid: "c2"))) && ended.contains(.interest(.unsubscribe(sid: "c3"))))
         #expect(hub.core.cluster?.subscriptionCount == 1, "only the inbox is left")
     }
 

@@ -9,44 +9,57 @@ import Testing
 final class NATSServerProcess: Sendable {
     private let process = Mutex<Process?>(nil)
     let port: Int
+    /// The port it takes routes from other servers on, when it is in a cluster.
+    let routePort: Int?
+    /// The arguments beyond its address, to start it again alike.
+    private let arguments: [String]
 
-    /// Starts nats-server; with no port it picks a free one.
-    init(port: Int? = nil) async throws {
-        let (process, port) = try await Self.launch(port: port)
+    /// Starts nats-server; with no port it picks a free one. `arguments` are added (a cluster's
+    /// `--cluster`, `--routes`...; a route port of -1 is picked too, and kept for a restart).
+    init(port: Int? = nil, arguments: [String] = []) async throws {
+        let (process, port, routePort) = try await Self.launch(port: port, arguments: arguments)
         self.process.withLock { $0 = process }
         self.port = port
+        self.routePort = routePort
+        self.arguments = arguments.map { $0 == "nats://127.0.0.1:-1" ? "nats://127.0.0.1:\(routePort ?? -1)" : $0 }
     }
 
     var url: String { "nats://127.0.0.1:\(port)" }
 
-    private static func launch(port: Int?) async throws -> (Process, Int) {
+    private static func launch(port: Int?, arguments: [String]) async throws -> (Process, Int, Int?) {
         let process = Process()
         process.executableURL = URL(
             fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/sbin/nats-server")
                 ? "/usr/sbin/nats-server" : "/usr/bin/nats-server")
-        process.arguments = ["-a", "127.0.0.1", "-p", port.map(String.init) ?? "-1"]
+        process.arguments = ["-a", "127.0.0.1", "-p", port.map(String.init) ?? "-1"] + arguments
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = errors
         try process.run()
-        // nats-server logs the port it listens on; read until that line.
+        // nats-server logs the ports it listens on; read until those lines (the route port's
+        // comes after "ready").
+        let clustered = arguments.contains("--cluster")
         var log = ""
         let handle = errors.fileHandleForReading
-        while !log.contains("Server is ready") {
+        while !log.contains("Server is ready") || (clustered && !log.contains("Listening for route connections on")) {
             let data = handle.availableData
             if data.isEmpty { throw TestFailure("nats-server exited: \(log)") }
             log += String(decoding: data, as: UTF8.self)
         }
-        guard let range = log.range(of: #"client connections on 127\.0\.0\.1:(\d+)"#, options: .regularExpression),
-            let listened = Int(log[range].split(separator: ":").last ?? "")
-        else { throw TestFailure("no port in the nats-server log: \(log)") }
-        return (process, listened)
+        // Later lines are read and dropped, so that a full pipe never stops the server.
+        handle.readabilityHandler = { _ = $0.availableData }
+        func listened(after marker: String) -> Int? {
+            guard let range = log.range(of: marker + #"127\.0\.0\.1:(\d+)"#, options: .regularExpression) else { return nil }
+            return Int(log[range].split(separator: ":").last ?? "")
+        }
+        guard let clients = listened(after: "client connections on ") else { throw TestFailure("no port in the nats-server log: \(log)") }
+        return (process, clients, listened(after: "route connections on "))
     }
 
-    /// Kills the server (SIGKILL) and starts it again on the same port.
+    /// Kills the server (SIGKILL) and starts it again on the same ports.
     func restart() async throws {
         stop()
-        let (process, _) = try await Self.launch(port: port)
+        let (process, _, _) = try await Self.launch(port: port, arguments: arguments)
         self.process.withLock { $0 = process }
     }
 

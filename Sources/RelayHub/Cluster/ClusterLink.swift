@@ -124,3 +124,38 @@ extension Hub {
         await link?.close()
     }
 }
+
+/// What a clustered hub shows of its cluster (`/varz` `cluster`).
+public struct ClusterStatus: Sendable, Equatable {
+    /// The hub's id among the hubs.
+    public var hubID: String
+    /// Whether both cluster connections are up.
+    public var connected: Bool
+    /// The id of the server the publishing connection is on.
+    public var server: String?
+    /// Reconnections of the publishing connection since the hub joined.
+    public var reconnects: Int
+    /// Distinct subscriptions held on the cluster.
+    public var subscriptions: Int
+    /// Publications sent to the cluster, messages received from it, and those received that
+    /// went nowhere (their subscription had ended, or a 503 for a request answered here).
+    public var published: Int
+    public var received: Int
+    public var discarded: Int
+    /// Publications the cluster connection could not hold while reconnecting (dropped, counted).
+    public var dropped: Int
+}
+
+extension Hub {
+    /// The cluster as the hub sees it; nil when the hub is on its own.
+    public var clusterStatus: ClusterStatus? {
+        state.withLock { state in
+            guard let link = state.cluster, let membership = state.core.cluster else { return nil }
+            return ClusterStatus(
+                hubID: link.hubID, connected: link.isConnected, server: link.server, reconnects: link.publisher.reconnectCount,
+                subscriptions: membership.subscriptionCount, published: membership.messagesPublished,
+                received: membership.messagesReceived, discarded: membership.messagesDiscarded,
+                dropped: link.dropped.load(ordering: .relaxed))
+        }
+    }
+}

@@ -1,0 +1,206 @@
+import Foundation
+import RelayClient
+import RelayCore
+import RelayHub
+import Synchronization
+import Testing
+
+/// Runs `body` with `count` hubs, each joined to its own server of `cluster` (hub i to node i),
+/// the way `relay serve --cluster` joins them.
+func withClusteredHubs<T>(
+    _ count: Int, on cluster: NATSCluster, allServers: Bool = false, _ body: ([TestHub]) async throws -> T
+) async throws -> T {
+    func nest(_ index: Int, _ hubs: [TestHub]) async throws -> T {
+        guard index < count else { return try await body(hubs) }
+        return try await withHub({ configuration in
+            let own = cluster.urls[index % cluster.urls.count]
+            configuration.cluster = .init(servers: allServers ? [own] + cluster.urls.filter { $0 != own } : [own])
+            configuration.cluster?.pingIntervalSeconds = 1
+        }) { hub in
+            try await nest(index + 1, hubs + [hub])
+        }
+    }
+    return try await nest(0, [])
+}
+
+/// Publishes probes until `arrived` says the subscribers they were for have them: interest made
+/// on one hub takes a moment to reach the others' servers through the cluster's routes.
+func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: () -> Bool) async throws {
+    try await eventually(within: 20) {
+        try? await publishProbe()
+        try? await Task.sleep(for: .milliseconds(50))
+        return arrived()
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2))) struct ClusterTests {
+    struct Pair: Codable, Sendable {
+        var a: Int
+        var b: Int
+    }
+
+    @Test func publicationsCrossHubsOnceToEachSubscriberInBothDialects() async throws {
+        let cluster = try await NATSCluster.start()
+        try await withClusteredHubs(3, on: cluster) { hubs in
+            let (a, b, c) = (hubs[0], hubs[1], hubs[2])
+            let seen = Collected()
+            // LIME on A (where the publisher is) and on B; NATS on C with overlapping filters.
+            let local = try await a.connect(.ws, as: "local@relay.local/1")
+            let onB = try await b.connect(.tcp, as: "far@relay.local/1")
+            let nats = try await NATSClient.connect(to: "nats://127.0.0.1:\(c.natsPort)")
+            let streams: [(String, any AsyncSequence<String, Never> & Sendable)] = [
+                ("a", try await local.subscribe("orders.*").map { $0.content.stringValue ?? "?" }),
+                ("b", try await onB.subscribe("orders.*").map { $0.content.stringValue ?? "?" }),
+                ("c*", try nats.subscribe("orders.*").map(\.text)),
+                ("c>", try nats.subscribe("orders.>").map(\.text)),
+            ]
+            try await nats.flush()
+            for (name, stream) in streams {
+                Task { for await text in stream { seen.append("\(name):\(text)") } }
+            }
+            let publisher = try await a.connect(.tcp, as: "publisher@relay.local/1")
+            try await untilInterestCrosses({ try await publisher.publish("orders.probe", "probe") }) {
+                ["b", "c*", "c>"].allSatisfy { seen.items.contains("\($0):probe") }
+            }
+            let before = seen.items.count
+            for number in 1...20 { try await publisher.publish("orders.n\(number)", .string("m\(number)")) }
+            try await publisher.publish("orders.end", "end")
+            try await eventually { ["a", "b", "c*", "c>"].allSatisfy { seen.items.contains("\($0):end") } }
+            let counted = seen.items.dropFirst(before).filter { !$0.hasSuffix(":probe") }
+            for name in ["a", "b", "c*", "c>"] {
+                let got = counted.filter { $0.hasPrefix("\(name):") }
+                #expect(got == (1...20).map { "\(name):m\($0)" } + ["\(name):end"], "each subscriber once, in order: \(name)")
+            }
+            // The subjects are the cluster's own: a plain NATS client of the cluster sees them.
+            let direct = try await NATSClient.connect(to: cluster.urls[1])
+            let directly = try direct.subscribe("orders.>")
+            try await direct.flush()
+            try await untilInterestCrosses({ try await publisher.publish("orders.direct", "hello") }) {
+                directly.droppedCount == 0 && seen.items.contains("b:hello")
+            }
+            let message = try await firstElement(directly) { $0.subject == "orders.direct" }
+            #expect(message.text == "hello" && message.headers?["Relay-From"] == "publisher@relay.local/1")
+            await direct.close()
+            await nats.close()
+        }
+        cluster.stop()
+    }
+
+    @Test func aQueueGroupSpreadOverHubsGetsEveryMessageExactlyOnce() async throws {
+        let cluster = try await NATSCluster.start()
+        try await withClusteredHubs(3, on: cluster) { hubs in
+            let seen = Collected()
+            let first = try await hubs[0].connect(.ws, as: "worker@relay.local/a")
+            let second = try await hubs[1].connect(.tcp, as: "worker@relay.local/b")
+            let third = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[2].natsPort)")
+            let members: [(String, any AsyncSequence<String, Never> & Sendable)] = [
+                ("a", try await first.subscribe("jobs.*", queue: "workers").map { $0.content.stringValue ?? "?" }),
+                ("b", try await second.subscribe("jobs.*", queue: "workers").map { $0.content.stringValue ?? "?" }),
+                ("c", try third.subscribe("jobs.*", queue: "workers").map(\.text)),
+            ]
+            try await third.flush()
+            for (name, stream) in members { Task { for await text in stream { seen.append("\(name):\(text)") } } }
+            // The publisher is a NATS client on hub A, where member a is too.
+            let publisher = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[0].natsPort)")
+            var probe = 0
+            try await untilInterestCrosses({
+                probe += 1
+                try publisher.publish("jobs.probe", "probe")
+            }) { ["a", "b", "c"].allSatisfy { seen.items.contains("\($0):probe") } }
+            let before = seen.items.count
+            for number in 1...90 { try publisher.publish("jobs.n", "j\(number)") }
+            try await publisher.flush()
+            try await eventually { seen.items.dropFirst(before).filter { !$0.hasSuffix(":probe") }.count >= 90 }
+            // A little longer for any duplicate to show, then the exact count.
+            try await publisher.flush()
+            try await Task.sleep(for: .milliseconds(300))
+            let jobs = seen.items.dropFirst(before).filter { !$0.hasSuffix(":probe") }
+            let texts = jobs.map { $0.split(separator: ":")[1] }
+            #expect(jobs.count == 90 && Set(texts).count == 90, "each job exactly once across the three hubs")
+            let hubsUsed = Set(jobs.map { $0.split(separator: ":")[0] })
+            #expect(hubsUsed.count >= 2, "spread over the hubs: \(hubsUsed)")
+            await publisher.close()
+            await third.close()
+        }
+        cluster.stop()
+    }
+
+    @Test func requestsCrossHubsBothWays() async throws {
+        let cluster = try await NATSCluster.start()
+        try await withClusteredHubs(3, on: cluster) { hubs in
+            // A LIME service on hub A, called by a NATS client on hub C.
+            let provider = try await hubs[0].connect(.ws, as: "calc@relay.local/1")
+            var calc = ServiceDefinition("calc")
+            calc.method("add") { (pair: Pair, _) in pair.a + pair.b }
+            _ = try await provider.serve(calc)
+            let caller = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[2].natsPort)")
+            var answer: NATSMessage?
+            try await eventually(within: 20) {
+                answer = try? await caller.request("calc.add", Array(#"{"a":1,"b":5}"#.utf8), timeout: .seconds(2))
+                return answer != nil
+            }
+            #expect(answer?.text == "6", "\(String(describing: answer))")
+            // A NATS responder on hub C, asked by a LIME client on hub B (the hub's own inbox).
+            let responder = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[2].natsPort)")
+            let questions = try responder.subscribe("time.now")
+            try await responder.flush()
+            Task {
+                for await question in questions {
+                    if let reply = question.replyTo { try? responder.publish(reply, "noon") }
+                }
+            }
+            let asker = try await hubs[1].connect(.tcp, as: "asker@relay.local/1")
+            var reply: JSONValue?
+            try await eventually(within: 20) {
+                reply = try? await asker.requestOnSubject("time.now", .null, timeout: .seconds(2))
+                return reply != nil
+            }
+            #expect(reply == "noon")
+            // Nobody anywhere: NATS clients get no responders, as from nats-server, not a timeout.
+            let start = ContinuousClock.now
+            await #expect(throws: NATSClientError.noResponders) {
+                _ = try await caller.request("nobody.home", [], timeout: .seconds(10))
+            }
+            #expect(ContinuousClock.now - start < .seconds(10))
+            // A responder on the caller's own hub answers, and the cluster's 503 does not overtake it.
+            let near = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[2].natsPort)")
+            let nearQuestions = try near.subscribe("near.by")
+            try await near.flush()
+            Task {
+                for await question in nearQuestions {
+                    try? await Task.sleep(for: .milliseconds(100))
+                    if let reply = question.replyTo { try? near.publish(reply, "here") }
+                }
+            }
+            #expect(try await caller.request("near.by", [], timeout: .seconds(5)).text == "here")
+            for client in [caller, responder, near] { await client.close() }
+        }
+        cluster.stop()
+    }
+
+    @Test func aKilledNATSServerIsFailedOverAndTheFlowGoesOn() async throws {
+        let cluster = try await NATSCluster.start()
+        // Each hub knows only its own server: the others come from INFO's connect_urls.
+        try await withClusteredHubs(2, on: cluster) { hubs in
+            let seen = Collected()
+            let subscriber = try await hubs[1].connect(.ws, as: "sub@relay.local/1")
+            let stream = try await subscriber.subscribe("ticks")
+            Task { for await message in stream { seen.append(message.content.stringValue ?? "?") } }
+            let publisher = try await hubs[0].connect(.tcp, as: "pub@relay.local/1")
+            try await untilInterestCrosses({ try await publisher.publish("ticks", "probe") }) { seen.items.contains("probe") }
+            cluster.nodes[0].stop()
+            // Hub A's cluster connections move to another server; publications are held meanwhile.
+            var number = 0
+            try await eventually(within: 30) {
+                number += 1
+                try? await publisher.publish("ticks", .string("after\(number)"))
+                try? await Task.sleep(for: .milliseconds(50))
+                return seen.items.contains { $0.hasPrefix("after") }
+            }
+            try await eventually { hubs[0].server.hub.clusterStatus?.connected == true }
+            #expect(hubs[0].server.hub.clusterStatus?.reconnects == 1)
+            #expect(hubs[1].server.hub.statistics.sessionsOpen == 1, "the session on hub B never noticed")
+        }
+        cluster.stop()
+    }
+}
