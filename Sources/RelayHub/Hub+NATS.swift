@@ -20,6 +20,7 @@ extension Hub {
             session.natsHeaders = headers
             joinIdentityGroup(session, in: &state)
             _ = state.core.register(id, node: node, permissions: permissions)
+            carryOutClusterOperations(in: &state)
         }
     }
 
@@ -36,7 +37,8 @@ extension Hub {
 
     func natsUnsubscribe(_ id: SessionID, sid: String, max: Int?) {
         let outputs = state.withLock { state in
-            state.core.unsubscribe(id, token: sid, after: max) ? [] : state.core.detachConsumer(id, token: sid)
+            defer { carryOutClusterOperations(in: &state) }
+            return state.core.unsubscribe(id, token: sid, after: max) ? [] : state.core.detachConsumer(id, token: sid)
         }
         perform(outputs)
     }

@@ -86,6 +86,7 @@ extension Hub {
             session.node = node
             session.admission = source
             joinIdentityGroup(session, in: &state)
+            defer { carryOutClusterOperations(in: &state) }
             guard let replacedID = state.core.register(id, node: node, permissions: permissions) else { return nil }
             return state.sessions[replacedID]?.outlet
         }

@@ -4,6 +4,8 @@ import Testing
 
 /// The core of a clustered hub, driven as the hub drives it: what it asks of the cluster, and what
 /// it does with what comes from there.
+struct TestFailure: Error { let text: String; init(_ text: String) { self.text = text } }
+
 @Suite struct ClusterMembershipTests {
     private func clustered() -> CoreHarness {
         var hub = CoreHarness()
@@ -19,22 +21,24 @@ import Testing
 
     @Test func joiningHoldsTheHubsInboxAndLocalSubscriptionsComeAndGoOnce() throws {
         var hub = clustered()
-        #expect(hub.core.takeClusterOperations() == [.interest(.subscribe(sid: "c1", filter: "_INBOX.relay.H1.>", queue: nil))])
+        let joined = hub.core.takeClusterOperations()
+        #expect(joined.first == .interest(.subscribe(sid: "c1", filter: "_INBOX.relay.H1.>", queue: nil)))
+        #expect(joined.count == 5, "the inbox, and the node subjects of alice and bob")
         try hub.core.subscribe(1, token: "s1", filter: "orders.*", queue: nil, echo: true)
         try hub.core.subscribe(2, token: "s1", filter: "orders.*", queue: nil, echo: true)
         try hub.core.subscribe(2, token: "s2", filter: "jobs", queue: "workers", echo: true)
         #expect(
             hub.core.takeClusterOperations() == [
-                .interest(.subscribe(sid: "c2", filter: "orders.*", queue: nil)),
-                .interest(.subscribe(sid: "c3", filter: "jobs", queue: "workers")),
+                .interest(.subscribe(sid: "c6", filter: "orders.*", queue: nil)),
+                .interest(.subscribe(sid: "c7", filter: "jobs", queue: "workers")),
             ])
         hub.core.unsubscribe(1, token: "s1")
         #expect(hub.core.takeClusterOperations().isEmpty, "bob still wants orders.*")
         _ = hub.core.sessionClosed(2)
         let ended = hub.core.takeClusterOperations()
         #expect(
-            ended.count == 2 && ended.contains(.interest(.unsubscribe(sid: "c2"))) && ended.contains(.interest(.unsubscribe(sid: "c3"))))
-        #expect(hub.core.cluster?.subscriptionCount == 1, "only the inbox is left")
+            ended.contains(.interest(.unsubscribe(sid: "c6"))) && ended.contains(.interest(.unsubscribe(sid: "c7"))))
+        #expect(hub.core.cluster?.subscriptionCount == 3, "the inbox and alice's node subjects are left")
     }
 
     @Test func aLocalPublicationIsDeliveredHereAndPublishedOnTheClusterButQueueGroupsWaitForTheCluster() throws {
@@ -48,7 +52,7 @@ import Testing
         #expect(delivered == 1)
         #expect(publishes(hub.core.takeClusterOperations()) == [message])
         // Back from the cluster on the queue subscription: one member here gets it.
-        let back = hub.core.clusterMessageReceived(message, sid: "c3")
+        let back = hub.core.clusterMessageReceived(message, sid: "c7")
         #expect(back.map(\.token) == ["member"])
         #expect(hub.core.takeClusterOperations().isEmpty, "what came from the cluster is never published there again")
     }
@@ -60,10 +64,10 @@ import Testing
         _ = hub.core.takeClusterOperations()
         let message = PublishedMessage(subject: "orders.new", body: .text("x"))
         // nats-server sends it on each matching cluster subscription: each local subscriber gets it once.
-        #expect(hub.core.clusterMessageReceived(message, sid: "c2").recipients == [1])
-        #expect(hub.core.clusterMessageReceived(message, sid: "c3").recipients == [2])
+        #expect(hub.core.clusterMessageReceived(message, sid: "c6").recipients == [1])
+        #expect(hub.core.clusterMessageReceived(message, sid: "c7").recipients == [2])
         hub.core.unsubscribe(2, token: "rest")
-        #expect(hub.core.clusterMessageReceived(message, sid: "c3").isEmpty, "a subscription ended meanwhile")
+        #expect(hub.core.clusterMessageReceived(message, sid: "c7").isEmpty, "a subscription ended meanwhile")
         #expect(hub.core.cluster?.messagesDiscarded == 1)
     }
 
@@ -84,9 +88,9 @@ import Testing
             PublishedMessage(subject: "help", replyTo: "_INBOX.a.2", body: .bytes([])), from: 1, noResponders: true, into: &outputs)
         #expect(outputs.recipients == [2])
         let status = PublishedMessage(subject: "_INBOX.a.2", body: .bytes([]), status: 503)
-        #expect(hub.core.clusterMessageReceived(status, sid: "c2").isEmpty)
+        #expect(hub.core.clusterMessageReceived(status, sid: "c6").isEmpty)
         let first = PublishedMessage(subject: "_INBOX.a.1", body: .bytes([]), status: 503)
-        #expect(hub.core.clusterMessageReceived(first, sid: "c2").recipients == [1], "the first had no responder anywhere")
+        #expect(hub.core.clusterMessageReceived(first, sid: "c6").recipients == [1], "the first had no responder anywhere")
     }
 
     @Test func servedServicesAreHeldAsOneQueueGroupAndAnswerClusterRequests() throws {
@@ -94,10 +98,10 @@ import Testing
         _ = hub.core.takeClusterOperations()
         #expect(hub.command(2, .set, "/services/inventory", resource: CoreHarness.inventory).commands(to: 2)[0].status == .success)
         #expect(
-            hub.core.takeClusterOperations() == [.interest(.subscribe(sid: "c2", filter: "inventory.>", queue: "relay.services"))])
+            hub.core.takeClusterOperations() == [.interest(.subscribe(sid: "c6", filter: "inventory.>", queue: "relay.services"))])
         // A NATS request from another hub: dispatched to the instance here.
         let request = PublishedMessage(subject: "inventory.stock", replyTo: "_INBOX.far.1", body: .bytes(Array(#"{"sku":"AB"}"#.utf8)))
-        let dispatched = hub.core.clusterMessageReceived(request, sid: "c2")
+        let dispatched = hub.core.clusterMessageReceived(request, sid: "c6")
         let call = try #require(dispatched.commands(to: 2).first)
         #expect(call.uri == "/services/inventory/stock")
         // Its answer is published for the caller, on the cluster.
@@ -106,7 +110,7 @@ import Testing
         #expect(answers.map(\.subject) == ["_INBOX.far.1"])
         #expect(answers.first?.payloadBytes == Array(#"{"stock":3}"#.utf8))
         _ = hub.core.sessionClosed(2)
-        #expect(hub.core.takeClusterOperations() == [.interest(.unsubscribe(sid: "c2"))])
+        #expect(hub.core.takeClusterOperations().contains(.interest(.unsubscribe(sid: "c6"))))
     }
 
     @Test func aLIMESubjectRequestWaitsOnTheHubsOwnInbox() throws {
@@ -120,6 +124,45 @@ import Testing
         let reply = PublishedMessage(subject: inbox, type: .applicationJSON, body: .bytes(Array("42".utf8)))
         let answer = try #require(hub.core.clusterMessageReceived(reply, sid: "c1").commands(to: 1).first)
         #expect(answer.header.id == "ask" && answer.status == .success && answer.resource == 42)
+    }
+
+    @Test func aNodeNotConnectedHereIsSoughtOnTheClusterAndItsFailureComesFromThere() throws {
+        var hub = clustered()
+        let joined = hub.core.takeClusterOperations()
+        #expect(joined.contains(.interest(.subscribe(sid: "c2", filter: "$RELAY.NODE.alice@relay.local", queue: nil))))
+        #expect(joined.contains(.interest(.subscribe(sid: "c3", filter: "$RELAY.CMD.alice@relay.local", queue: "relay.nodes"))))
+        let message = Envelope.message(
+            LIMEMessage(
+                header: EnvelopeHeader(id: "m1", from: Node("alice@relay.local/a"), to: Node("carol@relay.local/c")), type: .textPlain,
+                content: "hi"))
+        #expect(hub.core.envelopeReceived(message, from: 1).isEmpty, "no failure yet: carol may be on another hub")
+        let sent = try #require(publishes(hub.core.takeClusterOperations()).first)
+        #expect(sent.subject == "$RELAY.NODE.carol@relay.local")
+        let replyTo = try #require(sent.replyTo)
+        // Nobody holds carol anywhere: the cluster's 503 is alice's failure.
+        let status = PublishedMessage(subject: replyTo, body: .bytes([]), status: 503)
+        let failures = hub.core.clusterMessageReceived(status, sid: "c1")
+        let failure = try #require(failures.sent(to: 1).first)
+        guard case .notification(let notification) = failure else { throw TestFailure("not a notification: \(failure)") }
+        #expect(notification.event == .failed && notification.reason?.code == ReasonCode.routingDestinationNotFound)
+        #expect(notification.header.id == "m1")
+        // An envelope from another hub for bob here is delivered to him, and his receipt goes back there.
+        let forBob = PublishedMessage(
+            subject: "$RELAY.NODE.bob@relay.local", type: ClusterMembership.envelopeType,
+            body: .bytes(
+                LIMECodec.encode(
+                    .message(
+                        LIMEMessage(
+                            header: EnvelopeHeader(id: "m2", from: Node("dave@relay.local/d"), to: Node("bob@relay.local/b")),
+                            type: .textPlain, content: "yo")))))
+        let delivered = hub.core.clusterMessageReceived(forBob, sid: "c4")
+        #expect(delivered.messages(to: 2).map(\.header.id) == ["m2"])
+        let receipt = Envelope.notification(
+            LIMENotification(
+                header: EnvelopeHeader(id: "m2", from: Node("bob@relay.local/b"), to: Node("bob@relay.local/b")), event: .received))
+        #expect(hub.core.envelopeReceived(receipt, from: 2).isEmpty)
+        let back = try #require(publishes(hub.core.takeClusterOperations()).first)
+        #expect(back.subject == "$RELAY.NODE.dave@relay.local" && back.replyTo == nil)
     }
 
     @Test func thePublisherCrossesInAHeader() {

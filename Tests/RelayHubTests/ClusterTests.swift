@@ -178,6 +178,46 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
         cluster.stop()
     }
 
+    @Test func nodesAreReachedOnWhicheverHubTheyAreConnectedTo() async throws {
+        let cluster = try await NATSCluster.start()
+        try await withClusteredHubs(3, on: cluster) { hubs in
+            let alice = try await hubs[0].connect(.ws, as: "alice@relay.local/a")
+            let bob = try await hubs[1].connect(.tcp, as: "bob@relay.local/b")
+            let phone = try await hubs[2].connect(.ws, as: "carol@relay.local/phone")
+            let desk = try await hubs[1].connect(.tcp, as: "carol@relay.local/desk")
+            // Bob's node subjects take a moment to reach hub A's server.
+            var delivered: LIMEMessage?
+            try await eventually(within: 20) {
+                try? await alice.send(LIMEMessage(id: "hello", to: Node("bob@relay.local/b"), text: "hi bob"))
+                delivered = try? await firstElement(bob.messages, within: 0.5)
+                return delivered != nil
+            }
+            #expect(delivered?.content == "hi bob" && delivered?.header.from == Node("alice@relay.local/a"))
+            // Bob answers; it comes back across the hubs, from bob.
+            try await bob.send(LIMEMessage(to: Node("alice@relay.local/a"), text: "hi alice"))
+            let answer = try await firstElement(alice.messages)
+            #expect(answer.content == "hi alice" && answer.header.from == Node("bob@relay.local/b"))
+            // An identity reaches its instances on every hub; a case-insensitive name too.
+            try await eventually(within: 20) {
+                try? await alice.send(LIMEMessage(to: Node("Carol@Relay.Local"), text: "to all of you"))
+                return (try? await firstElement(phone.messages, within: 0.5)) != nil
+            }
+            try await alice.send(LIMEMessage(to: Node("carol@relay.local"), text: "again"))
+            #expect(try await firstElement(desk.messages) { $0.content == "again" }.content == "again")
+            #expect(try await firstElement(phone.messages) { $0.content == "again" }.content == "again")
+            // Nobody anywhere: the failure (42) comes back, as on one hub.
+            try await alice.send(LIMEMessage(id: "lost-1", to: Node("nobody@relay.local"), text: "anyone?"))
+            let failed = try await firstElement(alice.notifications) { $0.header.id == "lost-1" }
+            #expect(failed.event == .failed && failed.reason?.code == ReasonCode.routingDestinationNotFound)
+            // A command to a node elsewhere is answered from there: no one answers for a
+            // missing one but the hub.
+            let response = try await alice.request(
+                LIMECommand(header: EnvelopeHeader(to: Node("inventory@relay.local")), method: .get, uri: "/stock"))
+            #expect(response.status == .failure && response.reason?.code == ReasonCode.routingDestinationNotFound)
+        }
+        cluster.stop()
+    }
+
     @Test func aKilledNATSServerIsFailedOverAndTheFlowGoesOn() async throws {
         let cluster = try await NATSCluster.start()
         // Each hub knows only its own server: the others come from INFO's connect_urls.

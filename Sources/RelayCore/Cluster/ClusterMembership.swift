@@ -12,6 +12,8 @@ public struct ClusterMembership: Sendable {
     /// The queue group the hubs serving a service share on the cluster: one hub takes each
     /// request of `SERVICE.>`.
     public static let serviceQueue = "relay.services"
+    /// The type of a LIME envelope crossing to a node on another hub.
+    public static let envelopeType: MediaType = "application/vnd.relay.envelope+json"
 
     /// The hub's id on the cluster, unique among the hubs (its inbox subjects carry it).
     public let hubID: String
@@ -25,6 +27,10 @@ public struct ClusterMembership: Sendable {
     /// Reply subjects of requests that local subscribers received: the cluster's 503 (no
     /// responders elsewhere) for them is not passed on, a local responder answers.
     var answeredLocally = RecentMemory<String, Bool>(capacity: 10_000)
+    /// Envelopes sent to nodes on other hubs that would get a failure if none holds the node,
+    /// by the number in their reply subject: the sender and the failure (the cluster's 503).
+    var nodeFailures = RecentMemory<Int, (session: SessionID, failure: Envelope)>(capacity: 10_000)
+    var nextNodeFailure = 1
     /// Cluster messages not passed on because their subscription had ended, or a 503 for a
     /// request answered locally.
     public internal(set) var messagesDiscarded = 0
@@ -37,6 +43,14 @@ public struct ClusterMembership: Sendable {
 
     /// The prefix of the hub's inbox subjects (LIME requests to subjects wait for replies there).
     public var inboxPrefix: String { "_INBOX.relay.\(hubID)." }
+
+    /// Where envelopes for the nodes of `identity` go on the cluster: messages, notifications and
+    /// commands to a full node to every hub with a session of the identity (the one holding the
+    /// node delivers), commands to the bare identity to one of them (`commandSubject`, a queue group).
+    public static func nodeSubject(_ identity: Identity) -> String { "$RELAY.NODE.\(identity.description.lowercased())" }
+    public static func commandSubject(_ identity: Identity) -> String { "$RELAY.CMD.\(identity.description.lowercased())" }
+    static let nodeQueue = "relay.nodes"
+    var nodeFailurePrefix: String { inboxPrefix + "n." }
 
     /// How many distinct subscriptions the hub holds on the cluster.
     public var subscriptionCount: Int { interest.count }
@@ -62,6 +76,7 @@ extension HubCore {
             membership.pending.append(.interest(.subscribe(sid: sid, filter: membership.inboxPrefix + ">", queue: nil)))
         }
         cluster = membership
+        for identity in router.identities { clusterNodeInterest(identity, added: true) }
         clusterServicesChanged()
     }
 
@@ -106,6 +121,64 @@ extension HubCore {
         cluster!.servedServices = served
     }
 
+    /// A session of `identity` is the first here, or the last left: the hub holds the identity's
+    /// node subjects on the cluster while it has one.
+    mutating func clusterNodeInterest(_ identity: Identity, added: Bool) {
+        let keys = [
+            ClusterInterest.Key(filter: ClusterMembership.nodeSubject(identity)),
+            ClusterInterest.Key(filter: ClusterMembership.commandSubject(identity), queue: ClusterMembership.nodeQueue),
+        ]
+        for key in keys {
+            if added, case .subscribe(let sid, _, _)? = cluster!.interest.localSubscriptionAdded(key) {
+                cluster!.ownSubscriptions.insert(sid)
+                cluster!.pending.append(.interest(.subscribe(sid: sid, filter: key.filter, queue: key.queue)))
+            } else if !added, case .unsubscribe(let sid)? = cluster!.interest.localSubscriptionRemoved(key) {
+                cluster!.ownSubscriptions.remove(sid)
+                cluster!.pending.append(.interest(.unsubscribe(sid: sid)))
+            }
+        }
+    }
+
+    /// Sends an envelope to a node on other hubs, as its JSON. When no session here took it
+    /// (`onlyThere`) and the sender should hear of a failure, the reply subject lets the
+    /// cluster's 503 (nobody holds the node) come back as the failure (42).
+    mutating func sendOnCluster(_ envelope: Envelope, to node: Node, from session: SessionID, onlyThere: Bool) {
+        let isCommand: Bool
+        if case .command = envelope { isCommand = true } else { isCommand = false }
+        let subject =
+            isCommand && node.instance == nil
+            ? ClusterMembership.commandSubject(node.identity) : ClusterMembership.nodeSubject(node.identity)
+        var replyTo: String?
+        if onlyThere, let failure = router.undeliverableReply(envelope) {
+            let number = cluster!.nextNodeFailure
+            cluster!.nextNodeFailure += 1
+            cluster!.nodeFailures.remember((session, failure), for: number)
+            replyTo = cluster!.nodeFailurePrefix + String(number)
+        }
+        cluster!.pending.append(
+            .publish(
+                PublishedMessage(
+                    subject: subject, replyTo: replyTo, type: ClusterMembership.envelopeType, body: .bytes(LIMECodec.encode(envelope)))))
+        cluster!.messagesPublished += 1
+    }
+
+    /// An envelope for a node from another hub, or the cluster's 503 for one this hub sent.
+    private mutating func nodeEnvelopeReceived(_ message: PublishedMessage) -> [Output]? {
+        let subject = message.subject
+        if subject.hasPrefix(cluster!.nodeFailurePrefix) {
+            guard message.status == 503, let number = Int(subject.dropFirst(cluster!.nodeFailurePrefix.count)),
+                let failure = cluster!.nodeFailures.forget(number)
+            else { return [] }
+            return [.send(failure.session, failure.failure)]
+        }
+        guard subject.hasPrefix("$RELAY.NODE.") || subject.hasPrefix("$RELAY.CMD.") else { return nil }
+        guard let envelope = try? LIMECodec.decode(message.payloadBytes) else {
+            cluster!.messagesDiscarded += 1
+            return []
+        }
+        return route(envelope, from: Self.clusterSession)
+    }
+
     /// After a local publication was delivered here: publish it on the cluster too (never what
     /// came from the cluster, which would loop). Returns whether it went.
     mutating func publishOnCluster(_ message: PublishedMessage, from session: SessionID, deliveredLocally: Int) -> Bool {
@@ -131,6 +204,7 @@ extension HubCore {
             return []
         }
         if cluster!.ownSubscriptions.contains(sid) {
+            if let outputs = nodeEnvelopeReceived(message) { return outputs }
             if let outputs = specialPublication(message, from: Self.clusterSession, jetStream: false) { return outputs }
             cluster!.messagesDiscarded += 1
             return []

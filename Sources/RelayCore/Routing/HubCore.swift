@@ -263,14 +263,19 @@ public struct HubCore: Sendable {
     /// it replaced, which the hub must end.
     public mutating func register(_ session: SessionID, node: Node, permissions: Permissions? = nil) -> SessionID? {
         self.permissions[session] = permissions
-        return router.register(session, node: node)
+        let first = cluster != nil && !router.hasSessions(of: node.identity)
+        let replaced = router.register(session, node: node)
+        if first { clusterNodeInterest(node.identity, added: true) }
+        return replaced
     }
 
     /// Forgets everything of a session that closed: its subscriptions, service instances, compound
     /// methods, its own requests; callers of its requests in flight get failures at once.
     public mutating func sessionClosed(_ session: SessionID) -> [Output] {
         var outputs: [Output] = []
+        let identity = router.node(of: session)?.identity
         router.unregister(session)
+        if let identity, cluster != nil, !router.hasSessions(of: identity) { clusterNodeInterest(identity, added: false) }
         permissions[session] = nil
         for key in subscriptionSlotsByKey.keys.filter({ $0.session == session }) { removeSubscription(key) }
         subscriptionCounts[session] = nil
@@ -340,13 +345,19 @@ public struct HubCore: Sendable {
     }
 
     /// Routes an envelope between nodes.
-    private mutating func route(_ envelope: Envelope, from session: SessionID) -> [Output] {
+    mutating func route(_ envelope: Envelope, from session: SessionID) -> [Output] {
         if !permissions.isEmpty, let refusal = sendRefusal(envelope, from: session) { return refusal }
-        let routing = router.route(envelope, from: session)
+        // On a cluster, a node not connected here may be on another hub (never for what came
+        // from there: that would loop).
+        let elsewhere = cluster != nil && session != Self.clusterSession
+        let routing = router.route(envelope, from: session, elsewhere: elsewhere)
         var outputs: [Output] = []
         if let delivery = routing.delivery {
             outputs.reserveCapacity(routing.recipients.count + 1)
             for recipient in routing.recipients { outputs.append(.send(recipient, delivery)) }
+            if let remote = routing.remote {
+                sendOnCluster(delivery, to: remote, from: session, onlyThere: routing.recipients.isEmpty)
+            }
         }
         if let reply = routing.reply { outputs.append(.send(session, reply)) }
         return outputs

@@ -31,6 +31,10 @@ public struct NodeRouter: Sendable {
         public var reply: Envelope?
         /// Whether the envelope was dropped because nobody could receive it (and no reply tells the sender).
         public var dropped = false
+        /// On a cluster: the node `delivery` is for on other hubs too (or only), when `elsewhere`
+        /// was asked and the node has no session here (or, for messages and notifications to an
+        /// identity, may have sessions on other hubs as well).
+        public var remote: Node?
     }
 
     /// What the router has done, for the hub's statistics.
@@ -99,13 +103,17 @@ public struct NodeRouter: Sendable {
     }
 
     /// Routes an envelope sent by an established session; its `from` is already the sender's node.
-    public mutating func route(_ envelope: Envelope, from sender: SessionID) -> Routing {
+    /// With `elsewhere` (a clustered hub, for what its own sessions sent), a node not connected
+    /// here is not a failure: the routing names it `remote`, for the other hubs.
+    public mutating func route(_ envelope: Envelope, from sender: SessionID, elsewhere: Bool = false) -> Routing {
         statistics.routed += 1
         var routing = Routing()
         let header = envelope.header
-        if case .notification(let notification) = envelope, let (target, receipt) = receiptRoute(notification, from: sender) {
+        if case .notification(let notification) = envelope,
+            let (target, receipt, original) = receiptRoute(notification, from: sender, elsewhere: elsewhere)
+        {
             routing.delivery = .notification(receipt)
-            routing.recipients = [target]
+            if let target { routing.recipients = [target] } else { routing.remote = original }
             statistics.receiptsRouted += 1
             statistics.delivered += 1
             return routing
@@ -115,6 +123,14 @@ public struct NodeRouter: Sendable {
             return routing
         }
         let targets = recipients(of: envelope, to: header.to!)
+        if elsewhere, targets.isEmpty || (header.to!.instance == nil && !Self.isCommand(envelope)) {
+            routing.delivery = envelope
+            routing.recipients = targets
+            routing.remote = header.to
+            rememberReceiptRoutes(envelope, for: targets)
+            statistics.delivered += targets.count
+            return routing
+        }
         if targets.isEmpty {
             statistics.undeliverable += 1
             routing.reply = undeliverableReply(envelope)
@@ -123,14 +139,29 @@ public struct NodeRouter: Sendable {
         }
         routing.delivery = envelope
         routing.recipients = targets
+        rememberReceiptRoutes(envelope, for: targets)
+        statistics.delivered += targets.count
+        return routing
+    }
+
+    private static func isCommand(_ envelope: Envelope) -> Bool {
+        if case .command = envelope { return true } else { return false }
+    }
+
+    private mutating func rememberReceiptRoutes(_ envelope: Envelope, for targets: [SessionID]) {
+        let header = envelope.header
         if case .message = envelope, let id = header.id, let from = header.from {
             for target in targets {
                 receiptRoutes.remember(header.pp ?? from, for: ReceiptKey(messageID: id, recipient: target))
             }
         }
-        statistics.delivered += targets.count
-        return routing
     }
+
+    /// The identities with a session here, in order.
+    public var identities: [Identity] { sessionsByIdentity.keys.sorted { $0.description < $1.description } }
+
+    /// Whether some session here holds a node of `identity`.
+    public func hasSessions(of identity: Identity) -> Bool { sessionsByIdentity[identity]?.isEmpty == false }
 
     private mutating func recipients(of envelope: Envelope, to: Node) -> [SessionID] {
         if to.instance != nil {
@@ -147,19 +178,23 @@ public struct NodeRouter: Sendable {
 
     /// A receipt sent by the recipient of a message we routed goes back to that message's sender,
     /// whatever `to` the client put on it (lime-python puts its own node there).
-    private mutating func receiptRoute(_ notification: LIMENotification, from sender: SessionID) -> (SessionID, LIMENotification)? {
+    /// With `elsewhere`, a sender not connected here gives a nil session: the receipt is for
+    /// its node on another hub.
+    private mutating func receiptRoute(_ notification: LIMENotification, from sender: SessionID, elsewhere: Bool) -> (
+        SessionID?, LIMENotification, Node
+    )? {
         guard let id = notification.header.id, let senderNode = nodes[sender] else { return nil }
         let to = notification.header.to
         let addressedToSelfOrHub = to == nil || isHub(to) || to == senderNode || to == senderNode.withoutInstance
-        guard addressedToSelfOrHub, let original = receiptRoutes[ReceiptKey(messageID: id, recipient: sender)],
-            let target = sessionsByNode[original] ?? sessionsByIdentity[original.identity]?.first
-        else { return nil }
+        guard addressedToSelfOrHub, let original = receiptRoutes[ReceiptKey(messageID: id, recipient: sender)] else { return nil }
+        let target = sessionsByNode[original] ?? sessionsByIdentity[original.identity]?.first
+        guard target != nil || elsewhere else { return nil }
         var forwarded = notification
         forwarded.header.to = original
-        return (target, forwarded)
+        return (target, forwarded, original)
     }
 
-    private func undeliverableReply(_ envelope: Envelope) -> Envelope? {
+    func undeliverableReply(_ envelope: Envelope) -> Envelope? {
         let header = envelope.header
         let reason = Reason(code: ReasonCode.routingDestinationNotFound, description: "Destination '\(header.to!)' is not connected")
         switch envelope {
