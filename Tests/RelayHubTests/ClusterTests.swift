@@ -132,6 +132,10 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             let provider = try await hubs[0].connect(.ws, as: "calc@relay.local/1")
             var calc = ServiceDefinition("calc")
             calc.method("add") { (pair: Pair, _) in pair.a + pair.b }
+            calc.method("slow") { (_: JSONValue?, _) in
+                try await Task.sleep(for: .seconds(5))
+                return "late"
+            }
             _ = try await provider.serve(calc)
             let caller = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[2].natsPort)")
             var answer: NATSMessage?
@@ -140,6 +144,18 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
                 return answer != nil
             }
             #expect(answer?.text == "6", "\(String(describing: answer))")
+            // The same service called from LIME on hub B: the call crosses, its checks and deadline too.
+            let limeCaller = try await hubs[1].connect(.ws, as: "caller@relay.local/1")
+            #expect(try await limeCaller.call("calc", "add", ["a": 2, "b": 3]) == 5)
+            do {
+                _ = try await limeCaller.call("calc", "add", ["a": "two"])
+                Issue.record("bad parameters were accepted")
+            } catch let error as RelayError {
+                #expect(error.code == ReasonCode.commandInvalidArgument, "\(error)")
+            }
+            let start = ContinuousClock.now
+            await #expect(throws: RelayError.self) { _ = try await limeCaller.call("calc", "slow", timeout: .milliseconds(300)) }
+            #expect(ContinuousClock.now - start < .seconds(4), "the caller's deadline, not the method's five seconds")
             // A NATS responder on hub C, asked by a LIME client on hub B (the hub's own inbox).
             let responder = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[2].natsPort)")
             let questions = try responder.subscribe("time.now")
@@ -157,11 +173,17 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             }
             #expect(reply == "noon")
             // Nobody anywhere: NATS clients get no responders, as from nats-server, not a timeout.
-            let start = ContinuousClock.now
+            let asked = ContinuousClock.now
             await #expect(throws: NATSClientError.noResponders) {
                 _ = try await caller.request("nobody.home", [], timeout: .seconds(10))
             }
-            #expect(ContinuousClock.now - start < .seconds(10))
+            #expect(ContinuousClock.now - asked < .seconds(10))
+            do {
+                _ = try await limeCaller.call("nowhere", "go")
+                Issue.record("a service nowhere answered")
+            } catch let error as RelayError {
+                #expect(error.code == ReasonCode.routingDestinationNotFound, "\(error)")
+            }
             // A responder on the caller's own hub answers, and the cluster's 503 does not overtake it.
             let near = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[2].natsPort)")
             let nearQuestions = try near.subscribe("near.by")

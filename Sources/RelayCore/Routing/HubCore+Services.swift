@@ -138,6 +138,9 @@ extension HubCore {
         guard let callerID = command.header.id else {
             return []  // a request nobody waits for cannot be answered; LIME requests carry an id
         }
+        if cluster != nil, services[service]?.instances.isEmpty ?? true, services[service]?.durable != true {
+            return requestOnCluster(command, service: service, method: method, from: session)
+        }
         if let reason = checkCall(command, service: service, method: method, from: session) {
             if reason.code == RelayReasonCode.serviceNotPermitted { statistics.permissionViolations += 1 }
             return [reply(session, command.failure(reason))]
@@ -390,6 +393,8 @@ extension HubCore {
 
     /// The session id the hub publishes its own messages from (no real session has it).
     static let hubSession: SessionID = 0
+    /// The header a hub's request to another hub's service carries its deadline in (ms).
+    static let deadlineHeader = "Relay-Deadline"
 
     /// A NATS request on `SERVICE.METHOD` for a registered service: returns the outputs when it was
     /// handled as a service call, nil when it is an ordinary publication.
@@ -403,7 +408,8 @@ extension HubCore {
         let bytes = message.payloadBytes
         let content: JSONValue = bytes.isEmpty ? .null : (try? JSONParser.parse(bytes)) ?? message.limeContent.1.value
         var metadata = message.metadata
-        metadata["#deadline"] = metadata["#deadline"] ?? String(configuration.defaultDeadlineMilliseconds)
+        let carried = metadata.removeValue(forKey: Self.deadlineHeader)
+        metadata["#deadline"] = metadata["#deadline"] ?? carried ?? String(configuration.defaultDeadlineMilliseconds)
         let command = LIMECommand(
             header: EnvelopeHeader(id: replyTo, from: message.publisher, metadata: metadata), method: .get,
             uri: "/services/\(service)/\(method)", resource: content == .null ? nil : content)
@@ -451,14 +457,35 @@ extension HubCore {
         return publish(reply, from: session).outputs
     }
 
+    /// A call of a service with no instance here, on a cluster: a NATS request on `SERVICE.METHOD`,
+    /// which a hub with an instance takes (the services' queue group) and answers on this hub's
+    /// inbox, like a subject request. The callee's hub checks the parameters; standing requests
+    /// stay with instances on the caller's hub.
+    private mutating func requestOnCluster(_ command: LIMECommand, service: String, method: String, from session: SessionID)
+        -> [Output]
+    {
+        if let refusal = callRefusal(service, method: method, from: session) {
+            statistics.permissionViolations += 1
+            return [reply(session, command.failure(refusal))]
+        }
+        if command.header.metadata?["#period"] != nil || command.header.metadata?["#events"] != nil {
+            return refuse(
+                session, command, ReasonCode.commandNotAllowed,
+                "Standing requests (#period, #events) are served by instances on the caller's hub; '\(service)' has none here")
+        }
+        // The call was checked as a call, not as a publication.
+        return requestSubject(command, subject: "\(service).\(method)", from: session, checkingPublish: false)
+    }
+
     /// `get /topics/SUBJECT` from LIME: a request on a subject (to a NATS responder, for example).
     /// The hub publishes it with a reply subject of its own and answers the caller with the first reply.
-    mutating func requestSubject(_ command: LIMECommand, subject: String, from session: SessionID) -> [Output] {
+    mutating func requestSubject(_ command: LIMECommand, subject: String, from session: SessionID, checkingPublish: Bool = true) -> [Output]
+    {
         guard let callerID = command.header.id else { return [] }
         if let error = Subject.publishError(subject) {
             return refuse(session, command, ReasonCode.validationInvalidResource, error)
         }
-        if let reason = publishRefusal(subject, from: session) {
+        if checkingPublish, let reason = publishRefusal(subject, from: session) {
             return [reply(session, command.failure(reason))]
         }
         let id = nextRequestID
@@ -473,6 +500,8 @@ extension HubCore {
         subjectRequestsByInbox[inbox] = id
         let deadline = metadata.removeValue(forKey: "#deadline").flatMap { Int($0) } ?? configuration.defaultDeadlineMilliseconds
         var publication = command
+        // Another hub's service instance gets the caller's deadline.
+        if cluster != nil { metadata[Self.deadlineHeader] = String(deadline) }
         publication.header.metadata = metadata
         var outputs = publish(publication, subject: subject, replyTo: inbox, from: session)
         // On a cluster, no responders is the cluster's to say (a 503 on the inbox).
