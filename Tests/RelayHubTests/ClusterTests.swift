@@ -261,6 +261,11 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             }
             try await eventually { hubs[0].server.hub.clusterStatus?.connected == true }
             #expect(hubs[0].server.hub.clusterStatus?.reconnects == 1)
+            let varz = try await httpJSON(hubs[0], "/varz")
+            #expect(varz["cluster"]?["connected"] == true && varz["cluster"]?["reconnects"] == 1)
+            #expect((varz["cluster"]?["published"]?.intValue ?? 0) >= 2)
+            let metrics = try await httpGet(hubs[0], "/metrics").body
+            #expect(metrics.contains("relay_cluster_connected 1") && metrics.contains("relay_cluster_reconnects_total 1"))
             #expect(hubs[1].server.hub.statistics.sessionsOpen == 1, "the session on hub B never noticed")
         }
         cluster.stop()

@@ -27,7 +27,7 @@ extension Hub {
                 state.core.queueSummaries.count, state.sessionsOpened
             )
         }
-        return [
+        var varz: JSONObject = [
             "server_id": .string(serverID), "server_name": "relay", "version": .string(Self.version),
             "domain": .string(configuration.domain), "uptime_seconds": Self.seconds(since: startedAt),
             "listeners": .object(listeners), "config": .object(configurationSummary),
@@ -50,6 +50,16 @@ extension Hub {
             "handshake_timeouts": Self.number(statistics.handshakeTimeouts),
             "subscriptions_refused_by_limits": Self.number(statistics.core.subscriptionsRefusedByLimits),
         ]
+        if let cluster = clusterStatus {
+            varz["cluster"] = [
+                "hub_id": .string(cluster.hubID), "connected": .bool(cluster.connected),
+                "server_id": cluster.server.map { .string($0) } ?? .null, "servers": .array(configuration.cluster?.servers.map { .string($0) } ?? []),
+                "reconnects": Self.number(cluster.reconnects), "subscriptions": Self.number(cluster.subscriptions),
+                "published": Self.number(cluster.published), "received": Self.number(cluster.received),
+                "discarded": Self.number(cluster.discarded), "dropped": Self.number(cluster.dropped),
+            ]
+        }
+        return varz
     }
 
     /// The configuration in force, without a secret in it: no password hash, key digest, JWT

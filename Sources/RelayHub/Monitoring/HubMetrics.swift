@@ -148,6 +148,15 @@ final class HubMetrics: Sendable {
         counter(
             "relay_subscriptions_refused_total", "Subscriptions refused by the per-session or per-identity bound",
             statistics.core.subscriptionsRefusedByLimits, touched: &touched)
+        if let cluster = hub.clusterStatus {
+            gauge("relay_cluster_connected", "1 while both cluster connections are up", cluster.connected ? 1 : 0, touched: &touched)
+            gauge("relay_cluster_subscriptions", "Subscriptions held on the cluster", Double(cluster.subscriptions), touched: &touched)
+            counter("relay_cluster_reconnects_total", "Reconnections to the cluster", cluster.reconnects, touched: &touched)
+            counter("relay_cluster_published_total", "Publications and envelopes sent to the cluster", cluster.published, touched: &touched)
+            counter("relay_cluster_received_total", "Messages received from the cluster", cluster.received, touched: &touched)
+            counter("relay_cluster_discarded_total", "Cluster messages that went nowhere", cluster.discarded, touched: &touched)
+            counter("relay_cluster_dropped_total", "Publications the cluster connection could not hold", cluster.dropped, touched: &touched)
+        }
         for queue in queues {
             guard let name = queue["name"]?.stringValue else { continue }
             let labels = [("queue", name)]
