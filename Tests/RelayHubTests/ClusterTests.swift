@@ -111,9 +111,6 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             for number in 1...90 { try publisher.publish("jobs.n", "j\(number)") }
             try await publisher.flush()
             try await eventually { seen.items.dropFirst(before).filter { !$0.hasSuffix(":probe") }.count >= 90 }
-            // A little longer for any duplicate to show, then the exact count.
-            try await publisher.flush()
-            try await Task.sleep(for: .milliseconds(300))
             let jobs = seen.items.dropFirst(before).filter { !$0.hasSuffix(":probe") }
             let texts = jobs.map { $0.split(separator: ":")[1] }
             #expect(jobs.count == 90 && Set(texts).count == 90, "each job exactly once across the three hubs")
@@ -153,9 +150,13 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             } catch let error as RelayError {
                 #expect(error.code == ReasonCode.commandInvalidArgument, "\(error)")
             }
-            let start = ContinuousClock.now
-            await #expect(throws: RelayError.self) { _ = try await limeCaller.call("calc", "slow", timeout: .milliseconds(300)) }
-            #expect(ContinuousClock.now - start < .seconds(4), "the caller's deadline, not the method's five seconds")
+            // The caller's deadline, not the method's five seconds: a timeout, not "late".
+            do {
+                let late = try await limeCaller.call("calc", "slow", timeout: .milliseconds(300))
+                Issue.record("the deadline did not cross: \(late)")
+            } catch let error as RelayError {
+                #expect(error.code == RelayReasonCode.timedOut, "\(error)")
+            }
             // A NATS responder on hub C, asked by a LIME client on hub B (the hub's own inbox).
             let responder = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[2].natsPort)")
             let questions = try responder.subscribe("time.now")
@@ -173,11 +174,9 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             }
             #expect(reply == "noon")
             // Nobody anywhere: NATS clients get no responders, as from nats-server, not a timeout.
-            let asked = ContinuousClock.now
             await #expect(throws: NATSClientError.noResponders) {
                 _ = try await caller.request("nobody.home", [], timeout: .seconds(10))
             }
-            #expect(ContinuousClock.now - asked < .seconds(10))
             do {
                 _ = try await limeCaller.call("nowhere", "go")
                 Issue.record("a service nowhere answered")
@@ -268,6 +267,74 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             #expect(metrics.contains("relay_cluster_connected 1") && metrics.contains("relay_cluster_reconnects_total 1"))
             #expect(hubs[1].server.hub.statistics.sessionsOpen == 1, "the session on hub B never noticed")
         }
+        cluster.stop()
+    }
+
+    /// A server that stops answering (a network pause) is left after the cluster connection's
+    /// unanswered pings (the test's interval is 1 s; two unanswered end the connection).
+    @Test func aPausedNATSServerIsLeftAfterThePingTimeout() async throws {
+        let cluster = try await NATSCluster.start()
+        try await withClusteredHubs(2, on: cluster) { hubs in
+            let seen = Collected()
+            let subscriber = try await hubs[1].connect(.ws, as: "sub@relay.local/1")
+            let stream = try await subscriber.subscribe("ticks")
+            Task { for await message in stream { seen.append(message.content.stringValue ?? "?") } }
+            let publisher = try await hubs[0].connect(.tcp, as: "pub@relay.local/1")
+            try await untilInterestCrosses({ try await publisher.publish("ticks", "probe") }) { seen.items.contains("probe") }
+            cluster.nodes[0].pause()
+            defer { cluster.nodes[0].resume() }
+            var number = 0
+            try await eventually(within: 30) {
+                number += 1
+                try? await publisher.publish("ticks", .string("after\(number)"))
+                try? await Task.sleep(for: .milliseconds(100))
+                return seen.items.contains { $0.hasPrefix("after") }
+            }
+            // The pings (1 s apart, two unanswered) ended the connection; the hub is on another server.
+            #expect(hubs[0].server.hub.clusterStatus?.reconnects == 1)
+        }
+        cluster.stop()
+    }
+
+    /// `relay serve --cluster` processes: one killed with SIGKILL, its LIME and NATS clients
+    /// (given both hubs) reconnect to the other and their subscriptions go on.
+    @Test func aKilledHubsClientsReconnectToAnotherHubAndCarryOn() async throws {
+        let cluster = try await NATSCluster.start()
+        let a = try await RelayHubProcess(arguments: ["--cluster", cluster.urls[0]])
+        let b = try await RelayHubProcess(arguments: ["--cluster", cluster.urls[1] + "," + cluster.urls[2]])
+        let policy = ReconnectPolicy(maximumAttempts: -1, shuffleServers: false)
+        var options = LIMEClient.Options(identity: Identity("watcher@relay.local")!, instance: "1")
+        options.reconnect = policy
+        let lime = try await LIMEClient.connect(to: [a.tcp, b.tcp], options: options)
+        var natsOptions = NATSClient.Options(servers: [a.nats, b.nats])
+        natsOptions.reconnect = policy
+        let nats = try await NATSClient.connect(options: natsOptions)
+        let seen = Collected()
+        let limeAlerts = try await lime.subscribe("alerts.>")
+        let natsAlerts = try nats.subscribe("alerts.>")
+        try await nats.flush()
+        Task { for await message in limeAlerts { seen.append("lime:\(message.content.stringValue ?? "?")") } }
+        Task { for await message in natsAlerts { seen.append("nats:\(message.text)") } }
+        // The publisher is a plain NATS client of the cluster.
+        let publisher = try await NATSClient.connect(to: cluster.urls[2])
+        try await untilInterestCrosses({
+            try publisher.publish("alerts.probe", "before")
+            try await publisher.flush()
+        }) { seen.items.contains("lime:before") && seen.items.contains("nats:before") }
+        a.stop(.kill)
+        var number = 0
+        try await eventually(within: 30) {
+            number += 1
+            try? publisher.publish("alerts.n", "after\(number)")
+            try? await publisher.flush()
+            try? await Task.sleep(for: .milliseconds(50))
+            return seen.items.contains { $0.hasPrefix("lime:after") } && seen.items.contains { $0.hasPrefix("nats:after") }
+        }
+        #expect(lime.isConnected && nats.reconnectCount == 1)
+        await lime.close()
+        await nats.close()
+        await publisher.close()
+        b.stop(.terminate)
         cluster.stop()
     }
 }

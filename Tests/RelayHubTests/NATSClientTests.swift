@@ -65,8 +65,19 @@ final class NATSServerProcess: Sendable {
 
     func stop() {
         guard let process = self.process.withLock({ $0.take() }) else { return }
+        kill(process.processIdentifier, SIGCONT)
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
+    }
+
+    /// Freezes the server (SIGSTOP), as a network pause would: connections stay open, nothing
+    /// is answered. `resume` thaws it.
+    func pause() {
+        if let process = self.process.withLock({ $0 }) { kill(process.processIdentifier, SIGSTOP) }
+    }
+
+    func resume() {
+        if let process = self.process.withLock({ $0 }) { kill(process.processIdentifier, SIGCONT) }
     }
 
     deinit { stop() }

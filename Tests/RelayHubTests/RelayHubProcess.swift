@@ -22,12 +22,15 @@ final class RelayHubProcess: Sendable {
     let tcpPort: Int
     let natsPort: Int
     let data: String
+    /// Given to `relay serve` beyond the ports (`--cluster URLS`...).
+    let arguments: [String]
 
     var ws: String { "ws://127.0.0.1:\(wsPort)" }
     var tcp: String { "tcp://127.0.0.1:\(tcpPort)" }
     var nats: String { "nats://127.0.0.1:\(natsPort)" }
 
-    init() async throws {
+    init(arguments: [String] = []) async throws {
+        self.arguments = arguments
         (wsPort, tcpPort, natsPort) = (try Self.freePort(), try Self.freePort(), try Self.freePort())
         data = temporaryDataDirectory()
         try await start()
@@ -42,10 +45,11 @@ final class RelayHubProcess: Sendable {
     func start() async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = [
-            "serve", "--ws", "127.0.0.1:\(wsPort)", "--tcp", "127.0.0.1:\(tcpPort)", "--nats", "127.0.0.1:\(natsPort)", "--http", "off",
-            "--data", data, "--drain-timeout", "2",
-        ]
+        process.arguments =
+            [
+                "serve", "--ws", "127.0.0.1:\(wsPort)", "--tcp", "127.0.0.1:\(tcpPort)", "--nats", "127.0.0.1:\(natsPort)", "--http", "off",
+                "--data", data, "--drain-timeout", "2",
+            ] + arguments
         let log = Pipe()
         process.standardError = log
         process.standardOutput = FileHandle.nullDevice

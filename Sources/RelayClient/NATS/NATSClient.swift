@@ -215,7 +215,16 @@ public final class NATSClient: Sendable {
             let server = rotation.next()
             do {
                 let channel = try await open(server)
+                // A server that accepts the connection but never finishes the handshake (frozen,
+                // or behind a paused network) is left after the connect timeout.
+                let handshake = channel.eventLoop.scheduleTask(in: TimeAmount(options.connectTimeout)) { [self] in
+                    if state.withLock({ $0.writer?.channel !== channel }) {
+                        connectionFailed("no handshake within \(options.connectTimeout)")
+                        channel.close(promise: nil)
+                    }
+                }
                 try await channel.closeFuture.get()
+                handshake.cancel()
                 if let failure = state.withLock({ $0.lastFailure.take() }) { errors.append("\(server.host):\(server.port): \(failure)") }
             } catch {
                 errors.append("\(server.host):\(server.port): \(error)")

@@ -53,7 +53,8 @@ extension Hub {
         if let cluster = clusterStatus {
             varz["cluster"] = [
                 "hub_id": .string(cluster.hubID), "connected": .bool(cluster.connected),
-                "server_id": cluster.server.map { .string($0) } ?? .null, "servers": .array(configuration.cluster?.servers.map { .string($0) } ?? []),
+                "server_id": cluster.server.map { .string($0) } ?? .null,
+                "servers": .array(configuration.cluster?.servers.map { .string($0) } ?? []),
                 "reconnects": Self.number(cluster.reconnects), "subscriptions": Self.number(cluster.subscriptions),
                 "published": Self.number(cluster.published), "received": Self.number(cluster.received),
                 "discarded": Self.number(cluster.discarded), "dropped": Self.number(cluster.dropped),
