@@ -143,6 +143,13 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             #expect(answer?.text == "6", "\(String(describing: answer))")
             // The same service called from LIME on hub B: the call crosses, its checks and deadline too.
             let limeCaller = try await hubs[1].connect(.ws, as: "caller@relay.local/1")
+            // Discovery on hub B shows hub A's service, and a second instance on hub C counts.
+            let second = try await hubs[2].connect(.tcp, as: "calc@relay.local/2")
+            _ = try await second.serve(calc)
+            try await eventually(within: 20) {
+                let listed = try? await limeCaller.services()
+                return listed?.first { $0["name"] == "calc" }?["instances"] == 2
+            }
             #expect(try await limeCaller.call("calc", "add", ["a": 2, "b": 3]) == 5)
             do {
                 _ = try await limeCaller.call("calc", "add", ["a": "two"])

@@ -31,14 +31,19 @@ public struct ClusterMembership: Sendable {
     /// by the number in their reply subject: the sender and the failure (the cluster's 503).
     var nodeFailures = RecentMemory<Int, (session: SessionID, failure: Envelope)>(capacity: 10_000)
     var nextNodeFailure = 1
+    /// `get /services` waiting for the other hubs' answers, by the number in their inbox.
+    var discoveries: [HubCore.RequestID: ClusterDiscovery] = [:]
+    /// How long a discovery waits for the other hubs.
+    public let discoveryWindowMilliseconds: Int
     /// Cluster messages not passed on because their subscription had ended, or a 503 for a
     /// request answered locally.
     public internal(set) var messagesDiscarded = 0
     public internal(set) var messagesReceived = 0
     public internal(set) var messagesPublished = 0
 
-    init(hubID: String) {
+    init(hubID: String, discoveryWindowMilliseconds: Int) {
         self.hubID = hubID
+        self.discoveryWindowMilliseconds = discoveryWindowMilliseconds
     }
 
     /// The prefix of the hub's inbox subjects (LIME requests to subjects wait for replies there).
@@ -63,17 +68,19 @@ extension HubCore {
     /// Makes the hub a member of a cluster under `hubID`: from now on, local publications are also
     /// published on the cluster, local subscriptions are held there, and queue groups get one
     /// delivery across all hubs. Subscriptions made before are held too.
-    public mutating func joinCluster(hubID: String) {
-        var membership = ClusterMembership(hubID: hubID)
+    public mutating func joinCluster(hubID: String, discoveryWindowMilliseconds: Int = 250) {
+        var membership = ClusterMembership(hubID: hubID, discoveryWindowMilliseconds: discoveryWindowMilliseconds)
         for slot in subscriptionSlots.indices where subscriptionSlots[slot].isLive {
             let subscription = subscriptionSlots[slot]
             if let action = membership.interest.localSubscriptionAdded(.init(filter: subscription.filter, queue: subscription.queue)) {
                 membership.pending.append(.interest(action))
             }
         }
-        if case .subscribe(let sid, _, _)? = membership.interest.localSubscriptionAdded(.init(filter: membership.inboxPrefix + ">")) {
-            membership.ownSubscriptions.insert(sid)
-            membership.pending.append(.interest(.subscribe(sid: sid, filter: membership.inboxPrefix + ">", queue: nil)))
+        for filter in [membership.inboxPrefix + ">", ClusterMembership.servicesSubject] {
+            if case .subscribe(let sid, _, _)? = membership.interest.localSubscriptionAdded(.init(filter: filter)) {
+                membership.ownSubscriptions.insert(sid)
+                membership.pending.append(.interest(.subscribe(sid: sid, filter: filter, queue: nil)))
+            }
         }
         cluster = membership
         for identity in router.identities { clusterNodeInterest(identity, added: true) }
@@ -205,6 +212,7 @@ extension HubCore {
         }
         if cluster!.ownSubscriptions.contains(sid) {
             if let outputs = nodeEnvelopeReceived(message) { return outputs }
+            if let outputs = discoveryMessageReceived(message) { return outputs }
             if let outputs = specialPublication(message, from: Self.clusterSession, jetStream: false) { return outputs }
             cluster!.messagesDiscarded += 1
             return []

@@ -364,6 +364,8 @@ extension HubCore {
             return finish(id, with: failure(flight, RelayReasonCode.timedOut, "No response within \(flight.deadline) ms"))
         case .queue(let name, let timer):
             return queueTimerFired(name, timer)
+        case .discovery(let id):
+            return discoveryEnded(id)
         case .period(let caller):
             guard let subscription = methodSubscriptions[caller] else { return [] }
             return dispatchStanding(

@@ -52,6 +52,8 @@ public struct HubCore: Sendable {
         case period(CallerKey)
         /// A durable queue's ack wait or nak delay.
         case queue(String, DeliveryMachine<QueuedMessage>.Timer)
+        /// The end of a cluster discovery's window (`get /services` on a cluster).
+        case discovery(RequestID)
     }
 
     public enum Output: Sendable, Equatable {
@@ -385,6 +387,9 @@ public struct HubCore: Sendable {
         case ("topics", .unsubscribe, 1): return unsubscribe(command, filter: rest[0], query: query, from: session)
         case ("topics", .set, 1), ("topics", .observe, 1): return publish(command, subject: rest[0], from: session)
         case ("topics", .get, 1): return requestSubject(command, subject: rest[0], from: session)
+        case ("services", .get, 0) where cluster != nil: return discoverServices(command, name: nil, from: session)
+        case ("services", .get, 1) where cluster != nil && rest[0] != "compound":
+            return discoverServices(command, name: rest[0].lowercased(), from: session)
         case ("services", .get, 0):
             return [reply(session, command.success(type: "application/json", resource: .object(["services": .array(serviceList)])))]
         case ("services", .get, 1) where services[rest[0].lowercased()] == nil && rest[0] != "compound":

@@ -98,7 +98,8 @@ extension Hub {
     func joinCluster(_ link: ClusterLink) {
         state.withLock { state in
             state.cluster = link
-            state.core.joinCluster(hubID: link.hubID)
+            state.core.joinCluster(
+                hubID: link.hubID, discoveryWindowMilliseconds: configuration.cluster?.discoveryWindowMilliseconds ?? 250)
             carryOutClusterOperations(in: &state)
         }
         logger.info("joined the cluster", metadata: ["hub": "\(link.hubID)", "server": "\(link.server ?? "?")"])

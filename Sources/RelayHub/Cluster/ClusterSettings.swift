@@ -21,6 +21,8 @@ extension HubConfiguration {
         public var reconnectBufferBytes: Int = 8 << 20
         /// Seconds between pings to the cluster's server; two unanswered end the connection.
         public var pingIntervalSeconds: Double = 5
+        /// How long `get /services` waits for the other hubs' services, in milliseconds.
+        public var discoveryWindowMilliseconds: Int = 250
 
         public init(servers: [String]) {
             self.servers = servers
@@ -38,6 +40,7 @@ extension HubConfiguration {
             tlsKey = try container.decodeIfPresent(String.self, forKey: .tlsKey)
             reconnectBufferBytes = try container.decodeIfPresent(Int.self, forKey: .reconnectBufferBytes) ?? 8 << 20
             pingIntervalSeconds = try container.decodeIfPresent(Double.self, forKey: .pingIntervalSeconds) ?? 5
+            discoveryWindowMilliseconds = try container.decodeIfPresent(Int.self, forKey: .discoveryWindowMilliseconds) ?? 250
         }
     }
 }

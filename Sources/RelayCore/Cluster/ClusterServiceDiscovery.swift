@@ -1,0 +1,82 @@
+/// `get /services` on a cluster: every hub's services, with their instances summed.
+///
+/// The hub asks the others on `$RELAY.SERVICES` (each clustered hub holds it), adds what answers
+/// within the discovery window to its own list, and answers the caller when the window ends. A
+/// hub that does not answer in time is left out of that answer.
+struct ClusterDiscovery: Sendable {
+    var caller: SessionID
+    var command: LIMECommand
+    /// One service's name (`get /services/NAME`), or nil for the list.
+    var service: String?
+    /// Services by name, instances summed.
+    var found: [String: JSONObject]
+}
+
+extension ClusterMembership {
+    /// Where hubs ask each other for their services.
+    public static let servicesSubject = "$RELAY.SERVICES"
+    var discoveryPrefix: String { inboxPrefix + "d." }
+}
+
+extension HubCore {
+    /// Starts a discovery for `get /services` (`name` nil) or `get /services/NAME`.
+    mutating func discoverServices(_ command: LIMECommand, name: String?, from session: SessionID) -> [Output] {
+        let id = nextRequestID
+        nextRequestID += 1
+        var discovery = ClusterDiscovery(caller: session, command: command, service: name, found: [:])
+        merge(serviceList, into: &discovery)
+        cluster!.discoveries[id] = discovery
+        cluster!.pending.append(
+            .publish(
+                PublishedMessage(
+                    subject: ClusterMembership.servicesSubject, replyTo: cluster!.discoveryPrefix + String(id), body: .bytes([])))
+        )
+        return [.startTimer(.discovery(id), milliseconds: cluster!.discoveryWindowMilliseconds)]
+    }
+
+    /// Another hub's discovery asks for this hub's services, or one answers this hub's.
+    mutating func discoveryMessageReceived(_ message: PublishedMessage) -> [Output]? {
+        if message.subject == ClusterMembership.servicesSubject {
+            if let replyTo = message.replyTo {
+                cluster!.pending.append(
+                    .publish(PublishedMessage(subject: replyTo, type: .applicationJSON, body: .json(["services": .array(serviceList)]))))
+            }
+            return []
+        }
+        guard message.subject.hasPrefix(cluster!.discoveryPrefix) else { return nil }
+        guard let id = RequestID(message.subject.dropFirst(cluster!.discoveryPrefix.count)), var discovery = cluster!.discoveries[id],
+            let answer = try? JSONParser.parse(message.payloadBytes), let list = answer["services"]?.arrayValue
+        else { return [] }
+        merge(list, into: &discovery)
+        cluster!.discoveries[id] = discovery
+        return []
+    }
+
+    /// The window ended: the caller gets what was found.
+    mutating func discoveryEnded(_ id: RequestID) -> [Output] {
+        guard let discovery = cluster?.discoveries.removeValue(forKey: id) else { return [] }
+        let command = discovery.command
+        guard let name = discovery.service else {
+            let list = discovery.found.keys.sorted().map { JSONValue.object(discovery.found[$0]!) }
+            return [reply(discovery.caller, command.success(type: "application/json", resource: .object(["services": .array(list)])))]
+        }
+        guard let service = discovery.found[name] else {
+            return refuse(discovery.caller, command, ReasonCode.commandResourceNotFound, "No service '\(name)' is registered")
+        }
+        return [reply(discovery.caller, command.success(type: "application/json", resource: .object(service)))]
+    }
+
+    private func merge(_ list: [JSONValue], into discovery: inout ClusterDiscovery) {
+        for case .object(let service) in list {
+            guard let name = service["name"]?.stringValue?.lowercased() else { continue }
+            if discovery.service != nil && discovery.service != name { continue }
+            if var known = discovery.found[name] {
+                let instances = (known["instances"]?.intValue ?? 0) + (service["instances"]?.intValue ?? 0)
+                known["instances"] = .number(JSONNumber(instances))
+                discovery.found[name] = known
+            } else {
+                discovery.found[name] = service
+            }
+        }
+    }
+}
