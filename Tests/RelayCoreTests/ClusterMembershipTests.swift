@@ -191,6 +191,24 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         #expect(mine.subject == "_INBOX.relay.H2.d.9" && mine.limeContent.1.value["services"]?[0]?["instances"] == 1)
     }
 
+    @Test func nobodyCanForgeOrOverhearTheHubsTrafficOnTheCluster() throws {
+        var hub = clustered()
+        try hub.core.subscribe(1, token: "all", filter: ">", queue: nil, echo: true)
+        try hub.core.subscribe(1, token: "nodes", filter: "$RELAY.NODE.>", queue: nil, echo: true)
+        let held = hub.core.takeClusterOperations()
+        #expect(held.contains(.interest(.subscribe(sid: "c7", filter: ">", queue: nil))))
+        #expect(!held.contains { if case .interest(.subscribe(_, "$RELAY.NODE.>", _)) = $0 { true } else { false } })
+        // A client's publication to a hub subject does not cross: it cannot forge an envelope.
+        _ = hub.core.publish(PublishedMessage(subject: "$RELAY.NODE.bob@relay.local", body: .bytes([])), from: 1)
+        #expect(publishes(hub.core.takeClusterOperations()).isEmpty)
+        // Another hub's envelope, or an answer to its inbox, is not a delivery to '>'.
+        let envelope = PublishedMessage(subject: "$RELAY.NODE.carol@relay.local", body: .bytes([]))
+        #expect(hub.core.clusterMessageReceived(envelope, sid: "c7").isEmpty)
+        let answer = PublishedMessage(subject: "_INBOX.relay.H2.5", body: .bytes([]))
+        #expect(hub.core.clusterMessageReceived(answer, sid: "c7").isEmpty)
+        #expect(hub.core.clusterMessageReceived(PublishedMessage(subject: "news", body: .bytes([])), sid: "c7").recipients == [1])
+    }
+
     @Test func thePublisherCrossesInAHeader() {
         let message = PublishedMessage(
             subject: "orders.new", publisher: Node("alice@relay.local/a"), type: .applicationJSON, body: .json(["n": 1]),

@@ -57,6 +57,11 @@ public struct ClusterMembership: Sendable {
     static let nodeQueue = "relay.nodes"
     var nodeFailurePrefix: String { inboxPrefix + "n." }
 
+    /// Subjects of system namespaces (`$RELAY.`, nats-server's `$SYS.`, `$JS.`...): what clients
+    /// publish or subscribe there stays on their hub, so none can forge or overhear the hubs'
+    /// traffic on the cluster, and the hub's local JetStream answers stay its own.
+    static func isSystem(_ subject: String) -> Bool { subject.utf8.first == UInt8(ascii: "$") }
+
     /// How many distinct subscriptions the hub holds on the cluster.
     public var subscriptionCount: Int { interest.count }
 }
@@ -99,7 +104,7 @@ extension HubCore {
 
     /// A local subscription was made or ended: held on the cluster while some local one wants it.
     mutating func clusterSubscription(filter: String, queue: String?, added: Bool) {
-        guard cluster != nil else { return }
+        guard cluster != nil, !ClusterMembership.isSystem(filter) else { return }
         let key = ClusterInterest.Key(filter: filter, queue: queue)
         let action = added ? cluster!.interest.localSubscriptionAdded(key) : cluster!.interest.localSubscriptionRemoved(key)
         if let action { cluster!.pending.append(.interest(action)) }
@@ -189,7 +194,7 @@ extension HubCore {
     /// After a local publication was delivered here: publish it on the cluster too (never what
     /// came from the cluster, which would loop). Returns whether it went.
     mutating func publishOnCluster(_ message: PublishedMessage, from session: SessionID, deliveredLocally: Int) -> Bool {
-        guard cluster != nil, session != Self.clusterSession else { return false }
+        guard cluster != nil, session != Self.clusterSession, !ClusterMembership.isSystem(message.subject) else { return false }
         if deliveredLocally > 0, let replyTo = message.replyTo { cluster!.answeredLocally.remember(true, for: replyTo) }
         cluster!.pending.append(.publish(message))
         cluster!.messagesPublished += 1
@@ -214,6 +219,12 @@ extension HubCore {
             if let outputs = nodeEnvelopeReceived(message) { return outputs }
             if let outputs = discoveryMessageReceived(message) { return outputs }
             if let outputs = specialPublication(message, from: Self.clusterSession, jetStream: false) { return outputs }
+            cluster!.messagesDiscarded += 1
+            return []
+        }
+        // The hubs' own traffic (node envelopes, their inboxes' answers) is never a delivery,
+        // whatever a subscriber's wildcard matches.
+        if ClusterMembership.isSystem(message.subject) || message.subject.hasPrefix("_INBOX.relay.") {
             cluster!.messagesDiscarded += 1
             return []
         }
