@@ -67,6 +67,12 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "What fills the payload after its timestamp: x (one byte repeated) or words (text-like).")
     var filler: Filler = .x
 
+    @Option(
+        help:
+            "Where subscribers and the responder connect, comma-separated (each in turn); default --server. For traffic across the hubs of a cluster (scripts/bench-cluster)."
+    )
+    var receiveServer: String?
+
     @Flag(help: "reconnect: run nats-server (instead of this relay serve) as the server that is killed and restarted.")
     var natsServer = false
 
@@ -150,8 +156,8 @@ struct Bench: AsyncParsableCommand {
         var recorders: [LatencyRecorder] = []
         var tasks: [Task<Void, Never>] = []
         let tally = Tally()
-        for _ in 0..<count {
-            let connection = try await client.connectBench()
+        for index in 0..<count {
+            let connection = try await receiving(index).connectBench()
             let recorder = LatencyRecorder()
             let task = try await connection.receive(
                 subject, queue: workload == .queue ? "bench-workers" : nil, bufferSize: 1 << 20
@@ -165,6 +171,7 @@ struct Bench: AsyncParsableCommand {
         }
         var senders: [any BenchConnection] = []
         for _ in 0..<plan.senders { senders.append(try await client.connectBench()) }
+        try await interestCrossed()
         let start = Self.now()
         progress.start(at: start)
         let sent = try await withThrowingTaskGroup(of: Int.self) { group in
@@ -193,12 +200,13 @@ struct Bench: AsyncParsableCommand {
         var responder: (any BenchConnection)?
         var echo: Task<Void, Never>?
         if workload == .reqrep {
-            let connection = try await client.connectBench()
+            let connection = try await receiving(0).connectBench()
             echo = try await connection.serveEcho()
             responder = connection
         }
         var senders: [any BenchConnection] = []
         for _ in 0..<plan.senders { senders.append(try await client.connectBench()) }
+        try await interestCrossed()
         if workload == .confirmed { try await senders[0].createQueue("bench", subject: "bench.confirmed") }
         let latencies = LatencyRecorder()
         let start = Self.now()
@@ -224,6 +232,22 @@ struct Bench: AsyncParsableCommand {
         echo?.cancel()
         for connection in senders + [responder].compactMap({ $0 }) { await connection.close() }
         return Outcome(sent: sent, received: sent, expected: sent, seconds: seconds, latencies: latencies.histogram)
+    }
+
+    /// With receivers on other servers of a cluster, their subscriptions take a moment to reach
+    /// the publishers' server through the routes; a fixed half second, outside the timing, is
+    /// plenty on loopback (a message sent before would be counted lost).
+    private func interestCrossed() async throws {
+        if receiveServer != nil { try await Task.sleep(for: .milliseconds(500)) }
+    }
+
+    /// The client options of receiver `index`: on the `--receive-server`s in turn, or `--server`.
+    private func receiving(_ index: Int) -> ClientOptions {
+        let servers = receiveServer?.split(separator: ",").map(String.init) ?? []
+        guard !servers.isEmpty else { return client }
+        var options = client
+        options.server = servers[index % servers.count]
+        return options
     }
 
     /// One sender's loop: `share` messages (or until the deadline), as fast as `transmit` goes or
