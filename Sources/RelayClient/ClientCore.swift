@@ -304,6 +304,9 @@ final class ClientCore: Sendable {
     /// Whether the client ends at the next loss instead of reconnecting.
     var isFinal: Bool { state.withLock { $0.final } }
 
+    /// Whether the session ended for good.
+    var hasEnded: Bool { state.withLock { $0.endReason != nil } }
+
     // MARK: - Restorations
 
     func addRestoration(_ restoration: Restoration) {

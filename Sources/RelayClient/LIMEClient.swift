@@ -70,6 +70,12 @@ public final class LIMEClient: Sendable {
         public var compressionThreshold: Int?
         /// Over `tcp://`, choose LIME's session compression (`gzip`) when the server offers it.
         public var sessionCompression = false
+        /// How often the client pings the hub (`get /ping`) to notice a connection that went
+        /// silent (a paused network, a frozen hub); nil: never.
+        public var pingInterval: Duration? = .seconds(60)
+        /// Pings in a row left unanswered (each waits `pingInterval`) before the connection is
+        /// taken for lost, closed, and reconnected as `reconnect` says.
+        public var maximumPingsOutstanding = 2
 
         public init(
             identity: Identity? = nil, instance: String? = nil, authentication: Authentication = .guest,
@@ -105,6 +111,7 @@ public final class LIMEClient: Sendable {
     let group: any EventLoopGroup
     var connectionEvents: ConnectionEvents { core.events }
     let supervisor = Mutex<Task<Void, Never>?>(nil)
+    let keepalive = Mutex<Task<Void, Never>?>(nil)
 
     /// The node the hub gave this client (on the connection in use).
     public var localNode: Node { link.withLock { $0.session.local } }
@@ -183,6 +190,7 @@ public final class LIMEClient: Sendable {
                 let first = try await openSession(to: url, core: core, options: options, instance: options.instance, group: group)
                 let client = LIMEClient(core: core, options: options, servers: rotation.servers, group: group, first: first)
                 client.startSupervising(after: rotation)
+                client.startKeepalive()
                 return client
             } catch {
                 lastError = error
@@ -363,6 +371,7 @@ public final class LIMEClient: Sendable {
     /// client does not reconnect afterwards.
     public func finish() async throws {
         core.becomeFinal()
+        stopKeepalive()
         await stopSupervising()
         defer { connectionEvents.post(.closed) }
         guard let channel = link.withLock({ $0.transport?.channel }), channel.isActive, !core.isDisconnected else {
@@ -386,6 +395,7 @@ public final class LIMEClient: Sendable {
     /// Closes the connection without finishing the session; the client does not reconnect.
     public func close() async {
         core.becomeFinal()
+        stopKeepalive()
         await stopSupervising()
         defer { connectionEvents.post(.closed) }
         if let channel = link.withLock({ $0.transport?.channel }), channel.isActive, !core.isDisconnected {

@@ -114,6 +114,30 @@ import Testing
         #expect(await Self.event(&appEvents) { $0 == .closed } == .closed)
     }
 
+    /// A hub that goes silent (frozen: its connections stay open) is noticed by the client's pings
+    /// and left for the next hub of its list, where the subscription goes on.
+    @Test func aSilentHubIsLeftAfterUnansweredPings() async throws {
+        let frozen = try await RelayHubProcess()
+        let other = try await RelayHubProcess()
+        defer { frozen.resume() }
+        var options = LIMEClient.Options(identity: Identity("pinger@relay.local")!, instance: "1")
+        options.reconnect = ReconnectPolicy(maximumAttempts: -1, baseDelay: .milliseconds(20), shuffleServers: false)
+        options.pingInterval = .milliseconds(300)
+        options.connectTimeout = .seconds(1)
+        let client = try await LIMEClient.connect(to: [frozen.tcp, other.tcp], options: options)
+        var events = client.events.makeAsyncIterator()
+        let news = try await client.subscribe("news")
+        frozen.pause()
+        let back = await Self.event(&events) { if case .reconnected = $0 { true } else { false } }
+        #expect(back == .reconnected(server: other.tcp))
+        let publisher = try await Self.client(other.tcp, "publisher@relay.local")
+        try await publisher.publish("news", "after the pause")
+        var iterator = news.makeAsyncIterator()
+        #expect(await iterator.next()?.text == "after the pause")
+        await client.close()
+        await publisher.close()
+    }
+
     @Test func aCallInFlightFailsWithDisconnectedAndTheBufferIsBounded() async throws {
         let hub = try await RelayHubProcess()
         let node = Node("small@relay.local")!

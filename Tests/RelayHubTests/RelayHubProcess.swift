@@ -73,7 +73,18 @@ final class RelayHubProcess: Sendable {
         process.waitUntilExit()
     }
 
+    /// Freezes the hub (SIGSTOP), as a network pause would: its connections stay open and nothing
+    /// is answered. `resume` thaws it.
+    func pause() {
+        if let process = self.process.withLock({ $0 }) { kill(process.processIdentifier, SIGSTOP) }
+    }
+
+    func resume() {
+        if let process = self.process.withLock({ $0 }) { kill(process.processIdentifier, SIGCONT) }
+    }
+
     deinit {
+        if let process = self.process.withLock({ $0 }) { kill(process.processIdentifier, SIGCONT) }
         stop(.kill)
         try? FileManager.default.removeItem(atPath: data)
     }
