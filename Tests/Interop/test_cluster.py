@@ -13,6 +13,7 @@ from lime_python import Command, Message
 
 from conftest import Hub, run, settled
 from test_lime_python import open_channel
+from test_pubsub_services import serve_adder
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -152,19 +153,7 @@ def test_nats_py_on_hub_c_calls_a_lime_python_service_on_hub_a(cluster):
 
     async def scenario():
         server, _, _, _ = await open_channel(a.ws_url, "adder@relay.local", "1")
-        description = {"methods": [{"name": "add", "parameters": [{"name": "a", "type": "number"}, {"name": "b", "type": "number"}]}]}
-        registered = await server.process_command_async(Command("set", "/services/adder", resource=description), 5)
-        assert registered.status == "success"
-
-        def serve(command):
-            if command.uri == "/services/adder/add" and not command.status:
-                reply = Command(command.method, status="success", type_n="application/json",
-                                resource={"sum": command.resource["a"] + command.resource["b"]})
-                reply.id = command.id
-                reply.to = command.from_n
-                server.send_command(reply)
-
-        server.on_command = serve
+        await serve_adder(server)
         client = await nats.connect(c.nats_url)
         answer = None
         while answer is None:

@@ -13,6 +13,26 @@ def subscribe_command(uri):
     return Command("subscribe", uri)
 
 
+async def serve_adder(server):
+    """Registers lime-python's `server` as the service `adder` (method `add`: a + b) and answers its calls."""
+    description = {
+        "description": "Adds numbers",
+        "methods": [{"name": "add", "parameters": [{"name": "a", "type": "number"}, {"name": "b", "type": "number"}]}],
+    }
+    registered = await server.process_command_async(Command("set", "/services/adder", resource=description), 5)
+    assert registered.status == "success"
+
+    def serve(command):
+        if command.uri == "/services/adder/add" and not command.status:
+            reply = Command(command.method, status="success", type_n="application/json",
+                            resource={"sum": command.resource["a"] + command.resource["b"]})
+            reply.id = command.id
+            reply.to = command.from_n
+            server.send_command(reply)
+
+    server.on_command = serve
+
+
 def test_lime_python_subscribes_and_publishes(hub):
     async def scenario():
         subscriber, _, inbox, _ = await open_channel(hub.ws_url, "sub@relay.local", "1")
@@ -43,24 +63,7 @@ def test_lime_python_serves_and_calls_a_service(hub):
     async def scenario():
         server, _, _, _ = await open_channel(hub.ws_url, "adder@relay.local", "1")
         caller, _, _, _ = await open_channel(hub.ws_url, "caller@relay.local", "1")
-        description = {
-            "description": "Adds numbers",
-            "methods": [
-                {"name": "add", "parameters": [{"name": "a", "type": "number"}, {"name": "b", "type": "number"}]}
-            ],
-        }
-        registered = await server.process_command_async(Command("set", "/services/adder", resource=description), 5)
-        assert registered.status == "success"
-
-        def serve(command):
-            if command.uri == "/services/adder/add" and not command.status:
-                reply = Command(command.method, status="success", type_n="application/json",
-                                resource={"sum": command.resource["a"] + command.resource["b"]})
-                reply.id = command.id
-                reply.to = command.from_n
-                server.send_command(reply)
-
-        server.on_command = serve
+        await serve_adder(server)
         listing = await caller.process_command_async(Command("get", "/services"), 5)
         assert listing.resource["services"][0]["name"] == "adder"
         response = await caller.process_command_async(Command("get", "/services/adder/add", resource={"a": 2, "b": 3}), 5)

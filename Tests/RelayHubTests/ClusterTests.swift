@@ -246,25 +246,31 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
         cluster.stop()
     }
 
+    /// A LIME subscriber on hub B and a publisher on hub A; once a probe crosses, `fault` is
+    /// done, and the publisher publishes until one publication made after it arrives.
+    static func ticksGoOnAcross(_ hubs: [TestHub], after fault: () -> Void) async throws {
+        let seen = Collected()
+        let subscriber = try await hubs[1].connect(.ws, as: "sub@relay.local/1")
+        let stream = try await subscriber.subscribe("ticks")
+        Task { for await message in stream { seen.append(message.content.stringValue ?? "?") } }
+        let publisher = try await hubs[0].connect(.tcp, as: "pub@relay.local/1")
+        try await untilInterestCrosses({ try await publisher.publish("ticks", "probe") }) { seen.items.contains("probe") }
+        fault()
+        var number = 0
+        try await eventually(within: 30) {
+            number += 1
+            try? await publisher.publish("ticks", .string("after\(number)"))
+            try? await Task.sleep(for: .milliseconds(50))
+            return seen.items.contains { $0.hasPrefix("after") }
+        }
+    }
+
     @Test func aKilledNATSServerIsFailedOverAndTheFlowGoesOn() async throws {
         let cluster = try await NATSCluster.start()
         // Each hub knows only its own server: the others come from INFO's connect_urls.
         try await withClusteredHubs(2, on: cluster) { hubs in
-            let seen = Collected()
-            let subscriber = try await hubs[1].connect(.ws, as: "sub@relay.local/1")
-            let stream = try await subscriber.subscribe("ticks")
-            Task { for await message in stream { seen.append(message.content.stringValue ?? "?") } }
-            let publisher = try await hubs[0].connect(.tcp, as: "pub@relay.local/1")
-            try await untilInterestCrosses({ try await publisher.publish("ticks", "probe") }) { seen.items.contains("probe") }
-            cluster.nodes[0].stop()
             // Hub A's cluster connections move to another server; publications are held meanwhile.
-            var number = 0
-            try await eventually(within: 30) {
-                number += 1
-                try? await publisher.publish("ticks", .string("after\(number)"))
-                try? await Task.sleep(for: .milliseconds(50))
-                return seen.items.contains { $0.hasPrefix("after") }
-            }
+            try await Self.ticksGoOnAcross(hubs) { cluster.nodes[0].stop() }
             try await eventually { hubs[0].server.hub.clusterStatus?.connected == true }
             #expect(hubs[0].server.hub.clusterStatus?.reconnects == 1)
             let varz = try await httpJSON(hubs[0], "/varz")
@@ -282,21 +288,8 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
     @Test func aPausedNATSServerIsLeftAfterThePingTimeout() async throws {
         let cluster = try await NATSCluster.start()
         try await withClusteredHubs(2, on: cluster) { hubs in
-            let seen = Collected()
-            let subscriber = try await hubs[1].connect(.ws, as: "sub@relay.local/1")
-            let stream = try await subscriber.subscribe("ticks")
-            Task { for await message in stream { seen.append(message.content.stringValue ?? "?") } }
-            let publisher = try await hubs[0].connect(.tcp, as: "pub@relay.local/1")
-            try await untilInterestCrosses({ try await publisher.publish("ticks", "probe") }) { seen.items.contains("probe") }
-            cluster.nodes[0].pause()
             defer { cluster.nodes[0].resume() }
-            var number = 0
-            try await eventually(within: 30) {
-                number += 1
-                try? await publisher.publish("ticks", .string("after\(number)"))
-                try? await Task.sleep(for: .milliseconds(100))
-                return seen.items.contains { $0.hasPrefix("after") }
-            }
+            try await Self.ticksGoOnAcross(hubs) { cluster.nodes[0].pause() }
             // The pings (1 s apart, two unanswered) ended the connection; the hub is on another server.
             #expect(hubs[0].server.hub.clusterStatus?.reconnects == 1)
         }
