@@ -5,7 +5,7 @@ import RelayCore
 // Reading the configuration again (SIGHUP) without dropping sessions: users, roles, permissions,
 // JWT keys, guest access, limits, administrators, trace context creation, the monitoring
 // listener's credential rule and new durable queues take effect; what binds sockets or files
-// (listeners, the data directory, the domain, TLS settings) needs a restart.
+// (listeners, the data directory, the domain, TLS settings, the cluster) needs a restart.
 
 extension Hub {
     /// An authenticator for `configuration`, refused when nobody could connect with it.
@@ -54,6 +54,7 @@ extension Hub {
         keep("data", \.data)
         keep("domain", \.domain)
         keep("tls", \.tls)
+        keep("cluster", \.cluster)
         let authenticator = try Self.checkedAuthenticator(taken)
         let core = try Self.coreConfiguration(taken)
         let limits = taken.limits

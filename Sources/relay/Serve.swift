@@ -90,10 +90,12 @@ struct Serve: AsyncParsableCommand {
         var source: (@Sendable () throws -> HubConfiguration)?
         if let path = configFile {
             let (drainTimeout, createTraceContext) = (self.drainTimeout, self.createTraceContext)
+            let clusterServers = try self.clusterServers()
             source = { @Sendable () throws -> HubConfiguration in
                 var fresh = try HubConfiguration.load(path: path)
                 if let drainTimeout { fresh.drainTimeoutSeconds = drainTimeout }
                 if createTraceContext { fresh.tracing.createContext = true }
+                if let clusterServers { fresh.cluster = Self.cluster(clusterServers, over: fresh.cluster) }
                 return fresh
             }
         }
@@ -117,13 +119,7 @@ struct Serve: AsyncParsableCommand {
         if createTraceContext { configuration.tracing.createContext = true }
         if webSocketCompression { configuration.compression.websocket = true }
         if sessionCompression { configuration.compression.session = true }
-        if let cluster {
-            let servers = cluster.split(separator: ",").map { String($0.filter { !$0.isWhitespace }) }.filter { !$0.isEmpty }
-            guard !servers.isEmpty else { throw ValidationError("--cluster expects nats://HOST:PORT[,...]") }
-            var settings = configuration.cluster ?? HubConfiguration.ClusterSettings(servers: servers)
-            settings.servers = servers
-            configuration.cluster = settings
-        }
+        if let servers = try clusterServers() { configuration.cluster = Self.cluster(servers, over: configuration.cluster) }
         if let tlsCertificate {
             guard let tlsKey else { throw ValidationError("--tls-cert needs --tls-key") }
             var tls = configuration.tls ?? HubConfiguration.TLSSettings(cert: tlsCertificate, key: tlsKey)
@@ -140,6 +136,21 @@ struct Serve: AsyncParsableCommand {
             configuration.tls = tls
         }
         return configuration
+    }
+
+    /// The servers `--cluster` lists, if given.
+    func clusterServers() throws -> [String]? {
+        guard let cluster else { return nil }
+        let servers = cluster.split(separator: ",").map { String($0.filter { !$0.isWhitespace }) }.filter { !$0.isEmpty }
+        guard !servers.isEmpty else { throw ValidationError("--cluster expects nats://HOST:PORT[,...]") }
+        return servers
+    }
+
+    /// The file's cluster settings (if any) with `--cluster`'s servers.
+    static func cluster(_ servers: [String], over settings: HubConfiguration.ClusterSettings?) -> HubConfiguration.ClusterSettings {
+        var settings = settings ?? HubConfiguration.ClusterSettings(servers: servers)
+        settings.servers = servers
+        return settings
     }
 
     static func address(_ text: String, flag: String) throws -> HostAndPort {
