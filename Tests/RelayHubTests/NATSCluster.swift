@@ -7,25 +7,46 @@ import Testing
 /// test: nothing is left behind.
 final class NATSCluster: Sendable {
     let nodes: [NATSServerProcess]
+    /// The JetStream stores, removed with the cluster.
+    private let stores: [String]
 
-    private init(nodes: [NATSServerProcess]) {
+    private init(nodes: [NATSServerProcess], stores: [String]) {
         self.nodes = nodes
+        self.stores = stores
     }
 
     /// Starts `size` servers, the first taking routes and the others routed to it (they learn of
     /// each other from it), and waits until messages cross between every pair.
-    static func start(size: Int = 3) async throws -> NATSCluster {
+    /// With `jetStream`, each server runs JetStream with its own store (a JetStream cluster).
+    static func start(size: Int = 3, jetStream: Bool = false) async throws -> NATSCluster {
         let name = "relay-test-\(UInt32.random(in: .min ... .max))"
-        let first = try await NATSServerProcess(arguments: ["--cluster", "nats://127.0.0.1:-1", "--cluster_name", name, "-n", "n1"])
-        var nodes = [first]
-        for number in 2...max(size, 2) where number <= size {
-            nodes.append(
-                try await NATSServerProcess(arguments: [
-                    "--cluster", "nats://127.0.0.1:-1", "--cluster_name", name, "-n", "n\(number)", "--routes",
-                    "nats://127.0.0.1:\(first.routePort!)",
-                ]))
+        var nodes: [NATSServerProcess] = []
+        var stores: [String] = []
+        if jetStream {
+            // A JetStream cluster wants every server given the routes to all (its own included),
+            // so the route ports are picked first.
+            stores = (1...size).map { _ in temporaryDataDirectory() }
+            let routes = try (1...size).map { _ in try freePort() }
+            let all = routes.map { "nats://127.0.0.1:\($0)" }.joined(separator: ",")
+            for number in 1...size {
+                nodes.append(
+                    try await NATSServerProcess(arguments: [
+                        "--cluster", "nats://127.0.0.1:\(routes[number - 1])", "--cluster_name", name, "-n", "n\(number)",
+                        "--routes", all, "-js", "-sd", stores[number - 1],
+                    ]))
+            }
+        } else {
+            let first = try await NATSServerProcess(arguments: ["--cluster", "nats://127.0.0.1:-1", "--cluster_name", name, "-n", "n1"])
+            nodes = [first]
+            for number in 2...max(size, 2) where number <= size {
+                nodes.append(
+                    try await NATSServerProcess(arguments: [
+                        "--cluster", "nats://127.0.0.1:-1", "--cluster_name", name, "-n", "n\(number)", "--routes",
+                        "nats://127.0.0.1:\(first.routePort!)",
+                    ]))
+            }
         }
-        let cluster = NATSCluster(nodes: nodes)
+        let cluster = NATSCluster(nodes: nodes, stores: stores)
         try await cluster.formed()
         return cluster
     }
@@ -60,6 +81,7 @@ final class NATSCluster: Sendable {
 
     func stop() {
         for node in nodes { node.stop() }
+        for store in stores { try? FileManager.default.removeItem(atPath: store) }
     }
 
     deinit { stop() }

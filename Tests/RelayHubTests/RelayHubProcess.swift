@@ -90,11 +90,14 @@ final class RelayHubProcess: Sendable {
     }
 
     /// A port nothing listens on now (the kernel's pick for a socket bound to port 0).
-    private static func freePort() throws -> Int {
-        let (descriptor, port) = try listeningSocket()
-        close(descriptor)
-        return port
-    }
+    private static func freePort() throws -> Int { try RelayHubTests.freePort() }
+}
+
+/// A port nothing listens on now (the kernel's pick for a socket bound to port 0).
+func freePort() throws -> Int {
+    let (descriptor, port) = try listeningSocket()
+    close(descriptor)
+    return port
 }
 
 /// A socket listening on a loopback port of the kernel's choosing, and that port.
