@@ -54,20 +54,22 @@ public final class HubServer: Sendable {
         if !exposed.isEmpty && configuration.tls == nil {
             hub.logger.warning("listeners reachable from other machines speak plaintext: configure TLS (docs/SECURITY.md)")
         }
-        do {
-            try await hub.openStore()
-        } catch let error as HubError {
-            throw error
-        } catch {
-            throw HubError.unusableDataDirectory("the data directory '\(configuration.data)' cannot be used: \(Self.reason(error))")
-        }
+        // Joined first: on a cluster with JetStream, the configured queues are made as streams.
         if let cluster = configuration.cluster {
             do {
                 hub.joinCluster(try await ClusterLink.connect(cluster, hubID: hub.serverID))
             } catch {
-                await hub.closeStore()
                 throw HubError.cannotJoinCluster("the cluster (\(cluster.servers.joined(separator: ", "))) cannot be reached: \(error)")
             }
+        }
+        do {
+            try await hub.openStore()
+        } catch let error as HubError {
+            await hub.leaveCluster()
+            throw error
+        } catch {
+            await hub.leaveCluster()
+            throw HubError.unusableDataDirectory("the data directory '\(configuration.data)' cannot be used: \(Self.reason(error))")
         }
         do {
             try await bindListeners()

@@ -218,6 +218,14 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         let back = PublishedMessage(clusterSubject: form.subject, replyTo: form.replyTo, headers: form.headers, payload: form.payload)
         #expect(back.publisher == Node("alice@relay.local/a"))
         #expect(back.metadata == message.metadata, "Relay-From is not metadata")
+        // The hub's own metadata (a dead letter's) crosses in Relay-Meta- headers.
+        var dead = message
+        dead.metadata["#queue"] = "orders"
+        let deadForm = dead.clusterForm
+        #expect(deadForm.headers?["Relay-Meta-queue"] == "orders")
+        let deadBack = PublishedMessage(
+            clusterSubject: deadForm.subject, replyTo: nil, headers: deadForm.headers, payload: deadForm.payload)
+        #expect(deadBack.metadata["#queue"] == "orders" && deadBack.metadata["Relay-Meta-queue"] == nil)
         #expect(back.type == .applicationJSON)
         #expect(back.limeContent.1.value == ["n": 1])
     }

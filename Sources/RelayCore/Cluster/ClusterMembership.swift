@@ -35,15 +35,24 @@ public struct ClusterMembership: Sendable {
     var discoveries: [HubCore.RequestID: ClusterDiscovery] = [:]
     /// How long a discovery waits for the other hubs.
     public let discoveryWindowMilliseconds: Int
+    /// Durable queues are JetStream's when set (JetStreamQueues.swift).
+    public let jetStream: JetStreamSettings?
+    var jetStreamQueues: [String: JetStreamQueue] = [:]
+    /// What waits for JetStream's PubAck of a publication (a confirmation), by its number.
+    var pubAcks = RecentMemory<Int, [HubCore.Output]>(capacity: 10_000)
+    var nextPubAck = 1
+    /// The PubAck number of the publication just published, for `confirmWhenStored`.
+    var lastPubAck: Int?
     /// Cluster messages not passed on because their subscription had ended, or a 503 for a
     /// request answered locally.
     public internal(set) var messagesDiscarded = 0
     public internal(set) var messagesReceived = 0
     public internal(set) var messagesPublished = 0
 
-    init(hubID: String, discoveryWindowMilliseconds: Int) {
+    init(hubID: String, discoveryWindowMilliseconds: Int, jetStream: JetStreamSettings?) {
         self.hubID = hubID
         self.discoveryWindowMilliseconds = discoveryWindowMilliseconds
+        self.jetStream = jetStream
     }
 
     /// The prefix of the hub's inbox subjects (LIME requests to subjects wait for replies there).
@@ -73,8 +82,11 @@ extension HubCore {
     /// Makes the hub a member of a cluster under `hubID`: from now on, local publications are also
     /// published on the cluster, local subscriptions are held there, and queue groups get one
     /// delivery across all hubs. Subscriptions made before are held too.
-    public mutating func joinCluster(hubID: String, discoveryWindowMilliseconds: Int = 250) {
-        var membership = ClusterMembership(hubID: hubID, discoveryWindowMilliseconds: discoveryWindowMilliseconds)
+    /// With `jetStream`, durable queues created from now on are JetStream streams (join before
+    /// creating them).
+    public mutating func joinCluster(hubID: String, discoveryWindowMilliseconds: Int = 250, jetStream: JetStreamSettings? = nil) {
+        var membership = ClusterMembership(
+            hubID: hubID, discoveryWindowMilliseconds: discoveryWindowMilliseconds, jetStream: jetStream)
         for slot in subscriptionSlots.indices where subscriptionSlots[slot].isLive {
             let subscription = subscriptionSlots[slot]
             if let action = membership.interest.localSubscriptionAdded(.init(filter: subscription.filter, queue: subscription.queue)) {
@@ -196,6 +208,8 @@ extension HubCore {
     mutating func publishOnCluster(_ message: PublishedMessage, from session: SessionID, deliveredLocally: Int) -> Bool {
         guard cluster != nil, session != Self.clusterSession, !ClusterMembership.isSystem(message.subject) else { return false }
         if deliveredLocally > 0, let replyTo = message.replyTo { cluster!.answeredLocally.remember(true, for: replyTo) }
+        var message = message
+        if let replyTo = jetStreamReply(for: message) { message.replyTo = replyTo }
         cluster!.pending.append(.publish(message))
         cluster!.messagesPublished += 1
         return true
@@ -216,6 +230,7 @@ extension HubCore {
             return []
         }
         if cluster!.ownSubscriptions.contains(sid) {
+            if let outputs = jetStreamMessageReceived(message) { return outputs }
             if let outputs = nodeEnvelopeReceived(message) { return outputs }
             if let outputs = discoveryMessageReceived(message) { return outputs }
             if let outputs = specialPublication(message, from: Self.clusterSession, jetStream: false) { return outputs }

@@ -4,6 +4,8 @@
 extension PublishedMessage {
     /// The header that carries the publisher's node between hubs.
     public static let publisherHeader = "Relay-From"
+    /// Headers that carry the hub's `#` metadata between hubs: `Relay-Meta-queue` for `#queue`.
+    public static let metadataHeaderPrefix = "Relay-Meta-"
 
     /// The publication as a NATS message for the cluster: Content-Type, metadata and status as
     /// headers, the payload as NATS clients get it from a hub.
@@ -14,6 +16,11 @@ extension PublishedMessage {
         if let publisher {
             headers = headers ?? NATSHeaders()
             headers!.append(Self.publisherHeader, publisher.description)
+        }
+        // The hub's own metadata (`#queue`, `#deadReason`... of a dead letter) crosses too.
+        for key in metadata.keys.sorted() where key.hasPrefix("#") {
+            headers = headers ?? NATSHeaders()
+            headers!.append(Self.metadataHeaderPrefix + key.dropFirst(), metadata[key]!)
         }
         return (subject, replyTo, headers, payload)
     }
@@ -27,6 +34,9 @@ extension PublishedMessage {
         }
         var (type, metadata) = headers.typeAndMetadata
         let publisher = metadata.removeValue(forKey: Self.publisherHeader).flatMap(Node.init)
+        for key in metadata.keys where key.hasPrefix(Self.metadataHeaderPrefix) {
+            metadata["#" + key.dropFirst(Self.metadataHeaderPrefix.count)] = metadata.removeValue(forKey: key)
+        }
         self.init(
             subject: subject, replyTo: replyTo, publisher: publisher, type: type, body: .bytes(payload), metadata: metadata,
             status: headers.status)

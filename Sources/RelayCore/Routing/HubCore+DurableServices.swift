@@ -18,7 +18,7 @@ extension HubCore {
         var outputs: [Output] = []
         if queues[name] == nil {
             let configuration = QueueConfiguration(name: name, subjects: ["$SVC.\(name)"], deadLetterSubject: "$SVC.\(name).dead")
-            outputs += (try? createQueue(configuration)) ?? []
+            outputs += (try? createLocalQueue(configuration)) ?? []
         }
         outputs += (try? attachConsumer(session, token: Self.serviceConsumerToken + ":" + name, queue: name, credit: 1)) ?? []
         return outputs

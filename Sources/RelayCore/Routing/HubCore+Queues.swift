@@ -58,6 +58,12 @@ extension HubCore {
     /// Creates a queue (or accepts the same configuration again).
     public mutating func createQueue(_ configuration: QueueConfiguration) throws(Reason) -> [Output] {
         if let error = configuration.validationError { throw Reason(code: ReasonCode.commandInvalidArgument, description: error) }
+        if queuesOnJetStream { return try createJetStreamQueue(configuration) }
+        return try createLocalQueue(configuration)
+    }
+
+    /// Creates a queue in this hub's store (a durable service's requests are always kept here).
+    mutating func createLocalQueue(_ configuration: QueueConfiguration) throws(Reason) -> [Output] {
         if let existing = queues[configuration.name] {
             guard existing.configuration == configuration else {
                 throw Reason(
@@ -73,6 +79,8 @@ extension HubCore {
 
     /// Brings back a queue and its stored messages after a restart.
     public mutating func restoreQueue(_ configuration: QueueConfiguration, messages: [(QueuedMessage, deliveries: Int, storedAt: Int64)]) {
+        // On JetStream, a hub's own stored queues stay on its disk, untouched, for when it runs alone again.
+        if queuesOnJetStream { return }
         var queue = DurableQueue(configuration: configuration)
         for (queued, deliveries, storedAt) in messages {
             _ = queue.machine.enqueue(UInt64(queued.sequence), payload: queued, previousDeliveries: deliveries)
@@ -258,6 +266,9 @@ extension HubCore {
 
     /// Attaches a session's consumer (named by `token`) to a queue.
     public mutating func attachConsumer(_ session: SessionID, token: String, queue name: String, credit: Int?) throws(Reason) -> [Output] {
+        if cluster?.jetStreamQueues[name] != nil {
+            return attachJetStreamConsumer(SubscriptionKey(session: session, token: token), queue: name, credit: credit)
+        }
         guard queues[name] != nil else {
             throw Reason(code: ReasonCode.commandResourceNotFound, description: "No queue '\(name)'")
         }
@@ -275,6 +286,7 @@ extension HubCore {
 
     public mutating func detachConsumer(_ session: SessionID, token: String, queue name: String) -> [Output] {
         let key = SubscriptionKey(session: session, token: token)
+        if cluster?.jetStreamQueues[name] != nil { return detachJetStreamConsumer(key, queue: name) }
         let actions = withQueue(name) { queue -> [DeliveryMachine<QueuedMessage>.Action] in
             guard let consumer = queue.consumers.removeValue(forKey: key) else { return [] }
             queue.consumerKeys[consumer] = nil
@@ -285,7 +297,7 @@ extension HubCore {
 
     /// A session closed: what its consumers held goes to the others at once.
     mutating func detachConsumers(of session: SessionID) -> [Output] {
-        var outputs: [Output] = []
+        var outputs: [Output] = detachJetStreamConsumers(of: session)
         for name in queues.keys.sorted() {
             for key in queues[name]!.consumers.keys where key.session == session {
                 outputs += detachConsumer(session, token: key.token, queue: name)
@@ -296,6 +308,7 @@ extension HubCore {
 
     /// Applies a consumer's answer to a delivery.
     public mutating func answer(_ answer: DeliveryAnswer, delivery: UInt64, queue name: String) -> [Output] {
+        if cluster?.jetStreamQueues[name] != nil { return answerJetStream(answer, delivery: delivery, queue: name) }
         let actions = withQueue(name) { queue -> [DeliveryMachine<QueuedMessage>.Action] in
             switch answer {
             case .ack: queue.machine.ack(delivery)
@@ -322,7 +335,7 @@ extension HubCore {
     mutating func ackPublished(_ message: PublishedMessage) -> [Output]? {
         guard message.subject.utf8.first == UInt8(ascii: "$"), message.subject.hasPrefix("$RELAY.ACK.") else { return nil }
         let tokens = message.subject.dropFirst("$RELAY.ACK.".count).split(separator: ".")
-        guard tokens.count == 2, let delivery = UInt64(tokens[1]), queues[String(tokens[0])] != nil else { return [] }
+        guard tokens.count == 2, let delivery = UInt64(tokens[1]), hasQueue(String(tokens[0])) else { return [] }
         let name = String(tokens[0])
         let text = String(decoding: message.payloadBytes, as: UTF8.self).trimmingWhitespace()
         let verb = text.split(separator: " ", maxSplits: 1).first.map(String.init) ?? "+ACK"
@@ -347,15 +360,19 @@ extension HubCore {
 
     /// Ends whatever consumer a session has under `token`, in any queue.
     public mutating func detachConsumer(_ session: SessionID, token: String) -> [Output] {
-        queues.keys.sorted().flatMap { detachConsumer(session, token: token, queue: $0) }
+        let names = queues.keys.sorted() + (cluster?.jetStreamQueues.keys.sorted() ?? [])
+        return names.flatMap { detachConsumer(session, token: token, queue: $0) }
     }
+
+    /// Whether a queue of that name exists, here or on JetStream.
+    func hasQueue(_ name: String) -> Bool { queues[name] != nil || cluster?.jetStreamQueues[name] != nil }
 
     // MARK: - LIME mapping
 
     /// `consumed` acknowledges, `received` says in progress, `failed` with 130 naks (metadata
     /// `#delay` in milliseconds), any other `failed` terminates with its reason.
     mutating func queueAnswer(_ notification: LIMENotification, from session: SessionID) -> [Output]? {
-        guard let id = notification.header.id, let (name, delivery) = Self.parseQueueDeliveryID(id), queues[name] != nil else { return nil }
+        guard let id = notification.header.id, let (name, delivery) = Self.parseQueueDeliveryID(id), hasQueue(name) else { return nil }
         switch notification.event {
         case .consumed: return answer(.ack, delivery: delivery, queue: name)
         case .received, .accepted, .dispatched: return answer(.inProgress, delivery: delivery, queue: name)
@@ -370,10 +387,11 @@ extension HubCore {
     mutating func queueCommand(_ command: LIMECommand, rest: [String], query: [String: String], from session: SessionID) -> [Output] {
         switch (command.method, rest.count) {
         case (.get, 0):
-            let list: [JSONValue] = queues.keys.sorted().map { .object(queueJSON($0)) }
+            let names = (queues.keys.sorted() + (cluster?.jetStreamQueues.keys.sorted() ?? []))
+            let list: [JSONValue] = names.map { .object(queueJSON($0)) }
             return [reply(session, command.success(type: .applicationJSON, resource: .object(["queues": .array(list)])))]
         case (.get, 1):
-            guard queues[rest[0]] != nil else {
+            guard hasQueue(rest[0]) else {
                 return refuse(session, command, ReasonCode.commandResourceNotFound, "No queue '\(rest[0])'")
             }
             return [reply(session, command.success(type: .applicationJSON, resource: .object(queueJSON(rest[0]))))]
@@ -389,6 +407,11 @@ extension HubCore {
             }
         case (.delete, 1):
             if let reason = administrationRefusal("deleting a queue", from: session) { return [reply(session, command.failure(reason))] }
+            if cluster?.jetStreamQueues.removeValue(forKey: rest[0]) != nil {
+                cluster!.pending.append(
+                    .publish(PublishedMessage(subject: "$JS.API.STREAM.DELETE.\(JetStreamQueue.streamName(rest[0]))", body: .bytes([]))))
+                return [reply(session, command.success())]
+            }
             guard let queue = queues.removeValue(forKey: rest[0]) else {
                 return refuse(session, command, ReasonCode.commandResourceNotFound, "No queue '\(rest[0])'")
             }
@@ -419,6 +442,7 @@ extension HubCore {
     }
 
     func queueJSON(_ name: String) -> JSONObject {
+        if let onJetStream = jetStreamQueueJSON(name) { return onJetStream }
         guard let queue = queues[name] else { return [:] }
         var object = queue.configuration.json
         object["messages"] = .number(JSONNumber(queue.machine.unacknowledgedCount))

@@ -366,6 +366,10 @@ extension HubCore {
             return queueTimerFired(name, timer)
         case .discovery(let id):
             return discoveryEnded(id)
+        case .jetStreamSetUp(let queue):
+            return setUpJetStreamQueue(queue)
+        case .jetStreamPull(let queue, let pull):
+            return jetStreamPullLost(queue, pull)
         case .period(let caller):
             guard let subscription = methodSubscriptions[caller] else { return [] }
             return dispatchStanding(

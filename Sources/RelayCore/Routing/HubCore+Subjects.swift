@@ -355,15 +355,17 @@ extension HubCore {
         }
         var command = command
         let replyTo = command.header.metadata?.removeValue(forKey: "#reply")
+        cluster?.lastPubAck = nil
         var (outputs, delivered) = publish(command, subject: subject, replyTo: replyTo, from: session)
         if confirm {
             let confirmation = Output.send(session, confirmation(command, resource: ["delivered": .number(JSONNumber(delivered))]))
-            // A publication kept by durable queues is confirmed only once it is on disk.
+            // A publication kept by durable queues is confirmed only once it is on disk (here, or
+            // in JetStream, which answers with its PubAck).
             if let index = outputs.lastIndex(where: { if case .persist = $0 { return true } else { return false } }),
                 case .persist(let copies, let then) = outputs[index]
             {
                 outputs[index] = .persist(copies, then: then + [confirmation])
-            } else {
+            } else if !confirmWhenStored([confirmation]) {
                 outputs.append(confirmation)
             }
         }

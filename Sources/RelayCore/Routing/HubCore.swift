@@ -54,6 +54,10 @@ public struct HubCore: Sendable {
         case queue(String, DeliveryMachine<QueuedMessage>.Timer)
         /// The end of a cluster discovery's window (`get /services` on a cluster).
         case discovery(RequestID)
+        /// Ask JetStream again for a queue's stream and consumer (it refused, or was not ready).
+        case jetStreamSetUp(String)
+        /// A pull JetStream should have ended by now (it ends one when it expires): taken as lost.
+        case jetStreamPull(String, Int)
     }
 
     public enum Output: Sendable, Equatable {

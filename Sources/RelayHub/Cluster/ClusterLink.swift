@@ -78,6 +78,12 @@ final class ClusterLink: Sendable {
         }
     }
 
+    /// How many servers the cluster has, as the first one's INFO announced them (`connect_urls`).
+    var clusterSize: Int {
+        guard case .array(let urls)? = publisher.serverInfo["connect_urls"] else { return 1 }
+        return max(urls.count, 1)
+    }
+
     /// Whether both connections are up now.
     var isConnected: Bool { publisher.isConnected && queueMember.isConnected }
 
@@ -96,10 +102,12 @@ final class ClusterLink: Sendable {
 extension Hub {
     /// Joins the cluster over `link`: the core holds every local subscription there from now on.
     func joinCluster(_ link: ClusterLink) {
+        let settings = configuration.cluster
+        let jetStream = settings?.jetStream == false ? nil : JetStreamSettings(replicas: settings?.replicas ?? min(3, link.clusterSize))
         state.withLock { state in
             state.cluster = link
             state.core.joinCluster(
-                hubID: link.hubID, discoveryWindowMilliseconds: configuration.cluster?.discoveryWindowMilliseconds ?? 250)
+                hubID: link.hubID, discoveryWindowMilliseconds: settings?.discoveryWindowMilliseconds ?? 250, jetStream: jetStream)
             carryOutClusterOperations(in: &state)
         }
         logger.info("joined the cluster", metadata: ["hub": "\(link.hubID)", "server": "\(link.server ?? "?")"])

@@ -23,6 +23,11 @@ extension HubConfiguration {
         public var pingIntervalSeconds: Double = 5
         /// How long `get /services` waits for the other hubs' services, in milliseconds.
         public var discoveryWindowMilliseconds: Int = 250
+        /// Durable queues are JetStream streams (the cluster must run JetStream); false keeps
+        /// each hub's own queues in its SQLite store.
+        public var jetStream: Bool = true
+        /// Copies of each queue's stream; nil: 3, or fewer when the cluster has fewer servers.
+        public var replicas: Int?
 
         public init(servers: [String]) {
             self.servers = servers
@@ -41,6 +46,8 @@ extension HubConfiguration {
             reconnectBufferBytes = try container.decodeIfPresent(Int.self, forKey: .reconnectBufferBytes) ?? 8 << 20
             pingIntervalSeconds = try container.decodeIfPresent(Double.self, forKey: .pingIntervalSeconds) ?? 5
             discoveryWindowMilliseconds = try container.decodeIfPresent(Int.self, forKey: .discoveryWindowMilliseconds) ?? 250
+            jetStream = try container.decodeIfPresent(Bool.self, forKey: .jetStream) ?? true
+            replicas = try container.decodeIfPresent(Int.self, forKey: .replicas)
         }
     }
 }

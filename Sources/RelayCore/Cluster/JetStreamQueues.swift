@@ -1,0 +1,399 @@
+// Durable queues on JetStream, for a clustered hub (docs/CLUSTER.md): each queue is a stream
+// with one durable consumer that every hub's consumers pull from, so they compete for one queue.
+// JetStream stores, counts deliveries and redelivers after the ack wait; the hub hands what it
+// pulls to its local consumers within their credit and turns their answers into JetStream's.
+// Everything goes through the cluster connection as the core's operations: the hub does no
+// JetStream I/O of its own.
+
+/// How a clustered hub keeps its durable queues on JetStream.
+public struct JetStreamSettings: Sendable, Equatable {
+    /// Copies of each stream on different servers.
+    public var replicas: Int
+    /// How long one pull waits at JetStream for messages before it ends (and is made again).
+    public var pullExpiresMilliseconds: Int
+    /// Messages pulled for one queue at most at a time (each consumer's credit counts up to it).
+    public var maximumPulled: Int
+
+    public init(replicas: Int = 1, pullExpiresMilliseconds: Int = 5_000, maximumPulled: Int = 256) {
+        self.replicas = replicas
+        self.pullExpiresMilliseconds = pullExpiresMilliseconds
+        self.maximumPulled = maximumPulled
+    }
+}
+
+/// One queue on JetStream, as this hub sees it.
+struct JetStreamQueue: Sendable {
+    struct Consumer: Sendable {
+        var credit: Int
+        var out: Set<UInt64> = []
+    }
+
+    /// A message this hub pulled and gave to a local consumer.
+    struct Delivery: Sendable {
+        var consumer: HubCore.SubscriptionKey
+        /// Where JetStream takes the answer (`$JS.ACK.…`).
+        var ackSubject: String
+        var deliveries: Int
+        var message: PublishedMessage
+    }
+
+    var configuration: QueueConfiguration
+    /// Set once JetStream confirmed the stream and its consumer.
+    var ready = false
+    var failure: String?
+    var consumers: [HubCore.SubscriptionKey: Consumer] = [:]
+    var turn = 0
+    /// Messages asked for in pulls that JetStream has not sent or ended yet.
+    var requested = 0
+    var nextPull = 1
+    var pulls: [Int: Int] = [:]
+    var deliveries: [UInt64: Delivery] = [:]
+    var nextDelivery: UInt64 = 1
+    var delivered = 0
+    var redelivered = 0
+    var acknowledged = 0
+    var deadLettered = 0
+    var pullsMade = 0
+    var pullsEnded = 0
+    var pullsLost = 0
+    /// The status the last pull ended with (408: expired...).
+    var lastPullEnd: Int?
+
+    var stream: String { JetStreamQueue.streamName(configuration.name) }
+
+    /// `RELAY_Q_<name>`: stream names take no dots.
+    static func streamName(_ queue: String) -> String {
+        "RELAY_Q_" + String(queue.map { $0 == "." || $0 == "*" || $0 == ">" ? "_" : $0 })
+    }
+
+    static let consumerName = "relay"
+}
+
+extension ClusterMembership {
+    var jetStreamPrefix: String { inboxPrefix + "js." }
+}
+
+extension HubCore {
+    /// Whether durable queues are JetStream's (a clustered hub with JetStream on).
+    var queuesOnJetStream: Bool { cluster?.jetStream != nil }
+
+    /// Creates a queue as a stream and its durable consumer (or finds them, when they exist alike).
+    mutating func createJetStreamQueue(_ configuration: QueueConfiguration) throws(Reason) -> [Output] {
+        if let existing = cluster!.jetStreamQueues[configuration.name] {
+            guard existing.configuration == configuration else {
+                throw Reason(
+                    code: RelayReasonCode.registrationConflict,
+                    description: "Queue '\(configuration.name)' exists with another configuration")
+            }
+            return []
+        }
+        cluster!.jetStreamQueues[configuration.name] = JetStreamQueue(configuration: configuration)
+        return setUpJetStreamQueue(configuration.name)
+    }
+
+    /// Asks JetStream for the queue's stream (then its consumer); asked again a second later
+    /// while JetStream refuses (a cluster electing its leaders answers 503 for a while).
+    mutating func setUpJetStreamQueue(_ name: String) -> [Output] {
+        guard let queue = cluster?.jetStreamQueues[name], !queue.ready else { return [] }
+        let configuration = queue.configuration
+        var stream: JSONObject = [
+            "name": .string(queue.stream), "subjects": .array(configuration.subjects.map { .string($0) }),
+            "num_replicas": .number(JSONNumber(cluster!.jetStream!.replicas)), "storage": "file", "retention": "limits",
+            "discard": "old",
+        ]
+        if let count = configuration.maximumMessages { stream["max_msgs"] = .number(JSONNumber(count)) }
+        if let bytes = configuration.maximumBytes { stream["max_bytes"] = .number(JSONNumber(bytes)) }
+        if let age = configuration.maximumAgeSeconds { stream["max_age"] = .number(JSONNumber(Int(age * 1e9))) }
+        jetStreamRequest("STREAM.CREATE.\(queue.stream)", .object(stream), answer: "stream.\(configuration.name)")
+        return [.startTimer(.jetStreamSetUp(name), milliseconds: Self.jetStreamRetryMilliseconds)]
+    }
+
+    static let jetStreamRetryMilliseconds = 1_000
+
+    /// The stream exists: its consumer next.
+    private mutating func createJetStreamConsumer(_ name: String) {
+        guard let queue = cluster!.jetStreamQueues[name] else { return }
+        let configuration: JSONObject = [
+            "durable_name": .string(JetStreamQueue.consumerName), "ack_policy": "explicit", "deliver_policy": "all",
+            "ack_wait": .number(JSONNumber(queue.configuration.ackWaitMilliseconds * 1_000_000)),
+            "max_deliver": .number(JSONNumber(queue.configuration.maximumDeliveries ?? -1)),
+            "max_ack_pending": .number(JSONNumber(-1)),
+        ]
+        jetStreamRequest(
+            "CONSUMER.DURABLE.CREATE.\(queue.stream).\(JetStreamQueue.consumerName)",
+            .object(["stream_name": .string(queue.stream), "config": .object(configuration)]), answer: "consumer.\(name)")
+    }
+
+    private mutating func jetStreamRequest(_ operation: String, _ body: JSONValue, answer: String) {
+        cluster!.pending.append(
+            .publish(
+                PublishedMessage(
+                    subject: "$JS.API.\(operation)", replyTo: cluster!.jetStreamPrefix + answer, type: .applicationJSON, body: .json(body)))
+        )
+    }
+
+    /// The subject of a publication goes to a stream of a queue here: it is published on the
+    /// cluster with a reply subject for JetStream's PubAck; returns that PubAck's number (the
+    /// caller may attach its confirmation with `confirmWhenStored`).
+    mutating func jetStreamReply(for message: PublishedMessage) -> String? {
+        guard message.replyTo == nil, let queues = cluster?.jetStreamQueues, !queues.isEmpty,
+            queues.values.contains(where: { queue in
+                queue.configuration.subjects.contains { Subject.matches(filter: $0, subject: message.subject) }
+            })
+        else { return nil }
+        let number = cluster!.nextPubAck
+        cluster!.nextPubAck += 1
+        cluster!.pubAcks.remember([], for: number)
+        cluster!.lastPubAck = number
+        return cluster!.jetStreamPrefix + "ack.\(number)"
+    }
+
+    /// `then` is carried out once JetStream stored the publication just published (a publisher's
+    /// confirmation); false when it went to no stream.
+    mutating func confirmWhenStored(_ then: [Output]) -> Bool {
+        guard let number = cluster?.lastPubAck else { return false }
+        cluster!.lastPubAck = nil
+        cluster!.pubAcks.remember(then, for: number)
+        return true
+    }
+
+    /// What arrived for the hub's JetStream work: a pulled message (its reply subject names the
+    /// stream), a pull's end, a PubAck, an API answer. Nil for anything else.
+    mutating func jetStreamMessageReceived(_ message: PublishedMessage) -> [Output]? {
+        if let reply = message.replyTo, reply.hasPrefix("$JS.ACK.RELAY_Q_") { return pulledMessageReceived(message, ackSubject: reply) }
+        guard message.subject.hasPrefix(cluster!.jetStreamPrefix) else { return nil }
+        let rest = message.subject.dropFirst(cluster!.jetStreamPrefix.count)
+        let parts = rest.split(separator: ".", maxSplits: 1).map(String.init)
+        guard parts.count == 2 else { return [] }
+        let answer = try? JSONParser.parse(message.payloadBytes)
+        let error = answer?["error"]?["description"]?.stringValue
+        switch parts[0] {
+        case "ack":
+            guard let number = Int(parts[1]), let then = cluster!.pubAcks.forget(number) else { return [] }
+            // Only JetStream's answer counts: a subscriber answering the reply subject is not it.
+            guard error != nil || answer?["seq"] != nil else {
+                cluster!.pubAcks.remember(then, for: number)
+                return []
+            }
+            return error == nil ? then : then.map { Self.failedConfirmation($0, error!) }
+        case "stream":
+            if let error, cluster!.jetStreamQueues[parts[1]] != nil {
+                cluster!.jetStreamQueues[parts[1]]!.failure = "stream: \(error)"
+                return []
+            }
+            createJetStreamConsumer(parts[1])
+            return []
+        case "consumer":
+            guard cluster!.jetStreamQueues[parts[1]] != nil else { return [] }
+            if let error {
+                cluster!.jetStreamQueues[parts[1]]!.failure = "consumer: \(error)"
+                return []
+            }
+            cluster!.jetStreamQueues[parts[1]]!.ready = true
+            cluster!.jetStreamQueues[parts[1]]!.failure = nil
+            return [.cancelTimer(.jetStreamSetUp(parts[1]))] + pullIfNeeded(parts[1])
+        case "pull":
+            // The end of a pull (408: expired, 404: nothing, 409: gone): what it did not bring is
+            // no longer on its way.
+            let pull = parts[1].split(separator: ".", maxSplits: 1).map(String.init)
+            guard pull.count == 2, let number = Int(pull[1]), cluster!.jetStreamQueues[pull[0]] != nil, message.status != nil,
+                message.status != 100
+            else { return [] }
+            let name = pull[0]
+            cluster!.jetStreamQueues[name]!.pullsEnded += 1
+            cluster!.jetStreamQueues[name]!.lastPullEnd = message.status
+            let left = cluster!.jetStreamQueues[name]!.pulls.removeValue(forKey: number) ?? 0
+            var outputs: [Output] = [.cancelTimer(.jetStreamPull(name, number))]
+            let pending = message.metadata["Nats-Pending-Messages"].flatMap { Int($0) } ?? left
+            cluster!.jetStreamQueues[name]!.requested = max(0, cluster!.jetStreamQueues[name]!.requested - min(pending, left))
+            outputs += pullIfNeeded(name)
+            return outputs
+        default:
+            return []
+        }
+    }
+
+    /// A failed confirmation instead of the success it would have been.
+    private static func failedConfirmation(_ output: Output, _ error: String) -> Output {
+        guard case .send(let session, .command(let confirmation)) = output else { return output }
+        var failure = LIMECommand(
+            method: confirmation.method, status: .failure,
+            reason: Reason(code: ReasonCode.generalError, description: "JetStream did not store it: \(error)"))
+        failure.header = confirmation.header
+        return .send(session, .command(failure))
+    }
+
+    /// A message pulled from a queue's stream: to a local consumer with credit, or back to
+    /// JetStream at once when none has any now.
+    private mutating func pulledMessageReceived(_ message: PublishedMessage, ackSubject: String) -> [Output] {
+        let tokens = ackSubject.split(separator: ".")
+        // $JS ACK <stream> <consumer> <delivered> <stream seq> <consumer seq> <time> <pending>
+        guard tokens.count >= 9, let deliveries = Int(tokens[4]), let sequence = Int(tokens[5]),
+            let name = cluster!.jetStreamQueues.first(where: { $0.value.stream == tokens[2] })?.key
+        else { return [] }
+        var queue = cluster!.jetStreamQueues[name]!
+        queue.requested = max(0, queue.requested - 1)
+        if let oldest = queue.pulls.keys.min() {
+            queue.pulls[oldest]! -= 1
+            if queue.pulls[oldest]! <= 0 { queue.pulls[oldest] = nil }
+        }
+        let keys = queue.consumers.keys.sorted { ($0.session, $0.token) < ($1.session, $1.token) }
+        var chosen: HubCore.SubscriptionKey?
+        for offset in 0..<keys.count {
+            let key = keys[(queue.turn + offset) % keys.count]
+            if queue.consumers[key]!.out.count < queue.consumers[key]!.credit {
+                chosen = key
+                queue.turn = (queue.turn + offset + 1) % keys.count
+                break
+            }
+        }
+        guard let key = chosen else {
+            cluster!.jetStreamQueues[name] = queue
+            cluster!.pending.append(.publish(PublishedMessage(subject: ackSubject, body: .text("-NAK"))))
+            return []
+        }
+        let delivery = queue.nextDelivery
+        queue.nextDelivery += 1
+        queue.consumers[key]!.out.insert(delivery)
+        queue.deliveries[delivery] = JetStreamQueue.Delivery(
+            consumer: key, ackSubject: ackSubject, deliveries: deliveries, message: message)
+        queue.delivered += 1
+        if deliveries > 1 { queue.redelivered += 1 }
+        cluster!.jetStreamQueues[name] = queue
+        var delivered = message
+        if let reply = delivered.replyTo { delivered.metadata["#originalReply"] = reply }
+        delivered.replyTo = Self.ackSubject(name, delivery)
+        delivered.metadata["#queue"] = name
+        delivered.metadata["#delivery"] = Self.queueDeliveryID(name, delivery)
+        delivered.metadata["#deliveries"] = String(deliveries)
+        delivered.metadata["#sequence"] = String(sequence)
+        return [.deliver(key.session, token: key.token, delivered, limit: nil)]
+    }
+
+    /// Asks JetStream for what the local consumers' free credit can take, less what is asked for.
+    private mutating func pullIfNeeded(_ name: String) -> [Output] {
+        guard let queue = cluster?.jetStreamQueues[name], queue.ready, let settings = cluster?.jetStream else { return [] }
+        let free = queue.consumers.values.reduce(0) { $0 + max(0, min($1.credit, settings.maximumPulled) - $1.out.count) }
+        let wanted = min(free, settings.maximumPulled) - queue.requested
+        guard wanted > 0 else { return [] }
+        let number = queue.nextPull
+        cluster!.jetStreamQueues[name]!.nextPull += 1
+        cluster!.jetStreamQueues[name]!.pulls[number] = wanted
+        cluster!.jetStreamQueues[name]!.requested += wanted
+        cluster!.jetStreamQueues[name]!.pullsMade += 1
+        let request: JSONObject = [
+            "batch": .number(JSONNumber(wanted)), "expires": .number(JSONNumber(settings.pullExpiresMilliseconds * 1_000_000)),
+        ]
+        cluster!.pending.append(
+            .publish(
+                PublishedMessage(
+                    subject: "$JS.API.CONSUMER.MSG.NEXT.\(queue.stream).\(JetStreamQueue.consumerName)",
+                    replyTo: cluster!.jetStreamPrefix + "pull.\(name).\(number)", type: .applicationJSON, body: .json(.object(request)))))
+        // A pull made while the consumer's leader is still being elected can vanish without an
+        // answer: past its expiry (and a margin) it is taken as lost, and made again.
+        return [.startTimer(.jetStreamPull(name, number), milliseconds: settings.pullExpiresMilliseconds + 2_000)]
+    }
+
+    /// A pull's deadline passed: if it has not ended, what it asked for is asked for again.
+    mutating func jetStreamPullLost(_ name: String, _ number: Int) -> [Output] {
+        guard let left = cluster?.jetStreamQueues[name]?.pulls.removeValue(forKey: number) else { return [] }
+        cluster!.jetStreamQueues[name]!.requested = max(0, cluster!.jetStreamQueues[name]!.requested - left)
+        cluster!.jetStreamQueues[name]!.pullsLost += 1
+        return pullIfNeeded(name)
+    }
+
+    /// A consumer here starts taking a queue's messages, up to `credit` at a time.
+    mutating func attachJetStreamConsumer(_ key: SubscriptionKey, queue name: String, credit: Int?) -> [Output] {
+        guard cluster!.jetStreamQueues[name]?.consumers[key] == nil else { return [] }
+        cluster!.jetStreamQueues[name]!.consumers[key] = JetStreamQueue.Consumer(credit: max(credit ?? 1, 1))
+        return pullIfNeeded(name)
+    }
+
+    /// A consumer here stops: what it held goes back to JetStream at once, for the others.
+    mutating func detachJetStreamConsumer(_ key: SubscriptionKey, queue name: String) -> [Output] {
+        guard let consumer = cluster?.jetStreamQueues[name]?.consumers.removeValue(forKey: key) else { return [] }
+        for delivery in consumer.out.sorted() {
+            if let held = cluster!.jetStreamQueues[name]!.deliveries.removeValue(forKey: delivery) {
+                cluster!.pending.append(.publish(PublishedMessage(subject: held.ackSubject, body: .text("-NAK"))))
+            }
+        }
+        return pullIfNeeded(name)
+    }
+
+    /// A local consumer's answer, as JetStream's: `+ACK`, `-NAK` (with a delay), `+WPI`, `+TERM`.
+    /// A refused message at its last delivery, or terminated, goes to the queue's dead letters.
+    mutating func answerJetStream(_ answer: DeliveryAnswer, delivery: UInt64, queue name: String) -> [Output] {
+        guard var queue = cluster?.jetStreamQueues[name], let held = queue.deliveries[delivery] else { return [] }
+        var outputs: [Output] = []
+        var text: String
+        var deadLetter: String?
+        switch answer {
+        case .ack:
+            text = "+ACK"
+            queue.acknowledged += 1
+        case .inProgress:
+            cluster!.pending.append(.publish(PublishedMessage(subject: held.ackSubject, body: .text("+WPI"))))
+            return []
+        case .nak(let delay):
+            if let maximum = queue.configuration.maximumDeliveries, held.deliveries >= maximum {
+                text = "+TERM"
+                deadLetter = "maximum deliveries (\(maximum)) reached"
+            } else {
+                text = delay.map { "-NAK " + JSONWriter.string(.object(["delay": .number(JSONNumber($0 * 1_000_000))])) } ?? "-NAK"
+            }
+        case .term(let reason):
+            text = "+TERM"
+            deadLetter = reason
+        }
+        queue.deliveries[delivery] = nil
+        queue.consumers[held.consumer]?.out.remove(delivery)
+        if let reason = deadLetter, let subject = queue.configuration.deadLetterSubject {
+            queue.deadLettered += 1
+            var dead = held.message
+            dead.subject = subject
+            dead.replyTo = nil
+            dead.metadata["#deadReason"] = reason
+            dead.metadata["#deliveries"] = String(held.deliveries)
+            dead.metadata["#queue"] = name
+            dead.metadata["#originalSubject"] = held.message.subject
+            cluster!.jetStreamQueues[name] = queue
+            outputs += publish(dead, from: Self.hubSession).outputs
+        } else {
+            cluster!.jetStreamQueues[name] = queue
+        }
+        cluster!.pending.append(.publish(PublishedMessage(subject: held.ackSubject, body: .text(text))))
+        return outputs + pullIfNeeded(name)
+    }
+
+    /// A session closed: its consumers of JetStream queues stop.
+    mutating func detachJetStreamConsumers(of session: SessionID) -> [Output] {
+        guard let queues = cluster?.jetStreamQueues else { return [] }
+        var outputs: [Output] = []
+        for name in queues.keys.sorted() {
+            for key in queues[name]!.consumers.keys where key.session == session {
+                outputs += detachJetStreamConsumer(key, queue: name)
+            }
+        }
+        return outputs
+    }
+
+    /// What `get /queues/NAME` and `/queuez` show of a queue on JetStream.
+    func jetStreamQueueJSON(_ name: String) -> JSONObject? {
+        guard let queue = cluster?.jetStreamQueues[name] else { return nil }
+        var object = queue.configuration.json
+        object["jetStream"] = [
+            "stream": .string(queue.stream), "consumer": .string(JetStreamQueue.consumerName), "ready": .bool(queue.ready),
+            "failure": queue.failure.map { .string($0) } ?? .null, "requested": .number(JSONNumber(queue.requested)),
+            "pulls": .number(JSONNumber(queue.pullsMade)), "pullsEnded": .number(JSONNumber(queue.pullsEnded)),
+            "pullsLost": .number(JSONNumber(queue.pullsLost)),
+            "lastPullEnd": queue.lastPullEnd.map { .number(JSONNumber($0)) } ?? .null,
+        ]
+        object["consumers"] = .number(JSONNumber(queue.consumers.count))
+        object["unacknowledged"] = .number(JSONNumber(queue.deliveries.count))
+        object["delivered"] = .number(JSONNumber(queue.delivered))
+        object["redelivered"] = .number(JSONNumber(queue.redelivered))
+        object["acknowledged"] = .number(JSONNumber(queue.acknowledged))
+        object["deadLettered"] = .number(JSONNumber(queue.deadLettered))
+        return object
+    }
+}

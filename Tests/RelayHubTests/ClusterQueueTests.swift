@@ -1,0 +1,137 @@
+import Foundation
+import RelayClient
+import RelayCore
+import RelayHub
+import Testing
+
+/// Durable queues of clustered hubs, on a three-server JetStream cluster: one stream per queue,
+/// consumers on every hub competing for it.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct ClusterQueueTests {
+    static let orders = QueueConfiguration(
+        name: "orders", subjects: ["orders.>"], ackWaitMilliseconds: 30_000, maximumDeliveries: 2, deadLetterSubject: "dead.orders")
+
+    /// Two hubs on a JetStream cluster, both configured with the `orders` queue.
+    static func withQueueHubs(_ body: (NATSCluster, [TestHub]) async throws -> Void) async throws {
+        let cluster = try await NATSCluster.start(jetStream: true)
+        defer { cluster.stop() }
+        func nest(_ index: Int, _ hubs: [TestHub]) async throws {
+            guard index < 2 else { return try await body(cluster, hubs) }
+            try await withHub({ configuration in
+                configuration.cluster = .init(servers: [cluster.urls[index]])
+                configuration.queues = [try Self.settings(Self.orders)]
+            }) { hub in try await nest(index + 1, hubs + [hub]) }
+        }
+        try await nest(0, [])
+    }
+
+    /// The configuration file's form of a queue.
+    static func settings(_ queue: QueueConfiguration) throws -> HubConfiguration.QueueSettings {
+        try JSONDecoder().decode(HubConfiguration.QueueSettings.self, from: Data(JSONWriter.bytes(.object(queue.json))))
+    }
+
+    /// Until JetStream has the stream and its consumer (the cluster elects its leaders first).
+    static func ready(_ hub: TestHub, _ client: LIMEClient) async throws {
+        try await eventually(within: 30) {
+            (try? await client.queueInfo("orders"))?["jetStream"]?["ready"] == true
+        }
+    }
+
+    @Test func aPublicationConfirmedThroughOneHubIsConsumedThroughAnother() async throws {
+        try await Self.withQueueHubs { _, hubs in
+            let publisher = try await hubs[0].connect(.ws, as: "shop@relay.local/1")
+            let worker = try await hubs[1].connect(.tcp, as: "worker@relay.local/1")
+            try await Self.ready(hubs[0], publisher)
+            try await Self.ready(hubs[1], worker)
+            // Confirmed once JetStream stored it, with no consumer anywhere yet.
+            _ = try await publisher.publishConfirmed("orders.new", ["id": 1])
+            let consumer = try await worker.consume("orders", credit: 5)
+            var deliveries = consumer.makeAsyncIterator()
+            let first = try #require(await deliveries.next())
+            #expect(first.publication.content == ["id": 1] && first.count == 1)
+            #expect(first.publication.subject == "orders.new")
+            try await first.ack()
+            // Not acknowledged: delivered again (its count says so), then to the dead letters.
+            let dead = try await publisher.subscribe("dead.orders")
+            _ = try await publisher.publishConfirmed("orders.new", ["id": 2])
+            let second = try #require(await deliveries.next())
+            try await second.nak()
+            let again = try #require(await deliveries.next())
+            #expect(again.publication.content == ["id": 2] && again.count == 2)
+            try await again.nak()
+            var deadLetters = dead.makeAsyncIterator()
+            let letter = try #require(await deadLetters.next())
+            #expect(letter.content == ["id": 2] && letter.metadata["#queue"] == "orders")
+            let info = try await worker.queueInfo("orders")
+            #expect(info["acknowledged"] == 1 && info["deadLettered"] == 1)
+        }
+    }
+
+    @Test func consumersOnEveryHubCompeteAndEachMessageIsDeliveredOnce() async throws {
+        try await Self.withQueueHubs { _, hubs in
+            let publisher = try await hubs[0].connect(.ws, as: "shop@relay.local/1")
+            let near = try await hubs[0].connect(.tcp, as: "worker@relay.local/a")
+            let far = try await hubs[1].connect(.tcp, as: "worker@relay.local/b")
+            try await Self.ready(hubs[0], near)
+            try await Self.ready(hubs[1], far)
+            let seen = Collected()
+            for (name, client) in [("a", near), ("b", far)] {
+                let consumer = try await client.consume("orders", credit: 4)
+                Task {
+                    for await delivery in consumer {
+                        seen.append("\(name):\(delivery.publication.content["n"]?.intValue ?? -1)")
+                        try? await delivery.ack()
+                    }
+                }
+            }
+            for n in 1...40 { _ = try await publisher.publishConfirmed("orders.item", ["n": .number(JSONNumber(n))]) }
+            try await eventually(within: 30) { seen.items.count >= 40 }
+            let numbers = seen.items.map { $0.split(separator: ":")[1] }
+            #expect(seen.items.count == 40 && Set(numbers).count == 40, "each once")
+            #expect(Set(seen.items.map { $0.split(separator: ":")[0] }).count == 2, "both hubs' consumers took some")
+        }
+    }
+
+    /// Hub A confirms and goes away; hub B's consumer gets what A confirmed, and what A's own
+    /// consumer held unanswered comes again, on B.
+    @Test func whatAHubConfirmedIsConsumedThroughAnotherAfterItIsGone() async throws {
+        let cluster = try await NATSCluster.start(jetStream: true)
+        defer { cluster.stop() }
+        let config = temporaryDataDirectory() + ".json"
+        defer { try? FileManager.default.removeItem(atPath: config) }
+        let queue: JSONObject = [
+            "name": "orders", "subjects": ["orders.>"], "ackWaitMilliseconds": 2_000, "maxDeliveries": 5,
+        ]
+        try Data(JSONWriter.bytes(.object(["queues": .array([.object(queue)])]))).write(to: URL(fileURLWithPath: config))
+        let a = try await RelayHubProcess(arguments: ["--cluster", cluster.urls[0], "--config", config])
+        let b = try await RelayHubProcess(arguments: ["--cluster", cluster.urls[1], "--config", config])
+        var options = LIMEClient.Options(identity: Identity("shop@relay.local")!, instance: "1")
+        options.reconnect = .never
+        let publisher = try await LIMEClient.connect(to: a.tcp, options: options)
+        try await eventually(within: 30) { (try? await publisher.queueInfo("orders"))?["jetStream"]?["ready"] == true }
+        for n in 1...5 { _ = try await publisher.publishConfirmed("orders.new", ["n": .number(JSONNumber(n))]) }
+        // A consumer on A takes one and never answers: A is killed holding it.
+        options.identity = Identity("worker@relay.local")!
+        let holder = try await LIMEClient.connect(to: a.tcp, options: options)
+        let holding = try await holder.consume("orders", credit: 1)
+        let taken: QueueDelivery
+        do {
+            taken = try await firstElement(holding, within: 20)
+        } catch {
+            Issue.record("hub A delivered nothing: \(String(describing: try? await holder.queueInfo("orders")))")
+            throw error
+        }
+        a.stop(.kill)
+        let worker = try await LIMEClient.connect(to: b.tcp, options: options)
+        try await eventually(within: 30) { (try? await worker.queueInfo("orders"))?["jetStream"]?["ready"] == true }
+        var deliveries = try await worker.consume("orders", credit: 10).makeAsyncIterator()
+        var got: [Int] = []
+        while got.count < 5, let delivery = await deliveries.next() {
+            got.append(delivery.publication.content["n"]?.intValue ?? -1)
+            try await delivery.ack()
+        }
+        #expect(Set(got) == Set(1...5), "every confirmed one, the one A's consumer held included (after its ack wait)")
+        #expect(got.contains(taken.publication.content["n"]?.intValue ?? 0))
+        await worker.close()
+        b.stop(.terminate)
+    }
+}
