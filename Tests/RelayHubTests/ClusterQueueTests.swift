@@ -134,4 +134,37 @@ import Testing
         await worker.close()
         b.stop(.terminate)
     }
+
+    /// The server hub A is on is killed in the middle of a stream of confirmed publications
+    /// through A: every publication A confirmed is consumed through hub B.
+    @Test func aServerKilledUnderConfirmedPublicationsLosesNothingConfirmed() async throws {
+        try await Self.withQueueHubs { cluster, hubs in
+            let publisher = try await hubs[0].connect(.tcp, as: "shop@relay.local/1")
+            try await Self.ready(hubs[0], publisher)
+            var confirmed: Set<Int> = []
+            var unconfirmed = 0
+            for n in 1...100 {
+                if n == 40 { cluster.nodes[0].stop() }
+                do {
+                    _ = try await publisher.publishConfirmed("orders.n", ["n": .number(JSONNumber(n))], timeout: .seconds(3))
+                    confirmed.insert(n)
+                } catch {
+                    // Not confirmed (the stream's leader moving, the connection moving): stored or not.
+                    unconfirmed += 1
+                }
+            }
+            #expect(confirmed.count > 60, "the hub went on confirming on another server (\(unconfirmed) not confirmed)")
+            let worker = try await hubs[1].connect(.ws, as: "worker@relay.local/1")
+            try await Self.ready(hubs[1], worker)
+            let seen = Collected()
+            let consumer = try await worker.consume("orders", credit: 20)
+            Task {
+                for await delivery in consumer {
+                    seen.append(String(delivery.publication.content["n"]?.intValue ?? -1))
+                    try? await delivery.ack()
+                }
+            }
+            try await eventually(within: 60) { confirmed.map(String.init).allSatisfy(Set(seen.items).contains) }
+        }
+    }
 }
