@@ -28,7 +28,7 @@ extension HubCore {
 
     /// Each durable queue's configuration and counts, by name (as `get /queues/NAME` answers).
     public var queueSummaries: [JSONObject] {
-        queues.keys.sorted().map(queueJSON)
+        (queues.keys.sorted() + (cluster?.jetStreamQueues.keys.sorted() ?? [])).map(queueJSON)
     }
 
     /// Each service: its description's name, instances, requests outstanding, durable or not.
