@@ -91,6 +91,23 @@ import Testing
         }
     }
 
+    @Test func aQueueCreatedAtRunTimeOnOneHubIsServedByTheOthers() async throws {
+        try await Self.withQueueHubs { _, hubs in
+            let admin = try await hubs[0].connect(.ws, as: "admin@relay.local/1")
+            try await admin.createQueue(QueueConfiguration(name: "invoices", subjects: ["invoices.*"]))
+            let worker = try await hubs[1].connect(.tcp, as: "worker@relay.local/1")
+            try await eventually(within: 30) { (try? await worker.queueInfo("invoices"))?["jetStream"]?["ready"] == true }
+            try await eventually(within: 30) { (try? await admin.queueInfo("invoices"))?["jetStream"]?["ready"] == true }
+            _ = try await admin.publishConfirmed("invoices.new", "inv-1")
+            var deliveries = try await worker.consume("invoices", credit: 1).makeAsyncIterator()
+            let delivery = try #require(await deliveries.next())
+            #expect(delivery.publication.text == "inv-1")
+            try await delivery.ack()
+            try await admin.deleteQueue("invoices")
+            try await eventually { (try? await worker.queueInfo("invoices")) == nil }
+        }
+    }
+
     /// Hub A confirms and goes away; hub B's consumer gets what A confirmed, and what A's own
     /// consumer held unanswered comes again, on B.
     @Test func whatAHubConfirmedIsConsumedThroughAnotherAfterItIsGone() async throws {

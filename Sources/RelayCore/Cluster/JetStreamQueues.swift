@@ -71,6 +71,8 @@ struct JetStreamQueue: Sendable {
 
 extension ClusterMembership {
     var jetStreamPrefix: String { inboxPrefix + "js." }
+    /// Where hubs tell each other of queues created or deleted at run time.
+    public static let queuesSubject = "$RELAY.QUEUES"
 }
 
 extension HubCore {
@@ -78,7 +80,8 @@ extension HubCore {
     var queuesOnJetStream: Bool { cluster?.jetStream != nil }
 
     /// Creates a queue as a stream and its durable consumer (or finds them, when they exist alike).
-    mutating func createJetStreamQueue(_ configuration: QueueConfiguration) throws(Reason) -> [Output] {
+    /// The other hubs are told (`announce`), so that their consumers may take the queue too.
+    mutating func createJetStreamQueue(_ configuration: QueueConfiguration, announce: Bool = true) throws(Reason) -> [Output] {
         if let existing = cluster!.jetStreamQueues[configuration.name] {
             guard existing.configuration == configuration else {
                 throw Reason(
@@ -88,7 +91,28 @@ extension HubCore {
             return []
         }
         cluster!.jetStreamQueues[configuration.name] = JetStreamQueue(configuration: configuration)
+        if announce { announceQueueChange(["created": .object(configuration.json)]) }
         return setUpJetStreamQueue(configuration.name)
+    }
+
+    /// Tells the other hubs of a queue created or deleted here.
+    mutating func announceQueueChange(_ news: JSONObject) {
+        cluster!.pending.append(
+            .publish(PublishedMessage(subject: ClusterMembership.queuesSubject, type: .applicationJSON, body: .json(.object(news)))))
+    }
+
+    /// Another hub created or deleted a queue: this hub serves it too, or no longer.
+    mutating func queueChangeReceived(_ message: PublishedMessage) -> [Output]? {
+        guard message.subject == ClusterMembership.queuesSubject else { return nil }
+        guard let news = try? JSONParser.parse(message.payloadBytes) else { return [] }
+        if let created = news["created"]?.objectValue, let configuration = try? QueueConfiguration(json: created) {
+            return (try? createJetStreamQueue(configuration, announce: false)) ?? []
+        }
+        if let name = news["deleted"]?.stringValue, let queue = cluster!.jetStreamQueues.removeValue(forKey: name) {
+            // Its consumers here get nothing more; what they held is gone with the stream.
+            _ = queue
+        }
+        return []
     }
 
     /// Asks JetStream for the queue's stream (then its consumer); asked again a second later

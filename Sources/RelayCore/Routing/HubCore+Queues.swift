@@ -408,6 +408,7 @@ extension HubCore {
         case (.delete, 1):
             if let reason = administrationRefusal("deleting a queue", from: session) { return [reply(session, command.failure(reason))] }
             if cluster?.jetStreamQueues.removeValue(forKey: rest[0]) != nil {
+                announceQueueChange(["deleted": .string(rest[0])])
                 cluster!.pending.append(
                     .publish(PublishedMessage(subject: "$JS.API.STREAM.DELETE.\(JetStreamQueue.streamName(rest[0]))", body: .bytes([]))))
                 return [reply(session, command.success())]
