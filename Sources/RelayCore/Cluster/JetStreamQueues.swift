@@ -195,7 +195,7 @@ extension HubCore {
         case "ack":
             guard let number = Int(parts[1]), let then = cluster!.pubAcks.forget(number) else { return [] }
             // No stream took it (yet: a queue just created is set up in the background).
-            if message.status == 503 { return then.map { Self.failedConfirmation($0, "no stream keeps '\(message.subject)' yet") } }
+            if message.status == 503 { return then.map { Self.failedConfirmation($0, "no stream keeps its subject yet") } }
             // Only JetStream's answer counts: a subscriber answering the reply subject is not it.
             guard error != nil || answer?["seq"] != nil else {
                 cluster!.pubAcks.remember(then, for: number)
