@@ -67,6 +67,7 @@ struct JetStreamQueue: Sendable {
     }
 
     static let consumerName = "relay"
+    static let deadLetterQueue = "relay.deadletters"
 }
 
 extension ClusterMembership {
@@ -91,6 +92,16 @@ extension HubCore {
             return []
         }
         cluster!.jetStreamQueues[configuration.name] = JetStreamQueue(configuration: configuration)
+        if configuration.deadLetterSubject != nil, configuration.maximumDeliveries != nil {
+            // A message whose ack wait ran out at its last delivery: JetStream says so in an
+            // advisory, which one hub (a queue group) turns into the dead letter.
+            let key = ClusterInterest.Key(
+                filter: Self.maximumDeliveriesAdvisory(configuration.name), queue: JetStreamQueue.deadLetterQueue)
+            if case .subscribe(let sid, _, _)? = cluster!.interest.localSubscriptionAdded(key) {
+                cluster!.ownSubscriptions.insert(sid)
+                cluster!.pending.append(.interest(.subscribe(sid: sid, filter: key.filter, queue: key.queue)))
+            }
+        }
         if announce { announceQueueChange(["created": .object(configuration.json)]) }
         return setUpJetStreamQueue(configuration.name)
     }
@@ -181,10 +192,15 @@ extension HubCore {
         return true
     }
 
+    static func maximumDeliveriesAdvisory(_ queue: String) -> String {
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.\(JetStreamQueue.streamName(queue)).\(JetStreamQueue.consumerName)"
+    }
+
     /// What arrived for the hub's JetStream work: a pulled message (its reply subject names the
-    /// stream), a pull's end, a PubAck, an API answer. Nil for anything else.
+    /// stream), a pull's end, a PubAck, an API answer, an advisory. Nil for anything else.
     mutating func jetStreamMessageReceived(_ message: PublishedMessage) -> [Output]? {
         if let reply = message.replyTo, reply.hasPrefix("$JS.ACK.RELAY_Q_") { return pulledMessageReceived(message, ackSubject: reply) }
+        if message.subject.hasPrefix("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.RELAY_Q_") { return maximumDeliveriesReached(message) }
         guard message.subject.hasPrefix(cluster!.jetStreamPrefix) else { return nil }
         let rest = message.subject.dropFirst(cluster!.jetStreamPrefix.count)
         let parts = rest.split(separator: ".", maxSplits: 1).map(String.init)
@@ -218,6 +234,23 @@ extension HubCore {
             cluster!.jetStreamQueues[parts[1]]!.ready = true
             cluster!.jetStreamQueues[parts[1]]!.failure = nil
             return [.cancelTimer(.jetStreamSetUp(parts[1]))] + pullIfNeeded(parts[1])
+        case "dead":
+            // The message an advisory named, read back: to the dead letters.
+            let dead = parts[1].split(separator: ".", maxSplits: 1).map(String.init)
+            guard dead.count == 2, let deliveries = Int(dead[1]), let queue = cluster!.jetStreamQueues[dead[0]],
+                let subject = queue.configuration.deadLetterSubject, let stored = answer?["message"],
+                let original = stored["subject"]?.stringValue
+            else { return [] }
+            let payload = stored["data"]?.stringValue.flatMap(Base64.decode) ?? []
+            let headers = stored["hdrs"]?.stringValue.flatMap(Base64.decode).flatMap { try? NATSHeaders(parsing: $0) }
+            var letter = PublishedMessage(clusterSubject: original, replyTo: nil, headers: headers, payload: payload)
+            letter.subject = subject
+            letter.metadata["#deadReason"] = "maximum deliveries (\(deliveries)) reached without an answer"
+            letter.metadata["#deliveries"] = String(deliveries)
+            letter.metadata["#queue"] = dead[0]
+            letter.metadata["#originalSubject"] = original
+            cluster!.jetStreamQueues[dead[0]]!.deadLettered += 1
+            return publish(letter, from: Self.hubSession).outputs
         case "pull":
             // The end of a pull (408: expired, 404: nothing, 409: gone): what it did not bring is
             // no longer on its way.
@@ -237,6 +270,18 @@ extension HubCore {
         default:
             return []
         }
+    }
+
+    /// JetStream's advisory: a message was delivered as often as allowed without an answer. Read
+    /// it back by its sequence, for the dead letters.
+    private mutating func maximumDeliveriesReached(_ message: PublishedMessage) -> [Output] {
+        guard let advisory = try? JSONParser.parse(message.payloadBytes), let stream = advisory["stream"]?.stringValue,
+            let sequence = advisory["stream_seq"]?.intValue,
+            let name = cluster!.jetStreamQueues.first(where: { $0.value.stream == stream })?.key
+        else { return [] }
+        let deliveries = advisory["deliveries"]?.intValue ?? 0
+        jetStreamRequest("STREAM.MSG.GET.\(stream)", .object(["seq": .number(JSONNumber(sequence))]), answer: "dead.\(name).\(deliveries)")
+        return []
     }
 
     /// A failed confirmation instead of the success it would have been.
@@ -293,7 +338,19 @@ extension HubCore {
         delivered.metadata["#delivery"] = Self.queueDeliveryID(name, delivery)
         delivered.metadata["#deliveries"] = String(deliveries)
         delivered.metadata["#sequence"] = String(sequence)
-        return [.deliver(key.session, token: key.token, delivered, limit: nil)]
+        return [
+            .deliver(key.session, token: key.token, delivered, limit: nil),
+            .startTimer(.jetStreamAckWait(name, delivery), milliseconds: queue.configuration.ackWaitMilliseconds),
+        ]
+    }
+
+    /// The ack wait of a delivery passed unanswered: JetStream delivers it again (to a pull),
+    /// so its consumer's credit is free for that, and a late answer to it is ignored, as on one
+    /// hub (the new delivery is the one to answer).
+    mutating func jetStreamAckWaitPassed(_ name: String, _ delivery: UInt64) -> [Output] {
+        guard let held = cluster?.jetStreamQueues[name]?.deliveries.removeValue(forKey: delivery) else { return [] }
+        cluster!.jetStreamQueues[name]!.consumers[held.consumer]?.out.remove(delivery)
+        return pullIfNeeded(name)
     }
 
     /// Asks JetStream for what the local consumers' free credit can take, less what is asked for.
@@ -359,7 +416,7 @@ extension HubCore {
             queue.acknowledged += 1
         case .inProgress:
             cluster!.pending.append(.publish(PublishedMessage(subject: held.ackSubject, body: .text("+WPI"))))
-            return []
+            return [.startTimer(.jetStreamAckWait(name, delivery), milliseconds: queue.configuration.ackWaitMilliseconds)]
         case .nak(let delay):
             if let maximum = queue.configuration.maximumDeliveries, held.deliveries >= maximum {
                 text = "+TERM"
@@ -373,6 +430,7 @@ extension HubCore {
         }
         queue.deliveries[delivery] = nil
         queue.consumers[held.consumer]?.out.remove(delivery)
+        outputs.append(.cancelTimer(.jetStreamAckWait(name, delivery)))
         if let reason = deadLetter, let subject = queue.configuration.deadLetterSubject {
             queue.deadLettered += 1
             var dead = held.message

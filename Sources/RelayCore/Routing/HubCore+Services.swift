@@ -370,6 +370,8 @@ extension HubCore {
             return setUpJetStreamQueue(queue)
         case .jetStreamPull(let queue, let pull):
             return jetStreamPullLost(queue, pull)
+        case .jetStreamAckWait(let queue, let delivery):
+            return jetStreamAckWaitPassed(queue, delivery)
         case .period(let caller):
             guard let subscription = methodSubscriptions[caller] else { return [] }
             return dispatchStanding(

@@ -58,6 +58,9 @@ public struct HubCore: Sendable {
         case jetStreamSetUp(String)
         /// A pull JetStream should have ended by now (it ends one when it expires): taken as lost.
         case jetStreamPull(String, Int)
+        /// A JetStream delivery's ack wait: JetStream will deliver it again, so it no longer takes
+        /// its consumer's credit here.
+        case jetStreamAckWait(String, UInt64)
     }
 
     public enum Output: Sendable, Equatable {
