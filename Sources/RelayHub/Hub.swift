@@ -298,7 +298,7 @@ public final class Hub: Sendable {
     }
 
     /// Requests sent to instances and not answered yet.
-    var requestsInFlight: Int { state.withLock { $0.core.requestsInFlight } }
+    public var requestsInFlight: Int { state.withLock { $0.core.requestsInFlight } }
 
     func beginShutdown() -> [any Channel] {
         let outlets = state.withLock { state in

@@ -206,6 +206,46 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
         cluster.stop()
     }
 
+    /// A call of a service on another hub, cancelled by its caller: the instance there is told
+    /// and its handler stops.
+    @Test func cancellingACallCancelsItOnTheServingHub() async throws {
+        let cluster = try await NATSCluster.start()
+        try await withClusteredHubs(2, on: cluster) { hubs in
+            let provider = try await hubs[0].connect(.ws, as: "calc@relay.local/1")
+            let stopped = Collected()
+            var calc = ServiceDefinition("calc")
+            calc.method("slow") { (_: JSONValue?, _) in
+                do {
+                    try await Task.sleep(for: .seconds(30))
+                } catch {
+                    stopped.append("cancelled")
+                    throw error
+                }
+                return "late"
+            }
+            _ = try await provider.serve(calc)
+            let caller = try await hubs[1].connect(.tcp, as: "caller@relay.local/1")
+            // Until the service's interest has crossed, a call finds nobody (42).
+            try await eventually(within: 20) {
+                do {
+                    _ = try await caller.call("calc", "nothing")
+                    return true
+                } catch let error as RelayError {
+                    return error.code != ReasonCode.routingDestinationNotFound
+                } catch {
+                    return false
+                }
+            }
+            let call = Task { try await caller.call("calc", "slow", timeout: .seconds(20)) }
+            try await eventually { hubs[0].server.hub.requestsInFlight == 1 }
+            call.cancel()
+            await #expect(throws: CancellationError.self) { _ = try await call.value }
+            try await eventually { stopped.items == ["cancelled"] }
+            #expect(hubs[0].server.hub.requestsInFlight == 0)
+        }
+        cluster.stop()
+    }
+
     @Test func nodesAreReachedOnWhicheverHubTheyAreConnectedTo() async throws {
         let cluster = try await NATSCluster.start()
         try await withClusteredHubs(3, on: cluster) { hubs in

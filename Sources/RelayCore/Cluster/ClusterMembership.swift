@@ -93,7 +93,10 @@ extension HubCore {
                 membership.pending.append(.interest(action))
             }
         }
-        for filter in [membership.inboxPrefix + ">", ClusterMembership.servicesSubject, ClusterMembership.queuesSubject] {
+        for filter in [
+            membership.inboxPrefix + ">", ClusterMembership.servicesSubject, ClusterMembership.queuesSubject,
+            ClusterMembership.cancelSubject,
+        ] {
             if case .subscribe(let sid, _, _)? = membership.interest.localSubscriptionAdded(.init(filter: filter)) {
                 membership.ownSubscriptions.insert(sid)
                 membership.pending.append(.interest(.subscribe(sid: sid, filter: filter, queue: nil)))
@@ -232,6 +235,7 @@ extension HubCore {
         if cluster!.ownSubscriptions.contains(sid) {
             if let outputs = jetStreamMessageReceived(message) { return outputs }
             if let outputs = queueChangeReceived(message) { return outputs }
+            if let outputs = clusterCancelReceived(message) { return outputs }
             if let outputs = nodeEnvelopeReceived(message) { return outputs }
             if let outputs = discoveryMessageReceived(message) { return outputs }
             if let outputs = specialPublication(message, from: Self.clusterSession, jetStream: false) { return outputs }

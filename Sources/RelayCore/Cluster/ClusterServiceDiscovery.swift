@@ -80,3 +80,35 @@ extension HubCore {
         }
     }
 }
+
+extension ClusterMembership {
+    /// Where a hub tells the others that a call it forwarded was cancelled: `{"inbox": …}`.
+    public static let cancelSubject = "$RELAY.CANCEL"
+}
+
+extension HubCore {
+    /// A caller cancels its call of a service on another hub: the call ends here as cancelled,
+    /// and every hub is told, so that the one serving it cancels it there. Nil when the caller
+    /// has no such call.
+    mutating func cancelOnCluster(_ caller: CallerKey) -> [Output]? {
+        guard cluster != nil, let (id, request) = subjectRequests.first(where: { $0.value.caller == caller }) else { return nil }
+        cluster!.pending.append(
+            .publish(
+                PublishedMessage(
+                    subject: ClusterMembership.cancelSubject, type: .applicationJSON, body: .json(["inbox": .string(request.inbox)]))))
+        var outputs = endSubjectRequest(
+            id,
+            with: LIMECommand(
+                method: request.method, status: .failure,
+                reason: Reason(code: RelayReasonCode.cancelled, description: "The caller cancelled the request")))
+        outputs.append(.cancelTimer(.deadline(id)))
+        return outputs
+    }
+
+    /// Another hub's caller cancelled a call this hub serves (its reply subject names it).
+    mutating func clusterCancelReceived(_ message: PublishedMessage) -> [Output]? {
+        guard message.subject == ClusterMembership.cancelSubject else { return nil }
+        guard let inbox = (try? JSONParser.parse(message.payloadBytes))?["inbox"]?.stringValue else { return [] }
+        return cancelInFlight(CallerKey(session: Self.clusterSession, id: inbox)) ?? []
+    }
+}

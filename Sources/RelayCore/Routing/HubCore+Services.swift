@@ -329,22 +329,35 @@ extension HubCore {
             found = true
             outputs.append(.cancelTimer(.period(caller)))
         }
-        if let id = inFlightByCaller[caller], let flight = inFlight[id] {
+        if let cancelled = cancelInFlight(caller) {
             found = true
-            outputs += finish(id, with: failure(flight, RelayReasonCode.cancelled, "The caller cancelled the request"))
-            // Tell the instance it can stop (one-way; it may ignore it).
-            outputs.append(
-                .send(
-                    flight.instance,
-                    .command(
-                        LIMECommand(
-                            header: EnvelopeHeader(from: configuration.hubNode), method: .delete,
-                            uri: "/requests/\(Self.requestIDString(id))"))))
+            outputs += cancelled
+        }
+        // A call of a service on another hub: ended here, and that hub is told.
+        if let cancelled = cancelOnCluster(caller) {
+            found = true
+            outputs += cancelled
         }
         guard found else {
             return outputs + refuse(session, command, ReasonCode.commandResourceNotFound, "No request '\(callerID)' is in flight")
         }
         return outputs + [reply(session, command.success())]
+    }
+
+    /// Ends a request in flight to an instance here as cancelled, and tells the instance it can
+    /// stop; nil when there is none.
+    mutating func cancelInFlight(_ caller: CallerKey) -> [Output]? {
+        guard let id = inFlightByCaller[caller], let flight = inFlight[id] else { return nil }
+        var outputs = finish(id, with: failure(flight, RelayReasonCode.cancelled, "The caller cancelled the request"))
+        // Tell the instance it can stop (one-way; it may ignore it).
+        outputs.append(
+            .send(
+                flight.instance,
+                .command(
+                    LIMECommand(
+                        header: EnvelopeHeader(from: configuration.hubNode), method: .delete, uri: "/requests/\(Self.requestIDString(id))"))
+            ))
+        return outputs
     }
 
     /// The hub fired a timer it was asked to start.
@@ -546,7 +559,7 @@ extension HubCore {
         return endSubjectRequest(id, with: response) + [.cancelTimer(.deadline(id))]
     }
 
-    private mutating func endSubjectRequest(_ id: RequestID, with response: LIMECommand) -> [Output] {
+    mutating func endSubjectRequest(_ id: RequestID, with response: LIMECommand) -> [Output] {
         guard let request = subjectRequests.removeValue(forKey: id) else { return [] }
         subjectRequestsByInbox[request.inbox] = nil
         var answer = response
