@@ -189,14 +189,22 @@ extension HubCore {
     private mutating func publishDeadLetter(_ queued: QueuedMessage, from name: String, to subject: String, reason: String, count: Int)
         -> [Output]
     {
-        var dead = queued.message
+        publish(Self.deadLetter(queued.message, to: subject, queue: name, reason: reason, deliveries: count), from: Self.hubSession).outputs
+    }
+
+    /// A message as its queue's dead letter: on the dead-letter subject, saying why, after how
+    /// many deliveries, from which queue and subject.
+    static func deadLetter(_ message: PublishedMessage, to subject: String, queue: String, reason: String, deliveries: Int)
+        -> PublishedMessage
+    {
+        var dead = message
         dead.subject = subject
         dead.replyTo = nil
         dead.metadata["#deadReason"] = reason
-        dead.metadata["#deliveries"] = String(count)
-        dead.metadata["#queue"] = name
-        dead.metadata["#originalSubject"] = queued.message.subject
-        return publish(dead, from: Self.hubSession).outputs
+        dead.metadata["#deliveries"] = String(deliveries)
+        dead.metadata["#queue"] = queue
+        dead.metadata["#originalSubject"] = message.subject
+        return dead
     }
 
     /// Forgets a message's retention bookkeeping once it is gone.
