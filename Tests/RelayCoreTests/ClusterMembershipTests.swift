@@ -23,22 +23,22 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         var hub = clustered()
         let joined = hub.core.takeClusterOperations()
         #expect(joined.first == .interest(.subscribe(sid: "c1", filter: "_INBOX.relay.H1.>", queue: nil)))
-        #expect(joined.count == 8, "the inbox, the services, queues and cancel subjects, and the node subjects of alice and bob")
+        #expect(joined.count == 9, "the inbox, the services, queues, cancel and events subjects, and the node subjects of alice and bob")
         try hub.core.subscribe(1, token: "s1", filter: "orders.*", queue: nil, echo: true)
         try hub.core.subscribe(2, token: "s1", filter: "orders.*", queue: nil, echo: true)
         try hub.core.subscribe(2, token: "s2", filter: "jobs", queue: "workers", echo: true)
         #expect(
             hub.core.takeClusterOperations() == [
-                .interest(.subscribe(sid: "c9", filter: "orders.*", queue: nil)),
-                .interest(.subscribe(sid: "c10", filter: "jobs", queue: "workers")),
+                .interest(.subscribe(sid: "c10", filter: "orders.*", queue: nil)),
+                .interest(.subscribe(sid: "c11", filter: "jobs", queue: "workers")),
             ])
         hub.core.unsubscribe(1, token: "s1")
         #expect(hub.core.takeClusterOperations().isEmpty, "bob still wants orders.*")
         _ = hub.core.sessionClosed(2)
         let ended = hub.core.takeClusterOperations()
         #expect(
-            ended.contains(.interest(.unsubscribe(sid: "c9"))) && ended.contains(.interest(.unsubscribe(sid: "c10"))))
-        #expect(hub.core.cluster?.subscriptionCount == 6, "the hub's own four and alice's node subjects are left")
+            ended.contains(.interest(.unsubscribe(sid: "c10"))) && ended.contains(.interest(.unsubscribe(sid: "c11"))))
+        #expect(hub.core.cluster?.subscriptionCount == 7, "the hub's own five and alice's node subjects are left")
     }
 
     @Test func aLocalPublicationIsDeliveredHereAndPublishedOnTheClusterButQueueGroupsWaitForTheCluster() throws {
@@ -52,7 +52,7 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         #expect(delivered == 1)
         #expect(publishes(hub.core.takeClusterOperations()) == [message])
         // Back from the cluster on the queue subscription: one member here gets it.
-        let back = hub.core.clusterMessageReceived(message, sid: "c10")
+        let back = hub.core.clusterMessageReceived(message, sid: "c11")
         #expect(back.map(\.token) == ["member"])
         #expect(hub.core.takeClusterOperations().isEmpty, "what came from the cluster is never published there again")
     }
@@ -64,10 +64,10 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         _ = hub.core.takeClusterOperations()
         let message = PublishedMessage(subject: "orders.new", body: .text("x"))
         // nats-server sends it on each matching cluster subscription: each local subscriber gets it once.
-        #expect(hub.core.clusterMessageReceived(message, sid: "c9").recipients == [1])
-        #expect(hub.core.clusterMessageReceived(message, sid: "c10").recipients == [2])
+        #expect(hub.core.clusterMessageReceived(message, sid: "c10").recipients == [1])
+        #expect(hub.core.clusterMessageReceived(message, sid: "c11").recipients == [2])
         hub.core.unsubscribe(2, token: "rest")
-        #expect(hub.core.clusterMessageReceived(message, sid: "c10").isEmpty, "a subscription ended meanwhile")
+        #expect(hub.core.clusterMessageReceived(message, sid: "c11").isEmpty, "a subscription ended meanwhile")
         #expect(hub.core.cluster?.messagesDiscarded == 1)
     }
 
@@ -88,9 +88,9 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
             PublishedMessage(subject: "help", replyTo: "_INBOX.a.2", body: .bytes([])), from: 1, noResponders: true, into: &outputs)
         #expect(outputs.recipients == [2])
         let status = PublishedMessage(subject: "_INBOX.a.2", body: .bytes([]), status: 503)
-        #expect(hub.core.clusterMessageReceived(status, sid: "c9").isEmpty)
+        #expect(hub.core.clusterMessageReceived(status, sid: "c10").isEmpty)
         let first = PublishedMessage(subject: "_INBOX.a.1", body: .bytes([]), status: 503)
-        #expect(hub.core.clusterMessageReceived(first, sid: "c9").recipients == [1], "the first had no responder anywhere")
+        #expect(hub.core.clusterMessageReceived(first, sid: "c10").recipients == [1], "the first had no responder anywhere")
     }
 
     @Test func servedServicesAreHeldAsOneQueueGroupAndAnswerClusterRequests() throws {
@@ -98,10 +98,10 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         _ = hub.core.takeClusterOperations()
         #expect(hub.command(2, .set, "/services/inventory", resource: CoreHarness.inventory).commands(to: 2)[0].status == .success)
         #expect(
-            hub.core.takeClusterOperations() == [.interest(.subscribe(sid: "c9", filter: "inventory.>", queue: "relay.services"))])
+            hub.core.takeClusterOperations() == [.interest(.subscribe(sid: "c10", filter: "inventory.>", queue: "relay.services"))])
         // A NATS request from another hub: dispatched to the instance here.
         let request = PublishedMessage(subject: "inventory.stock", replyTo: "_INBOX.far.1", body: .bytes(Array(#"{"sku":"AB"}"#.utf8)))
-        let dispatched = hub.core.clusterMessageReceived(request, sid: "c9")
+        let dispatched = hub.core.clusterMessageReceived(request, sid: "c10")
         let call = try #require(dispatched.commands(to: 2).first)
         #expect(call.uri == "/services/inventory/stock")
         // Its answer is published for the caller, on the cluster.
@@ -110,7 +110,7 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         #expect(answers.map(\.subject) == ["_INBOX.far.1"])
         #expect(answers.first?.payloadBytes == Array(#"{"stock":3}"#.utf8))
         _ = hub.core.sessionClosed(2)
-        #expect(hub.core.takeClusterOperations().contains(.interest(.unsubscribe(sid: "c9"))))
+        #expect(hub.core.takeClusterOperations().contains(.interest(.unsubscribe(sid: "c10"))))
     }
 
     @Test func aLIMESubjectRequestWaitsOnTheHubsOwnInbox() throws {
@@ -129,8 +129,8 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
     @Test func aNodeNotConnectedHereIsSoughtOnTheClusterAndItsFailureComesFromThere() throws {
         var hub = clustered()
         let joined = hub.core.takeClusterOperations()
-        #expect(joined.contains(.interest(.subscribe(sid: "c5", filter: "$RELAY.NODE.alice@relay.local", queue: nil))))
-        #expect(joined.contains(.interest(.subscribe(sid: "c6", filter: "$RELAY.CMD.alice@relay.local", queue: "relay.nodes"))))
+        #expect(joined.contains(.interest(.subscribe(sid: "c6", filter: "$RELAY.NODE.alice@relay.local", queue: nil))))
+        #expect(joined.contains(.interest(.subscribe(sid: "c7", filter: "$RELAY.CMD.alice@relay.local", queue: "relay.nodes"))))
         let message = Envelope.message(
             LIMEMessage(
                 header: EnvelopeHeader(id: "m1", from: Node("alice@relay.local/a"), to: Node("carol@relay.local/c")), type: .textPlain,
@@ -155,7 +155,7 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
                         LIMEMessage(
                             header: EnvelopeHeader(id: "m2", from: Node("dave@relay.local/d"), to: Node("bob@relay.local/b")),
                             type: .textPlain, content: "yo")))))
-        let delivered = hub.core.clusterMessageReceived(forBob, sid: "c7")
+        let delivered = hub.core.clusterMessageReceived(forBob, sid: "c8")
         #expect(delivered.messages(to: 2).map(\.header.id) == ["m2"])
         let receipt = Envelope.notification(
             LIMENotification(
@@ -196,17 +196,17 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         try hub.core.subscribe(1, token: "all", filter: ">", queue: nil, echo: true)
         try hub.core.subscribe(1, token: "nodes", filter: "$RELAY.NODE.>", queue: nil, echo: true)
         let held = hub.core.takeClusterOperations()
-        #expect(held.contains(.interest(.subscribe(sid: "c9", filter: ">", queue: nil))))
+        #expect(held.contains(.interest(.subscribe(sid: "c10", filter: ">", queue: nil))))
         #expect(!held.contains { if case .interest(.subscribe(_, "$RELAY.NODE.>", _)) = $0 { true } else { false } })
         // A client's publication to a hub subject does not cross: it cannot forge an envelope.
         _ = hub.core.publish(PublishedMessage(subject: "$RELAY.NODE.bob@relay.local", body: .bytes([])), from: 1)
         #expect(publishes(hub.core.takeClusterOperations()).isEmpty)
         // Another hub's envelope, or an answer to its inbox, is not a delivery to '>'.
         let envelope = PublishedMessage(subject: "$RELAY.NODE.carol@relay.local", body: .bytes([]))
-        #expect(hub.core.clusterMessageReceived(envelope, sid: "c9").isEmpty)
+        #expect(hub.core.clusterMessageReceived(envelope, sid: "c10").isEmpty)
         let answer = PublishedMessage(subject: "_INBOX.relay.H2.5", body: .bytes([]))
-        #expect(hub.core.clusterMessageReceived(answer, sid: "c9").isEmpty)
-        #expect(hub.core.clusterMessageReceived(PublishedMessage(subject: "news", body: .bytes([])), sid: "c9").recipients == [1])
+        #expect(hub.core.clusterMessageReceived(answer, sid: "c10").isEmpty)
+        #expect(hub.core.clusterMessageReceived(PublishedMessage(subject: "news", body: .bytes([])), sid: "c10").recipients == [1])
     }
 
     @Test func thePublisherCrossesInAHeader() {

@@ -246,6 +246,45 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
         cluster.stop()
     }
 
+    /// Standing requests (Nulstar's period and event subscriptions) of a service on another hub:
+    /// answered every period, or every N events its instance reports there; the period is the
+    /// serving hub's method's to allow.
+    @Test func standingRequestsOfAServiceOnAnotherHub() async throws {
+        let cluster = try await NATSCluster.start()
+        try await withClusteredHubs(2, on: cluster) { hubs in
+            let provider = try await hubs[0].connect(.ws, as: "inventory@relay.local/1")
+            var inventory = ServiceDefinition("inventory")
+            inventory.method("stock", minimumPeriod: 0.1, minimumEvents: 2) { (query: StockQuery, _) in
+                StockLevel(sku: query.sku, count: 3)
+            }
+            let registration = try await provider.serve(inventory)
+            let caller = try await hubs[1].connect(.tcp, as: "shop@relay.local/1")
+            try await eventually(within: 20) { (try? await caller.call("inventory", "stock", ["sku": "X"])) != nil }
+            let periodic = try await caller.watch("inventory", "stock", ["sku": "P"], period: 0.1)
+            var received = 0
+            for await result in periodic {
+                #expect(try result.get()["sku"] == "P")
+                received += 1
+                if received == 3 { break }
+            }
+            let refused = try await caller.watch("inventory", "stock", ["sku": "P"], period: 0.01)
+            for await result in refused {
+                if case .failure(let error) = result {
+                    #expect(error.code == ReasonCode.commandNotAllowed, "\(error)")
+                } else {
+                    Issue.record("a period below the method's minimum was accepted")
+                }
+                break
+            }
+            let onEvents = try await caller.watch("inventory", "stock", ["sku": "E"], events: 2)
+            var iterator = onEvents.makeAsyncIterator()
+            #expect(try await iterator.next()?.get()["sku"] == "E")  // answered at once
+            for _ in 0..<2 { try await registration.reportEvent("stock") }
+            #expect(try await iterator.next()?.get()["sku"] == "E")  // and after two events there
+        }
+        cluster.stop()
+    }
+
     @Test func nodesAreReachedOnWhicheverHubTheyAreConnectedTo() async throws {
         let cluster = try await NATSCluster.start()
         try await withClusteredHubs(3, on: cluster) { hubs in

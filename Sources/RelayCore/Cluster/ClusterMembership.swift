@@ -95,7 +95,7 @@ extension HubCore {
         }
         for filter in [
             membership.inboxPrefix + ">", ClusterMembership.servicesSubject, ClusterMembership.queuesSubject,
-            ClusterMembership.cancelSubject,
+            ClusterMembership.cancelSubject, ClusterMembership.eventsSubject,
         ] {
             if case .subscribe(let sid, _, _)? = membership.interest.localSubscriptionAdded(.init(filter: filter)) {
                 membership.ownSubscriptions.insert(sid)
@@ -236,6 +236,7 @@ extension HubCore {
             if let outputs = jetStreamMessageReceived(message) { return outputs }
             if let outputs = queueChangeReceived(message) { return outputs }
             if let outputs = clusterCancelReceived(message) { return outputs }
+            if let outputs = clusterMethodEventReceived(message) { return outputs }
             if let outputs = nodeEnvelopeReceived(message) { return outputs }
             if let outputs = discoveryMessageReceived(message) { return outputs }
             if let outputs = specialPublication(message, from: Self.clusterSession, jetStream: false) { return outputs }

@@ -112,3 +112,30 @@ extension HubCore {
         return cancelInFlight(CallerKey(session: Self.clusterSession, id: inbox)) ?? []
     }
 }
+
+extension ClusterMembership {
+    /// Where a hub tells the others an instance reported an event of a method:
+    /// `{"service": …, "method": …}` (standing requests on other hubs count it).
+    public static let eventsSubject = "$RELAY.EVENTS"
+}
+
+extension HubCore {
+    /// An instance here reported an event of a method: the other hubs are told.
+    mutating func announceMethodEvent(service: String, method: String) {
+        guard cluster != nil else { return }
+        cluster!.pending.append(
+            .publish(
+                PublishedMessage(
+                    subject: ClusterMembership.eventsSubject, type: .applicationJSON,
+                    body: .json(["service": .string(service), "method": .string(method)]))))
+    }
+
+    /// Another hub's instance reported an event: standing requests here on that method count it.
+    mutating func clusterMethodEventReceived(_ message: PublishedMessage) -> [Output]? {
+        guard message.subject == ClusterMembership.eventsSubject else { return nil }
+        guard let event = try? JSONParser.parse(message.payloadBytes), let service = event["service"]?.stringValue,
+            let method = event["method"]?.stringValue
+        else { return [] }
+        return methodEventCounted(service: service, method: method, elsewhere: true)
+    }
+}

@@ -156,21 +156,8 @@ extension HubCore {
         let period = command.header.metadata?["#period"].flatMap { Double($0) }
         let events = command.header.metadata?["#events"].flatMap { Int($0) }
         if period != nil || events != nil {
-            if let period {
-                guard let minimum = description.minimumPeriod, period >= minimum, period > 0 else {
-                    return refuse(
-                        session, command, ReasonCode.commandNotAllowed,
-                        "A period of \(JSONNumber(period)) s is below the minimum of '\(method)' (\(description.minimumPeriod.map { "\(JSONNumber($0)) s" } ?? "no period subscriptions"))"
-                    )
-                }
-            }
-            if let events {
-                guard let minimum = description.minimumEvents, events >= minimum, events > 0 else {
-                    return refuse(
-                        session, command, ReasonCode.commandNotAllowed,
-                        "\(events) events is below the minimum of '\(method)' (\(description.minimumEvents.map { "\($0) events" } ?? "no event subscriptions"))"
-                    )
-                }
+            if let refusal = Self.standingRefusal(description, method: method, period: period, events: events) {
+                return refuse(session, command, ReasonCode.commandNotAllowed, refusal)
             }
             methodSubscriptions[caller] = MethodSubscription(
                 callerNode: command.header.from ?? configuration.hubNode, service: service, method: method, command: command,
@@ -183,11 +170,27 @@ extension HubCore {
     mutating func dispatchStanding(_ command: LIMECommand, caller: CallerKey, service: String, method: String, deadline: Int)
         -> [Output]
     {
+        if methodSubscriptions[caller]?.elsewhere == true {
+            return callOnCluster(command, caller: caller, service: service, method: method)
+        }
         let outputs = dispatch(command, caller: caller, service: service, method: method, purpose: .call, deadline: deadline)
         if !outputs.contains(where: { if case .startTimer(.deadline, _) = $0 { return true } else { return false } }) {
             methodSubscriptions[caller] = nil
         }
         return outputs
+    }
+
+    /// Why a standing request's period or event count is refused by the method, or nil.
+    static func standingRefusal(_ description: MethodDescription, method: String, period: Double?, events: Int?) -> String? {
+        if let period, !(description.minimumPeriod.map { period >= $0 && period > 0 } ?? false) {
+            return
+                "A period of \(JSONNumber(period)) s is below the minimum of '\(method)' (\(description.minimumPeriod.map { "\(JSONNumber($0)) s" } ?? "no period subscriptions"))"
+        }
+        if let events, !(description.minimumEvents.map { events >= $0 && events > 0 } ?? false) {
+            return
+                "\(events) events is below the minimum of '\(method)' (\(description.minimumEvents.map { "\($0) events" } ?? "no event subscriptions"))"
+        }
+        return nil
     }
 
     /// Sends a request to an instance and starts its deadline.
@@ -397,12 +400,21 @@ extension HubCore {
     /// subscriptions to it are answered again every N events.
     mutating func methodEvent(service: String, method: String, from session: SessionID) -> [Output] {
         guard services[service]?.instances.contains(session) == true else { return [] }
+        announceMethodEvent(service: service, method: method)
+        return methodEventCounted(service: service, method: method, elsewhere: false)
+    }
+
+    /// Counts an event of a method for the standing requests on it (those whose service is here,
+    /// or elsewhere), and calls again each one whose count is reached.
+    mutating func methodEventCounted(service: String, method: String, elsewhere: Bool) -> [Output] {
         var outputs: [Output] = []
-        for (caller, var subscription) in methodSubscriptions where subscription.service == service && subscription.method == method {
+        for (caller, var subscription) in methodSubscriptions
+        where subscription.service == service && subscription.method == method && subscription.elsewhere == elsewhere {
             guard let events = subscription.events else { continue }
             subscription.eventsSeen += 1
             methodSubscriptions[caller] = subscription
-            if subscription.eventsSeen % events == 0, inFlightByCaller[caller] == nil {
+            let callInFlight = inFlightByCaller[caller] != nil || subjectRequests.values.contains { $0.caller == caller }
+            if subscription.eventsSeen % events == 0, !callInFlight {
                 outputs += dispatchStanding(
                     subscription.command, caller: caller, service: service, method: method, deadline: subscription.deadline)
             }
@@ -429,6 +441,16 @@ extension HubCore {
         let bytes = message.payloadBytes
         let content: JSONValue = bytes.isEmpty ? .null : (try? JSONParser.parse(bytes)) ?? message.limeContent.1.value
         var metadata = message.metadata
+        // One call of another hub's standing request: its period or event count is the method's to allow.
+        let period = metadata.removeValue(forKey: "#period").flatMap { Double($0) }
+        let events = metadata.removeValue(forKey: "#events").flatMap { Int($0) }
+        if period != nil || events != nil, let description = services[service]?.description.method(method),
+            let refusal = Self.standingRefusal(description, method: method, period: period, events: events)
+        {
+            return publishReply(
+                LIMECommand(method: .get, status: .failure, reason: Reason(code: ReasonCode.commandNotAllowed, description: refusal)),
+                to: replyTo, from: Self.hubSession, trace: TraceContext.carried(in: metadata))
+        }
         let carried = metadata.removeValue(forKey: Self.deadlineHeader)
         metadata["#deadline"] = metadata["#deadline"] ?? carried ?? String(configuration.defaultDeadlineMilliseconds)
         let command = LIMECommand(
@@ -489,13 +511,27 @@ extension HubCore {
             statistics.permissionViolations += 1
             return [reply(session, command.failure(refusal))]
         }
-        if command.header.metadata?["#period"] != nil || command.header.metadata?["#events"] != nil {
-            return refuse(
-                session, command, ReasonCode.commandNotAllowed,
-                "Standing requests (#period, #events) are served by instances on the caller's hub; '\(service)' has none here")
+        let period = command.header.metadata?["#period"].flatMap { Double($0) }
+        let events = command.header.metadata?["#events"].flatMap { Int($0) }
+        guard period != nil || events != nil, let callerID = command.header.id else {
+            // The call was checked as a call, not as a publication.
+            return requestSubject(command, subject: "\(service).\(method)", from: session, checkingPublish: false)
         }
-        // The call was checked as a call, not as a publication.
-        return requestSubject(command, subject: "\(service).\(method)", from: session, checkingPublish: false)
+        // A standing request: kept here, each call made on the cluster; the serving hub checks the
+        // period or event count against the method (they travel as `#` metadata).
+        let caller = CallerKey(session: session, id: callerID)
+        let deadline = command.header.metadata?["#deadline"].flatMap { Int($0) } ?? configuration.defaultDeadlineMilliseconds
+        methodSubscriptions[caller] = MethodSubscription(
+            callerNode: command.header.from ?? configuration.hubNode, service: service, method: method, command: command,
+            periodMilliseconds: period.map { Int($0 * 1000) }, events: events, deadline: deadline, elsewhere: true)
+        return callOnCluster(command, caller: caller, service: service, method: method)
+    }
+
+    /// One call of a standing request whose service is on another hub.
+    mutating func callOnCluster(_ command: LIMECommand, caller: CallerKey, service: String, method: String) -> [Output] {
+        let outputs = requestSubject(command, subject: "\(service).\(method)", from: caller.session, checkingPublish: false)
+        if let id = subjectRequests.first(where: { $0.value.caller == caller })?.key { subjectRequests[id]!.standing = true }
+        return outputs
     }
 
     /// `get /topics/SUBJECT` from LIME: a request on a subject (to a NATS responder, for example).
@@ -562,11 +598,23 @@ extension HubCore {
     mutating func endSubjectRequest(_ id: RequestID, with response: LIMECommand) -> [Output] {
         guard let request = subjectRequests.removeValue(forKey: id) else { return [] }
         subjectRequestsByInbox[request.inbox] = nil
+        var next: [Output] = []
+        if request.standing, let subscription = methodSubscriptions[request.caller] {
+            let refused = [
+                ReasonCode.commandNotAllowed, ReasonCode.commandInvalidArgument, ReasonCode.commandMethodNotSupported,
+                ReasonCode.routingDestinationNotFound,
+            ]
+            if response.status == .failure, let code = response.reason?.code, refused.contains(code) {
+                methodSubscriptions[request.caller] = nil
+            } else if let period = subscription.periodMilliseconds {
+                next.append(.startTimer(.period(request.caller), milliseconds: period))
+            }
+        }
         var answer = response
         answer.header.id = request.caller.id
         answer.header.to = request.callerNode
         answer.header.metadata = TraceContext.inherited(answer.header.metadata, from: request.traceContext)
         if answer.header.from == nil { answer.header.from = configuration.hubNode }
-        return [.send(request.caller.session, .command(answer))]
+        return [.send(request.caller.session, .command(answer))] + next
     }
 }

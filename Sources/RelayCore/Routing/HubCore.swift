@@ -180,6 +180,8 @@ public struct HubCore: Sendable {
         var inbox: String
         /// The request's trace context, for its answer.
         var traceContext: [String: String]
+        /// One call of a standing request whose service is on another hub.
+        var standing = false
     }
 
     struct CompoundProgress: Sendable {
@@ -215,6 +217,8 @@ public struct HubCore: Sendable {
         var events: Int?
         var eventsSeen = 0
         var deadline: Int
+        /// The service is on another hub: each call goes through the cluster.
+        var elsewhere = false
     }
 
     public internal(set) var configuration: Configuration
