@@ -92,7 +92,7 @@ import Testing
     }
 
     @Test func aQueueCreatedAtRunTimeOnOneHubIsServedByTheOthers() async throws {
-        try await Self.withQueueHubs { _, hubs in
+        try await Self.withQueueHubs { cluster, hubs in
             let admin = try await hubs[0].connect(.ws, as: "admin@relay.local/1")
             try await admin.createQueue(QueueConfiguration(name: "invoices", subjects: ["invoices.*"]))
             let worker = try await hubs[1].connect(.tcp, as: "worker@relay.local/1")
@@ -103,6 +103,11 @@ import Testing
             let delivery = try #require(await deliveries.next())
             #expect(delivery.publication.text == "inv-1")
             try await delivery.ack()
+            // A hub that joins later learns of it from the others (its configuration has none).
+            try await withHub({ $0.cluster = .init(servers: [cluster.urls[2]]) }) { late in
+                let client = try await late.connect(.ws, as: "late@relay.local/1")
+                try await eventually(within: 30) { (try? await client.queueInfo("invoices"))?["jetStream"]?["ready"] == true }
+            }
             try await admin.deleteQueue("invoices")
             try await eventually { (try? await worker.queueInfo("invoices")) == nil }
         }

@@ -105,6 +105,7 @@ extension HubCore {
         cluster = membership
         for identity in router.identities { clusterNodeInterest(identity, added: true) }
         clusterServicesChanged()
+        if jetStream != nil { askForQueues() }
     }
 
     /// What the hub must do on its cluster connection since it last asked, in order.

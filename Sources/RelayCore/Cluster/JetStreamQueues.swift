@@ -112,10 +112,39 @@ extension HubCore {
             .publish(PublishedMessage(subject: ClusterMembership.queuesSubject, type: .applicationJSON, body: .json(.object(news)))))
     }
 
-    /// Another hub created or deleted a queue: this hub serves it too, or no longer.
+    /// A hub joining asks the others for the queues they serve, so that it serves those created
+    /// at run time too (its configuration has only the others).
+    mutating func askForQueues() {
+        cluster!.pending.append(
+            .publish(
+                PublishedMessage(
+                    subject: ClusterMembership.queuesSubject, replyTo: cluster!.jetStreamPrefix + "queues.all", type: .applicationJSON,
+                    body: .json(["ask": true]))))
+    }
+
+    /// The queues another hub serves, in answer to `askForQueues`: served here too.
+    mutating func queuesReceived(_ answer: JSONValue?) -> [Output] {
+        var outputs: [Output] = []
+        for case .object(let object) in answer?["queues"]?.arrayValue ?? [] {
+            guard let configuration = try? QueueConfiguration(json: object), cluster!.jetStreamQueues[configuration.name] == nil else {
+                continue
+            }
+            outputs += (try? createJetStreamQueue(configuration, announce: false)) ?? []
+        }
+        return outputs
+    }
+
+    /// Another hub created or deleted a queue: this hub serves it too, or no longer. Or it asks
+    /// which queues this hub serves.
     mutating func queueChangeReceived(_ message: PublishedMessage) -> [Output]? {
         guard message.subject == ClusterMembership.queuesSubject else { return nil }
         guard let news = try? JSONParser.parse(message.payloadBytes) else { return [] }
+        if news["ask"] != nil, let replyTo = message.replyTo {
+            let list = cluster!.jetStreamQueues.keys.sorted().map { JSONValue.object(cluster!.jetStreamQueues[$0]!.configuration.json) }
+            cluster!.pending.append(
+                .publish(PublishedMessage(subject: replyTo, type: .applicationJSON, body: .json(["queues": .array(list)]))))
+            return []
+        }
         if let created = news["created"]?.objectValue, let configuration = try? QueueConfiguration(json: created) {
             return (try? createJetStreamQueue(configuration, announce: false)) ?? []
         }
@@ -234,6 +263,8 @@ extension HubCore {
             cluster!.jetStreamQueues[parts[1]]!.ready = true
             cluster!.jetStreamQueues[parts[1]]!.failure = nil
             return [.cancelTimer(.jetStreamSetUp(parts[1]))] + pullIfNeeded(parts[1])
+        case "queues":
+            return queuesReceived(answer)
         case "dead":
             // The message an advisory named, read back: to the dead letters.
             let dead = parts[1].split(separator: ".", maxSplits: 1).map(String.init)
