@@ -370,6 +370,7 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             defer { cluster.nodes[0].resume() }
             try await Self.ticksGoOnAcross(hubs) { cluster.nodes[0].pause() }
             // The pings (1 s apart, two unanswered) ended the connection; the hub is on another server.
+            try await eventually { hubs[0].server.hub.clusterStatus?.connected == true }
             #expect(hubs[0].server.hub.clusterStatus?.reconnects == 1)
         }
         cluster.stop()

@@ -73,7 +73,7 @@ final class NATSServerProcess: Sendable {
     /// Freezes the server (SIGSTOP), as a network pause would: connections stay open, nothing
     /// is answered. `resume` thaws it.
     func pause() {
-        if let process = self.process.withLock({ $0 }) { kill(process.processIdentifier, SIGSTOP) }
+        if let process = self.process.withLock({ $0 }) { stopAndWait(process.processIdentifier) }
     }
 
     func resume() {
@@ -88,6 +88,23 @@ final class Collected: Sendable {
     private let storage = Mutex<[String]>([])
     var items: [String] { storage.withLock { $0 } }
     func append(_ item: String) { storage.withLock { $0.append(item) } }
+}
+
+/// Sends SIGSTOP and returns once the kernel shows the process stopped: a signal is delivered
+/// when the process is next scheduled, and on a loaded machine it may serve a little longer.
+func stopAndWait(_ pid: Int32) {
+    kill(pid, SIGSTOP)
+    let deadline = ContinuousClock.now + .seconds(10)
+    while ContinuousClock.now < deadline {
+        // /proc/<pid>/stat: "pid (name) S ..." with S the state; T is stopped.
+        if let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")"),
+            stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("T")
+        {
+            return
+        }
+        usleep(2_000)
+    }
 }
 
 /// Waits for a condition that an event will make true, failing after `seconds`.

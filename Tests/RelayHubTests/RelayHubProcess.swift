@@ -76,7 +76,7 @@ final class RelayHubProcess: Sendable {
     /// Freezes the hub (SIGSTOP), as a network pause would: its connections stay open and nothing
     /// is answered. `resume` thaws it.
     func pause() {
-        if let process = self.process.withLock({ $0 }) { kill(process.processIdentifier, SIGSTOP) }
+        if let process = self.process.withLock({ $0 }) { stopAndWait(process.processIdentifier) }
     }
 
     func resume() {
