@@ -209,6 +209,39 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         #expect(hub.core.clusterMessageReceived(PublishedMessage(subject: "news", body: .bytes([])), sid: "c10").recipients == [1])
     }
 
+    /// A JetStream queue as the hub sees it: set up from JetStream's answers, then a pulled
+    /// message goes to the consumer, or, past the queue's time-to-live, is terminated and dead.
+    @Test func aPulledMessagePastItsTimeToLiveIsTerminatedAndDeadLettered() throws {
+        var hub = CoreHarness()
+        hub.connect(1, "worker@relay.local/a")
+        hub.core.joinCluster(hubID: "H1", jetStream: JetStreamSettings())
+        let brief = QueueConfiguration(name: "brief", subjects: ["brief.*"], deadLetterSubject: "dead.brief", timeToLiveSeconds: 0.5)
+        _ = try hub.core.createJetStreamQueue(brief, announce: false)
+        let asked = publishes(hub.core.takeClusterOperations()).map(\.subject)
+        #expect(asked.contains("$JS.API.STREAM.CREATE.RELAY_Q_brief"))
+        let inbox = "_INBOX.relay.H1.js."
+        _ = hub.core.clusterMessageReceived(PublishedMessage(subject: inbox + "stream.brief", body: .text("{}")), sid: "c1")
+        _ = hub.core.clusterMessageReceived(PublishedMessage(subject: inbox + "consumer.brief", body: .text("{}")), sid: "c1")
+        #expect(hub.core.jetStreamQueueJSON("brief")?["jetStream"]?["ready"] == true)
+        _ = try hub.core.attachConsumer(1, token: "queue:brief", queue: "brief", credit: 1)
+        #expect(publishes(hub.core.takeClusterOperations()).contains { $0.subject == "$JS.API.CONSUMER.MSG.NEXT.RELAY_Q_brief.relay" })
+        let storedAt: Int64 = 1_700_000_000_000
+        func pulled(_ text: String, sequence: Int) -> PublishedMessage {
+            PublishedMessage(
+                subject: "brief.\(text)", replyTo: "$JS.ACK.RELAY_Q_brief.relay.1.\(sequence).\(sequence).\(storedAt * 1_000_000).0",
+                body: .text(text))
+        }
+        let stale = hub.core.clusterMessageReceived(pulled("stale", sequence: 1), sid: "c1", now: storedAt + 600)
+        #expect(stale.recipients.isEmpty, "not delivered")
+        let answered = publishes(hub.core.takeClusterOperations())
+        #expect(answered.contains { $0.subject.hasPrefix("$JS.ACK.RELAY_Q_brief.relay.1.1.") && $0.payloadBytes == Array("+TERM".utf8) })
+        let letter = try #require(answered.first { $0.subject == "dead.brief" })
+        #expect(letter.metadata["#deadReason"] == "Expired after 0.5 s" && letter.metadata["#originalSubject"] == "brief.stale")
+        #expect(hub.core.jetStreamQueueJSON("brief")?["expired"] == 1)
+        let fresh = hub.core.clusterMessageReceived(pulled("fresh", sequence: 2), sid: "c1", now: storedAt + 400)
+        #expect(fresh.recipients == [1])
+    }
+
     @Test func thePublisherCrossesInAHeader() {
         let message = PublishedMessage(
             subject: "orders.new", publisher: Node("alice@relay.local/a"), type: .applicationJSON, body: .json(["n": 1]),

@@ -10,15 +10,18 @@ import Testing
     static let orders = QueueConfiguration(
         name: "orders", subjects: ["orders.>"], ackWaitMilliseconds: 30_000, maximumDeliveries: 2, deadLetterSubject: "dead.orders")
 
-    /// Two hubs on a JetStream cluster, both configured with the `orders` queue.
-    static func withQueueHubs(_ body: (NATSCluster, [TestHub]) async throws -> Void) async throws {
+    /// Two hubs on a JetStream cluster, both configured with the `orders` queue (and `extra`).
+    static func withQueueHubs(
+        _ extra: [QueueConfiguration] = [], _ body: (NATSCluster, [TestHub]) async throws -> Void
+    ) async throws {
         let cluster = try await NATSCluster.start(jetStream: true)
         defer { cluster.stop() }
         func nest(_ index: Int, _ hubs: [TestHub]) async throws {
             guard index < 2 else { return try await body(cluster, hubs) }
             try await withHub({ configuration in
                 configuration.cluster = .init(servers: [cluster.urls[index]])
-                configuration.queues = [try Self.settings(Self.orders)]
+                configuration.cluster?.queueStatusIntervalMilliseconds = 200
+                configuration.queues = try ([Self.orders] + extra).map(Self.settings)
             }) { hub in try await nest(index + 1, hubs + [hub]) }
         }
         try await nest(0, [])
@@ -63,6 +66,59 @@ import Testing
             #expect(letter.content == ["id": 2] && letter.metadata["#queue"] == "orders")
             let info = try await worker.queueInfo("orders")
             #expect(info["acknowledged"] == 1 && info["deadLettered"] == 1)
+        }
+    }
+
+    /// A work queue: what is acknowledged leaves the stream, and the hub shows what it holds.
+    @Test func theStreamHoldsOnlyWhatIsUnansweredAndTheHubSaysHowMuch() async throws {
+        try await Self.withQueueHubs { cluster, hubs in
+            let publisher = try await hubs[0].connect(.ws, as: "shop@relay.local/1")
+            let worker = try await hubs[1].connect(.tcp, as: "worker@relay.local/1")
+            try await Self.ready(hubs[0], publisher)
+            for n in 1...3 { _ = try await publisher.publishConfirmed("orders.new", ["n": .number(JSONNumber(n))]) }
+            try await eventually { (try? await worker.queueInfo("orders"))?["messages"] == 3 }
+            #expect((try await worker.queueInfo("orders")["bytes"]?.intValue ?? 0) > 0)
+            try await eventually {
+                (try? await httpGet(hubs[0], "/metrics"))?.body.contains("relay_queue_messages{queue=\"orders\"} 3") == true
+            }
+            // GET: what the consumer holds, once more, as the same delivery.
+            var deliveries = try await worker.consume("orders", credit: 1).makeAsyncIterator()
+            let first = try #require(await deliveries.next())
+            #expect(try await worker.request(LIMECommand(method: .get, uri: "/queues/orders/current")).status == .success)
+            let again = try #require(await deliveries.next())
+            #expect(again.id == first.id && again.publication.content == first.publication.content)
+            try await again.ack()
+            for _ in 2...3 { try await #require(await deliveries.next()).ack() }
+            try await eventually { (try? await worker.queueInfo("orders"))?["messages"] == 0 }
+            // From JetStream itself: nothing is left in the stream.
+            let direct = try await NATSClient.connect(to: cluster.urls[2])
+            #expect(try await direct.jetStream.streamState("RELAY_Q_orders")["messages"] == 0)
+            await direct.close()
+        }
+    }
+
+    /// A message past the queue's time-to-live when it is pulled goes to the dead letters.
+    @Test func aMessagePastItsTimeToLiveIsExpiredWhenItComesToAConsumer() async throws {
+        let brief = QueueConfiguration(name: "brief", subjects: ["brief.*"], deadLetterSubject: "dead.brief", timeToLiveSeconds: 0.5)
+        try await Self.withQueueHubs([brief]) { _, hubs in
+            let publisher = try await hubs[0].connect(.ws, as: "shop@relay.local/1")
+            let worker = try await hubs[1].connect(.tcp, as: "worker@relay.local/1")
+            try await eventually(within: 30) { (try? await publisher.queueInfo("brief"))?["jetStream"]?["ready"] == true }
+            try await eventually(within: 30) { (try? await worker.queueInfo("brief"))?["jetStream"]?["ready"] == true }
+            let dead = try await publisher.subscribe("dead.brief")
+            _ = try await publisher.publishConfirmed("brief.old", "stale")
+            // The time-to-live passing is the point here, not an event to wait for.
+            try await Task.sleep(for: .milliseconds(800))
+            _ = try await publisher.publishConfirmed("brief.new", "fresh")
+            var deliveries = try await worker.consume("brief", credit: 5).makeAsyncIterator()
+            let delivery = try #require(await deliveries.next())
+            #expect(delivery.publication.text == "fresh", "the stale one was not delivered")
+            try await delivery.ack()
+            var letters = dead.makeAsyncIterator()
+            let letter = try #require(await letters.next())
+            #expect(letter.text == "stale" && letter.metadata["#deadReason"] == "Expired after 0.5 s")
+            #expect(letter.metadata["#originalSubject"] == "brief.old")
+            #expect(try await worker.queueInfo("brief")["expired"] == 1)
         }
     }
 
@@ -132,6 +188,8 @@ import Testing
             let letter = try #require(await letters.next())
             #expect(letter.text == "never answered" && letter.metadata["#queue"] == "slow")
             #expect(letter.metadata["#originalSubject"] == "slow.job" && letter.metadata["#deliveries"] == "2")
+            // JetStream keeps a message it gave up on: the hub deleted it from the stream.
+            try await eventually { (try? await admin.queueInfo("slow"))?["messages"] == 0 }
         }
     }
 

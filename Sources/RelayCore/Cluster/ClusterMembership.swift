@@ -222,8 +222,9 @@ extension HubCore {
     /// A message came from the cluster on subscription `sid`. On one of the hub's own (its inbox,
     /// a service) the core answers it; otherwise it goes to the local subscriptions that
     /// subscription stands for only (same filter and queue group: a hub holding overlapping
-    /// filters gets a message once per filter), a queue group's to one member.
-    public mutating func clusterMessageReceived(_ message: PublishedMessage, sid: String) -> [Output] {
+    /// filters gets a message once per filter), a queue group's to one member. `now`
+    /// (milliseconds since 1970) expires JetStream queue messages past their time-to-live.
+    public mutating func clusterMessageReceived(_ message: PublishedMessage, sid: String, now: Int64? = nil) -> [Output] {
         guard cluster != nil, let key = cluster!.interest.key(forClusterSubscription: sid) else {
             cluster?.messagesDiscarded += 1
             return []
@@ -234,7 +235,7 @@ extension HubCore {
             return []
         }
         if cluster!.ownSubscriptions.contains(sid) {
-            if let outputs = jetStreamMessageReceived(message) { return outputs }
+            if let outputs = jetStreamMessageReceived(message, now: now) { return outputs }
             if let outputs = queueChangeReceived(message) { return outputs }
             if let outputs = clusterCancelReceived(message) { return outputs }
             if let outputs = clusterMethodEventReceived(message) { return outputs }

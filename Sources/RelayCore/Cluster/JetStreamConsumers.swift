@@ -3,8 +3,9 @@
 
 extension HubCore {
     /// A message pulled from a queue's stream: to a local consumer with credit, or back to
-    /// JetStream at once when none has any now.
-    mutating func pulledMessageReceived(_ message: PublishedMessage, ackSubject: String) -> [Output] {
+    /// JetStream at once when none has any now. One past the queue's time-to-live at `now`
+    /// (milliseconds since 1970) is expired instead: terminated, to the dead letters if any.
+    mutating func pulledMessageReceived(_ message: PublishedMessage, ackSubject: String, now: Int64?) -> [Output] {
         let tokens = ackSubject.split(separator: ".")
         // $JS ACK <stream> <consumer> <delivered> <stream seq> <consumer seq> <time> <pending>
         guard tokens.count >= 9, let deliveries = Int(tokens[4]), let sequence = Int(tokens[5]),
@@ -15,6 +16,20 @@ extension HubCore {
         if let oldest = queue.pulls.keys.min() {
             queue.pulls[oldest]! -= 1
             if queue.pulls[oldest]! <= 0 { queue.pulls[oldest] = nil }
+        }
+        if let ttl = queue.configuration.timeToLiveSeconds, let now, let stored = Int64(tokens[7]),
+            Double(now - stored / 1_000_000) > ttl * 1_000
+        {
+            queue.expired += 1
+            cluster!.jetStreamQueues[name] = queue
+            cluster!.pending.append(.publish(PublishedMessage(subject: ackSubject, body: .text("+TERM"))))
+            var outputs: [Output] = []
+            if let subject = queue.configuration.deadLetterSubject {
+                let dead = Self.deadLetter(
+                    message, to: subject, queue: name, reason: "Expired after \(JSONNumber(ttl)) s", deliveries: deliveries - 1)
+                outputs += publish(dead, from: Self.hubSession).outputs
+            }
+            return outputs + pullIfNeeded(name)
         }
         let keys = queue.consumers.keys.sorted { ($0.session, $0.token) < ($1.session, $1.token) }
         var chosen: HubCore.SubscriptionKey?
@@ -35,21 +50,38 @@ extension HubCore {
         queue.nextDelivery += 1
         queue.consumers[key]!.out.insert(delivery)
         queue.deliveries[delivery] = JetStreamQueue.Delivery(
-            consumer: key, ackSubject: ackSubject, deliveries: deliveries, message: message)
+            consumer: key, ackSubject: ackSubject, deliveries: deliveries, sequence: sequence, message: message)
         queue.delivered += 1
         if deliveries > 1 { queue.redelivered += 1 }
         cluster!.jetStreamQueues[name] = queue
-        var delivered = message
-        if let reply = delivered.replyTo { delivered.metadata["#originalReply"] = reply }
-        delivered.replyTo = Self.ackSubject(name, delivery)
-        delivered.metadata["#queue"] = name
-        delivered.metadata["#delivery"] = Self.queueDeliveryID(name, delivery)
-        delivered.metadata["#deliveries"] = String(deliveries)
-        delivered.metadata["#sequence"] = String(sequence)
         return [
-            .deliver(key.session, token: key.token, delivered, limit: nil),
+            .deliver(
+                key.session, token: key.token, Self.jetStreamDelivered(queue.deliveries[delivery]!, name: name, delivery: delivery),
+                limit: nil),
             .startTimer(.jetStreamAckWait(name, delivery), milliseconds: queue.configuration.ackWaitMilliseconds),
         ]
+    }
+
+    /// pyQMsgBus's GET on a JetStream queue: what this consumer holds unanswered, once more
+    /// (the same deliveries, to be answered as before).
+    mutating func redeliverJetStreamHeld(_ key: SubscriptionKey, queue name: String) -> [Output]? {
+        guard let queue = cluster?.jetStreamQueues[name], let consumer = queue.consumers[key] else { return nil }
+        return consumer.out.sorted().compactMap { delivery in
+            guard let held = queue.deliveries[delivery] else { return nil }
+            return .deliver(key.session, token: key.token, Self.jetStreamDelivered(held, name: name, delivery: delivery), limit: nil)
+        }
+    }
+
+    /// A held delivery as its consumer gets it: answered through the hub's ack subject.
+    static func jetStreamDelivered(_ held: JetStreamQueue.Delivery, name: String, delivery: UInt64) -> PublishedMessage {
+        var delivered = held.message
+        if let reply = delivered.replyTo { delivered.metadata["#originalReply"] = reply }
+        delivered.replyTo = ackSubject(name, delivery)
+        delivered.metadata["#queue"] = name
+        delivered.metadata["#delivery"] = queueDeliveryID(name, delivery)
+        delivered.metadata["#deliveries"] = String(held.deliveries)
+        delivered.metadata["#sequence"] = String(held.sequence)
+        return delivered
     }
 
     /// The ack wait of a delivery passed unanswered: JetStream delivers it again (to a pull),

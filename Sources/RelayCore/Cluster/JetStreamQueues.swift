@@ -13,11 +13,16 @@ public struct JetStreamSettings: Sendable, Equatable {
     public var pullExpiresMilliseconds: Int
     /// Messages pulled for one queue at most at a time (each consumer's credit counts up to it).
     public var maximumPulled: Int
+    /// How often the hub asks JetStream how many messages and bytes each queue's stream holds
+    /// (`get /queues/Q`, `relay_queue_messages`).
+    public var statusIntervalMilliseconds: Int
 
-    public init(replicas: Int = 1, pullExpiresMilliseconds: Int = 5_000, maximumPulled: Int = 256) {
+    public init(replicas: Int = 1, pullExpiresMilliseconds: Int = 5_000, maximumPulled: Int = 256, statusIntervalMilliseconds: Int = 5_000)
+    {
         self.replicas = replicas
         self.pullExpiresMilliseconds = pullExpiresMilliseconds
         self.maximumPulled = maximumPulled
+        self.statusIntervalMilliseconds = statusIntervalMilliseconds
     }
 }
 
@@ -34,6 +39,8 @@ struct JetStreamQueue: Sendable {
         /// Where JetStream takes the answer (`$JS.ACK.…`).
         var ackSubject: String
         var deliveries: Int
+        /// The stream's sequence of the message.
+        var sequence: Int
         var message: PublishedMessage
     }
 
@@ -53,6 +60,11 @@ struct JetStreamQueue: Sendable {
     var redelivered = 0
     var acknowledged = 0
     var deadLettered = 0
+    /// Messages past the queue's time-to-live when they were pulled.
+    var expired = 0
+    /// What the stream held when JetStream last said (messages waiting or unacknowledged).
+    var messages = 0
+    var bytes = 0
     var pullsMade = 0
     var pullsEnded = 0
     var pullsLost = 0
@@ -92,9 +104,10 @@ extension HubCore {
             return []
         }
         cluster!.jetStreamQueues[configuration.name] = JetStreamQueue(configuration: configuration)
-        if configuration.deadLetterSubject != nil, configuration.maximumDeliveries != nil {
+        if configuration.maximumDeliveries != nil {
             // A message whose ack wait ran out at its last delivery: JetStream says so in an
-            // advisory, which one hub (a queue group) turns into the dead letter.
+            // advisory, which one hub (a queue group) turns into the dead letter, and deletes it
+            // (a work queue keeps a message it gave up on).
             let key = ClusterInterest.Key(
                 filter: Self.maximumDeliveriesAdvisory(configuration.name), queue: JetStreamQueue.deadLetterQueue)
             if case .subscribe(let sid, _, _)? = cluster!.interest.localSubscriptionAdded(key) {
@@ -162,7 +175,8 @@ extension HubCore {
         let configuration = queue.configuration
         var stream: JSONObject = [
             "name": .string(queue.stream), "subjects": .array(configuration.subjects.map { .string($0) }),
-            "num_replicas": .number(JSONNumber(cluster!.jetStream!.replicas)), "storage": "file", "retention": "limits",
+            // A work queue: a message acknowledged (or terminated) is removed from the stream.
+            "num_replicas": .number(JSONNumber(cluster!.jetStream!.replicas)), "storage": "file", "retention": "workqueue",
             "discard": "old",
         ]
         if let count = configuration.maximumMessages { stream["max_msgs"] = .number(JSONNumber(count)) }
@@ -227,8 +241,10 @@ extension HubCore {
 
     /// What arrived for the hub's JetStream work: a pulled message (its reply subject names the
     /// stream), a pull's end, a PubAck, an API answer, an advisory. Nil for anything else.
-    mutating func jetStreamMessageReceived(_ message: PublishedMessage) -> [Output]? {
-        if let reply = message.replyTo, reply.hasPrefix("$JS.ACK.RELAY_Q_") { return pulledMessageReceived(message, ackSubject: reply) }
+    mutating func jetStreamMessageReceived(_ message: PublishedMessage, now: Int64?) -> [Output]? {
+        if let reply = message.replyTo, reply.hasPrefix("$JS.ACK.RELAY_Q_") {
+            return pulledMessageReceived(message, ackSubject: reply, now: now)
+        }
         if message.subject.hasPrefix("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.RELAY_Q_") { return maximumDeliveriesReached(message) }
         guard message.subject.hasPrefix(cluster!.jetStreamPrefix) else { return nil }
         let rest = message.subject.dropFirst(cluster!.jetStreamPrefix.count)
@@ -260,9 +276,17 @@ extension HubCore {
                 cluster!.jetStreamQueues[parts[1]]!.failure = "consumer: \(error)"
                 return []
             }
+            let wasReady = cluster!.jetStreamQueues[parts[1]]!.ready
             cluster!.jetStreamQueues[parts[1]]!.ready = true
             cluster!.jetStreamQueues[parts[1]]!.failure = nil
-            return [.cancelTimer(.jetStreamSetUp(parts[1]))] + pullIfNeeded(parts[1])
+            let status = wasReady ? [] : askForStreamStatus(parts[1])
+            return [.cancelTimer(.jetStreamSetUp(parts[1]))] + status + pullIfNeeded(parts[1])
+        case "info":
+            // The stream's state: a work queue holds what is waiting or unacknowledged.
+            guard cluster!.jetStreamQueues[parts[1]] != nil, let state = answer?["state"] else { return [] }
+            cluster!.jetStreamQueues[parts[1]]!.messages = state["messages"]?.intValue ?? 0
+            cluster!.jetStreamQueues[parts[1]]!.bytes = state["bytes"]?.intValue ?? 0
+            return []
         case "queues":
             return queuesReceived(answer)
         case "dead":
@@ -272,6 +296,7 @@ extension HubCore {
                 let subject = queue.configuration.deadLetterSubject, let stored = answer?["message"],
                 let original = stored["subject"]?.stringValue
             else { return [] }
+            if let sequence = stored["seq"]?.intValue { deleteStoredMessage(queue.stream, sequence: sequence) }
             let payload = stored["data"]?.stringValue.flatMap(Base64.decode) ?? []
             let headers = stored["hdrs"]?.stringValue.flatMap(Base64.decode).flatMap { try? NATSHeaders(parsing: $0) }
             let letter = Self.deadLetter(
@@ -308,8 +333,26 @@ extension HubCore {
             let name = cluster!.jetStreamQueues.first(where: { $0.value.stream == stream })?.key
         else { return [] }
         let deliveries = advisory["deliveries"]?.intValue ?? 0
+        guard cluster!.jetStreamQueues[name]!.configuration.deadLetterSubject != nil else {
+            // No dead letters: dropped, and counted.
+            cluster!.jetStreamQueues[name]!.deadLettered += 1
+            deleteStoredMessage(stream, sequence: sequence)
+            return []
+        }
         jetStreamRequest("STREAM.MSG.GET.\(stream)", .object(["seq": .number(JSONNumber(sequence))]), answer: "dead.\(name).\(deliveries)")
         return []
+    }
+
+    /// A message JetStream gave up on, gone to the dead letters: out of the work queue.
+    private mutating func deleteStoredMessage(_ stream: String, sequence: Int) {
+        jetStreamRequest("STREAM.MSG.DELETE.\(stream)", .object(["seq": .number(JSONNumber(sequence))]), answer: "deleted.\(sequence)")
+    }
+
+    /// Asks for the stream's state now, and again after the status interval.
+    mutating func askForStreamStatus(_ name: String) -> [Output] {
+        guard let queue = cluster?.jetStreamQueues[name], let settings = cluster?.jetStream else { return [] }
+        jetStreamRequest("STREAM.INFO.\(queue.stream)", .object([:]), answer: "info.\(name)")
+        return [.startTimer(.jetStreamStatus(name), milliseconds: settings.statusIntervalMilliseconds)]
     }
 
     /// A failed confirmation instead of the success it would have been.
@@ -333,6 +376,9 @@ extension HubCore {
             "pullsLost": .number(JSONNumber(queue.pullsLost)),
             "lastPullEnd": queue.lastPullEnd.map { .number(JSONNumber($0)) } ?? .null,
         ]
+        object["messages"] = .number(JSONNumber(queue.messages))
+        object["bytes"] = .number(JSONNumber(queue.bytes))
+        object["expired"] = .number(JSONNumber(queue.expired))
         object["consumers"] = .number(JSONNumber(queue.consumers.count))
         object["unacknowledged"] = .number(JSONNumber(queue.deliveries.count))
         object["delivered"] = .number(JSONNumber(queue.delivered))

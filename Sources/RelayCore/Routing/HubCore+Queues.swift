@@ -440,6 +440,9 @@ extension HubCore {
             return detachConsumer(session, token: "queue:\(rest[0])", queue: rest[0]) + [reply(session, command.success())]
         case (.get, 2) where rest[1] == "current":
             // pyQMsgBus's GET: the current unacknowledged delivery once more.
+            if let again = redeliverJetStreamHeld(SubscriptionKey(session: session, token: "queue:\(rest[0])"), queue: rest[0]) {
+                return again + [reply(session, command.success())]
+            }
             guard let queue = queues[rest[0]], let consumer = queue.consumers[SubscriptionKey(session: session, token: "queue:\(rest[0])")]
             else {
                 return refuse(session, command, ReasonCode.commandResourceNotFound, "Not consuming queue '\(rest[0])'")

@@ -388,6 +388,8 @@ extension HubCore {
             return jetStreamPullLost(queue, pull)
         case .jetStreamAckWait(let queue, let delivery):
             return jetStreamAckWaitPassed(queue, delivery)
+        case .jetStreamStatus(let queue):
+            return askForStreamStatus(queue)
         case .period(let caller):
             guard let subscription = methodSubscriptions[caller] else { return [] }
             return dispatchStanding(

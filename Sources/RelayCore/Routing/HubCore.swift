@@ -61,6 +61,8 @@ public struct HubCore: Sendable {
         /// A JetStream delivery's ack wait: JetStream will deliver it again, so it no longer takes
         /// its consumer's credit here.
         case jetStreamAckWait(String, UInt64)
+        /// Time to ask JetStream for a queue's stream state again.
+        case jetStreamStatus(String)
     }
 
     public enum Output: Sendable, Equatable {

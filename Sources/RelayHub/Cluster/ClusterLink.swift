@@ -103,7 +103,12 @@ extension Hub {
     /// Joins the cluster over `link`: the core holds every local subscription there from now on.
     func joinCluster(_ link: ClusterLink) {
         let settings = configuration.cluster
-        let jetStream = settings?.jetStream == false ? nil : JetStreamSettings(replicas: settings?.replicas ?? min(3, link.clusterSize))
+        let jetStream =
+            settings?.jetStream == false
+            ? nil
+            : JetStreamSettings(
+                replicas: settings?.replicas ?? min(3, link.clusterSize),
+                statusIntervalMilliseconds: max(100, settings?.queueStatusIntervalMilliseconds ?? 5_000))
         state.withLock { state in
             state.cluster = link
             state.core.joinCluster(
@@ -124,7 +129,7 @@ extension Hub {
     func clusterMessageReceived(_ message: NATSMessage, subscription: String) {
         let published = PublishedMessage(
             clusterSubject: message.subject, replyTo: message.replyTo, headers: message.headers, payload: message.payload)
-        perform { $0.clusterMessageReceived(published, sid: subscription) }
+        perform { $0.clusterMessageReceived(published, sid: subscription, now: Self.now()) }
     }
 
     /// Leaves the cluster (at shutdown): both connections close.

@@ -28,6 +28,9 @@ extension HubConfiguration {
         public var jetStream: Bool = true
         /// Copies of each queue's stream; nil: 3, or fewer when the cluster has fewer servers.
         public var replicas: Int?
+        /// How often, in milliseconds, the hub asks JetStream what each queue's stream holds
+        /// (`get /queues/Q` `messages`, `relay_queue_messages`).
+        public var queueStatusIntervalMilliseconds: Int = 5_000
 
         public init(servers: [String]) {
             self.servers = servers
@@ -48,6 +51,7 @@ extension HubConfiguration {
             discoveryWindowMilliseconds = try container.decodeIfPresent(Int.self, forKey: .discoveryWindowMilliseconds) ?? 250
             jetStream = try container.decodeIfPresent(Bool.self, forKey: .jetStream) ?? true
             replicas = try container.decodeIfPresent(Int.self, forKey: .replicas)
+            queueStatusIntervalMilliseconds = try container.decodeIfPresent(Int.self, forKey: .queueStatusIntervalMilliseconds) ?? 5_000
         }
     }
 }
