@@ -122,6 +122,45 @@ import Testing
         }
     }
 
+    /// A durable service's requests are kept in one stream that every hub's instances share: a
+    /// request its instance on hub A never answered is served by an instance on hub B, and the
+    /// caller on B, LIME or NATS, gets the answer.
+    @Test func aDurableServicesRequestIsServedOnAnotherHubWhenItsInstanceGoesAway() async throws {
+        try await Self.withQueueHubs { _, hubs in
+            let seen = Collected()
+            func billing(_ instance: String, hang: Bool) -> ServiceDefinition {
+                var definition = ServiceDefinition("billing", description: "Durable billing")
+                definition.durable = true
+                definition.method("charge") { (params: JSONValue?, _) in
+                    seen.append(instance)
+                    if hang { try await Task.sleep(for: .seconds(60)) }
+                    return ["charged": params?["amount"] ?? .null, "by": .string(instance)]
+                }
+                return definition
+            }
+            let doomed = try await hubs[0].connect(.tcp, as: "billing@relay.local/doomed")
+            _ = try await doomed.serve(billing("doomed", hang: true))
+            try await eventually(within: 30) { (try? await doomed.queueInfo("svc_billing"))?["jetStream"]?["ready"] == true }
+            let caller = try await hubs[1].connect(.ws, as: "shop@relay.local/1")
+            let call = Task { try await caller.call("billing", "charge", ["amount": 5], verb: .set, timeout: .seconds(30)) }
+            try await eventually(within: 20) { seen.items == ["doomed"] }
+            let survivor = try await hubs[1].connect(.tcp, as: "billing@relay.local/survivor")
+            _ = try await survivor.serve(billing("survivor", hang: false))
+            try await eventually(within: 30) { (try? await survivor.queueInfo("svc_billing"))?["jetStream"]?["ready"] == true }
+            await doomed.close()
+            #expect(try await call.value == ["charged": 5, "by": "survivor"])
+            let info = try await survivor.queueInfo("svc_billing")
+            #expect(info["redelivered"] == 1 && info["acknowledged"] == 1, "\(info)")
+            // A NATS caller's request is stored too, and answered on its reply subject.
+            let natsCaller = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[0].natsPort)")
+            let answer = try await natsCaller.request("billing.charge", Array(#"{"amount":7}"#.utf8), timeout: .seconds(10))
+            let parsed = try JSONParser.parse(Array(answer.payload))
+            #expect(parsed["by"] == "survivor" && parsed["charged"] == 7, "\(answer.text)")
+            try await eventually { (try? await survivor.queueInfo("svc_billing"))?["acknowledged"] == 2 }
+            await natsCaller.close()
+        }
+    }
+
     @Test func consumersOnEveryHubCompeteAndEachMessageIsDeliveredOnce() async throws {
         try await Self.withQueueHubs { _, hubs in
             let publisher = try await hubs[0].connect(.ws, as: "shop@relay.local/1")

@@ -281,6 +281,21 @@ struct StockLevel: Codable, Sendable, Equatable {
         }
     }
 
+    /// A NATS client's request is stored as a LIME caller's is, and answered on its reply subject.
+    @Test func aNATSCallersRequestIsStoredAndAnswered() async throws {
+        try await withHub { hub in
+            let seen = Seen()
+            let instance = try await hub.connect(.tcp, as: "billing@relay.local/1")
+            _ = try await instance.serve(definition("1", seen: seen))
+            let caller = try await NATSClient.connect(to: "nats://127.0.0.1:\(hub.natsPort)")
+            let answer = try await caller.request("billing.charge", Array(#"{"amount":3}"#.utf8), timeout: .seconds(10))
+            let parsed = try JSONParser.parse(Array(answer.payload))
+            #expect(parsed["charged"] == 3 && parsed["by"] == "1", "\(answer.text)")
+            #expect(try await instance.queueInfo("svc_billing")["acknowledged"] == 1, "it went through the service's queue")
+            await caller.close()
+        }
+    }
+
     @Test func requestsWaitForAnInstance() async throws {
         try await withHub { hub in
             let seen = Seen()

@@ -39,7 +39,7 @@ public struct ClusterMembership: Sendable {
     public let jetStream: JetStreamSettings?
     var jetStreamQueues: [String: JetStreamQueue] = [:]
     /// What waits for JetStream's PubAck of a publication (a confirmation), by its number.
-    var pubAcks = RecentMemory<Int, [HubCore.Output]>(capacity: 10_000)
+    var pubAcks = RecentMemory<Int, PubAckWait>(capacity: 10_000)
     var nextPubAck = 1
     /// The PubAck number of the publication just published, for `confirmWhenStored`.
     var lastPubAck: Int?

@@ -54,6 +54,17 @@ extension HubCore {
         queue.delivered += 1
         if deliveries > 1 { queue.redelivered += 1 }
         cluster!.jetStreamQueues[name] = queue
+        if key.token.hasPrefix(Self.serviceConsumerToken + ":") {
+            // A durable service's instance receives the stored request as the command it was.
+            guard
+                let command = serviceCommand(
+                    queue: name, delivery: delivery, count: deliveries, message: message, to: router.node(of: key.session))
+            else { return answerJetStream(.term(reason: "Not a stored request"), delivery: delivery, queue: name) }
+            return [
+                .send(key.session, command),
+                .startTimer(.jetStreamAckWait(name, delivery), milliseconds: queue.configuration.ackWaitMilliseconds),
+            ]
+        }
         return [
             .deliver(
                 key.session, token: key.token, Self.jetStreamDelivered(queue.deliveries[delivery]!, name: name, delivery: delivery),

@@ -26,6 +26,14 @@ public struct JetStreamSettings: Sendable, Equatable {
     }
 }
 
+/// What a publication on a queue's stream waits for: JetStream's PubAck.
+struct PubAckWait: Sendable {
+    /// Carried out once stored (a publisher's confirmation).
+    var whenStored: [HubCore.Output] = []
+    /// A durable service's request, whose caller is told when JetStream does not store it.
+    var request: JSONObject?
+}
+
 /// One queue on JetStream, as this hub sees it.
 struct JetStreamQueue: Sendable {
     struct Consumer: Sendable {
@@ -221,7 +229,7 @@ extension HubCore {
         else { return nil }
         let number = cluster!.nextPubAck
         cluster!.nextPubAck += 1
-        cluster!.pubAcks.remember([], for: number)
+        cluster!.pubAcks.remember(PubAckWait(), for: number)
         cluster!.lastPubAck = number
         return cluster!.jetStreamPrefix + "ack.\(number)"
     }
@@ -231,8 +239,28 @@ extension HubCore {
     mutating func confirmWhenStored(_ then: [Output]) -> Bool {
         guard let number = cluster?.lastPubAck else { return false }
         cluster!.lastPubAck = nil
-        cluster!.pubAcks.remember(then, for: number)
+        cluster!.pubAcks.remember(PubAckWait(whenStored: then), for: number)
         return true
+    }
+
+    /// Publishes a durable service's stored `request` on the cluster for its stream; its caller
+    /// is told if JetStream does not store it.
+    mutating func storeOnJetStream(_ message: PublishedMessage, request: JSONObject) {
+        var message = message
+        let number = cluster!.nextPubAck
+        cluster!.nextPubAck += 1
+        message.replyTo = cluster!.jetStreamPrefix + "ack.\(number)"
+        cluster!.pubAcks.remember(PubAckWait(request: request), for: number)
+        cluster!.pending.append(.publish(message))
+    }
+
+    /// JetStream did not store a publication: its confirmations fail, or its caller is told.
+    private mutating func notStored(_ wait: PubAckWait, _ error: String) -> [Output] {
+        guard let request = wait.request else { return wait.whenStored.map { Self.failedConfirmation($0, error) } }
+        let failure = LIMECommand(
+            method: request["verb"]?.stringValue.flatMap(CommandMethod.init(rawValue:)) ?? .get, status: .failure,
+            reason: Reason(code: ReasonCode.generalError, description: "JetStream did not store the request: \(error)"))
+        return answerCaller(failure, of: request)
     }
 
     static func maximumDeliveriesAdvisory(_ queue: String) -> String {
@@ -254,15 +282,15 @@ extension HubCore {
         let error = answer?["error"]?["description"]?.stringValue
         switch parts[0] {
         case "ack":
-            guard let number = Int(parts[1]), let then = cluster!.pubAcks.forget(number) else { return [] }
+            guard let number = Int(parts[1]), let wait = cluster!.pubAcks.forget(number) else { return [] }
             // No stream took it (yet: a queue just created is set up in the background).
-            if message.status == 503 { return then.map { Self.failedConfirmation($0, "no stream keeps its subject yet") } }
+            if message.status == 503 { return notStored(wait, "no stream keeps its subject yet") }
             // Only JetStream's answer counts: a subscriber answering the reply subject is not it.
             guard error != nil || answer?["seq"] != nil else {
-                cluster!.pubAcks.remember(then, for: number)
+                cluster!.pubAcks.remember(wait, for: number)
                 return []
             }
-            return error == nil ? then : then.map { Self.failedConfirmation($0, error!) }
+            return error == nil ? wait.whenStored : notStored(wait, error!)
         case "stream":
             if let error, cluster!.jetStreamQueues[parts[1]] != nil {
                 cluster!.jetStreamQueues[parts[1]]!.failure = "stream: \(error)"

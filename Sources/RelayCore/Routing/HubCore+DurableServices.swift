@@ -12,11 +12,22 @@ extension HubCore {
 
     static let serviceConsumerToken = "service"
 
-    /// Makes sure a durable service's queue exists and attaches the registering instance to it.
+    /// The subject of a durable service's stream on JetStream (a clustered hub): written by the
+    /// hubs only, never a client's.
+    static func serviceStreamSubject(_ name: String) -> String { "$RELAY.SVC.\(name)" }
+
+    /// Makes sure a durable service's queue exists and attaches the registering instance to it:
+    /// the hub's own store, or on a cluster with JetStream a stream every hub's instances share.
     mutating func attachDurableInstance(_ session: SessionID, service: String) -> [Output] {
         let name = Self.serviceQueueName(service)
         var outputs: [Output] = []
-        if queues[name] == nil {
+        if queuesOnJetStream {
+            if cluster!.jetStreamQueues[name] == nil {
+                let configuration = QueueConfiguration(
+                    name: name, subjects: [Self.serviceStreamSubject(name)], deadLetterSubject: "$SVC.\(name).dead")
+                outputs += (try? createJetStreamQueue(configuration, announce: false)) ?? []
+            }
+        } else if queues[name] == nil {
             let configuration = QueueConfiguration(name: name, subjects: ["$SVC.\(name)"], deadLetterSubject: "$SVC.\(name).dead")
             outputs += (try? createLocalQueue(configuration)) ?? []
         }
@@ -24,30 +35,48 @@ extension HubCore {
         return outputs
     }
 
-    /// A request to a durable service: stored first, delivered to an instance once on disk.
-    mutating func durableRequest(_ command: LIMECommand, service: String, method: String, from session: SessionID) -> [Output] {
+    /// A request to a durable service: stored first, delivered to an instance once stored. The
+    /// caller is a node (LIME), or a reply subject (`replyTo`: a NATS client, another hub).
+    mutating func durableRequest(
+        _ command: LIMECommand, service: String, method: String, from session: SessionID, replyTo: String? = nil
+    ) -> [Output] {
         let name = Self.serviceQueueName(service)
         var request: JSONObject = [
             "method": .string(method), "verb": .string(command.method.rawValue), "callerID": .string(command.header.id ?? ""),
         ]
         if let resource = command.resource { request["resource"] = resource }
         if let caller = command.header.from { request["caller"] = .string(caller.description) }
+        if let replyTo { request["replyTo"] = .string(replyTo) }
         if let metadata = command.header.metadata {
             request["metadata"] = .object(JSONObject(metadata.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.string($0.value)) }))
         }
+        if cluster?.jetStreamQueues[name] != nil {
+            let message = PublishedMessage(
+                subject: Self.serviceStreamSubject(name), publisher: command.header.from, type: .applicationJSON,
+                body: .json(.object(request)))
+            storeOnJetStream(message, request: request)
+            return []
+        }
+        guard queues[name] != nil else {
+            let reason = Reason(code: ReasonCode.routingDestinationNotFound, description: "No queue for service '\(service)'")
+            return replyTo == nil ? [reply(session, command.failure(reason))] : answerCaller(command.failure(reason), of: request)
+        }
         let message = PublishedMessage(
             subject: "$SVC.\(name)", publisher: command.header.from, type: .applicationJSON, body: .json(.object(request)))
-        guard queues[name] != nil else {
-            return refuse(session, command, ReasonCode.routingDestinationNotFound, "No queue for service '\(service)'")
-        }
         let sequence = queues[name]!.nextSequence
         queues[name]!.nextSequence += 1
         return [.persist([QueueCopy(queue: name, queued: QueuedMessage(sequence: sequence, message: message))], then: [])]
     }
 
+    /// A stored request's fields (stored as JSON; bytes when read back from JetStream).
+    static func storedRequest(_ message: PublishedMessage) -> JSONObject? {
+        if case .json(let value) = message.body { return value.objectValue }
+        return (try? JSONParser.parse(message.payloadBytes))?.objectValue
+    }
+
     /// The forwarded command a service instance receives for a stored request.
-    func serviceCommand(queue name: String, delivery: UInt64, count: Int, queued: QueuedMessage, to node: Node?) -> Envelope? {
-        guard case .json(let value) = queued.message.body, let request = value.objectValue, let method = request["method"]?.stringValue,
+    func serviceCommand(queue name: String, delivery: UInt64, count: Int, message: PublishedMessage, to node: Node?) -> Envelope? {
+        guard let request = Self.storedRequest(message), let method = request["method"]?.stringValue,
             let verb = request["verb"]?.stringValue.flatMap(CommandMethod.init(rawValue:))
         else { return nil }
         var metadata: [String: String] = [:]
@@ -64,38 +93,47 @@ extension HubCore {
 
     /// An instance answered a stored request: settle the delivery and answer the caller.
     mutating func durableResponse(_ response: LIMECommand, queue name: String, delivery: UInt64, from session: SessionID) -> [Output] {
+        if let held = cluster?.jetStreamQueues[name]?.deliveries[delivery] {
+            guard let request = Self.storedRequest(held.message) else { return [] }
+            let (settle, answer) = settlement(of: response, request: request, count: held.deliveries, instance: session)
+            return answerJetStream(settle, delivery: delivery, queue: name) + (answer.map { answerCaller($0, of: request) } ?? [])
+        }
         // Reads through `queues[name]` rather than a local copy, which would make the settling below copy the queue.
         guard let messageID = queues[name]?.machine.messageID(of: delivery), let (queued, count) = queues[name]?.machine.message(messageID),
-            case .json(let value) = queued.message.body, let request = value.objectValue
+            let request = Self.storedRequest(queued.message)
         else { return [] }
-        let callerNode = request["caller"]?.stringValue.flatMap { Node($0) }
-        let callerID = request["callerID"]?.stringValue
-        var answer = response
-        answer.header.id = callerID
-        answer.header.from = router.node(of: session)
-        answer.header.to = callerNode
-        let settle: DeliveryAnswer
-        if response.status == .failure, response.reason?.code == RelayReasonCode.callAgain {
-            if count < 2 {
-                // Once more, to whichever instance is free.
-                return answerDelivery(.nak(delayMilliseconds: nil), delivery: delivery, queue: name)
-            }
-            settle = .term(reason: "The instance asked to call again a second time")
-            answer.reason = Reason(code: RelayReasonCode.callAgainRefused, description: "The instance asked to call again a second time")
-        } else if response.status == .failure {
-            settle = .term(reason: response.reason?.description ?? "failed")
-        } else {
-            settle = .ack
-        }
-        var outputs = answerDelivery(settle, delivery: delivery, queue: name)
-        // The caller may be gone (or may be waiting on another hub after a restart): answer it if it is here.
-        if let callerNode, let caller = router.session(of: callerNode) {
-            outputs.append(.send(caller, .command(answer)))
-        }
-        return outputs
+        let (settle, answer) = settlement(of: response, request: request, count: count, instance: session)
+        return self.answer(settle, delivery: delivery, queue: name) + (answer.map { answerCaller($0, of: request) } ?? [])
     }
 
-    private mutating func answerDelivery(_ answer: DeliveryAnswer, delivery: UInt64, queue name: String) -> [Output] {
-        self.answer(answer, delivery: delivery, queue: name)
+    /// How an instance's response settles its delivery, and what the caller gets (nil: nothing
+    /// yet, the request is delivered once more). Success acknowledges; call-again (110) delivers
+    /// once more, a second one is refused; any other failure terminates.
+    private func settlement(of response: LIMECommand, request: JSONObject, count: Int, instance: SessionID) -> (
+        DeliveryAnswer, LIMECommand?
+    ) {
+        var answer = response
+        answer.header.from = router.node(of: instance)
+        if response.status == .failure, response.reason?.code == RelayReasonCode.callAgain {
+            if count < 2 { return (.nak(delayMilliseconds: nil), nil) }
+            answer.reason = Reason(code: RelayReasonCode.callAgainRefused, description: "The instance asked to call again a second time")
+            return (.term(reason: "The instance asked to call again a second time"), answer)
+        }
+        if response.status == .failure { return (.term(reason: response.reason?.description ?? "failed"), answer) }
+        return (.ack, answer)
+    }
+
+    /// Answers a stored request's caller: on its reply subject, or as a command to its node,
+    /// wherever it is connected now (another hub on a cluster, after a restart); a caller gone is
+    /// not answered.
+    mutating func answerCaller(_ answer: LIMECommand, of request: JSONObject) -> [Output] {
+        if let replyTo = request["replyTo"]?.stringValue {
+            return publishReply(answer, to: replyTo, from: Self.hubSession, trace: answer.header.metadata ?? [:])
+        }
+        var routed = answer
+        routed.header.id = request["callerID"]?.stringValue
+        routed.header.to = request["caller"]?.stringValue.flatMap { Node($0) }
+        guard routed.header.to != nil else { return [] }
+        return route(.command(routed), from: Self.hubSession)
     }
 }

@@ -236,7 +236,7 @@ extension HubCore {
                 if key.token.hasPrefix(Self.serviceConsumerToken + ":") {
                     // A durable service's instance receives the request as the command it was.
                     if let command = serviceCommand(
-                        queue: name, delivery: delivery, count: count, queued: queued, to: router.node(of: key.session))
+                        queue: name, delivery: delivery, count: count, message: queued.message, to: router.node(of: key.session))
                     {
                         outputs.append(.send(key.session, command))
                         outputs.append(.recordDeliveries(queue: name, sequence: queued.sequence, count: count))

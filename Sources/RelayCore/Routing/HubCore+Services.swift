@@ -463,6 +463,10 @@ extension HubCore {
                 LIMECommand(method: .get, status: .failure, reason: reason), to: replyTo, from: Self.hubSession,
                 trace: TraceContext.carried(in: metadata))
         }
+        if services[service]?.durable == true {
+            // Stored first, as a LIME caller's request is; answered on the reply subject.
+            return durableRequest(command, service: service, method: method, from: session, replyTo: replyTo)
+        }
         let deadline = Int(metadata["#deadline"]!) ?? configuration.defaultDeadlineMilliseconds
         let outputs = dispatch(
             command, caller: CallerKey(session: session, id: replyTo), service: service, method: method, purpose: .natsReply(replyTo),

@@ -343,7 +343,9 @@ public struct HubCore: Sendable {
     /// A command for the hub itself (a publication, a subscription, a queue's or a service's
     /// answer), or nil when the node router routes it.
     private mutating func commandReceived(_ command: LIMECommand, from session: SessionID) -> [Output]? {
-        if command.isResponse, let id = command.header.id, let (queue, delivery) = Self.parseQueueDeliveryID(id), queues[queue] != nil {
+        if command.isResponse, let id = command.header.id, let (queue, delivery) = Self.parseQueueDeliveryID(id),
+            queues[queue] != nil || cluster?.jetStreamQueues[queue] != nil
+        {
             return durableResponse(command, queue: queue, delivery: delivery, from: session)
         }
         if command.isResponse, let id = command.header.id.flatMap(Self.requestID) {
