@@ -208,6 +208,54 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
 
     /// A call of a service on another hub, cancelled by its caller: the instance there is told
     /// and its handler stops.
+    /// An instance asking to call again sends the call to the cluster's choice of instance, on
+    /// any hub: the one on hub A always asks, the one on hub B answers. Each call is answered
+    /// once: by B, or refused (123) when the cluster chose A again.
+    @Test func aCallAgainGoesToAnInstanceOnAnyHub() async throws {
+        let cluster = try await NATSCluster.start()
+        try await withClusteredHubs(2, on: cluster) { hubs in
+            let asked = Collected()
+            var moody = ServiceDefinition("moody")
+            moody.method("work") { (_: JSONValue?, _) -> JSONValue in
+                asked.append("a")
+                throw ServiceError.callAgain()
+            }
+            var steady = ServiceDefinition("moody")
+            steady.method("work") { (_: JSONValue?, _) in "done by b" }
+            let a = try await hubs[0].connect(.tcp, as: "moody@relay.local/a")
+            _ = try await a.serve(moody)
+            let b = try await hubs[1].connect(.tcp, as: "moody@relay.local/b")
+            _ = try await b.serve(steady)
+            let caller = try await hubs[0].connect(.ws, as: "caller@relay.local/1")
+            // Until hub A's cluster connection holds hub B's instance (its queue subscription).
+            try await eventually(within: 20) { (try? await caller.services())?.first { $0["name"] == "moody" }?["instances"] == 2 }
+            var byB = 0
+            var refused = 0
+            for _ in 1...16 {
+                do {
+                    #expect(try await caller.call("moody", "work", timeout: .seconds(10)) == "done by b")
+                    byB += 1
+                } catch let error as RelayError where error.code == RelayReasonCode.callAgainRefused {
+                    refused += 1
+                }
+            }
+            #expect(byB + refused == 16)
+            #expect(byB > 0, "a call-again reached the instance on the other hub (all 16 stayed on A: 1 in 65,536)")
+            #expect(asked.items.count == 16 + refused, "A's instance was asked each call once, and again when chosen again")
+            // A NATS client's request: made again on the cluster with the client's reply subject.
+            let natsCaller = try await NATSClient.connect(to: "nats://127.0.0.1:\(hubs[0].natsPort)")
+            var answers: [String] = []
+            for _ in 1...16 {
+                let answer = try await natsCaller.request("moody.work", [], timeout: .seconds(10))
+                answers.append(answer.headers?["Nats-Service-Error-Code"] ?? answer.text)
+            }
+            #expect(answers.allSatisfy { $0 == #""done by b""# || $0 == "123" }, "\(answers)")
+            #expect(answers.contains(#""done by b""#))
+            await natsCaller.close()
+        }
+        cluster.stop()
+    }
+
     @Test func cancellingACallCancelsItOnTheServingHub() async throws {
         let cluster = try await NATSCluster.start()
         try await withClusteredHubs(2, on: cluster) { hubs in

@@ -248,6 +248,7 @@ extension HubCore {
             if flight.calledAgain {
                 return finish(id, with: failure(flight, RelayReasonCode.callAgainRefused, "The instance asked to call again a second time"))
             }
+            if cluster != nil, let again = callAgainOnCluster(id, flight) { return again }
             // Once more, to the least busy instance (perhaps the same one).
             outstanding[flight.instance, default: 1] -= 1
             guard let instance = pickInstance(flight.service) else {
@@ -264,12 +265,49 @@ extension HubCore {
         return finish(id, with: response)
     }
 
-    /// Ends a request with a response (the instance's, or a failure made by the hub).
-    mutating func finish(_ id: RequestID, with response: LIMECommand) -> [Output] {
-        guard let flight = inFlight.removeValue(forKey: id) else { return [] }
+    /// On a cluster, a call an instance asked to call again goes to the cluster's choice of
+    /// instance, on any hub (this one included), as RabbitMQ requeues for any consumer; it travels
+    /// with `#calledAgain`, so that a second call-again is refused there. Nil for a call kept here
+    /// (a compound method's step, a standing request's call).
+    private mutating func callAgainOnCluster(_ id: RequestID, _ flight: InFlight) -> [Output]? {
+        guard methodSubscriptions[flight.caller] == nil else { return nil }
+        var command = flight.command
+        var metadata = command.header.metadata ?? [:]
+        metadata["#calledAgain"] = "1"
+        metadata["#deadline"] = String(flight.deadline)
+        command.header.metadata = metadata
+        let subject = "\(flight.service).\(flight.method)"
+        switch flight.purpose {
+        case .call:
+            endFlight(id)
+            command.header.id = flight.caller.id
+            command.header.from = flight.callerNode
+            return [.cancelTimer(.deadline(id))]
+                + requestSubject(command, subject: subject, from: flight.caller.session, checkingPublish: false, onClusterOnly: true)
+        case .natsReply(let replyTo):
+            endFlight(id)
+            metadata[Self.deadlineHeader] = metadata.removeValue(forKey: "#deadline")
+            command.header.metadata = metadata
+            cluster!.pending.append(.publish(Self.publication(of: command, subject: subject, replyTo: replyTo).0))
+            return [.cancelTimer(.deadline(id))]
+        default:
+            return nil
+        }
+    }
+
+    /// Forgets a request in flight, returning it.
+    @discardableResult
+    private mutating func endFlight(_ id: RequestID) -> InFlight? {
+        guard let flight = inFlight.removeValue(forKey: id) else { return nil }
         endedRequests.remember(flight.instance, for: id)
         inFlightByCaller[flight.caller] = nil
         outstanding[flight.instance, default: 1] -= 1
+        return flight
+    }
+
+    /// Ends a request with a response (the instance's, or a failure made by the hub).
+    mutating func finish(_ id: RequestID, with response: LIMECommand) -> [Output] {
+        guard let flight = endFlight(id) else { return [] }
         var outputs: [Output] = [.cancelTimer(.deadline(id))]
         switch flight.purpose {
         case .call:
@@ -453,6 +491,7 @@ extension HubCore {
                 LIMECommand(method: .get, status: .failure, reason: Reason(code: ReasonCode.commandNotAllowed, description: refusal)),
                 to: replyTo, from: Self.hubSession, trace: TraceContext.carried(in: metadata))
         }
+        let calledAgain = metadata.removeValue(forKey: "#calledAgain") != nil
         let carried = metadata.removeValue(forKey: Self.deadlineHeader)
         metadata["#deadline"] = metadata["#deadline"] ?? carried ?? String(configuration.defaultDeadlineMilliseconds)
         let command = LIMECommand(
@@ -471,6 +510,8 @@ extension HubCore {
         let outputs = dispatch(
             command, caller: CallerKey(session: session, id: replyTo), service: service, method: method, purpose: .natsReply(replyTo),
             deadline: deadline)
+        // Called again by another hub's instance: a second call-again is refused here.
+        if calledAgain, let id = inFlightByCaller[CallerKey(session: session, id: replyTo)] { inFlight[id]?.calledAgain = true }
         // dispatch answers a refused call with a LIME response; a NATS caller gets it on its reply subject.
         return outputs.flatMap { output -> [Output] in
             if case .send(session, .command(let refusal)) = output {
@@ -542,8 +583,11 @@ extension HubCore {
 
     /// `get /topics/SUBJECT` from LIME: a request on a subject (to a NATS responder, for example).
     /// The hub publishes it with a reply subject of its own and answers the caller with the first reply.
-    mutating func requestSubject(_ command: LIMECommand, subject: String, from session: SessionID, checkingPublish: Bool = true) -> [Output]
-    {
+    /// `onClusterOnly`: published on the cluster alone, not to this hub's subscribers or services
+    /// (a call made again elsewhere).
+    mutating func requestSubject(
+        _ command: LIMECommand, subject: String, from session: SessionID, checkingPublish: Bool = true, onClusterOnly: Bool = false
+    ) -> [Output] {
         guard let callerID = command.header.id else { return [] }
         if let error = Subject.publishError(subject) {
             return refuse(session, command, ReasonCode.validationInvalidResource, error)
@@ -566,7 +610,12 @@ extension HubCore {
         // Another hub's service instance gets the caller's deadline.
         if cluster != nil { metadata[Self.deadlineHeader] = String(deadline) }
         publication.header.metadata = metadata
-        var outputs = publish(publication, subject: subject, replyTo: inbox, from: session)
+        var outputs: (outputs: [Output], delivered: Int) = ([], 0)
+        if onClusterOnly {
+            cluster!.pending.append(.publish(Self.publication(of: publication, subject: subject, replyTo: inbox).0))
+        } else {
+            outputs = publish(publication, subject: subject, replyTo: inbox, from: session)
+        }
         // On a cluster, no responders is the cluster's to say (a 503 on the inbox).
         guard outputs.delivered > 0 || cluster != nil else {
             return endSubjectRequest(

@@ -376,6 +376,12 @@ extension HubCore {
     mutating func publish(_ command: LIMECommand, subject: String, replyTo: String?, from session: SessionID) -> (
         outputs: [Output], delivered: Int
     ) {
+        let (message, targets) = Self.publication(of: command, subject: subject, replyTo: replyTo)
+        return publish(message, from: session, targets: targets)
+    }
+
+    /// A LIME command's resource as a publication on a subject, and the nodes it is for, if any.
+    static func publication(of command: LIMECommand, subject: String, replyTo: String?) -> (PublishedMessage, [Node]?) {
         var metadata = command.header.metadata ?? [:]
         let targets = metadata.removeValue(forKey: "#targets").map { list in
             list.split(separator: ",").compactMap { Node($0.trimmingWhitespace().description) }
@@ -393,6 +399,6 @@ extension HubCore {
         }
         let message = PublishedMessage(
             subject: subject, replyTo: replyTo, publisher: command.header.from, type: type, body: body, metadata: metadata)
-        return publish(message, from: session, targets: targets)
+        return (message, targets)
     }
 }
