@@ -8,7 +8,8 @@ import Testing
 /// Runs `body` with `count` hubs, each joined to its own server of `cluster` (hub i to node i),
 /// the way `relay serve --cluster` joins them.
 func withClusteredHubs<T>(
-    _ count: Int, on cluster: NATSCluster, allServers: Bool = false, _ body: ([TestHub]) async throws -> T
+    _ count: Int, on cluster: NATSCluster, allServers: Bool = false, configure: (inout HubConfiguration) -> Void = { _ in },
+    _ body: ([TestHub]) async throws -> T
 ) async throws -> T {
     func nest(_ index: Int, _ hubs: [TestHub]) async throws -> T {
         guard index < count else { return try await body(hubs) }
@@ -16,6 +17,7 @@ func withClusteredHubs<T>(
             let own = cluster.urls[index % cluster.urls.count]
             configuration.cluster = .init(servers: allServers ? [own] + cluster.urls.filter { $0 != own } : [own])
             configuration.cluster?.pingIntervalSeconds = 1
+            configure(&configuration)
         }) { hub in
             try await nest(index + 1, hubs + [hub])
         }
@@ -252,6 +254,53 @@ func untilInterestCrosses(_ publishProbe: () async throws -> Void, _ arrived: ()
             #expect(answers.allSatisfy { $0 == #""done by b""# || $0 == "123" }, "\(answers)")
             #expect(answers.contains(#""done by b""#))
             await natsCaller.close()
+        }
+        cluster.stop()
+    }
+
+    /// Private and admin methods across hubs: with a shared secret, the caller's hub signs who
+    /// calls and the serving hub takes it; a forged caller from a plain NATS client is refused.
+    @Test(arguments: [true, false]) func privateAndAdminMethodsAcrossHubsNeedTheSharedSecret(sharing: Bool) async throws {
+        let cluster = try await NATSCluster.start()
+        try await withClusteredHubs(
+            2, on: cluster,
+            configure: {
+                $0.admins = ["root@relay.local"]
+                if sharing { $0.cluster?.secret = "the hubs' secret" }
+            }
+        ) { hubs in
+            var vault = ServiceDefinition("vault")
+            vault.method("peek", scope: .private) { (_: JSONValue?, _) in "peeked" }
+            vault.method("wipe", scope: .admin) { (_: JSONValue?, _) in "wiped" }
+            vault.method("hello") { (_: JSONValue?, _) in "hi" }
+            let instance = try await hubs[0].connect(.tcp, as: "vault@relay.local/1")
+            _ = try await instance.serve(vault)
+            let sibling = try await hubs[1].connect(.ws, as: "vault@relay.local/2")
+            let root = try await hubs[1].connect(.ws, as: "root@relay.local/1")
+            let eve = try await hubs[1].connect(.ws, as: "eve@relay.local/1")
+            try await eventually(within: 20) { (try? await eve.call("vault", "hello", timeout: .seconds(2))) == "hi" }
+            func outcome(_ client: LIMEClient, _ method: String) async -> String {
+                do { return try await client.call("vault", method, timeout: .seconds(5)).stringValue ?? "?" } catch let error as RelayError
+                {
+                    return "refused \(error.code)"
+                } catch { return "\(error)" }
+            }
+            let refused = "refused \(ReasonCode.commandNotAllowed)"
+            #expect(await outcome(sibling, "peek") == (sharing ? "peeked" : refused), "the service's own identity")
+            #expect(await outcome(root, "wipe") == (sharing ? "wiped" : refused), "an administrator")
+            #expect(await outcome(eve, "peek") == refused)
+            #expect(await outcome(eve, "wipe") == refused)
+            // A plain NATS client of the cluster writing the caller headers itself.
+            let forger = try await NATSClient.connect(to: cluster.urls[1])
+            var headers = NATSHeaders()
+            headers.append("Relay-Caller", "vault@relay.local/9")
+            headers.append("Relay-Caller-Admin", "1")
+            headers.append("Relay-Time", String(Int64(Date().timeIntervalSince1970 * 1000)))
+            headers.append("Relay-Signature", "bm90IGEgc2lnbmF0dXJl")
+            let answer = try await forger.request("vault.peek", [], headers: headers, timeout: .seconds(5))
+            #expect(answer.headers?["Nats-Service-Error-Code"] == String(ReasonCode.commandNotAllowed), "\(answer.text)")
+            #expect(hubs[0].server.hub.clusterStatus?.callersRefused == (sharing ? 1 : 0))
+            await forger.close()
         }
         cluster.stop()
     }

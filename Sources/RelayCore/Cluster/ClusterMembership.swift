@@ -7,7 +7,15 @@ public struct ClusterMembership: Sendable {
         case interest(ClusterInterest.Action)
         /// Publish a local publication on the cluster, for the other hubs and NATS clients there.
         case publish(PublishedMessage)
+        /// Publish a call of a service on another hub, saying who calls (`caller`, an
+        /// administrator or not) in a way the other hubs can check (`attestsCallers`).
+        case publishCall(PublishedMessage, caller: Node, admin: Bool)
     }
+
+    /// The headers in which a hub says who calls a service on another hub, kept (as metadata)
+    /// only when the hub's cluster link checked them (docs/CLUSTER.md).
+    public static let callerHeader = "Relay-Caller"
+    public static let callerAdminHeader = "Relay-Caller-Admin"
 
     /// The queue group the hubs serving a service share on the cluster: one hub takes each
     /// request of `SERVICE.>`.
@@ -37,6 +45,8 @@ public struct ClusterMembership: Sendable {
     public let discoveryWindowMilliseconds: Int
     /// Durable queues are JetStream's when set (JetStreamQueues.swift).
     public let jetStream: JetStreamSettings?
+    /// Whether calls across hubs say who calls (the hubs share a secret).
+    public internal(set) var attestsCallers = false
     var jetStreamQueues: [String: JetStreamQueue] = [:]
     /// What waits for JetStream's PubAck of a publication (a confirmation), by its number.
     var pubAcks = RecentMemory<Int, PubAckWait>(capacity: 10_000)
@@ -84,9 +94,15 @@ extension HubCore {
     /// delivery across all hubs. Subscriptions made before are held too.
     /// With `jetStream`, durable queues created from now on are JetStream streams (join before
     /// creating them).
-    public mutating func joinCluster(hubID: String, discoveryWindowMilliseconds: Int = 250, jetStream: JetStreamSettings? = nil) {
+    /// With `attestsCallers` (the hubs share a secret), calls of services on other hubs say who
+    /// calls, and calls from other hubs that say so are taken as that caller's (private and admin
+    /// methods).
+    public mutating func joinCluster(
+        hubID: String, discoveryWindowMilliseconds: Int = 250, jetStream: JetStreamSettings? = nil, attestsCallers: Bool = false
+    ) {
         var membership = ClusterMembership(
             hubID: hubID, discoveryWindowMilliseconds: discoveryWindowMilliseconds, jetStream: jetStream)
+        membership.attestsCallers = attestsCallers
         for slot in subscriptionSlots.indices where subscriptionSlots[slot].isLive {
             let subscription = subscriptionSlots[slot]
             if let action = membership.interest.localSubscriptionAdded(.init(filter: subscription.filter, queue: subscription.queue)) {

@@ -104,7 +104,10 @@ extension HubCore {
         return best
     }
 
-    func checkCall(_ command: LIMECommand, service: String, method: String, from session: SessionID) -> Reason? {
+    /// `attested`: the caller and its right to admin methods, as another hub said them.
+    func checkCall(
+        _ command: LIMECommand, service: String, method: String, from session: SessionID, attested: (caller: Node, admin: Bool)? = nil
+    ) -> Reason? {
         // Before anything else: a caller may not learn which services exist that it may not call.
         if let refusal = callRefusal(service, method: method, from: session) { return refusal }
         guard let entry = services[service] else {
@@ -113,7 +116,7 @@ extension HubCore {
         guard let description = entry.description.method(method) else {
             return Reason(code: ReasonCode.commandMethodNotSupported, description: "Service '\(service)' has no method '\(method)'")
         }
-        let callerIdentity = router.node(of: session)?.identity
+        let callerIdentity = attested?.caller.identity ?? router.node(of: session)?.identity
         switch description.scope {
         case .public: break
         case .private:
@@ -124,7 +127,7 @@ extension HubCore {
                     description: "Method '\(method)' of '\(service)' is private to the service's own nodes")
             }
         case .admin:
-            if !mayCallAdminMethods(session) {
+            if !(attested?.admin ?? mayCallAdminMethods(session)) {
                 return Reason(code: ReasonCode.commandNotAllowed, description: "Method '\(method)' of '\(service)' is for administrators")
             }
         }
@@ -492,12 +495,19 @@ extension HubCore {
                 to: replyTo, from: Self.hubSession, trace: TraceContext.carried(in: metadata))
         }
         let calledAgain = metadata.removeValue(forKey: "#calledAgain") != nil
+        // Who calls from another hub, as that hub said it (its cluster link checked the signature).
+        var attested: (caller: Node, admin: Bool)?
+        if session == Self.clusterSession, let caller = metadata.removeValue(forKey: ClusterMembership.callerHeader).flatMap(Node.init) {
+            attested = (caller, metadata.removeValue(forKey: ClusterMembership.callerAdminHeader) == "1")
+        }
+        metadata[ClusterMembership.callerHeader] = nil
+        metadata[ClusterMembership.callerAdminHeader] = nil
         let carried = metadata.removeValue(forKey: Self.deadlineHeader)
         metadata["#deadline"] = metadata["#deadline"] ?? carried ?? String(configuration.defaultDeadlineMilliseconds)
         let command = LIMECommand(
             header: EnvelopeHeader(id: replyTo, from: message.publisher, metadata: metadata), method: .get,
             uri: "/services/\(service)/\(method)", resource: content == .null ? nil : content)
-        if let reason = checkCall(command, service: service, method: method, from: session) {
+        if let reason = checkCall(command, service: service, method: method, from: session, attested: attested) {
             return publishReply(
                 LIMECommand(method: .get, status: .failure, reason: reason), to: replyTo, from: Self.hubSession,
                 trace: TraceContext.carried(in: metadata))
@@ -585,6 +595,8 @@ extension HubCore {
     /// The hub publishes it with a reply subject of its own and answers the caller with the first reply.
     /// `onClusterOnly`: published on the cluster alone, not to this hub's subscribers or services
     /// (a call made again elsewhere).
+    /// A service call (`checkingPublish` false) on a cluster whose hubs attest callers says who
+    /// calls.
     mutating func requestSubject(
         _ command: LIMECommand, subject: String, from session: SessionID, checkingPublish: Bool = true, onClusterOnly: Bool = false
     ) -> [Output] {
@@ -615,6 +627,13 @@ extension HubCore {
             cluster!.pending.append(.publish(Self.publication(of: publication, subject: subject, replyTo: inbox).0))
         } else {
             outputs = publish(publication, subject: subject, replyTo: inbox, from: session)
+        }
+        if !checkingPublish, cluster?.attestsCallers == true, let caller = router.node(of: session),
+            let index = cluster!.pending.lastIndex(where: { if case .publish(let message) = $0 { message.replyTo == inbox } else { false } }
+            ),
+            case .publish(let message) = cluster!.pending[index]
+        {
+            cluster!.pending[index] = .publishCall(message, caller: caller, admin: mayCallAdminMethods(session))
         }
         // On a cluster, no responders is the cluster's to say (a 503 on the inbox).
         guard outputs.delivered > 0 || cluster != nil else {

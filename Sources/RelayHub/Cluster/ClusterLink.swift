@@ -20,11 +20,33 @@ final class ClusterLink: Sendable {
     private let subscriptions = Mutex<[String: (queue: Bool, sid: String)]>([:])
     /// Publications the cluster connection could not take (reconnect buffer full), counted.
     let dropped = Atomic<Int>(0)
+    /// Signs and checks who calls across hubs, when the hubs share a secret.
+    private let signer: Mutex<ClusterCallerSigner?>
 
-    private init(hubID: String, publisher: NATSClient, queueMember: NATSClient) {
+    private init(hubID: String, publisher: NATSClient, queueMember: NATSClient, signer: ClusterCallerSigner?) {
         self.hubID = hubID
         self.publisher = publisher
         self.queueMember = queueMember
+        self.signer = Mutex(signer)
+    }
+
+    /// Whether calls across hubs say who calls (the hubs share a secret).
+    var attestsCallers: Bool { signer.withLock { $0 != nil } }
+
+    /// Calls from other hubs whose caller headers were refused (a bad, stale or replayed
+    /// signature, or none where a secret is shared).
+    var callersRefused: Int { signer.withLock { $0?.refused ?? 0 } }
+
+    /// The headers of a message from the cluster as the hub takes them: caller headers only when
+    /// their signature checks.
+    func checkedHeaders(_ message: NATSMessage) -> NATSHeaders? {
+        guard message.headers != nil else { return nil }
+        return signer.withLock { signer in
+            guard signer != nil else { return ClusterCallerSigner.withoutReserved(message.headers) }
+            return signer!.checked(
+                subject: message.subject, replyTo: message.replyTo, payload: Array(message.payload), headers: message.headers,
+                now: Hub.now())
+        }
     }
 
     /// Connects both connections to the cluster (each tries every server once before it fails).
@@ -46,7 +68,10 @@ final class ClusterLink: Sendable {
         let publisher = try await NATSClient.connect(options: options("publisher", echo: false))
         do {
             let queueMember = try await NATSClient.connect(options: options("queues", echo: true))
-            return ClusterLink(hubID: hubID, publisher: publisher, queueMember: queueMember)
+            let signer = settings.secret.map {
+                ClusterCallerSigner(secret: $0, windowMilliseconds: Int64(settings.callerSignatureWindowSeconds * 1000))
+            }
+            return ClusterLink(hubID: hubID, publisher: publisher, queueMember: queueMember, signer: signer)
         } catch {
             await publisher.close()
             throw error
@@ -60,14 +85,23 @@ final class ClusterLink: Sendable {
             switch operation {
             case .publish(let message):
                 let form = message.clusterForm
-                do {
-                    try publisher.publish(form.subject, form.payload, replyTo: form.replyTo, headers: form.headers)
-                } catch {
-                    dropped.add(1, ordering: .relaxed)
+                publish(form.subject, form.payload, replyTo: form.replyTo, headers: ClusterCallerSigner.withoutReserved(form.headers))
+            case .publishCall(let message, let caller, let admin):
+                let form = message.clusterForm
+                let headers = signer.withLock { signer in
+                    signer.map {
+                        $0.sign(
+                            subject: form.subject, replyTo: form.replyTo, payload: form.payload, headers: form.headers, caller: caller,
+                            admin: admin, now: Hub.now())
+                    } ?? ClusterCallerSigner.withoutReserved(form.headers)
                 }
+                publish(form.subject, form.payload, replyTo: form.replyTo, headers: headers)
             case .interest(.subscribe(let id, let filter, let queue)):
                 let client = queue == nil ? publisher : queueMember
-                let sid = try? client.subscribe(filter, queue: queue) { [weak hub] message in
+                let sid = try? client.subscribe(filter, queue: queue) { [weak hub, weak self] message in
+                    guard let self else { return }
+                    var message = message
+                    message.headers = self.checkedHeaders(message)
                     hub?.clusterMessageReceived(message, subscription: id)
                 }
                 if let sid { subscriptions.withLock { $0[id] = (queue != nil, sid) } }
@@ -75,6 +109,14 @@ final class ClusterLink: Sendable {
                 guard let held = subscriptions.withLock({ $0.removeValue(forKey: id) }) else { continue }
                 try? (held.queue ? queueMember : publisher).unsubscribe(sid: held.sid)
             }
+        }
+    }
+
+    private func publish(_ subject: String, _ payload: [UInt8], replyTo: String?, headers: NATSHeaders?) {
+        do {
+            try publisher.publish(subject, payload, replyTo: replyTo, headers: headers)
+        } catch {
+            dropped.add(1, ordering: .relaxed)
         }
     }
 
@@ -112,7 +154,8 @@ extension Hub {
         state.withLock { state in
             state.cluster = link
             state.core.joinCluster(
-                hubID: link.hubID, discoveryWindowMilliseconds: settings?.discoveryWindowMilliseconds ?? 250, jetStream: jetStream)
+                hubID: link.hubID, discoveryWindowMilliseconds: settings?.discoveryWindowMilliseconds ?? 250, jetStream: jetStream,
+                attestsCallers: link.attestsCallers)
             carryOutClusterOperations(in: &state)
         }
         logger.info("joined the cluster", metadata: ["hub": "\(link.hubID)", "server": "\(link.server ?? "?")"])
@@ -158,6 +201,10 @@ public struct ClusterStatus: Sendable, Equatable {
     public var discarded: Int
     /// Publications the cluster connection could not hold while reconnecting (dropped, counted).
     public var dropped: Int
+    /// Whether calls across hubs say who calls (a shared secret), and the calls from other hubs
+    /// whose caller was not taken (a bad, stale or replayed signature).
+    public var attestsCallers: Bool
+    public var callersRefused: Int
 }
 
 extension Hub {
@@ -169,7 +216,7 @@ extension Hub {
                 hubID: link.hubID, connected: link.isConnected, server: link.server, reconnects: link.publisher.reconnectCount,
                 subscriptions: membership.subscriptionCount, published: membership.messagesPublished,
                 received: membership.messagesReceived, discarded: membership.messagesDiscarded,
-                dropped: link.dropped.load(ordering: .relaxed))
+                dropped: link.dropped.load(ordering: .relaxed), attestsCallers: link.attestsCallers, callersRefused: link.callersRefused)
         }
     }
 }

@@ -31,6 +31,12 @@ extension HubConfiguration {
         /// How often, in milliseconds, the hub asks JetStream what each queue's stream holds
         /// (`get /queues/Q` `messages`, `relay_queue_messages`).
         public var queueStatusIntervalMilliseconds: Int = 5_000
+        /// A secret the hubs share: calls of services on another hub then say who calls, signed
+        /// with it, so that private and admin methods can be called across hubs. Without it,
+        /// those calls are refused there.
+        public var secret: String?
+        /// How far, in seconds, a signed call's time may be off the receiving hub's clock.
+        public var callerSignatureWindowSeconds: Double = 30
 
         public init(servers: [String]) {
             self.servers = servers
@@ -52,6 +58,8 @@ extension HubConfiguration {
             jetStream = try container.decodeIfPresent(Bool.self, forKey: .jetStream) ?? true
             replicas = try container.decodeIfPresent(Int.self, forKey: .replicas)
             queueStatusIntervalMilliseconds = try container.decodeIfPresent(Int.self, forKey: .queueStatusIntervalMilliseconds) ?? 5_000
+            secret = try container.decodeIfPresent(String.self, forKey: .secret)
+            callerSignatureWindowSeconds = try container.decodeIfPresent(Double.self, forKey: .callerSignatureWindowSeconds) ?? 30
         }
     }
 }

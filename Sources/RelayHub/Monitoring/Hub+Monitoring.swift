@@ -58,6 +58,7 @@ extension Hub {
                 "reconnects": Self.number(cluster.reconnects), "subscriptions": Self.number(cluster.subscriptions),
                 "published": Self.number(cluster.published), "received": Self.number(cluster.received),
                 "discarded": Self.number(cluster.discarded), "dropped": Self.number(cluster.dropped),
+                "attests_callers": .bool(cluster.attestsCallers), "callers_refused": Self.number(cluster.callersRefused),
             ]
         }
         return varz

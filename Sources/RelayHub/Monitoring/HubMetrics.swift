@@ -156,6 +156,9 @@ final class HubMetrics: Sendable {
             counter("relay_cluster_received_total", "Messages received from the cluster", cluster.received, touched: &touched)
             counter("relay_cluster_discarded_total", "Cluster messages that went nowhere", cluster.discarded, touched: &touched)
             counter("relay_cluster_dropped_total", "Publications the cluster connection could not hold", cluster.dropped, touched: &touched)
+            counter(
+                "relay_cluster_callers_refused_total", "Calls from other hubs whose caller signature was bad, stale or replayed",
+                cluster.callersRefused, touched: &touched)
         }
         for queue in queues {
             guard let name = queue["name"]?.stringValue else { continue }
