@@ -3,8 +3,10 @@
 Relay hubs joined to them (hub i on server i). Each workload runs with the same client
 (`relay bench`) once through the hubs and once on the nats-servers directly, alternating, the
 publisher on the first and the receivers on the last (fan-out: one subscriber on each); the
-median of --runs is reported with the ratio (hubs ÷ nats-server cluster). Started by
-scripts/bench-cluster, which installs and builds first.
+median of --runs is reported with the ratio (hubs ÷ nats-server cluster). With --confirmed the
+servers run JetStream and a confirmed-publish row is added: through the hubs (their queues are
+JetStream streams) against JetStream directly. Started by scripts/bench-cluster, which installs and
+builds first.
 """
 
 import argparse
@@ -35,8 +37,15 @@ WORKLOADS = [
 ]
 
 
-def start_node(nats_server, name, cluster, routes=None):
-    args = [nats_server, "-a", "127.0.0.1", "-p", "-1", "-n", name, "--cluster_name", cluster, "--cluster", "nats://127.0.0.1:-1"]
+CONFIRMED = ("confirmed", "confirmed publish 128 B (JetStream, replicas 3), publisher on the first",
+             ["confirmed", "--count", "3000", "--replicas", "3"], [bench.THROUGHPUT, bench.P50, bench.P99], "500")
+
+
+def start_node(nats_server, name, cluster, routes=None, store=None, cluster_port=-1):
+    args = [nats_server, "-a", "127.0.0.1", "-p", "-1", "-n", name, "--cluster_name", cluster, "--cluster",
+            f"nats://127.0.0.1:{cluster_port}"]
+    if store:
+        args += ["-js", "--store_dir", store]
     if routes:
         args += ["--routes", routes]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -63,6 +72,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--hubs", default="1,2,3", help="hub counts to run, comma-separated")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--confirmed", action="store_true", help="JetStream on, and the confirmed-publish row")
     options = parser.parse_args()
 
     nats_server = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -71,13 +81,26 @@ def main():
     rows = []
     try:
         name = f"bench-{os.getpid()}"
-        first, first_port, route = start_node(nats_server, "n1", name)
-        nodes = [(first, first_port)]
-        for number in (2, 3):
-            process, port, _ = start_node(nats_server, f"n{number}", name, f"nats://127.0.0.1:{route}")
-            nodes.append((process, port))
+        def store(number):
+            return os.path.join(work, f"js{number}") if options.confirmed else None
+
+        if options.confirmed:
+            # JetStream's cluster wants every server to have its routes from the start.
+            cluster_ports = [bench.free_port() for _ in range(3)]
+            routes = ",".join(f"nats://127.0.0.1:{port}" for port in cluster_ports)
+            nodes = []
+            for number in (1, 2, 3):
+                process, port, _ = start_node(
+                    nats_server, f"n{number}", name, routes, store=store(number), cluster_port=cluster_ports[number - 1])
+                nodes.append((process, port))
+        else:
+            first, first_port, route = start_node(nats_server, "n1", name)
+            nodes = [(first, first_port)]
+            for number in (2, 3):
+                process, port, _ = start_node(nats_server, f"n{number}", name, f"nats://127.0.0.1:{route}")
+                nodes.append((process, port))
         processes += [process for process, _ in nodes]
-        time.sleep(1)  # the routes form (outside any timing)
+        time.sleep(5 if options.confirmed else 1)  # the routes form, JetStream elects its leader (outside any timing)
         node_urls = [f"nats://127.0.0.1:{port}" for _, port in nodes]
         for count in [int(n) for n in options.hubs.split(",")]:
             hubs, hub_urls = [], []
@@ -91,7 +114,7 @@ def main():
                 hubs.append(hub)
                 bench.wait_for_port(port, hub, "relay serve")
                 hub_urls.append(f"nats://127.0.0.1:{port}")
-            for workload, title, arguments, metrics, quick in WORKLOADS:
+            for workload, title, arguments, metrics, quick in WORKLOADS + ([CONFIRMED] if options.confirmed else []):
                 args = list(arguments)
                 if options.quick:
                     args[args.index("--count") + 1] = quick
@@ -102,7 +125,8 @@ def main():
                     print(f"{count} hub(s), {workload}: run {run + 1} of {options.runs}", file=sys.stderr)
                     for side, urls in (("nats", node_urls[:count]), ("relay", hub_urls)):
                         receivers = ",".join(urls) if workload == "fanout" else urls[-1]
-                        spec = bench.Workload(workload, title, args + ["--receive-server", receivers], metrics)
+                        extra = [] if workload == "confirmed" else ["--receive-server", receivers]
+                        spec = bench.Workload(workload, title, args + extra, metrics)
                         runs[side].append(bench.run_bench(options.relay, urls[0], spec, False))
                 for label, key, higher in metrics:
                     nats_value = statistics.median(bench.lookup(s, key) for s in runs["nats"])

@@ -73,6 +73,9 @@ struct Bench: AsyncParsableCommand {
     )
     var receiveServer: String?
 
+    @Option(help: "confirmed: copies of the JetStream stream on nats-server (a hub's clustered queues take its own setting).")
+    var replicas = 1
+
     @Flag(help: "reconnect: run nats-server (instead of this relay serve) as the server that is killed and restarted.")
     var natsServer = false
 
@@ -207,7 +210,7 @@ struct Bench: AsyncParsableCommand {
         var senders: [any BenchConnection] = []
         for _ in 0..<plan.senders { senders.append(try await client.connectBench()) }
         try await interestCrossed()
-        if workload == .confirmed { try await senders[0].createQueue("bench", subject: "bench.confirmed") }
+        if workload == .confirmed { try await senders[0].createQueue("bench", subject: "bench.confirmed", replicas: replicas) }
         let latencies = LatencyRecorder()
         let start = Self.now()
         progress.start(at: start)

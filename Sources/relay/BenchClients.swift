@@ -15,8 +15,8 @@ protocol BenchConnection: Sendable {
     func serveEcho() async throws -> Task<Void, Never>
     /// One request to the echo, waiting for the answer.
     func request(_ payload: [UInt8]) async throws
-    /// Makes sure the durable queue (a JetStream stream on NATS) `name` keeps `subject`.
-    func createQueue(_ name: String, subject: String) async throws
+    /// Makes sure the durable queue (a JetStream stream on NATS, with `replicas`) `name` keeps `subject`.
+    func createQueue(_ name: String, subject: String, replicas: Int) async throws
     /// One publication kept by a durable queue, waiting until the server confirms it is stored.
     func publishConfirmed(_ subject: String, _ payload: [UInt8]) async throws
     func close() async
@@ -74,8 +74,10 @@ struct NATSBenchConnection: BenchConnection {
         _ = try await client.request(benchRequestSubject, payload)
     }
 
-    func createQueue(_ name: String, subject: String) async throws {
-        let configuration: JSONValue = ["name": .string(name), "subjects": [.string(subject)], "storage": "file"]
+    func createQueue(_ name: String, subject: String, replicas: Int) async throws {
+        let configuration: JSONValue = [
+            "name": .string(name), "subjects": [.string(subject)], "storage": "file", "num_replicas": .number(JSONNumber(replicas)),
+        ]
         let answer = try await client.request("$JS.API.STREAM.CREATE.\(name)", JSONWriter.bytes(configuration))
         let response = try? JSONParser.parse(answer.payload)
         // A stream left by an earlier run (10058: the name is in use) is fine; any other error is not.
@@ -124,7 +126,7 @@ struct LIMEBenchConnection: BenchConnection {
         _ = try await client.call(benchRequestSubject, "echo", ["data": Self.content(payload)])
     }
 
-    func createQueue(_ name: String, subject: String) async throws {
+    func createQueue(_ name: String, subject: String, replicas: Int) async throws {
         try await client.createQueue(QueueConfiguration(name: name, subjects: [subject]))
     }
 
