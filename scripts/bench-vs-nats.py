@@ -29,9 +29,13 @@ class Workload:
     args: list
     # (label, key in the JSON summary, True when higher is better)
     metrics: list
-    # Run against the hub over LIME (ws://) instead of NATS; compared with nats-server over NATS.
-    lime: bool = False
+    # Run against the hub over LIME ("ws": ws://, "tcp": tcp://) instead of NATS; compared with
+    # nats-server over NATS.
+    lime: str = ""
     quick_args: list = field(default_factory=list)
+    # Compared with the nats-server whose JetStream syncs every write to disk (sync_interval:
+    # always, nats-server 2.10 and later), as the hub does: --nats-sync-server.
+    synced: bool = False
 
 
 THROUGHPUT = ("msg/s", "messagesPerSecond", True)
@@ -54,9 +58,26 @@ WORKLOADS = [
     Workload("confirmed16", "confirmed publish (16 publishers), NATS", ["confirmed", "--publishers", "16", "--count", "20000"],
              [THROUGHPUT, P99], quick_args=["--count", "3000"]),
     Workload("lime-pubsub", "pub/sub 128 B, hub over LIME/WebSocket vs nats-server over NATS", ["pubsub", "--count", "100000"],
-             [THROUGHPUT], lime=True, quick_args=["--count", "20000"]),
+             [THROUGHPUT], lime="ws", quick_args=["--count", "20000"]),
+    Workload("lime-tcp-pubsub", "pub/sub 128 B, hub over LIME/TCP vs nats-server over NATS", ["pubsub", "--count", "100000"],
+             [THROUGHPUT], lime="tcp", quick_args=["--count", "20000"]),
     Workload("lime-reqrep", "request/reply, hub over LIME/WebSocket (service call) vs nats-server over NATS",
-             ["reqrep", "--count", "5000"], [P50, P99], lime=True, quick_args=["--count", "1000"]),
+             ["reqrep", "--count", "5000"], [P50, P99], lime="ws", quick_args=["--count", "1000"]),
+    Workload("lime-tcp-reqrep", "request/reply, hub over LIME/TCP (service call) vs nats-server over NATS",
+             ["reqrep", "--count", "5000"], [P50, P99], lime="tcp", quick_args=["--count", "1000"]),
+    Workload("fanout100", "fan-out to 100, 128 B, NATS", ["fanout", "--subscribers", "100", "--count", "5000"], [DELIVERED],
+             quick_args=["--count", "1000"]),
+    Workload("fanout1000", "fan-out to 1,000, 128 B, NATS", ["fanout", "--subscribers", "1000", "--count", "500"], [DELIVERED],
+             quick_args=["--count", "100"]),
+    Workload("pubsub64k", "pub/sub 64 KiB, NATS", ["pubsub", "--size", "65536", "--count", "20000"], [THROUGHPUT],
+             quick_args=["--count", "3000"]),
+    Workload("pubsub1m", "pub/sub 1 MiB, NATS", ["pubsub", "--size", "1048576", "--count", "500"], [THROUGHPUT],
+             quick_args=["--count", "100"]),
+    Workload("confirmed-synced", "confirmed publish (1 publisher), NATS, vs JetStream syncing each write", ["confirmed", "--count",
+             "3000"], [THROUGHPUT, P50, P99], quick_args=["--count", "300"], synced=True),
+    Workload("confirmed-synced64", "confirmed publish (64 publishers), NATS, vs JetStream syncing each write",
+             ["confirmed", "--publishers", "64", "--count", "20000"], [THROUGHPUT, P50, P99], quick_args=["--count", "3000"],
+             synced=True),
 ]
 
 
@@ -151,6 +172,9 @@ def main():
     parser.add_argument("--json", help="also write every run's summary to this file")
     parser.add_argument("--idle", type=int, default=10000,
                         help="idle sessions for the memory figure (0: skip it); hub over WebSocket, nats-server over NATS")
+    parser.add_argument("--nats-sync-server",
+                        help="a nats-server of 2.10 or later, run with JetStream's sync_interval: always for the synced rows "
+                             "(skipped without it)")
     parser.add_argument("--relay-threads", type=int,
                         help="event-loop threads for the hub (relay serve --threads); its default is one per core")
     options = parser.parse_args()
@@ -173,6 +197,17 @@ def main():
             [nats_server, "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", os.path.join(work, "jetstream")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(nats)
+        synced_port = None
+        if options.nats_sync_server:
+            # JetStream that syncs every write before its PubAck, as the hub confirms after fsync.
+            synced_port = free_port()
+            config = os.path.join(work, "synced.conf")
+            with open(config, "w") as file:
+                file.write(f'jetstream {{ store_dir: "{os.path.join(work, "synced")}", sync_interval: always }}\n')
+            synced = subprocess.Popen([options.nats_sync_server, "-a", "127.0.0.1", "-p", str(synced_port), "-c", config],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            processes.append(synced)
+            wait_for_port(synced_port, synced, "nats-server (synced)")
         hub = subprocess.Popen(
             [options.relay, "serve", "--nats", f"127.0.0.1:{hub_nats}", "--ws", f"127.0.0.1:{hub_ws}", "--tcp",
              f"127.0.0.1:{hub_tcp}", "--http", "127.0.0.1:0", "--data", os.path.join(work, "relay"), "--log-level", "warning",
@@ -189,8 +224,12 @@ def main():
         rows = []
         every_run = []
         for workload in workloads:
-            nats_url = f"nats://127.0.0.1:{nats_port}"
-            relay_url = f"ws://127.0.0.1:{hub_ws}" if workload.lime else f"nats://127.0.0.1:{hub_nats}"
+            if workload.synced and not synced_port:
+                print(f"{workload.name}: skipped (no --nats-sync-server)", file=sys.stderr)
+                continue
+            nats_url = f"nats://127.0.0.1:{synced_port if workload.synced else nats_port}"
+            relay_url = {"ws": f"ws://127.0.0.1:{hub_ws}", "tcp": f"tcp://127.0.0.1:{hub_tcp}"}.get(
+                workload.lime, f"nats://127.0.0.1:{hub_nats}")
             runs = {"nats": [], "relay": []}
             for index in range(options.runs):
                 print(f"{workload.name}: run {index + 1} of {options.runs}", file=sys.stderr)

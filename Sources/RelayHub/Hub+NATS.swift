@@ -54,7 +54,10 @@ extension Hub {
     /// Publishes what one read of a NATS connection brought, in order, under one acquisition of
     /// the lock. A PUB left in the read (`bytes`) is forwarded from there when it is only to be
     /// delivered to NATS subscriptions (`HubCore.forward`); otherwise it is published as usual.
-    func natsPublish(_ publications: [NATSPublication], bytes: UnsafeRawBufferPointer, from id: SessionID, noResponders: Bool) {
+    /// Returns the sessions written to that are far behind, for the publisher to wait on.
+    func natsPublish(
+        _ publications: [NATSPublication], bytes: UnsafeRawBufferPointer, from id: SessionID, noResponders: Bool
+    ) -> [PublisherStall.Wait] {
         let resolved = state.withLock { state in
             var resolved = Resolved()
             var outputs: [HubCore.Output] = []
@@ -93,7 +96,7 @@ extension Hub {
             }
             return resolved
         }
-        dispatch(resolved)
+        return dispatch(resolved)
     }
 }
 

@@ -172,16 +172,22 @@ extension Hub {
 
     /// Outside the lock: hands each session its writes, counts drops and slow consumers, and
     /// passes storage work to the queue store.
-    func dispatch(_ resolved: Resolved) {
+    /// Returns the sessions written to that are far behind (`SessionOutlet.stall`): their
+    /// publisher may wait for them before it reads more.
+    @discardableResult
+    func dispatch(_ resolved: Resolved) -> [PublisherStall.Wait] {
         var dropped = 0
+        var stalls: [PublisherStall.Wait] = []
         for (outlet, batch) in resolved.batches {
             outlet.batchCapacity = batch.bytes.count
             switch outlet.send(batch) {
-            case nil: noteSlowConsumer()
+            case nil: if outlet.takeSlowConsumer() { noteSlowConsumer() }
             case let count?: dropped += count
             }
+            if let stall = outlet.stall() { stalls.append(PublisherStall.Wait(outlet: outlet, drained: stall)) }
         }
         if dropped > 0 { state.withLock { $0.droppedDeliveries += dropped } }
         if !resolved.storage.isEmpty { store(resolved.storage) }
+        return stalls
     }
 }

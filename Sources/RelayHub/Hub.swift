@@ -34,6 +34,8 @@ public final class Hub: Sendable {
         public var connectionsRefusedAfterFailures = 0
         /// Connections closed because their TLS handshake or WebSocket upgrade did not finish in time.
         public var handshakeTimeouts = 0
+        /// Times a publisher's connection stopped reading for a lagging subscriber (`PublisherStall`).
+        public var publisherStalls = 0
     }
 
     /// An open session's outlet, with what rendering its deliveries needs (looked up once per
@@ -102,6 +104,8 @@ public final class Hub: Sendable {
     let tls: TLSContextStore?
     /// Connections closed because their TLS handshake or WebSocket upgrade did not finish in time.
     private let handshakeTimeouts = Atomic<Int>(0)
+    /// Counted by the connections' `PublisherStall`s.
+    let publisherStalls = Atomic<Int>(0)
     /// Messages and bytes in and out of every session, closed ones included.
     let traffic = TrafficCounters()
     /// `/metrics`, and the latencies it records.
@@ -163,7 +167,7 @@ public final class Hub: Sendable {
                 authenticationFailures: state.limiter.statistics.authenticationFailures,
                 connectionsRefusedPerAddress: state.limiter.statistics.connectionsRefusedPerAddress,
                 connectionsRefusedAfterFailures: state.limiter.statistics.connectionsRefusedAfterFailures,
-                handshakeTimeouts: handshakeTimeouts.load(ordering: .relaxed))
+                handshakeTimeouts: handshakeTimeouts.load(ordering: .relaxed), publisherStalls: publisherStalls.load(ordering: .relaxed))
         }
     }
 
@@ -178,7 +182,8 @@ public final class Hub: Sendable {
     /// carries out what it says, emptying `items` (envelopes are moved into the core, not copied).
     /// A publication read in place is forwarded from its bytes when it is only to be delivered to
     /// LIME subscriptions (`HubCore.forward`); otherwise it is published as usual.
-    func route(_ items: inout [LIMERouted], from sender: SessionID) {
+    /// Returns the sessions written to that are far behind, for the publisher to wait on.
+    func route(_ items: inout [LIMERouted], from sender: SessionID) -> [PublisherStall.Wait] {
         let resolved = state.withLock { state in
             var resolved = Resolved()
             var outputs: [HubCore.Output] = []
@@ -216,7 +221,7 @@ public final class Hub: Sendable {
             }
             return resolved
         }
-        dispatch(resolved)
+        return dispatch(resolved)
     }
 
     /// Hands an envelope to the core, inside its entry span when the hub makes spans (which read

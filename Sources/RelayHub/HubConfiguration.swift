@@ -191,6 +191,10 @@ public struct HubConfiguration: Sendable, Codable {
         /// Bytes that may wait to be written to all sessions of one identity together; beyond it
         /// the session being written to is a slow consumer.
         public var maxPendingBytesPerIdentity: Int = 256 << 20
+        /// How long a publisher's connection stops reading, at most, for a subscriber with more
+        /// than half of `maxPendingBytes` waiting to be written (0: never); a subscriber that does
+        /// not catch up within it is left to the slow-consumer cap.
+        public var maxPublisherStallMilliseconds: Int = 1_000
 
         public init() {}
     }
@@ -267,5 +271,7 @@ extension HubConfiguration.Limits {
             try container.decodeIfPresent(Int.self, forKey: .maxPendingBytesPerIdentity) ?? maxPendingBytesPerIdentity
         defaultRequestTimeoutSeconds =
             try container.decodeIfPresent(Double.self, forKey: .defaultRequestTimeoutSeconds) ?? defaultRequestTimeoutSeconds
+        maxPublisherStallMilliseconds =
+            try container.decodeIfPresent(Int.self, forKey: .maxPublisherStallMilliseconds) ?? maxPublisherStallMilliseconds
     }
 }

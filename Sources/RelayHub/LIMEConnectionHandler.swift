@@ -22,6 +22,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
     private var sessionID: SessionID?
     private var establishTimer: Scheduled<Void>?
     private var outlet: SessionOutlet?
+    /// Stops reading while a subscriber of this connection's publications is far behind.
+    private let stall: PublisherStall
     private var closing = false
     /// Envelopes of the current read cycle for the hub, handed over together (one lock, one batch
     /// of writes per recipient) before anything else the session does, and at the cycle's end.
@@ -42,6 +44,7 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
         self.framing = framing
         self.compression = compression
         let limits = hub.configuration.limits
+        self.stall = PublisherStall(maximumMilliseconds: limits.maxPublisherStallMilliseconds)
         self.reader = LIMEEnvelopeReader(framing: framing, maximumEnvelopeSize: limits.maxEnvelopeBytes, maximumDepth: limits.maxJSONDepth)
         self.logger = hub.logger
         logger[metadataKey: "transport"] = .string(framing == .stream ? "lime-tcp" : "lime-ws")
@@ -213,7 +216,8 @@ final class LIMEConnectionHandler: ChannelInboundHandler {
 
     private func routePending() {
         guard !routed.isEmpty, let sessionID else { return }
-        hub.route(&routed, from: sessionID)
+        let waits = hub.route(&routed, from: sessionID)
+        if !waits.isEmpty, let channel = outlet?.channel { stall.wait(for: waits, channel: channel, hub: hub) }
     }
 
     private func execute(_ action: consuming LIMEServerSessionMachine.Action, context: ChannelHandlerContext) {

@@ -17,6 +17,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var sessionID: SessionID?
     private var pingTask: Scheduled<Void>?
     private var outlet: SessionOutlet?
+    /// Stops reading while a subscriber of this connection's publications is far behind.
+    private let stall: PublisherStall
     private var closing = false
     /// Publications of the current read, handed to the hub together (one lock, one batch of
     /// writes per subscriber) before anything else the connection asked for, and at the read's end.
@@ -45,6 +47,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         self.logger = hub.logger
         logger[metadataKey: "transport"] = "nats"
         self.parser = NATSParser(role: .server, maximumPayload: hub.configuration.limits.maxEnvelopeBytes)
+        self.stall = PublisherStall(maximumMilliseconds: hub.configuration.limits.maxPublisherStallMilliseconds)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -218,12 +221,17 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         outlet?.traffic.received(messages: publications.count, bytes: 0)
         let options = machine?.options
         let noResponders = options?.noResponders == true && options?.headers == true
+        let waits: [PublisherStall.Wait]
         if let currentRead {
-            currentRead.withUnsafeReadableBytes { hub.natsPublish(publications, bytes: $0, from: sessionID, noResponders: noResponders) }
+            waits = currentRead.withUnsafeReadableBytes {
+                hub.natsPublish(publications, bytes: $0, from: sessionID, noResponders: noResponders)
+            }
         } else {
-            hub.natsPublish(publications, bytes: UnsafeRawBufferPointer(start: nil, count: 0), from: sessionID, noResponders: noResponders)
+            waits = hub.natsPublish(
+                publications, bytes: UnsafeRawBufferPointer(start: nil, count: 0), from: sessionID, noResponders: noResponders)
         }
         publications.removeAll(keepingCapacity: true)
+        if !waits.isEmpty, let channel = outlet?.channel { stall.wait(for: waits, channel: channel, hub: hub) }
     }
 
     private func execute(_ action: consuming NATSServerConnectionMachine.Action, context: ChannelHandlerContext) {

@@ -79,7 +79,15 @@ final class SessionOutlet: Sendable {
     let writer: ChannelWriter
     var channel: any Channel { writer.channel }
     private let maximumPendingBytes: Int
+    /// Past these pending bytes, a publisher to this session stalls (stops reading) until they
+    /// are written, or `maximumStall` has passed: half the slow-consumer cap.
+    let stallBytes: Int
+    /// Set when a stall for this session timed out (it is not reading): publishers go on, and
+    /// it meets the slow-consumer cap, until it is below `stallBytes` again.
+    private let stallTimedOut = Atomic<Bool>(false)
     private let isTerminating = Atomic<Bool>(false)
+    /// Set when the session is ended as a slow consumer, until the hub counts it (once).
+    private let slowConsumerUncounted = Atomic<Bool>(false)
     private let lastBatchSize = Atomic<Int>(0)
     private let held = Mutex(Held())
     /// The sessions of the same identity, whose pending bytes are capped together.
@@ -112,7 +120,24 @@ final class SessionOutlet: Sendable {
         self.traffic = TrafficCounters(totals: totals)
         self.writer = ChannelWriter(channel: channel, framing: framing, compression: compression)
         self.maximumPendingBytes = maximumPendingBytes
+        self.stallBytes = maximumPendingBytes / 2
         self.dropReport = dropReport
+    }
+
+    /// A future a publisher to this session waits on before it reads more (the session has more
+    /// than `stallBytes` waiting to be written), or nil when it need not wait.
+    func stall() -> EventLoopFuture<Void>? {
+        guard writer.pendingBytes > stallBytes else {
+            stallTimedOut.store(false, ordering: .relaxed)
+            return nil
+        }
+        guard !stallTimedOut.load(ordering: .relaxed), !isTerminating.load(ordering: .relaxed) else { return nil }
+        return writer.whenPending(atMost: stallBytes)
+    }
+
+    /// A stall for this session was given up: it is not catching up.
+    func stallTimedOutNow() {
+        stallTimedOut.store(true, ordering: .relaxed)
     }
 
     /// Writes (or holds) a batch's writes in order. Returns how many deliveries were dropped, or
@@ -248,14 +273,25 @@ final class SessionOutlet: Sendable {
     }
 
     private func slowConsumer() {
-        terminate(
+        if terminate(
             Reason(code: ReasonCode.dispatchError, description: "Slow consumer: more than the session's limits waiting to be written"))
+        {
+            slowConsumerUncounted.store(true, ordering: .relaxed)
+        }
     }
 
-    /// Ends the session with a reason; only the first call has an effect.
-    func terminate(_ reason: Reason) {
-        guard !isTerminating.exchange(true, ordering: .relaxed) else { return }
+    /// Whether the session was ended as a slow consumer since the last call: the hub counts a
+    /// slow consumer once, not once per delivery refused after.
+    func takeSlowConsumer() -> Bool {
+        slowConsumerUncounted.exchange(false, ordering: .relaxed)
+    }
+
+    /// Ends the session with a reason; only the first call has an effect (and returns true).
+    @discardableResult
+    func terminate(_ reason: Reason) -> Bool {
+        guard !isTerminating.exchange(true, ordering: .relaxed) else { return false }
         post(.terminate(reason))
+        return true
     }
 
     func post(_ event: HubSessionEvent) {

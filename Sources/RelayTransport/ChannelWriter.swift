@@ -51,6 +51,8 @@ package final class ChannelWriter: Sendable {
         var waiters: [EventLoopPromise<Void>] = []
         /// The last write of the last drain: when it completes, everything before it has.
         var lastWrite: EventLoopFuture<Void>?
+        /// Promises completed once no more than their bytes are pending (a stalled publisher).
+        var lowWaiters: [(bytes: Int, promise: EventLoopPromise<Void>)] = []
     }
 
     package init(channel: any Channel, framing: Framing, compression: WebSocketCompression? = nil) {
@@ -146,6 +148,34 @@ package final class ChannelWriter: Sendable {
         return promise.futureResult
     }
 
+    /// A future that succeeds once no more than `bytes` are pending (queued or written and not
+    /// yet on the wire), or nil when that is so already. A publisher to this connection waits on
+    /// it (stalls) while the connection catches up.
+    package func whenPending(atMost bytes: Int) -> EventLoopFuture<Void>? {
+        guard pendingBytes > bytes else { return nil }
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        state.withLock { $0.lowWaiters.append((bytes, promise)) }
+        // The last write may have completed meanwhile.
+        releaseLowWaiters()
+        return promise.futureResult
+    }
+
+    /// Completes the low-water waiters the pending bytes are at or below now.
+    private func releaseLowWaiters() {
+        let pending = pendingBytes
+        let released = state.withLock { state -> [EventLoopPromise<Void>] in
+            guard !state.lowWaiters.isEmpty else { return [] }
+            var released: [EventLoopPromise<Void>] = []
+            state.lowWaiters.removeAll { waiter in
+                guard waiter.bytes >= pending else { return false }
+                released.append(waiter.promise)
+                return true
+            }
+            return released
+        }
+        for promise in released { promise.succeed() }
+    }
+
     /// Writes what is queued, with one flush. Runs on the channel's loop, when scheduled or when a
     /// handler ends a read cycle.
     package func drain() {
@@ -179,6 +209,7 @@ package final class ChannelWriter: Sendable {
         future.whenComplete { _ in
             self.unsent.subtract(size, ordering: .relaxed)
             self.recycle(queued)
+            self.releaseLowWaiters()
         }
         for waiter in waiters { future.cascade(to: waiter) }
     }

@@ -48,6 +48,7 @@ extension Hub {
             "connections_refused_per_address": Self.number(statistics.connectionsRefusedPerAddress),
             "connections_refused_after_failures": Self.number(statistics.connectionsRefusedAfterFailures),
             "handshake_timeouts": Self.number(statistics.handshakeTimeouts),
+            "publisher_stalls": Self.number(statistics.publisherStalls),
             "subscriptions_refused_by_limits": Self.number(statistics.core.subscriptionsRefusedByLimits),
         ]
         if let cluster = clusterStatus {

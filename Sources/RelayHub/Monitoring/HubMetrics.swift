@@ -137,6 +137,9 @@ final class HubMetrics: Sendable {
             "relay_requests_timed_out_total", "Service requests past their deadline", statistics.core.requestsTimedOut, touched: &touched)
         counter("relay_slow_consumers_total", "Sessions ended as slow consumers", statistics.slowConsumers, touched: &touched)
         counter(
+            "relay_publisher_stalls_total", "Times a publisher stopped reading for a subscriber far behind", statistics.publisherStalls,
+            touched: &touched)
+        counter(
             "relay_dropped_deliveries_total", "Deliveries dropped by overflow policies", statistics.droppedDeliveries, touched: &touched)
         counter(
             "relay_permission_violations_total", "Operations refused by permissions", statistics.core.permissionViolations,
