@@ -170,6 +170,8 @@ def main():
     parser.add_argument("--only", help="comma-separated workload names: " + ", ".join(w.name for w in WORKLOADS) + ", idle")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--json", help="also write every run's summary to this file")
+    parser.add_argument("--plot", help="also draw the latency percentiles of both servers as an SVG in this file "
+                                       "(scripts/bench-plot.py)")
     parser.add_argument("--idle", type=int, default=10000,
                         help="idle sessions for the memory figure (0: skip it); hub over WebSocket, nats-server over NATS")
     parser.add_argument("--nats-sync-server",
@@ -236,7 +238,7 @@ def main():
                 for side, url in (("nats", nats_url), ("relay", relay_url)):
                     summary = run_bench(options.relay, url, workload, options.quick)
                     runs[side].append(summary)
-                    every_run.append({"workload": workload.name, "side": side, **summary})
+                    every_run.append({**summary, "workload": workload.name, "side": side})
             for label, key, higher_is_better in workload.metrics:
                 nats_value = statistics.median(lookup(s, key) for s in runs["nats"])
                 relay_value = statistics.median(lookup(s, key) for s in runs["relay"])
@@ -252,9 +254,16 @@ def main():
                          nats_idle["per session KiB"], hub_idle["per session KiB"],
                          hub_idle["per session KiB"] / nats_idle["per session KiB"], False))
 
-        if options.json:
-            with open(options.json, "w") as output:
+        if options.json or options.plot:
+            summary_file = options.json or os.path.join(work, "runs.json")
+            with open(summary_file, "w") as output:
                 json.dump({"machine": machine, "runs": every_run}, output, indent=1)
+            if options.plot:
+                plotter = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-plot.py")
+                # Unpaced bursts' latencies measure the burst's queueing: only the workloads whose
+                # latency the table reports are drawn.
+                timed = ",".join(w.name for w in workloads if any(m in (P50, P99) for m in w.metrics))
+                subprocess.run([sys.executable, plotter, summary_file, options.plot, timed], check=True)
         print_table(rows, machine, options)
     finally:
         for process in processes:
