@@ -21,11 +21,17 @@ import Testing
         return (raw, lines)
     }
 
+    /// A hub whose sessions' cap is 1 MiB (stalls past 512 KiB), stalling at most `stall` ms.
+    static func withStallingHub(stall: Int, _ body: (TestHub) async throws -> Void) async throws {
+        try await withHub(
+            {
+                $0.limits.maxPendingBytes = 1 << 20
+                $0.limits.maxPublisherStallMilliseconds = stall
+            }, body)
+    }
+
     @Test func aPublisherWaitsForASubscriberThatCatchesUp() async throws {
-        try await withHub({
-            $0.limits.maxPendingBytes = 1 << 20
-            $0.limits.maxPublisherStallMilliseconds = 60_000
-        }) { hub in
+        try await Self.withStallingHub(stall: 60_000) { hub in
             var (raw, lines) = try await Self.subscriber(hub)
             let publisher = try await NATSClient.connect(to: "nats://127.0.0.1:\(hub.natsPort)")
             let total = 300  // 30 MB: well past what the sockets buffer and the subscriber's cap (1 MiB)
@@ -50,10 +56,7 @@ import Testing
     }
 
     @Test func aSubscriberThatDoesNotCatchUpIsLeftToTheCapAndThePublisherGoesOn() async throws {
-        try await withHub({
-            $0.limits.maxPendingBytes = 1 << 20
-            $0.limits.maxPublisherStallMilliseconds = 100
-        }) { hub in
+        try await Self.withStallingHub(stall: 100) { hub in
             var (raw, _) = try await Self.subscriber(hub)
             _ = raw
             let publisher = try await NATSClient.connect(to: "nats://127.0.0.1:\(hub.natsPort)")
