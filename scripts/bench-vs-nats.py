@@ -36,6 +36,9 @@ class Workload:
     # Compared with the nats-server whose JetStream syncs every write to disk (sync_interval:
     # always, nats-server 2.10 and later), as the hub does: --nats-sync-server.
     synced: bool = False
+    # Also run against the cost floor, `relay forwarder` (every PUB to every subscription, no
+    # routing): for the workloads whose traffic that is.
+    floor: bool = False
 
 
 THROUGHPUT = ("msg/s", "messagesPerSecond", True)
@@ -44,15 +47,15 @@ P50 = ("p50 µs", "latencyMicroseconds.p50", False)
 P99 = ("p99 µs", "latencyMicroseconds.p99", False)
 
 WORKLOADS = [
-    Workload("pubsub", "pub/sub 128 B, NATS", ["pubsub", "--count", "300000"], [THROUGHPUT], quick_args=["--count", "50000"]),
+    Workload("pubsub", "pub/sub 128 B, NATS", ["pubsub", "--count", "300000"], [THROUGHPUT], quick_args=["--count", "50000"], floor=True),
     Workload("reqrep", "request/reply 128 B, NATS", ["reqrep", "--count", "10000"], [P50, P99, THROUGHPUT],
              quick_args=["--count", "2000"]),
     Workload("fanout", "fan-out to 10, 128 B, NATS", ["fanout", "--subscribers", "10", "--count", "30000"], [DELIVERED],
-             quick_args=["--count", "5000"]),
+             quick_args=["--count", "5000"], floor=True),
     Workload("queue", "queue group of 3, 128 B, NATS", ["queue", "--subscribers", "3", "--count", "200000"], [DELIVERED],
              quick_args=["--count", "30000"]),
     Workload("rate", "pub/sub at 20,000 msg/s, NATS", ["pubsub", "--rate", "20000", "--duration", "5"], [P50, P99],
-             quick_args=["--duration", "1"]),
+             quick_args=["--duration", "1"], floor=True),
     Workload("confirmed", "confirmed publish (1 publisher), NATS", ["confirmed", "--count", "5000"], [THROUGHPUT, P99],
              quick_args=["--count", "500"]),
     Workload("confirmed16", "confirmed publish (16 publishers), NATS", ["confirmed", "--publishers", "16", "--count", "20000"],
@@ -66,13 +69,13 @@ WORKLOADS = [
     Workload("lime-tcp-reqrep", "request/reply, hub over LIME/TCP (service call) vs nats-server over NATS",
              ["reqrep", "--count", "5000"], [P50, P99], lime="tcp", quick_args=["--count", "1000"]),
     Workload("fanout100", "fan-out to 100, 128 B, NATS", ["fanout", "--subscribers", "100", "--count", "5000"], [DELIVERED],
-             quick_args=["--count", "1000"]),
+             quick_args=["--count", "1000"], floor=True),
     Workload("fanout1000", "fan-out to 1,000, 128 B, NATS", ["fanout", "--subscribers", "1000", "--count", "500"], [DELIVERED],
-             quick_args=["--count", "100"]),
+             quick_args=["--count", "100"], floor=True),
     Workload("pubsub64k", "pub/sub 64 KiB, NATS", ["pubsub", "--size", "65536", "--count", "20000"], [THROUGHPUT],
-             quick_args=["--count", "3000"]),
+             quick_args=["--count", "3000"], floor=True),
     Workload("pubsub1m", "pub/sub 1 MiB, NATS", ["pubsub", "--size", "1048576", "--count", "500"], [THROUGHPUT],
-             quick_args=["--count", "100"]),
+             quick_args=["--count", "100"], floor=True),
     Workload("confirmed-synced", "confirmed publish (1 publisher), NATS, vs JetStream syncing each write", ["confirmed", "--count",
              "3000"], [THROUGHPUT, P50, P99], quick_args=["--count", "300"], synced=True),
     Workload("confirmed-synced64", "confirmed publish (64 publishers), NATS, vs JetStream syncing each write",
@@ -177,6 +180,8 @@ def main():
     parser.add_argument("--nats-sync-server",
                         help="a nats-server of 2.10 or later, run with JetStream's sync_interval: always for the synced rows "
                              "(skipped without it)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the cost floor (relay forwarder: NATS frames moved with no routing) beside the rows it serves")
     parser.add_argument("--relay-threads", type=int,
                         help="event-loop threads for the hub (relay serve --threads); its default is one per core")
     options = parser.parse_args()
@@ -216,6 +221,13 @@ def main():
              *(["--threads", str(options.relay_threads)] if options.relay_threads else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(hub)
+        floor_port = None
+        if not options.no_floor:
+            floor_port = free_port()
+            floor = subprocess.Popen([options.relay, "forwarder", "--listen", f"127.0.0.1:{floor_port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            processes.append(floor)
+            wait_for_port(floor_port, floor, "relay forwarder")
         wait_for_port(nats_port, nats, "nats-server")
         wait_for_port(hub_nats, hub, "relay serve")
         wait_for_port(hub_ws, hub, "relay serve")
@@ -232,10 +244,13 @@ def main():
             nats_url = f"nats://127.0.0.1:{synced_port if workload.synced else nats_port}"
             relay_url = {"ws": f"ws://127.0.0.1:{hub_ws}", "tcp": f"tcp://127.0.0.1:{hub_tcp}"}.get(
                 workload.lime, f"nats://127.0.0.1:{hub_nats}")
-            runs = {"nats": [], "relay": []}
+            runs = {"nats": [], "relay": [], "floor": []}
+            sides = [("nats", nats_url), ("relay", relay_url)]
+            if workload.floor and floor_port:
+                sides.append(("floor", f"nats://127.0.0.1:{floor_port}"))
             for index in range(options.runs):
                 print(f"{workload.name}: run {index + 1} of {options.runs}", file=sys.stderr)
-                for side, url in (("nats", nats_url), ("relay", relay_url)):
+                for side, url in sides:
                     summary = run_bench(options.relay, url, workload, options.quick)
                     runs[side].append(summary)
                     every_run.append({**summary, "workload": workload.name, "side": side})
@@ -243,7 +258,8 @@ def main():
                 nats_value = statistics.median(lookup(s, key) for s in runs["nats"])
                 relay_value = statistics.median(lookup(s, key) for s in runs["relay"])
                 ratio = relay_value / nats_value if nats_value else float("nan")
-                rows.append((workload.title, label, nats_value, relay_value, ratio, higher_is_better))
+                floor_value = statistics.median(lookup(s, key) for s in runs["floor"]) if runs["floor"] else None
+                rows.append((workload.title, label, nats_value, relay_value, ratio, higher_is_better, floor_value))
 
         if options.idle and (not options.only or "idle" in options.only.split(",")):
             print(f"idle: {options.idle} sessions each", file=sys.stderr)
@@ -252,7 +268,7 @@ def main():
             every_run.append({"workload": "idle", "nats": nats_idle, "relay": hub_idle})
             rows.append((f"{options.idle} idle sessions (hub: LIME/WebSocket, nats-server: NATS)", "KiB per session",
                          nats_idle["per session KiB"], hub_idle["per session KiB"],
-                         hub_idle["per session KiB"] / nats_idle["per session KiB"], False))
+                         hub_idle["per session KiB"] / nats_idle["per session KiB"], False, None))
 
         if options.json or options.plot:
             summary_file = options.json or os.path.join(work, "runs.json")
@@ -280,13 +296,19 @@ def print_table(rows, machine, options):
     def number(value):
         return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
 
-    header = ("workload", "metric", "nats-server", "relay", "relay ÷ nats")
+    with_floor = any(len(row) > 6 and row[6] is not None for row in rows)
+    header = ("workload", "metric", "nats-server", "relay", "relay ÷ nats") + (("floor", "relay ÷ floor") if with_floor else ())
     lines = []
-    for title, label, nats_value, relay_value, ratio, higher_is_better in rows:
+    for row in rows:
+        title, label, nats_value, relay_value, ratio, higher_is_better = row[:6]
+        floor_value = row[6] if len(row) > 6 else None
         better = "better" if (ratio >= 1) == higher_is_better else "worse"
         if abs(ratio - 1) < 0.005:
             better = "same"
-        lines.append((title, label, number(nats_value), number(relay_value), f"{ratio:.2f}× ({better})"))
+        line = (title, label, number(nats_value), number(relay_value), f"{ratio:.2f}× ({better})")
+        if with_floor:
+            line += (number(floor_value), f"{relay_value / floor_value:.2f}×") if floor_value else ("", "")
+        lines.append(line)
     runs = f"median of {options.runs} run(s) each, alternated{', quick counts' if options.quick else ''}"
     if options.markdown:
         print(f"Machine: {machine}; {runs}.\n")
