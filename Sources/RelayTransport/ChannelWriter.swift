@@ -60,6 +60,9 @@ package final class ChannelWriter: Sendable {
         self.framing = framing
         self.deflater = compression.map(WebSocketDeflater.init)
         self.state = Mutex(State(queued: channel.allocator.buffer(capacity: 0)))
+        // What was queued may never be written once the connection is gone: whoever waits for
+        // it to drain waits no more (a promise left unfulfilled would also leak).
+        channel.closeFuture.whenComplete { [weak self] _ in self?.releaseLowWaiters(all: true) }
     }
 
     /// Bytes queued or written and not yet on the wire.
@@ -152,22 +155,23 @@ package final class ChannelWriter: Sendable {
     /// yet on the wire), or nil when that is so already. A publisher to this connection waits on
     /// it (stalls) while the connection catches up.
     package func whenPending(atMost bytes: Int) -> EventLoopFuture<Void>? {
-        guard pendingBytes > bytes else { return nil }
+        guard pendingBytes > bytes, channel.isActive else { return nil }
         let promise = channel.eventLoop.makePromise(of: Void.self)
         state.withLock { $0.lowWaiters.append((bytes, promise)) }
-        // The last write may have completed meanwhile.
-        releaseLowWaiters()
+        // The last write may have completed meanwhile, or the connection closed.
+        releaseLowWaiters(all: !channel.isActive)
         return promise.futureResult
     }
 
-    /// Completes the low-water waiters the pending bytes are at or below now.
-    private func releaseLowWaiters() {
+    /// Completes the low-water waiters the pending bytes are at or below now (`all`: every one,
+    /// the connection being closed).
+    private func releaseLowWaiters(all: Bool = false) {
         let pending = pendingBytes
         let released = state.withLock { state -> [EventLoopPromise<Void>] in
             guard !state.lowWaiters.isEmpty else { return [] }
             var released: [EventLoopPromise<Void>] = []
             state.lowWaiters.removeAll { waiter in
-                guard waiter.bytes >= pending else { return false }
+                guard all || waiter.bytes >= pending else { return false }
                 released.append(waiter.promise)
                 return true
             }

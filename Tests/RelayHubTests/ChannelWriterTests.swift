@@ -48,4 +48,26 @@ import Testing
         try await client.close()
         try await server.close()
     }
+
+    /// A publisher's stall waits for the writer to drain to a mark: it is released when the bytes
+    /// are written, and when the connection closes with them unwritten.
+    @Test func aWaitForTheWriterToDrainEndsWhenItDrainsOrTheConnectionCloses() async throws {
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                // The peer reads nothing, so what is written stays pending.
+                channel.setOption(ChannelOptions.autoRead, value: false)
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let client = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(to: server.localAddress!).get()
+        let writer = ChannelWriter(channel: client, framing: .stream)
+        #expect(writer.whenPending(atMost: 0) == nil, "nothing pending: no wait")
+        for _ in 0..<400 { writer.enqueue([UInt8](repeating: 7, count: 64 << 10)) }  // 25 MiB: more than the sockets hold
+        try await eventually { writer.pendingBytes > 1 << 20 }
+        let drained = try #require(writer.whenPending(atMost: 1 << 20))
+        try await client.close()
+        try await drained.get()
+        #expect(writer.whenPending(atMost: 0) == nil, "closed: no wait")
+        try await server.close()
+    }
 }
