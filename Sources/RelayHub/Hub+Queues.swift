@@ -27,7 +27,7 @@ extension Hub {
         self.persistence.withLock { $0 = persistence }
         var outputs: [HubCore.Output] = []
         state.withLock { state in
-            for (queue, messages) in restored { state.core.restoreQueue(queue, messages: messages) }
+            for (queue, messages) in restored { outputs += state.core.restoreQueue(queue, messages: messages) }
         }
         for settings in configuration.queues {
             do {
@@ -46,6 +46,10 @@ extension Hub {
         state.withLock { $0.sweep = sweep }
         logger.info(
             "durable queues ready", metadata: ["data": "\(configuration.data)", "queues": "\(restored.count)", "messages": "\(total)"])
+        if configuration.cluster != nil, configuration.cluster?.jetStream != false, total > 0 {
+            logger.info("moving the stored queues' messages into JetStream", metadata: ["messages": "\(total)"])
+        }
+        state.withLock { carryOutClusterOperations(in: &$0) }
         perform(outputs)
     }
 

@@ -122,6 +122,17 @@ import Testing
         }
     }
 
+    /// A durable billing service whose instance notes each charge it serves.
+    static func billing(seen: Collected, as instance: String) -> ServiceDefinition {
+        var definition = ServiceDefinition("billing", description: "Durable billing")
+        definition.durable = true
+        definition.method("charge") { (params: JSONValue?, _) in
+            seen.append("\(instance):\(params?["amount"]?.intValue ?? -1)")
+            return ["charged": params?["amount"] ?? .null]
+        }
+        return definition
+    }
+
     /// A durable service's requests are kept in one stream that every hub's instances share: a
     /// request its instance on hub A never answered is served by an instance on hub B, and the
     /// caller on B, LIME or NATS, gets the answer.
@@ -158,6 +169,53 @@ import Testing
             #expect(parsed["by"] == "survivor" && parsed["charged"] == 7, "\(answer.text)")
             try await eventually { (try? await survivor.queueInfo("svc_billing"))?["acknowledged"] == 2 }
             await natsCaller.close()
+        }
+    }
+
+    /// A hub that ran alone, now clustered with JetStream: what its store kept (a queue's
+    /// confirmed messages, a durable service's requests) moves into JetStream and leaves the store.
+    @Test func whatAHubStoredAloneMovesIntoJetStreamWhenItJoins() async throws {
+        let data = temporaryDataDirectory()
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        try await withHub({ $0.data = data }) { alone in
+            let client = try await alone.connect(.tcp, as: "shop@relay.local/1")
+            try await client.createQueue(QueueConfiguration(name: "parcels", subjects: ["parcels.*"]))
+            for n in 1...3 { _ = try await client.publishConfirmed("parcels.new", ["n": .number(JSONNumber(n))]) }
+            // A durable service's request, stored while no instance is connected.
+            let instance = try await alone.connect(.tcp, as: "billing@relay.local/1")
+            _ = try await instance.serve(Self.billing(seen: Collected(), as: "first"))
+            await instance.close()
+            let call = Task { try? await client.call("billing", "charge", ["amount": 9], timeout: .seconds(30)) }
+            try await eventually { (try? await client.queueInfo("svc_billing"))?["messages"] == 1 }
+            call.cancel()
+        }
+        let cluster = try await NATSCluster.start(jetStream: true)
+        defer { cluster.stop() }
+        try await withHub({
+            $0.data = data
+            $0.cluster = .init(servers: [cluster.urls[0]])
+            $0.cluster?.queueStatusIntervalMilliseconds = 200
+        }) { hub in
+            let worker = try await hub.connect(.ws, as: "worker@relay.local/1")
+            try await eventually(within: 30) { (try? await worker.queueInfo("parcels"))?["movedFromStore"]?["moved"] == 3 }
+            var deliveries = try await worker.consume("parcels", credit: 5).makeAsyncIterator()
+            var got: [Int] = []
+            for _ in 1...3 {
+                let delivery = try #require(await deliveries.next())
+                got.append(delivery.publication.content["n"]?.intValue ?? -1)
+                try await delivery.ack()
+            }
+            #expect(got.sorted() == [1, 2, 3])
+            // The stored request reaches an instance through the service's stream.
+            let seen = Collected()
+            let instance = try await hub.connect(.tcp, as: "billing@relay.local/2")
+            _ = try await instance.serve(Self.billing(seen: seen, as: "second"))
+            try await eventually(within: 30) { seen.items == ["second:9"] }
+        }
+        // Alone again: the store no longer holds them (they are JetStream's now).
+        try await withHub({ $0.data = data }) { alone in
+            let client = try await alone.connect(.tcp, as: "shop@relay.local/1")
+            #expect(try await client.queueInfo("parcels")["messages"] == 0)
         }
     }
 

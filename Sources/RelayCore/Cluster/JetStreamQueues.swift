@@ -32,6 +32,8 @@ struct PubAckWait: Sendable {
     var whenStored: [HubCore.Output] = []
     /// A durable service's request, whose caller is told when JetStream does not store it.
     var request: JSONObject?
+    /// A message moved from this hub's own store: kept there if JetStream does not take it.
+    var migrating: (queue: String, sequence: Int64)?
 }
 
 /// One queue on JetStream, as this hub sees it.
@@ -56,6 +58,11 @@ struct JetStreamQueue: Sendable {
     /// Set once JetStream confirmed the stream and its consumer.
     var ready = false
     var failure: String?
+    /// Messages this hub stored while it ran alone, published into the stream once it is ready,
+    /// then removed from the hub's store.
+    var migration: [QueuedMessage] = []
+    var migrated = 0
+    var migrationFailures = 0
     var consumers: [HubCore.SubscriptionKey: Consumer] = [:]
     var turn = 0
     /// Messages asked for in pulls that JetStream has not sent or ended yet.
@@ -243,19 +250,60 @@ extension HubCore {
         return true
     }
 
-    /// Publishes a durable service's stored `request` on the cluster for its stream; its caller
-    /// is told if JetStream does not store it.
-    mutating func storeOnJetStream(_ message: PublishedMessage, request: JSONObject) {
+    /// Publishes `message` on the cluster for a queue's stream, with what waits for JetStream's
+    /// PubAck (a durable service's request, whose caller is told if it is not stored; a message
+    /// moved from the hub's store).
+    mutating func storeOnJetStream(_ message: PublishedMessage, waiting wait: PubAckWait) {
         var message = message
         let number = cluster!.nextPubAck
         cluster!.nextPubAck += 1
         message.replyTo = cluster!.jetStreamPrefix + "ack.\(number)"
-        cluster!.pubAcks.remember(PubAckWait(request: request), for: number)
+        cluster!.pubAcks.remember(wait, for: number)
         cluster!.pending.append(.publish(message))
     }
 
-    /// JetStream did not store a publication: its confirmations fail, or its caller is told.
+    /// A queue this hub stored while it ran alone, on a hub now clustered with JetStream: served
+    /// as a stream (a durable service's under its stream subject), and its stored messages moved
+    /// there once the stream is ready; each leaves the hub's store when JetStream has it. Their
+    /// delivery counts and ages start again.
+    mutating func migrateToJetStream(_ stored: QueueConfiguration, messages: [QueuedMessage]) -> [Output] {
+        var configuration = stored
+        let service = stored.name.hasPrefix("svc_") && stored.subjects == ["$SVC.\(stored.name)"]
+        if service { configuration.subjects = [Self.serviceStreamSubject(stored.name)] }
+        var outputs: [Output] = []
+        if cluster!.jetStreamQueues[configuration.name] == nil {
+            outputs += (try? createJetStreamQueue(configuration, announce: !service)) ?? []
+        }
+        guard cluster!.jetStreamQueues[configuration.name] != nil, !messages.isEmpty else { return outputs }
+        cluster!.jetStreamQueues[configuration.name]!.migration += messages.map { queued in
+            var queued = queued
+            if service { queued.message.subject = configuration.subjects[0] }
+            return queued
+        }
+        return outputs + migrateIfReady(configuration.name)
+    }
+
+    /// Publishes a ready queue's messages from the hub's store into its stream.
+    mutating func migrateIfReady(_ name: String) -> [Output] {
+        guard let queue = cluster?.jetStreamQueues[name], queue.ready, !queue.migration.isEmpty else { return [] }
+        cluster!.jetStreamQueues[name]!.migration = []
+        for queued in queue.migration {
+            var message = queued.message
+            message.replyTo = nil
+            storeOnJetStream(
+                message,
+                waiting: PubAckWait(whenStored: [.unpersist(queue: name, sequence: queued.sequence)], migrating: (name, queued.sequence)))
+        }
+        return []
+    }
+
+    /// JetStream did not store a publication: its confirmations fail, or its caller is told, or
+    /// a moved message stays in the hub's store (moved again at the next start).
     private mutating func notStored(_ wait: PubAckWait, _ error: String) -> [Output] {
+        if let migrating = wait.migrating {
+            cluster!.jetStreamQueues[migrating.queue]?.migrationFailures += 1
+            return []
+        }
         guard let request = wait.request else { return wait.whenStored.map { Self.failedConfirmation($0, error) } }
         let failure = LIMECommand(
             method: request["verb"]?.stringValue.flatMap(CommandMethod.init(rawValue:)) ?? .get, status: .failure,
@@ -290,6 +338,7 @@ extension HubCore {
                 cluster!.pubAcks.remember(wait, for: number)
                 return []
             }
+            if error == nil, let migrating = wait.migrating { cluster!.jetStreamQueues[migrating.queue]?.migrated += 1 }
             return error == nil ? wait.whenStored : notStored(wait, error!)
         case "stream":
             if let error, cluster!.jetStreamQueues[parts[1]] != nil {
@@ -308,7 +357,7 @@ extension HubCore {
             cluster!.jetStreamQueues[parts[1]]!.ready = true
             cluster!.jetStreamQueues[parts[1]]!.failure = nil
             let status = wasReady ? [] : askForStreamStatus(parts[1])
-            return [.cancelTimer(.jetStreamSetUp(parts[1]))] + status + pullIfNeeded(parts[1])
+            return [.cancelTimer(.jetStreamSetUp(parts[1]))] + status + migrateIfReady(parts[1]) + pullIfNeeded(parts[1])
         case "info":
             // The stream's state: a work queue holds what is waiting or unacknowledged.
             guard cluster!.jetStreamQueues[parts[1]] != nil, let state = answer?["state"] else { return [] }
@@ -407,6 +456,12 @@ extension HubCore {
         object["messages"] = .number(JSONNumber(queue.messages))
         object["bytes"] = .number(JSONNumber(queue.bytes))
         object["expired"] = .number(JSONNumber(queue.expired))
+        if queue.migrated > 0 || queue.migrationFailures > 0 || !queue.migration.isEmpty {
+            object["movedFromStore"] = [
+                "moved": .number(JSONNumber(queue.migrated)), "waiting": .number(JSONNumber(queue.migration.count)),
+                "failed": .number(JSONNumber(queue.migrationFailures)),
+            ]
+        }
         object["consumers"] = .number(JSONNumber(queue.consumers.count))
         object["unacknowledged"] = .number(JSONNumber(queue.deliveries.count))
         object["delivered"] = .number(JSONNumber(queue.delivered))

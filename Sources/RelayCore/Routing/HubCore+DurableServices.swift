@@ -54,7 +54,7 @@ extension HubCore {
             let message = PublishedMessage(
                 subject: Self.serviceStreamSubject(name), publisher: command.header.from, type: .applicationJSON,
                 body: .json(.object(request)))
-            storeOnJetStream(message, request: request)
+            storeOnJetStream(message, waiting: PubAckWait(request: request))
             return []
         }
         guard queues[name] != nil else {

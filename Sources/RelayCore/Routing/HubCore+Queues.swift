@@ -77,10 +77,13 @@ extension HubCore {
         return [.saveQueue(configuration)]
     }
 
-    /// Brings back a queue and its stored messages after a restart.
-    public mutating func restoreQueue(_ configuration: QueueConfiguration, messages: [(QueuedMessage, deliveries: Int, storedAt: Int64)]) {
-        // On JetStream, a hub's own stored queues stay on its disk, untouched, for when it runs alone again.
-        if queuesOnJetStream { return }
+    /// Brings back a queue and its stored messages after a restart. On a cluster with JetStream
+    /// they move into the queue's stream instead (`migrateToJetStream`).
+    @discardableResult
+    public mutating func restoreQueue(
+        _ configuration: QueueConfiguration, messages: [(QueuedMessage, deliveries: Int, storedAt: Int64)]
+    ) -> [Output] {
+        if queuesOnJetStream { return migrateToJetStream(configuration, messages: messages.map(\.0)) }
         var queue = DurableQueue(configuration: configuration)
         for (queued, deliveries, storedAt) in messages {
             _ = queue.machine.enqueue(UInt64(queued.sequence), payload: queued, previousDeliveries: deliveries)
@@ -92,6 +95,7 @@ extension HubCore {
         }
         queues[configuration.name] = queue
         queuesBySubject.removeAll()
+        return []
     }
 
     /// The queues a publication on `subject` goes to, each with its next sequence number.
