@@ -51,52 +51,46 @@ extension Hub {
         perform(outputs)
     }
 
-    /// Publishes what one read of a NATS connection brought, in order, under one acquisition of
-    /// the lock. A PUB left in the read (`bytes`) is forwarded from there when it is only to be
-    /// delivered to NATS subscriptions (`HubCore.forward`); otherwise it is published as usual.
-    /// Returns the sessions written to that are far behind, for the publisher to wait on.
+    /// Publishes what one read of a NATS connection brought, in order, through the one publish
+    /// pipeline (`publishRead`), emptying `publications`. A PUB left in the read (`bytes`) is
+    /// forwarded from there when it is only to be delivered to NATS subscriptions
+    /// (`HubCore.forward`); otherwise it is published as usual. Returns the sessions written to
+    /// that are far behind, for the publisher to wait on.
     func natsPublish(
-        _ publications: [NATSPublication], bytes: UnsafeRawBufferPointer, from id: SessionID, noResponders: Bool
+        _ publications: inout [NATSPublication], bytes: UnsafeRawBufferPointer, from id: SessionID, noResponders: Bool
     ) -> [PublisherStall.Wait] {
-        let resolved = state.withLock { state in
-            var resolved = Resolved()
-            var outputs: [HubCore.Output] = []
-            var forwarding = Forwarding()
-            // Sessions do not change while the lock is held.
-            let sessions = state.sessions
-            for (number, publication) in publications.enumerated() {
-                var message: PublishedMessage
-                switch publication {
-                case .message(let published):
-                    message = published
-                case .inPlace(let publication):
-                    let payload = UnsafeRawBufferPointer(rebasing: bytes[publication.payload])
-                    if spans == nil,
-                        let recipients = forwarding.recipients(
-                            of: publication.subject, hasReplyTo: publication.replyTo != nil, from: id, toNATS: true, core: &state.core,
-                            among: sessions)
-                    {
-                        for (recipient, session) in recipients {
-                            resolved.forwardNATS(
-                                publication, number: number, payload: payload, to: session.outlet, token: recipient.token,
-                                limit: recipient.limit, headers: session.natsHeaders!)
-                        }
-                        continue
+        var number = -1
+        return publishRead(&publications, from: id) { publication, pass, core in
+            number += 1
+            var message: PublishedMessage
+            switch publication {
+            case .message(let published):
+                message = published
+            case .inPlace(let publication):
+                let payload = UnsafeRawBufferPointer(rebasing: bytes[publication.payload])
+                if spans == nil,
+                    let recipients = pass.forwarding.recipients(
+                        of: publication.subject, hasReplyTo: publication.replyTo != nil, from: id, toNATS: true, core: &core,
+                        among: pass.sessions)
+                {
+                    for (recipient, session) in recipients {
+                        pass.resolved.forwardNATS(
+                            publication, number: number, payload: payload, to: session.outlet, token: recipient.token,
+                            limit: recipient.limit, headers: session.natsHeaders!)
                     }
-                    message = PublishedMessage(
-                        subject: publication.subject, replyTo: publication.replyTo, publisher: sessions[id]?.node,
-                        body: .bytes(Array(payload)))
+                    return []
                 }
-                let span = spans?.entered(
-                    "publish \(message.subject)", kind: .producer, subject: message.subject, dialect: "nats", metadata: &message.metadata)
-                state.core.clientPublished(message, from: id, noResponders: noResponders, into: &outputs)
-                span?.end()
-                resolve(outputs, into: &resolved, in: &state)
-                outputs.removeAll(keepingCapacity: true)
+                message = PublishedMessage(
+                    subject: publication.subject, replyTo: publication.replyTo, publisher: pass.sessions[id]?.node,
+                    body: .bytes(Array(payload)))
             }
-            return resolved
+            let span = spans?.entered(
+                "publish \(message.subject)", kind: .producer, subject: message.subject, dialect: "nats", metadata: &message.metadata)
+            var outputs: [HubCore.Output] = []
+            core.clientPublished(message, from: id, noResponders: noResponders, into: &outputs)
+            span?.end()
+            return outputs
         }
-        return dispatch(resolved)
     }
 }
 

@@ -182,44 +182,58 @@ public final class Hub: Sendable {
     /// carries out what it says, emptying `items` (envelopes are moved into the core, not copied).
     /// A publication read in place is forwarded from its bytes when it is only to be delivered to
     /// LIME subscriptions (`HubCore.forward`); otherwise it is published as usual.
-    /// Returns the sessions written to that are far behind, for the publisher to wait on.
     func route(_ items: inout [LIMERouted], from sender: SessionID) -> [PublisherStall.Wait] {
-        let resolved = state.withLock { state in
-            var resolved = Resolved()
-            var outputs: [HubCore.Output] = []
-            var forwarding = Forwarding()
-            // Sessions do not change while the lock is held.
-            let sessions = state.sessions
-            let publisher = sessions[sender]
-            items.drainInOrder { item in
-                switch item {
-                case .envelope(let envelope):
-                    outputs = received(envelope, from: sender, core: &state.core)
-                case .publication(let publication, let bytes):
-                    bytes.withUnsafeBytes { envelope in
-                        guard spans == nil,
-                            let recipients = forwarding.recipients(
-                                of: publication.subject, hasReplyTo: false, from: sender, toNATS: false, core: &state.core,
-                                among: sessions)
-                        else {
-                            outputs = received(
-                                .command(publication.command(from: publisher?.node, envelope: envelope)), from: sender, core: &state.core)
-                            return
-                        }
-                        let content = UnsafeRawBufferPointer(rebasing: envelope[publication.resource])
-                        for (recipient, session) in recipients {
-                            resolved.add(session.outlet, token: recipient.token, limit: recipient.limit) {
-                                LIMECodec.encodeDelivery(
-                                    publication, content: content, from: publisher?.quotedNode, token: recipient.token,
-                                    to: session.quotedNode, into: &$0)
-                            }
+        publishRead(&items, from: sender) { item, pass, core in
+            switch item {
+            case .envelope(let envelope):
+                return received(envelope, from: sender, core: &core)
+            case .publication(let publication, let bytes):
+                return bytes.withUnsafeBytes { envelope in
+                    let publisher = pass.sessions[sender]
+                    guard spans == nil,
+                        let recipients = pass.forwarding.recipients(
+                            of: publication.subject, hasReplyTo: false, from: sender, toNATS: false, core: &core, among: pass.sessions)
+                    else {
+                        return received(.command(publication.command(from: publisher?.node, envelope: envelope)), from: sender, core: &core)
+                    }
+                    let content = UnsafeRawBufferPointer(rebasing: envelope[publication.resource])
+                    for (recipient, session) in recipients {
+                        pass.resolved.add(session.outlet, token: recipient.token, limit: recipient.limit) {
+                            LIMECodec.encodeDelivery(
+                                publication, content: content, from: publisher?.quotedNode, token: recipient.token,
+                                to: session.quotedNode, into: &$0)
                         }
                     }
+                    return []
                 }
-                resolve(outputs, into: &resolved, in: &state)
-                outputs.removeAll(keepingCapacity: true)
             }
-            return resolved
+        }
+    }
+
+    /// What one read's publications share while the hub handles them under its lock: the
+    /// sessions (they do not change meanwhile), the forwarding arrays, and the writes rendered.
+    struct ReadPass {
+        let sessions: [SessionID: OpenSession]
+        var forwarding = Forwarding()
+        var resolved = Resolved()
+    }
+
+    /// The one publish pipeline of every dialect: under one acquisition of the lock, each item a
+    /// session's read brought (in order, emptying `items`) is handed to `handle`, which forwards
+    /// it from its bytes into `pass.resolved` or gives it to the core and returns the core's
+    /// outputs; those are rendered, and everything is written once the lock is released. Returns
+    /// the sessions written to that are far behind, for the publisher to wait on.
+    func publishRead<Item>(
+        _ items: inout [Item], from sender: SessionID,
+        _ handle: (consuming Item, inout ReadPass, inout HubCore) -> [HubCore.Output]
+    ) -> [PublisherStall.Wait] {
+        let resolved = state.withLock { state in
+            var pass = ReadPass(sessions: state.sessions)
+            items.drainInOrder { item in
+                // Resolved even when empty: it carries out the core's cluster operations too.
+                resolve(handle(item, &pass, &state.core), into: &pass.resolved, in: &state)
+            }
+            return pass.resolved
         }
         return dispatch(resolved)
     }

@@ -224,13 +224,12 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         let waits: [PublisherStall.Wait]
         if let currentRead {
             waits = currentRead.withUnsafeReadableBytes {
-                hub.natsPublish(publications, bytes: $0, from: sessionID, noResponders: noResponders)
+                hub.natsPublish(&publications, bytes: $0, from: sessionID, noResponders: noResponders)
             }
         } else {
             waits = hub.natsPublish(
-                publications, bytes: UnsafeRawBufferPointer(start: nil, count: 0), from: sessionID, noResponders: noResponders)
+                &publications, bytes: UnsafeRawBufferPointer(start: nil, count: 0), from: sessionID, noResponders: noResponders)
         }
-        publications.removeAll(keepingCapacity: true)
         if !waits.isEmpty, let channel = outlet?.channel { stall.wait(for: waits, channel: channel, hub: hub) }
     }
 
