@@ -261,6 +261,15 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         #expect(deadBack.metadata["#queue"] == "orders" && deadBack.metadata["Relay-Meta-queue"] == nil)
         #expect(back.type == .applicationJSON)
         #expect(back.limeContent.1.value == ["n": 1])
+        // A client's own headers of those names do not cross: they would pass for the hubs'.
+        var forged = message
+        forged.metadata["Relay-From"] = "mallory@relay.local/x"
+        forged.metadata["relay-meta-queue"] = "fake"
+        let forgedForm = forged.clusterForm
+        #expect(forgedForm.headers?.values("Relay-From") == ["alice@relay.local/a"])
+        let forgedBack = PublishedMessage(
+            clusterSubject: forgedForm.subject, replyTo: nil, headers: forgedForm.headers, payload: forgedForm.payload)
+        #expect(forgedBack.publisher == Node("alice@relay.local/a") && forgedBack.metadata["#queue"] == nil)
     }
 }
 

@@ -13,6 +13,12 @@ extension PublishedMessage {
         guard case .message(let subject, _, let replyTo, var headers, let payload) = natsOperation(sid: "", headersEnabled: true) else {
             preconditionFailure("natsOperation renders a message")
         }
+        // `Relay-From` and `Relay-Meta-` are the hubs' to write: a client's own (a NATS header, a
+        // LIME metadata key) would pass for another publisher or the hub's metadata elsewhere.
+        headers?.fields.removeAll { field in
+            let name = field.name.lowercased()
+            return name == Self.publisherHeader.lowercased() || name.hasPrefix(Self.metadataHeaderPrefix.lowercased())
+        }
         if let publisher {
             headers = headers ?? NATSHeaders()
             headers!.append(Self.publisherHeader, publisher.description)
