@@ -212,10 +212,12 @@ import Testing
             _ = try await instance.serve(Self.billing(seen: seen, as: "second"))
             try await eventually(within: 30) { seen.items == ["second:9"] }
         }
-        // Alone again: the store no longer holds them (they are JetStream's now).
+        // Alone again: the store holds neither the messages nor the queues (they are JetStream's
+        // now; a queue deleted on the cluster would otherwise come back from the store).
         try await withHub({ $0.data = data }) { alone in
             let client = try await alone.connect(.tcp, as: "shop@relay.local/1")
-            #expect(try await client.queueInfo("parcels")["messages"] == 0)
+            await #expect(throws: RelayError.self) { _ = try await client.queueInfo("parcels") }
+            await #expect(throws: RelayError.self) { _ = try await client.queueInfo("svc_billing") }
         }
     }
 

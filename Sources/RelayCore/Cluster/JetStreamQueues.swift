@@ -53,6 +53,10 @@ struct JetStreamQueue: Sendable {
     var migration: [QueuedMessage] = []
     var migrated = 0
     var migrationFailures = 0
+    /// Moved messages whose PubAck has not come yet.
+    var migrationsInFlight = 0
+    /// The name the hub's store keeps the queue under (a durable service's is the same).
+    var storedName: String?
     var consumers: [HubCore.SubscriptionKey: Consumer] = [:]
     var turn = 0
     /// Messages asked for in pulls that JetStream has not sent or ended yet.
@@ -242,7 +246,7 @@ extension HubCore {
                 cluster!.pubAcks.remember(wait, for: number)
                 return []
             }
-            if error == nil, let migrating = wait.migrating { cluster!.jetStreamQueues[migrating.queue]?.migrated += 1 }
+            if error == nil, let migrating = wait.migrating { return migrated(migrating.queue, then: wait.whenStored) }
             return error == nil ? wait.whenStored : notStored(wait, error!)
         case "stream":
             if let error, cluster!.jetStreamQueues[parts[1]] != nil {

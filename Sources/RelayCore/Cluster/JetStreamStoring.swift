@@ -63,7 +63,11 @@ extension HubCore {
         if cluster!.jetStreamQueues[configuration.name] == nil {
             outputs += (try? createJetStreamQueue(configuration, announce: !service)) ?? []
         }
-        guard cluster!.jetStreamQueues[configuration.name] != nil, !messages.isEmpty else { return outputs }
+        guard cluster!.jetStreamQueues[configuration.name] != nil else { return outputs }
+        // The store's copy of the queue goes once its messages are JetStream's: else a queue
+        // deleted on the cluster would come back from it at the next start.
+        guard !messages.isEmpty else { return outputs + [.deleteQueue(stored.name)] }
+        cluster!.jetStreamQueues[configuration.name]!.storedName = stored.name
         cluster!.jetStreamQueues[configuration.name]!.migration += messages.map { queued in
             var queued = queued
             if service { queued.message.subject = configuration.subjects[0] }
@@ -76,6 +80,7 @@ extension HubCore {
     mutating func migrateIfReady(_ name: String) -> [Output] {
         guard let queue = cluster?.jetStreamQueues[name], queue.ready, !queue.migration.isEmpty else { return [] }
         cluster!.jetStreamQueues[name]!.migration = []
+        cluster!.jetStreamQueues[name]!.migrationsInFlight += queue.migration.count
         for queued in queue.migration {
             var message = queued.message
             message.replyTo = nil
@@ -86,11 +91,25 @@ extension HubCore {
         return []
     }
 
+    /// A moved message is JetStream's: out of the hub's store, and the store's copy of the queue
+    /// too once every one is (none refused).
+    mutating func migrated(_ name: String, then outputs: [Output]) -> [Output] {
+        guard var queue = cluster?.jetStreamQueues[name] else { return outputs }
+        queue.migrated += 1
+        queue.migrationsInFlight -= 1
+        cluster!.jetStreamQueues[name] = queue
+        guard queue.migrationsInFlight == 0, queue.migration.isEmpty, queue.migrationFailures == 0, let stored = queue.storedName else {
+            return outputs
+        }
+        return outputs + [.deleteQueue(stored)]
+    }
+
     /// JetStream did not store a publication: its confirmations fail, or its caller is told, or
     /// a moved message stays in the hub's store (moved again at the next start).
     mutating func notStored(_ wait: PubAckWait, _ error: String) -> [Output] {
         if let migrating = wait.migrating {
             cluster!.jetStreamQueues[migrating.queue]?.migrationFailures += 1
+            cluster!.jetStreamQueues[migrating.queue]?.migrationsInFlight -= 1
             return []
         }
         guard let request = wait.request else { return wait.whenStored.map { Self.failedConfirmation($0, error) } }
