@@ -31,7 +31,8 @@ extension Hub {
             defaultDeadlineMilliseconds: Int(limits.defaultRequestTimeoutSeconds * 1000), admins: admins,
             defaultDeliveryLimit: DeliveryLimit(maximumHeld: limits.maxHeldPerSubscription, policy: .dropNewest),
             maximumSubscriptionsPerIdentity: limits.maxSubscriptionsPerIdentity,
-            traceIdentifiers: configuration.tracing.createContext ? TraceIdentifierGenerator(seed: .random(in: .min ... .max)) : nil)
+            traceIdentifiers: configuration.tracing.createContext ? TraceIdentifierGenerator(seed: .random(in: .min ... .max)) : nil,
+            maximumRequestsFromCluster: limits.maxRequestsFromCluster)
     }
 
     /// Takes a configuration read again. Throws, changing nothing, when it is invalid; returns

@@ -168,6 +168,9 @@ public struct HubConfiguration: Sendable, Codable {
         public var maxSubscriptionsPerSession: Int = 10_000
         /// Service requests one session may have in flight.
         public var maxRequestsPerSession: Int = 10_000
+        /// Service requests from the cluster (other hubs' callers, NATS clients of the cluster)
+        /// that may be in flight here together.
+        public var maxRequestsFromCluster: Int = 100_000
         /// The deadline of a service request that sets none.
         public var defaultRequestTimeoutSeconds: Double = 30
         /// Deliveries held for one subscription while its subscriber's connection cannot take more;
@@ -259,6 +262,7 @@ extension HubConfiguration.Limits {
         maxSubscriptionsPerSession =
             try container.decodeIfPresent(Int.self, forKey: .maxSubscriptionsPerSession) ?? maxSubscriptionsPerSession
         maxRequestsPerSession = try container.decodeIfPresent(Int.self, forKey: .maxRequestsPerSession) ?? maxRequestsPerSession
+        maxRequestsFromCluster = try container.decodeIfPresent(Int.self, forKey: .maxRequestsFromCluster) ?? maxRequestsFromCluster
         maxHeldPerSubscription = try container.decodeIfPresent(Int.self, forKey: .maxHeldPerSubscription) ?? maxHeldPerSubscription
         maxConnectionsPerAddress = try container.decodeIfPresent(Int.self, forKey: .maxConnectionsPerAddress) ?? maxConnectionsPerAddress
         maxAuthFailuresPerAddress = try container.decodeIfPresent(Int.self, forKey: .maxAuthFailuresPerAddress) ?? maxAuthFailuresPerAddress

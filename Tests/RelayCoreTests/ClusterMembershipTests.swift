@@ -113,6 +113,33 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         #expect(hub.core.takeClusterOperations().contains(.interest(.unsubscribe(sid: "c10"))))
     }
 
+    /// Requests in flight are bounded per session, and those from the cluster (every other
+    /// hub's callers) by a bound of their own; an answered one frees its place.
+    @Test func requestsInFlightAreBoundedPerSessionAndFromTheClusterApart() throws {
+        var hub = clustered()
+        hub.core.configuration.maximumRequestsPerSession = 2
+        hub.core.configuration.maximumRequestsFromCluster = 3
+        _ = hub.command(2, .set, "/services/inventory", resource: CoreHarness.inventory)
+        _ = hub.core.takeClusterOperations()
+        func local(_ id: String) -> LIMECommand? {
+            hub.command(1, .get, "/services/inventory/stock", resource: ["sku": "A"], id: id).commands(to: 1).first
+        }
+        #expect(local("l1") == nil && local("l2") == nil, "dispatched, no answer yet")
+        #expect(local("l3")?.reason?.code == RelayReasonCode.limitReached)
+        var calls: [LIMECommand] = []
+        for n in 1...4 {
+            let request = PublishedMessage(
+                subject: "inventory.stock", replyTo: "_INBOX.far.\(n)", body: .bytes(Array(#"{"sku":"A"}"#.utf8)))
+            calls += hub.core.clusterMessageReceived(request, sid: "c10").commands(to: 2)
+        }
+        #expect(calls.count == 3, "three from the cluster, beyond the per-session two")
+        let refused = publishes(hub.core.takeClusterOperations()).filter { $0.subject == "_INBOX.far.4" }
+        #expect(refused.first?.metadata["Nats-Service-Error-Code"] == String(RelayReasonCode.limitReached))
+        _ = hub.respond(2, to: calls[0], resource: ["stock": 1])
+        let again = PublishedMessage(subject: "inventory.stock", replyTo: "_INBOX.far.5", body: .bytes(Array(#"{"sku":"A"}"#.utf8)))
+        #expect(hub.core.clusterMessageReceived(again, sid: "c10").commands(to: 2).count == 1, "an answer freed a place")
+    }
+
     @Test func aLIMESubjectRequestWaitsOnTheHubsOwnInbox() throws {
         var hub = clustered()
         _ = hub.core.takeClusterOperations()

@@ -203,11 +203,11 @@ extension HubCore {
         guard inFlightByCaller[caller] == nil else {
             return refuse(caller.session, command, ReasonCode.validationError, "A request with id '\(caller.id)' is already in flight")
         }
-        let perSession = inFlight.values.lazy.filter { $0.caller.session == caller.session }.count
-        guard perSession < configuration.maximumRequestsPerSession else {
+        let limit =
+            caller.session == Self.clusterSession ? configuration.maximumRequestsFromCluster : configuration.maximumRequestsPerSession
+        guard inFlightBySession[caller.session, default: 0] < limit else {
             return refuse(
-                caller.session, command, RelayReasonCode.limitReached,
-                "This session has the maximum of \(configuration.maximumRequestsPerSession) requests in flight")
+                caller.session, command, RelayReasonCode.limitReached, "This session has the maximum of \(limit) requests in flight")
         }
         guard let instance = pickInstance(service) else {
             return [
@@ -226,6 +226,7 @@ extension HubCore {
             caller: caller, callerNode: command.header.from ?? configuration.hubNode, instance: instance, service: service, method: method,
             command: command, calledAgain: false, purpose: purpose, deadline: deadline)
         inFlight[id] = flight
+        inFlightBySession[caller.session, default: 0] += 1
         inFlightByCaller[caller] = id
         outstanding[instance, default: 0] += 1
         return [.send(instance, forwarded(flight, id: id)), .startTimer(.deadline(id), milliseconds: deadline)]
@@ -302,6 +303,7 @@ extension HubCore {
     @discardableResult
     private mutating func endFlight(_ id: RequestID) -> InFlight? {
         guard let flight = inFlight.removeValue(forKey: id) else { return nil }
+        countEnded(flight)
         endedRequests.remember(flight.instance, for: id)
         inFlightByCaller[flight.caller] = nil
         outstanding[flight.instance, default: 1] -= 1
@@ -351,11 +353,14 @@ extension HubCore {
 
     /// Forgets a request whose caller is gone; the instance's late response will be discarded.
     mutating func drop(_ id: RequestID) -> [Output] {
-        guard let flight = inFlight.removeValue(forKey: id) else { return [] }
-        endedRequests.remember(flight.instance, for: id)
-        inFlightByCaller[flight.caller] = nil
-        outstanding[flight.instance, default: 1] -= 1
+        guard endFlight(id) != nil else { return [] }
         return [.cancelTimer(.deadline(id))]
+    }
+
+    /// A request of a session is no longer in flight.
+    private mutating func countEnded(_ flight: InFlight) {
+        let left = inFlightBySession[flight.caller.session, default: 1] - 1
+        inFlightBySession[flight.caller.session] = left > 0 ? left : nil
     }
 
     func failure(_ flight: InFlight, _ code: Int, _ description: String) -> LIMECommand {

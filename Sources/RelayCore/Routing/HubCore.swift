@@ -16,6 +16,9 @@ public struct HubCore: Sendable {
         public var maximumSubscriptionsPerIdentity: Int
         /// Requests one session may have in flight.
         public var maximumRequestsPerSession: Int
+        /// Requests from the cluster (every other hub's callers, and NATS clients of the cluster)
+        /// that may be in flight here together: they share one session, but are not one client.
+        public var maximumRequestsFromCluster: Int
         /// The deadline of a request that gives none, in milliseconds.
         public var defaultDeadlineMilliseconds: Int
         /// Identities allowed to call `admin` methods.
@@ -30,8 +33,10 @@ public struct HubCore: Sendable {
             hubNode: Node, maximumReceiptRoutes: Int = 10_000, maximumSubscriptionsPerSession: Int = 10_000,
             maximumRequestsPerSession: Int = 10_000, defaultDeadlineMilliseconds: Int = 30_000, admins: Set<Identity> = [],
             defaultDeliveryLimit: DeliveryLimit = DeliveryLimit(maximumHeld: 10_000, policy: .dropNewest),
-            maximumSubscriptionsPerIdentity: Int = 100_000, traceIdentifiers: TraceIdentifierGenerator? = nil
+            maximumSubscriptionsPerIdentity: Int = 100_000, traceIdentifiers: TraceIdentifierGenerator? = nil,
+            maximumRequestsFromCluster: Int = 100_000
         ) {
+            self.maximumRequestsFromCluster = maximumRequestsFromCluster
             self.traceIdentifiers = traceIdentifiers
             self.maximumSubscriptionsPerIdentity = maximumSubscriptionsPerIdentity
             self.defaultDeliveryLimit = defaultDeliveryLimit
@@ -239,6 +244,8 @@ public struct HubCore: Sendable {
     var services: [String: ServiceEntry] = [:]
     var compounds: [String: CompoundMethod] = [:]
     var inFlight: [RequestID: InFlight] = [:]
+    /// How many of `inFlight` each session has (counted, not scanned, for its limit).
+    var inFlightBySession: [SessionID: Int] = [:]
     var inFlightByCaller: [CallerKey: RequestID] = [:]
     var outstanding: [SessionID: Int] = [:]
     var methodSubscriptions: [CallerKey: MethodSubscription] = [:]
