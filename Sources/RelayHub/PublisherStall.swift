@@ -1,5 +1,4 @@
 import NIOCore
-import Synchronization
 
 /// Flow control from a lagging subscriber back to its publishers, as nats-server stalls a
 /// producer: when a publication leaves a session with more than half its slow-consumer cap

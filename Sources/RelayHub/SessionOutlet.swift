@@ -128,7 +128,8 @@ final class SessionOutlet: Sendable {
     /// than `stallBytes` waiting to be written), or nil when it need not wait.
     func stall() -> EventLoopFuture<Void>? {
         guard writer.pendingBytes > stallBytes else {
-            stallTimedOut.store(false, ordering: .relaxed)
+            // Read first: a store on every delivery would contend between publishers' threads.
+            if stallTimedOut.load(ordering: .relaxed) { stallTimedOut.store(false, ordering: .relaxed) }
             return nil
         }
         guard !stallTimedOut.load(ordering: .relaxed), !isTerminating.load(ordering: .relaxed) else { return nil }

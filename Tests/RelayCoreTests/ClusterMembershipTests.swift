@@ -288,6 +288,9 @@ struct TestFailure: Error { let text: String; init(_ text: String) { self.text =
         #expect(deadBack.metadata["#queue"] == "orders" && deadBack.metadata["Relay-Meta-queue"] == nil)
         #expect(back.type == .applicationJSON)
         #expect(back.limeContent.1.value == ["n": 1])
+        #expect(PublishedMessage.isRelayHeader("RELAY-Caller") && PublishedMessage.isRelayHeader("relay-from"))
+        #expect(!PublishedMessage.isRelayHeader("Relay") && !PublishedMessage.isRelayHeader("Content-Type"))
+        #expect(!PublishedMessage.isRelayHeader("Relayx-From"))
         // A client's own headers of those names do not cross: they would pass for the hubs'.
         var forged = message
         forged.metadata["Relay-From"] = "mallory@relay.local/x"

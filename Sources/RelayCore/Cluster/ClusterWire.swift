@@ -7,6 +7,16 @@ extension PublishedMessage {
     /// Headers that carry the hub's `#` metadata between hubs: `Relay-Meta-queue` for `#queue`.
     public static let metadataHeaderPrefix = "Relay-Meta-"
 
+    /// Whether a header is in the hubs' namespace (`Relay-…`, any case). Checked on every
+    /// publication crossing the cluster, so without making a string.
+    public static func isRelayHeader(_ name: String) -> Bool {
+        var bytes = name.utf8.makeIterator()
+        for expected in "relay-".utf8 {
+            guard let byte = bytes.next(), byte | 0x20 == expected else { return false }
+        }
+        return true
+    }
+
     /// The publication as a NATS message for the cluster: Content-Type, metadata and status as
     /// headers, the payload as NATS clients get it from a hub.
     public var clusterForm: (subject: String, replyTo: String?, headers: NATSHeaders?, payload: [UInt8]) {
@@ -16,8 +26,9 @@ extension PublishedMessage {
         // `Relay-From` and `Relay-Meta-` are the hubs' to write: a client's own (a NATS header, a
         // LIME metadata key) would pass for another publisher or the hub's metadata elsewhere.
         headers?.fields.removeAll { field in
+            guard Self.isRelayHeader(field.name) else { return false }
             let name = field.name.lowercased()
-            return name == Self.publisherHeader.lowercased() || name.hasPrefix(Self.metadataHeaderPrefix.lowercased())
+            return name == "relay-from" || name.hasPrefix("relay-meta-")
         }
         if let publisher {
             headers = headers ?? NATSHeaders()

@@ -15,6 +15,8 @@ extension HubCore {
     /// The subject of a durable service's stream on JetStream (a clustered hub): written by the
     /// hubs only, never a client's.
     static func serviceStreamSubject(_ name: String) -> String { "$RELAY.SVC.\(name)" }
+    /// Where a durable service's terminated requests go (on this hub only: a system subject).
+    static func serviceDeadLetterSubject(_ name: String) -> String { "$SVC.\(name).dead" }
 
     /// Makes sure a durable service's queue exists and attaches the registering instance to it:
     /// the hub's own store, or on a cluster with JetStream a stream every hub's instances share.
@@ -24,11 +26,12 @@ extension HubCore {
         if queuesOnJetStream {
             if cluster!.jetStreamQueues[name] == nil {
                 let configuration = QueueConfiguration(
-                    name: name, subjects: [Self.serviceStreamSubject(name)], deadLetterSubject: "$SVC.\(name).dead")
+                    name: name, subjects: [Self.serviceStreamSubject(name)], deadLetterSubject: Self.serviceDeadLetterSubject(name))
                 outputs += (try? createJetStreamQueue(configuration, announce: false)) ?? []
             }
         } else if queues[name] == nil {
-            let configuration = QueueConfiguration(name: name, subjects: ["$SVC.\(name)"], deadLetterSubject: "$SVC.\(name).dead")
+            let configuration = QueueConfiguration(
+                name: name, subjects: ["$SVC.\(name)"], deadLetterSubject: Self.serviceDeadLetterSubject(name))
             outputs += (try? createLocalQueue(configuration)) ?? []
         }
         outputs += (try? attachConsumer(session, token: Self.serviceConsumerToken + ":" + name, queue: name, credit: 1)) ?? []

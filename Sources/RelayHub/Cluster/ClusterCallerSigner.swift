@@ -34,8 +34,9 @@ struct ClusterCallerSigner: Sendable {
     /// The cluster form's headers without the reserved ones (a client's, or another hub's
     /// unchecked).
     static func withoutReserved(_ headers: NATSHeaders?) -> NATSHeaders? {
-        guard var headers, headers.fields.contains(where: { reserved.contains($0.name.lowercased()) }) else { return headers }
-        headers.fields.removeAll { reserved.contains($0.name.lowercased()) }
+        func isReserved(_ name: String) -> Bool { PublishedMessage.isRelayHeader(name) && reserved.contains(name.lowercased()) }
+        guard var headers, headers.fields.contains(where: { isReserved($0.name) }) else { return headers }
+        headers.fields.removeAll { isReserved($0.name) }
         return headers
     }
 

@@ -22,16 +22,16 @@ final class ClusterLink: Sendable {
     let dropped = Atomic<Int>(0)
     /// Signs and checks who calls across hubs, when the hubs share a secret.
     private let signer: Mutex<ClusterCallerSigner?>
+    /// Whether the calls across hubs say who calls (the hubs share a secret): `signer` is set.
+    let attestsCallers: Bool
 
     private init(hubID: String, publisher: NATSClient, queueMember: NATSClient, signer: ClusterCallerSigner?) {
         self.hubID = hubID
         self.publisher = publisher
         self.queueMember = queueMember
         self.signer = Mutex(signer)
+        self.attestsCallers = signer != nil
     }
-
-    /// Whether calls across hubs say who calls (the hubs share a secret).
-    var attestsCallers: Bool { signer.withLock { $0 != nil } }
 
     /// Calls from other hubs whose caller headers were refused (a bad, stale or replayed
     /// signature, or none where a secret is shared).
@@ -41,11 +41,11 @@ final class ClusterLink: Sendable {
     /// their signature checks.
     func checkedHeaders(_ message: NATSMessage) -> NATSHeaders? {
         guard message.headers != nil else { return nil }
+        // Without a secret there is nothing to check, and no lock to take per message.
+        guard attestsCallers else { return ClusterCallerSigner.withoutReserved(message.headers) }
         return signer.withLock { signer in
-            guard signer != nil else { return ClusterCallerSigner.withoutReserved(message.headers) }
-            return signer!.checked(
-                subject: message.subject, replyTo: message.replyTo, payload: Array(message.payload), headers: message.headers,
-                now: Hub.now())
+            signer!.checked(
+                subject: message.subject, replyTo: message.replyTo, payload: message.payload, headers: message.headers, now: Hub.now())
         }
     }
 
